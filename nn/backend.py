@@ -1,0 +1,187 @@
+"""The one backend switch: NumPy on the CPU or CuPy on an NVIDIA GPU.
+
+Everything in `nn` and `captioning` asks this module which array library to
+use; no other module imports CuPy. Three ways set the same switch:
+
+    nn.backend.use("cupy")            # in code, at any time
+    NN_BACKEND=cupy python ...        # environment variable, read on first use
+    python -m captioning ... --backend cupy   # every command line
+
+Ops do not consult the switch for their inputs: they work on whatever arrays
+they are given (`get_array_module(*arrays)`), and refuse a NumPy/CuPy mix with
+a clear error instead of copying silently. The switch decides where NEW arrays
+are made: parameters, random numbers, data batches (`xp()`, `asarray`, `rng`).
+
+dtype policy: nothing here hard-codes float32. Layers keep the dtype they are
+given (float32 for training, float64 for gradient checks); `default_float()`
+is the dtype new parameters get and can be changed with `set_default_float`.
+"""
+import os
+
+import numpy
+
+__all__ = [
+    "BackendError", "use", "name", "xp", "get_array_module", "is_cupy_array",
+    "to_numpy", "asarray", "rng", "scatter_add", "default_float",
+    "set_default_float", "cupy_available", "synchronize",
+]
+
+CUPY_INSTALL_HELP = (
+    "CuPy is needed for --backend cupy / NN_BACKEND=cupy. Install the wheel that "
+    "matches your CUDA toolkit: `pip install cupy-cuda12x` for CUDA 12.x or "
+    "`pip install cupy-cuda13x` for CUDA 13.x (or `pip install -e .[gpu]`), on a "
+    "machine with an NVIDIA GPU and driver. Use --backend numpy to run on the CPU."
+)
+
+
+class BackendError(RuntimeError):
+    """Raised when the requested backend cannot be used here."""
+
+
+_state = {"name": None, "xp": None, "default_float": numpy.float32}
+
+
+def _import_cupy():
+    """Import CuPy and check a GPU is visible; raise BackendError otherwise."""
+    try:
+        import cupy  # the only CuPy import in the project
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        raise BackendError(f"{CUPY_INSTALL_HELP} (import cupy failed: {exc})") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendError(f"{CUPY_INSTALL_HELP} (no usable GPU: {exc})") from exc
+    if count < 1:
+        raise BackendError(f"{CUPY_INSTALL_HELP} (no GPU is visible)")
+    return cupy
+
+
+def use(backend_name):
+    """Switch the backend to "numpy" or "cupy"; returns the array module.
+
+    Can be called at any time. Arrays made before the switch stay where they
+    are: move a model with its `to_backend()` method.
+    """
+    key = str(backend_name).strip().lower()
+    if key in ("numpy", "np", "cpu"):
+        _state["name"], _state["xp"] = "numpy", numpy
+    elif key in ("cupy", "cp", "gpu", "cuda"):
+        _state["name"], _state["xp"] = "cupy", _import_cupy()
+    else:
+        raise ValueError(f"unknown backend {backend_name!r}: choose 'numpy' or 'cupy'")
+    return _state["xp"]
+
+
+def _ensure_initialised():
+    if _state["xp"] is None:
+        use(os.environ.get("NN_BACKEND", "numpy") or "numpy")
+
+
+def name():
+    """The current backend's name: "numpy" or "cupy"."""
+    _ensure_initialised()
+    return _state["name"]
+
+
+def xp():
+    """The current array module (numpy or cupy): where new arrays are made."""
+    _ensure_initialised()
+    return _state["xp"]
+
+
+def cupy_available():
+    """True when CuPy imports and a GPU is visible (never raises)."""
+    try:
+        _import_cupy()
+        return True
+    except BackendError:
+        return False
+
+
+def is_cupy_array(x):
+    # Checked by type name so that this works without importing CuPy.
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_array_module(*arrays, op=None):
+    """The array module (numpy or cupy) of the given arrays.
+
+    None and Python scalars are ignored. Raises TypeError naming `op` when
+    NumPy and CuPy arrays are mixed: a silent copy would hide a slow bug.
+    With no arrays at all, returns the current backend's module.
+    """
+    kinds = set()
+    for a in arrays:
+        if a is None or isinstance(a, (int, float, bool, complex)):
+            continue
+        kinds.add("cupy" if is_cupy_array(a) else "numpy")
+    if len(kinds) > 1:
+        where = f"{op}: " if op else ""
+        raise TypeError(
+            f"{where}NumPy and CuPy arrays mixed in one call; move them to one backend "
+            "first (nn.backend.asarray / to_numpy, or model.to_backend())")
+    if kinds == {"cupy"}:
+        if _state["name"] == "cupy":
+            return _state["xp"]
+        return _import_cupy()
+    if kinds == {"numpy"}:
+        return numpy
+    return xp()
+
+
+def to_numpy(x):
+    """Return `x` as a NumPy array (copies from the GPU when needed)."""
+    if is_cupy_array(x):
+        return x.get()
+    return numpy.asarray(x)
+
+
+def asarray(x, dtype=None):
+    """Return `x` as an array of the CURRENT backend (copying between devices)."""
+    mod = xp()
+    if mod is numpy:
+        return numpy.asarray(to_numpy(x), dtype=dtype)
+    return mod.asarray(x, dtype=dtype)
+
+
+def rng(seed=None):
+    """A seeded random Generator on the current backend.
+
+    NumPy and CuPy generators give different numbers for the same seed; runs
+    are reproducible on one backend.
+    """
+    return xp().random.default_rng(seed)
+
+
+def scatter_add(target, indices, values):
+    """target[indices] += values, accumulating repeated indices (in place).
+
+    `np.add.at` on the CPU; on the GPU `cupyx.scatter_add` (`cupy.scatter_add`
+    no longer exists). Used by the word-embedding backward pass.
+    """
+    mod = get_array_module(target, values, op="scatter_add")
+    if mod is numpy:
+        numpy.add.at(target, indices, values)
+    else:
+        import cupyx  # part of CuPy; only reached when CuPy arrays are passed
+        cupyx.scatter_add(target, indices, values)
+    return target
+
+
+def synchronize():
+    """Wait for queued GPU work to finish (for honest timings); no-op on NumPy."""
+    if _state["name"] == "cupy":
+        _state["xp"].cuda.get_current_stream().synchronize()
+
+
+def default_float():
+    """The dtype given to newly created parameters (float32 unless changed)."""
+    return _state["default_float"]
+
+
+def set_default_float(dtype):
+    """Set the dtype for new parameters, e.g. numpy.float64 for gradient checks."""
+    dt = numpy.dtype(dtype)
+    if dt.kind != "f":
+        raise TypeError(f"default float dtype must be a floating type, got {dt}")
+    _state["default_float"] = dt.type

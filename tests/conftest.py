@@ -1,0 +1,57 @@
+"""Shared test fixtures.
+
+`xp` runs a test once per backend: NumPy always, CuPy when it imports and a
+GPU is visible (otherwise that run is skipped with the reason).
+"""
+import os
+from pathlib import Path
+
+import numpy
+import pytest
+
+from nn import backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=_BACKENDS)
+def xp(request):
+    """The array module of one backend, switched on for the test's duration."""
+    previous = backend.name()
+    if request.param == "cupy" and not backend.cupy_available():
+        pytest.skip("CuPy is not installed or no GPU is visible")
+    module = backend.use(request.param)
+    yield module
+    backend.use(previous)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend_state():
+    """Each test starts on the environment's backend and default dtype."""
+    name = backend.name()
+    dtype = backend.default_float()
+    yield
+    backend.use(name)
+    backend.set_default_float(dtype)
+
+
+def flickr8k_dir():
+    """The real Flickr8k copy: $FLICKR8K_DIR, else ../shared/flickr8k (None if absent)."""
+    env = os.environ.get("FLICKR8K_DIR")
+    path = Path(env) if env else ROOT.parent / "shared" / "flickr8k"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture
+def flickr8k():
+    path = flickr8k_dir()
+    if path is None:
+        pytest.skip("Flickr8k not found: set FLICKR8K_DIR or place it at ../shared/flickr8k")
+    return path
+
+
+def as_xp(xp, array, dtype=numpy.float64):
+    """A NumPy array moved to the backend of `xp` with the given dtype."""
+    return xp.asarray(numpy.asarray(array, dtype=dtype))

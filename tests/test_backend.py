@@ -1,0 +1,95 @@
+import numpy
+import pytest
+
+from nn import backend
+from nn.gradcheck import rel_error, eval_numerical_gradient, eval_numerical_gradient_array, directional_gradient_check
+
+
+def test_use_switches_at_run_time():
+    assert backend.use("numpy") is numpy
+    assert backend.name() == "numpy"
+    assert backend.xp() is numpy
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
+        backend.use("tensorflow")
+
+
+def test_cupy_missing_says_how_to_install():
+    if backend.cupy_available():
+        pytest.skip("CuPy is usable here")
+    with pytest.raises(backend.BackendError, match="pip install cupy-cuda1"):
+        backend.use("cupy")
+
+
+def test_env_variable_sets_the_backend(monkeypatch):
+    monkeypatch.setenv("NN_BACKEND", "numpy")
+    monkeypatch.setitem(backend._state, "xp", None)
+    assert backend.name() == "numpy"
+    monkeypatch.setenv("NN_BACKEND", "bogus")
+    monkeypatch.setitem(backend._state, "xp", None)
+    with pytest.raises(ValueError, match="bogus"):
+        backend.xp()
+    backend.use("numpy")
+
+
+def test_get_array_module_refuses_a_mix(xp):
+    if xp is numpy:
+        pytest.skip("a mix needs CuPy")
+    with pytest.raises(TypeError, match="affine_forward: NumPy and CuPy arrays mixed"):
+        backend.get_array_module(numpy.zeros(2), xp.zeros(2), op="affine_forward")
+
+
+def test_get_array_module_and_to_numpy(xp):
+    a = xp.arange(3.0)
+    assert backend.get_array_module(a, None, 2.0) is xp
+    out = backend.to_numpy(a)
+    assert isinstance(out, numpy.ndarray) and out.tolist() == [0.0, 1.0, 2.0]
+    b = backend.asarray([1, 2], dtype=numpy.float64)
+    assert backend.get_array_module(b) is xp and b.dtype == numpy.float64
+
+
+def test_rng_is_seeded_per_backend(xp):
+    a = backend.to_numpy(backend.rng(3).standard_normal(5))
+    b = backend.to_numpy(backend.rng(3).standard_normal(5))
+    c = backend.to_numpy(backend.rng(4).standard_normal(5))
+    assert numpy.array_equal(a, b) and not numpy.array_equal(a, c)
+
+
+def test_scatter_add_accumulates_repeats(xp):
+    target = xp.zeros((4, 2))
+    backend.scatter_add(target, xp.asarray([1, 1, 3]), xp.ones((3, 2)))
+    assert backend.to_numpy(target).tolist() == [[0, 0], [2, 2], [0, 0], [1, 1]]
+
+
+def test_default_float_policy():
+    assert backend.default_float() is numpy.float32
+    backend.set_default_float(numpy.float64)
+    assert backend.default_float() is numpy.float64
+    with pytest.raises(TypeError):
+        backend.set_default_float(numpy.int32)
+
+
+def test_rel_error():
+    assert rel_error(numpy.array([1.0]), numpy.array([1.0])) == 0.0
+    assert abs(rel_error(numpy.array([1.0]), numpy.array([3.0])) - 0.5) < 1e-12
+    with pytest.raises(ValueError, match="shapes differ"):
+        rel_error(numpy.zeros(2), numpy.zeros(3))
+
+
+def test_numerical_gradients_of_known_functions(xp):
+    x = xp.asarray(numpy.array([[1.0, -2.0], [0.5, 3.0]]))
+    g = eval_numerical_gradient(lambda: float(xp.sum(x ** 3)), x)
+    assert rel_error(g, 3 * x ** 2) < 1e-8
+    dout = xp.asarray(numpy.array([[1.0, 2.0], [3.0, 4.0]]))
+    g = eval_numerical_gradient_array(lambda v: xp.sin(v), x, dout)
+    assert rel_error(g, xp.cos(x) * dout) < 1e-8
+
+
+def test_directional_check_catches_a_wrong_gradient(xp):
+    x = xp.asarray(numpy.linspace(-1, 1, 12).reshape(3, 4))
+    f = lambda: float(xp.sum(x ** 2))
+    *_, good = directional_gradient_check(f, [x], [2 * x])
+    *_, bad = directional_gradient_check(f, [x], [2.2 * x])
+    assert good < 1e-8 and bad > 1e-3
