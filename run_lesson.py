@@ -1,0 +1,296 @@
+"""Step through a lesson: `python run_lesson.py 5`.
+
+For each step of the lesson this prints the step's title and explanation (the
+step function's docstring), shows its code, runs it, shows what came out, and
+waits: Enter continues, `a` runs the rest without pausing, `q` quits.
+
+    python run_lesson.py --list             # lessons, titles, rough running times
+    python run_lesson.py 1                  # the natural first lesson
+    python run_lesson.py 5 --no-pause       # straight through (automatic when stdin is not a terminal)
+    python run_lesson.py 9 --quick          # lessons that train something train less
+    python run_lesson.py 2 --backend cupy   # run on the GPU (nn.backend.use)
+    python run_lesson.py lessons/lesson_05_convolution.py   # a lesson file by path
+
+How a lesson is written (a new lesson needs no change to this runner):
+- a file `lessons/lesson_NN_short_name.py` with module constants TITLE (one
+  line) and SECONDS (rough running time with --no-pause --quick);
+- step functions `def step_1_something(ctx):` run in file order (or a module
+  list STEPS of functions). The first docstring line is the step's title, the
+  rest its explanation;
+- `ctx` is the one object steps share: store results as attributes
+  (`ctx.model = ...`, read them in later steps). It also carries the run's
+  options: `ctx.quick`, `ctx.backend`, `ctx.data` (the --data folder or None),
+  and helpers: `ctx.check(condition, message)` (a failed check fails the
+  lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
+  `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data);
+- a step shows its results by printing them, or by returning a dict of
+  name -> value, printed one per line;
+- the file ends with `if __name__ == "__main__": ...run_lesson.main([__file__] + ...)`
+  so that `python lessons/lesson_05_convolution.py` runs it on its own.
+
+Exit status: 0 when the lesson ran (or stopped cleanly), 1 when a step failed
+(its number and title are printed), 2 for an unknown lesson or bad option.
+"""
+import argparse
+import ast
+import importlib.util
+import inspect
+import os
+import sys
+import textwrap
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+LESSONS_DIR = ROOT / "lessons"
+OUTPUT_DIR = ROOT / "outputs" / "lessons"
+RULE = "-" * 72
+
+
+class CheckFailed(AssertionError):
+    """A lesson's own check did not hold."""
+
+
+class StopLesson(Exception):
+    """A lesson ends early on purpose (e.g. its data is missing); not a failure."""
+
+
+class Context:
+    """The object every step receives; steps share state through its attributes."""
+
+    def __init__(self, quick=False, backend="numpy", data=None, out_dir=OUTPUT_DIR):
+        self.quick = quick
+        self.backend = backend
+        self.data = data
+        self.out_dir = Path(out_dir)
+
+    def check(self, condition, message="check failed"):
+        """Fail the lesson with `message` unless `condition` is true."""
+        if not condition:
+            raise CheckFailed(message)
+
+    def output_path(self, filename):
+        """Path of an output file (PNG, ...) under the outputs folder, created on demand."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self.out_dir / filename
+
+    def stop(self, message):
+        """End the lesson here without failing it."""
+        raise StopLesson(message)
+
+
+# ----------------------------------------------------------------- finding lessons
+
+def lesson_files(lessons_dir):
+    """{number: path} of the lesson files `lesson_NN_*.py` in a folder."""
+    found = {}
+    for path in sorted(Path(lessons_dir).glob("lesson_*.py")):
+        number = path.stem.split("_")[1]
+        if number.isdigit():
+            found[int(number)] = path
+    return found
+
+
+def lesson_info(path):
+    """(TITLE, SECONDS) of a lesson file, read without importing it."""
+    info = {"TITLE": path.stem, "SECONDS": None}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in info:
+                try:
+                    info[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+    return info["TITLE"], info["SECONDS"]
+
+
+def print_list(lessons_dir, file=sys.stdout):
+    print("Lessons (python run_lesson.py N):", file=file)
+    for number, path in lesson_files(lessons_dir).items():
+        title, seconds = lesson_info(path)
+        rough = f"~{seconds} s" if seconds is not None else ""
+        print(f"  {number:2d}  {title:<66} {rough}", file=file)
+
+
+def load_lesson(path):
+    """Import a lesson file as a module (a fresh module object every time)."""
+    name = f"_lesson_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lesson_steps(module):
+    """The lesson's step functions: its STEPS list, else step_* functions in file order."""
+    if hasattr(module, "STEPS"):
+        return list(module.STEPS)
+    steps = [f for name, f in vars(module).items()
+             if name.startswith("step_") and inspect.isfunction(f) and f.__module__ == module.__name__]
+    return sorted(steps, key=lambda f: f.__code__.co_firstlineno)
+
+
+# ------------------------------------------------------------------ showing a step
+
+def step_text(step):
+    """(title, explanation) from the step's docstring."""
+    doc = inspect.getdoc(step) or step.__name__
+    title, _, explanation = doc.partition("\n")
+    return title.strip(), explanation.strip()
+
+
+def step_body(step):
+    """The source of the step function without its `def` line and docstring."""
+    source = textwrap.dedent(inspect.getsource(step))
+    function = ast.parse(source).body[0]
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    if not body:
+        return ""
+    lines = source.splitlines()
+    return textwrap.dedent("\n".join(lines[body[0].lineno - 1:function.end_lineno])).rstrip()
+
+
+def format_value(value):
+    """One value for the results list; arrays are printed by NumPy's own rules."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return text if "\n" not in text else "\n" + textwrap.indent(text, "      ")
+
+
+def show_results(results):
+    if isinstance(results, dict) and results:
+        print("results:")
+        width = max(len(str(k)) for k in results)
+        for key, value in results.items():
+            print(f"  {str(key):<{width}} = {format_value(value)}")
+
+
+def ask(prompt):
+    """The learner's answer at a pause: 'next', 'all' or 'quit'."""
+    try:
+        answer = input(prompt).strip().lower()
+    except EOFError:
+        return "all"
+    if answer.startswith("q"):
+        return "quit"
+    if answer.startswith("a"):
+        return "all"
+    return "next"
+
+
+# ------------------------------------------------------------------ running
+
+def run(path, ctx, pause):
+    """Run one lesson file step by step; returns the exit status."""
+    title, _ = lesson_info(path)
+    print(f"{'=' * 72}\n{title}\n{'=' * 72}")
+    started = time.perf_counter()
+    try:
+        module = load_lesson(path)
+    except Exception:
+        traceback.print_exc()
+        print(f"\nFAILED: lesson {path.name} could not be loaded", file=sys.stderr)
+        return 1
+    if module.__doc__:
+        print(inspect.cleandoc(module.__doc__) + "\n")
+    steps = lesson_steps(module)
+    for index, step in enumerate(steps, 1):
+        step_title, explanation = step_text(step)
+        print(f"{RULE}\nStep {index}/{len(steps)}: {step_title}\n{RULE}")
+        if explanation:
+            print(explanation + "\n")
+        print(">>> code")
+        print(textwrap.indent(step_body(step), "    "))
+        print("<<< output")
+        try:
+            results = step(ctx) if inspect.signature(step).parameters else step()
+        except StopLesson as stop:
+            print(f"\n{stop}\nLesson stopped at step {index} ({step_title}).")
+            return 0
+        except Exception as exc:
+            if not isinstance(exc, AssertionError):
+                traceback.print_exc()
+            print(f"\nFAILED at step {index} ({step.__name__}: {step_title}): "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        show_results(results)
+        if pause and index < len(steps):
+            answer = ask("\n[Enter] next step, [a] run the rest, [q] quit: ")
+            if answer == "quit":
+                print(f"Stopped after step {index} of {len(steps)}.")
+                return 0
+            pause = answer != "all"
+        print()
+    print(f"{RULE}\nLesson done: {len(steps)} steps in {time.perf_counter() - started:.1f} s.")
+    return 0
+
+
+def data_folder(given):
+    """The Flickr8k folder: --data, else $FLICKR8K_DIR, else ../shared/flickr8k when it exists, else None."""
+    if given:
+        return Path(given)
+    if os.environ.get("FLICKR8K_DIR"):
+        return Path(os.environ["FLICKR8K_DIR"])
+    default = ROOT.parent / "shared" / "flickr8k"
+    return default if default.is_dir() else None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python run_lesson.py",
+        description="Step through a lesson: explanation, code, output; Enter continues, a runs the rest, q quits.")
+    parser.add_argument("lesson", nargs="?", help="lesson number (see --list) or path of a lesson file")
+    parser.add_argument("--list", action="store_true", help="list the lessons with titles and rough running times")
+    parser.add_argument("--no-pause", action="store_true",
+                        help="run straight through (automatic when stdin is not a terminal)")
+    parser.add_argument("--quick", action="store_true", help="train less in lessons that train something")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None,
+                        help="array backend (default $NN_BACKEND or numpy)")
+    parser.add_argument("--data", default=None, help="Flickr8k folder for the lessons that use it "
+                        "(default $FLICKR8K_DIR, else ../shared/flickr8k)")
+    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for the pictures lessons write "
+                        "(default %(default)s)")
+    parser.add_argument("--lessons-dir", default=os.environ.get("LESSONS_DIR", str(LESSONS_DIR)),
+                        help="folder holding lesson_NN_*.py files (default $LESSONS_DIR or ./lessons)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    lessons_dir = Path(args.lessons_dir)
+    if args.list or args.lesson is None:
+        print_list(lessons_dir)
+        return 0 if args.list else 2
+    if args.lesson.isdigit():
+        path = lesson_files(lessons_dir).get(int(args.lesson))
+        if path is None:
+            print(f"error: there is no lesson {args.lesson}", file=sys.stderr)
+            print_list(lessons_dir)
+            return 2
+    else:
+        path = Path(args.lesson)
+        if not path.is_file():
+            print(f"error: no lesson file {path}", file=sys.stderr)
+            print_list(lessons_dir)
+            return 2
+    from nn import backend
+    try:
+        if args.backend:
+            backend.use(args.backend)
+        backend.name()  # reads $NN_BACKEND when no flag was given
+    except backend.BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out)
+    pause = not args.no_pause and sys.stdin is not None and sys.stdin.isatty()
+    return run(path, ctx, pause)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
