@@ -1,0 +1,164 @@
+"""Convolution: hand-computed values, fast == naive, gradient checks for every option, bad input."""
+import numpy
+import pytest
+
+from conftest import as_xp
+from nn import backend
+from nn.conv import conv_backward, conv_forward, conv_forward_naive, same_padding
+from nn.gradcheck import eval_numerical_gradient_array, rel_error
+
+TOL = 1e-7
+
+# (N, C, H, W, F, kernel, stride, pad, groups, bias): covers stride 1/2, int and
+# asymmetric pad, groups 1/2/depthwise (and depthwise with 2 filters per channel,
+# which takes the im2col path), kernels 1/3/5, leftover rows a stride skips, no bias.
+CONFIGS = [
+    (2, 3, 5, 5, 4, 3, 1, 1, 1, True),
+    (2, 3, 6, 5, 2, 3, 2, (0, 1, 0, 1), 1, True),
+    (2, 4, 5, 4, 6, 3, 1, 1, 2, True),
+    (2, 4, 6, 6, 4, 3, 2, (0, 1, 0, 1), 4, True),
+    (2, 3, 5, 5, 3, 5, 1, 2, 3, False),
+    (1, 3, 7, 6, 3, 5, 2, (1, 2, 1, 2), 3, True),
+    (2, 3, 4, 4, 5, 1, 1, 0, 1, True),
+    (2, 4, 5, 5, 6, 1, 2, 0, 2, False),
+    (2, 2, 6, 7, 4, 3, 2, 0, 2, True),
+    (1, 2, 5, 5, 4, 3, 1, (1, 0, 2, 1), 2, True),
+]
+IDS = [f"k{c[5]}-s{c[6]}-pad{c[7]}-g{c[8]}{'' if c[9] else '-nobias'}".replace(" ", "")
+       for c in CONFIGS]
+
+
+def make(xp, config, seed=0, dtype=numpy.float64):
+    n, c, h, w, f, k, stride, pad, groups, bias = config
+    gen = numpy.random.default_rng(seed)
+    x = as_xp(xp, gen.standard_normal((n, c, h, w)), dtype)
+    weight = as_xp(xp, gen.standard_normal((f, c // groups, k, k)), dtype)
+    b = as_xp(xp, gen.standard_normal(f), dtype) if bias else None
+    return x, weight, b, {"stride": stride, "pad": pad, "groups": groups}
+
+
+def test_conv_hand_computed(xp):
+    x = as_xp(xp, numpy.arange(1.0, 10.0).reshape(1, 1, 3, 3))   # [[1,2,3],[4,5,6],[7,8,9]]
+    w = as_xp(xp, [[[[1.0, 2.0], [0.0, -1.0]]]])
+    b = as_xp(xp, [1.0])
+    out, _ = conv_forward(x, w, b, {"stride": 1, "pad": 0})
+    # out[i, j] = x[i, j] + 2 x[i, j+1] - x[i+1, j+1] + 1
+    assert numpy.allclose(backend.to_numpy(out), [[[[1.0, 3.0], [7.0, 9.0]]]])
+    # stride 2, one zero row/column padded at the bottom/right only (TF "same")
+    out, _ = conv_forward(x, w, b, {"stride": 2, "pad": (0, 1, 0, 1)})
+    assert numpy.allclose(backend.to_numpy(out), [[[[1.0, 4.0], [24.0, 10.0]]]])
+
+
+def test_depthwise_hand_computed(xp):
+    # Each channel has its own kernel: channel 0 sums its 2x2 windows, channel 1 takes -top-left.
+    x = as_xp(xp, numpy.stack([numpy.arange(9.0).reshape(3, 3), numpy.ones((3, 3))])[None])
+    w = as_xp(xp, [[[[1.0, 1.0], [1.0, 1.0]]], [[[-1.0, 0.0], [0.0, 0.0]]]])
+    out, _ = conv_forward(x, w, None, {"groups": 2})
+    assert numpy.allclose(backend.to_numpy(out), [[[[8.0, 12.0], [20.0, 24.0]], [[-1.0, -1.0], [-1.0, -1.0]]]])
+
+
+@pytest.mark.parametrize("in_size, kernel, stride, expected", [
+    (224, 3, 2, (0, 1)), (224, 5, 1, (2, 2)), (112, 5, 2, (1, 2)), (7, 3, 1, (1, 1)),
+    (5, 1, 2, (0, 0)), (14, 3, 2, (0, 1)), (15, 3, 2, (1, 1)),
+])
+def test_same_padding_matches_tensorflow(in_size, kernel, stride, expected):
+    assert same_padding(in_size, kernel, stride) == expected
+    before, after = same_padding(in_size, kernel, stride)
+    # TF "same": the output has ceil(in / stride) positions
+    assert (in_size + before + after - kernel) // stride + 1 == -(-in_size // stride)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_fast_equals_naive(xp, config):
+    x, w, b, param = make(xp, config)
+    fast, _ = conv_forward(x, w, b, param)
+    naive, _ = conv_forward_naive(x, w, b, param)
+    assert fast.shape == naive.shape
+    assert rel_error(fast, naive) < 1e-12
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_gradients(xp, config):
+    x, w, b, param = make(xp, config, seed=1)
+    out, cache = conv_forward(x, w, b, param)
+    dout = as_xp(xp, numpy.random.default_rng(2).standard_normal(out.shape))
+    dx, dw, db = conv_backward(dout, cache)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    assert rel_error(dx, eval_numerical_gradient_array(lambda v: conv_forward(v, w, b, param)[0], x, dout)) < TOL
+    assert rel_error(dw, eval_numerical_gradient_array(lambda v: conv_forward(x, v, b, param)[0], w, dout)) < TOL
+    if b is None:
+        assert db is None
+    else:
+        assert rel_error(db, eval_numerical_gradient_array(lambda v: conv_forward(x, w, v, param)[0], b, dout)) < TOL
+
+
+def test_conv_backward_accepts_naive_cache(xp):
+    x, w, b, param = make(xp, CONFIGS[3])
+    out, naive_cache = conv_forward_naive(x, w, b, param)
+    _, fast_cache = conv_forward(x, w, b, param)
+    dout = as_xp(xp, numpy.random.default_rng(3).standard_normal(out.shape))
+    for got, want in zip(conv_backward(dout, naive_cache), conv_backward(dout, fast_cache)):
+        assert rel_error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3], CONFIGS[6]], ids=[IDS[1], IDS[3], IDS[6]])
+def test_conv_keeps_float32(xp, config):
+    x, w, b, param = make(xp, config, dtype=numpy.float32)
+    out, cache = conv_forward(x, w, b, param)
+    assert out.dtype == numpy.float32
+    dx, dw, db = conv_backward(out, cache)
+    assert dx.dtype == dw.dtype == db.dtype == numpy.float32
+    reference, _ = conv_forward_naive(x.astype(numpy.float64), w.astype(numpy.float64),
+                                      b.astype(numpy.float64), param)
+    assert rel_error(out, reference) < 1e-4
+
+
+def test_conv_matches_torch(xp):
+    torch = pytest.importorskip("torch", reason="optional oracle: PyTorch not installed")
+    functional = torch.nn.functional
+    for config in CONFIGS:
+        x, w, b, param = make(xp, config, seed=4)
+        out, cache = conv_forward(x, w, b, param)
+        dout = numpy.random.default_rng(5).standard_normal(out.shape)
+        dx, dw, db = conv_backward(as_xp(xp, dout), cache)
+        pad = param["pad"] if isinstance(param["pad"], tuple) else (param["pad"],) * 4
+        xt = torch.tensor(backend.to_numpy(x), requires_grad=True)
+        wt = torch.tensor(backend.to_numpy(w), requires_grad=True)
+        bt = None if b is None else torch.tensor(backend.to_numpy(b), requires_grad=True)
+        padded = functional.pad(xt, (pad[2], pad[3], pad[0], pad[1]))   # (left, right, top, bottom)
+        ref = functional.conv2d(padded, wt, bt, stride=param["stride"], groups=param["groups"])
+        ref.backward(torch.tensor(dout))
+        assert numpy.allclose(backend.to_numpy(out), ref.detach().numpy(), atol=1e-12)
+        assert numpy.allclose(backend.to_numpy(dx), xt.grad.numpy(), atol=1e-12)
+        assert numpy.allclose(backend.to_numpy(dw), wt.grad.numpy(), atol=1e-12)
+        if b is not None:
+            assert numpy.allclose(backend.to_numpy(db), bt.grad.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, param, error, message", [
+    ((2, 3, 5, 5), (4, 3, 3, 3), {"groups": 2}, ValueError, r"groups=2 must divide .* C=3"),
+    ((2, 4, 5, 5), (4, 4, 3, 3), {"groups": 2}, ValueError, r"w must have shape .*\(4, 2, HH, WW\).* got \(4, 4, 3, 3\)"),
+    ((2, 3, 5, 5), (4, 2, 3, 3), {}, ValueError, r"\(4, 3, HH, WW\)"),
+    ((2, 3, 5, 5), (4, 3, 3, 3), {"pad": (1, 1)}, ValueError, r"pad must be an int or a \(top, bottom, left, right\)"),
+    ((2, 3, 5, 5), (4, 3, 3, 3), {"pad": -1}, ValueError, "non-negative"),
+    ((2, 3, 2, 5), (4, 3, 3, 3), {}, ValueError, r"3x3 kernel does not fit the padded input 2x5"),
+    ((2, 3, 5, 5), (4, 3, 3, 3), {"stride": 0}, ValueError, "stride must be a positive int"),
+    ((3, 5, 5), (4, 3, 3, 3), {}, ValueError, r"x must be 4-D \(N, C, H, W\), got shape \(3, 5, 5\)"),
+])
+def test_conv_bad_input(xp, x_shape, w_shape, param, error, message):
+    x = as_xp(xp, numpy.zeros(x_shape))
+    w = as_xp(xp, numpy.zeros(w_shape))
+    with pytest.raises(error, match="conv_forward: .*" + message):
+        conv_forward(x, w, None, param)
+
+
+def test_conv_bad_bias_dtype_and_dout(xp):
+    x = as_xp(xp, numpy.zeros((1, 2, 4, 4)))
+    w = as_xp(xp, numpy.zeros((3, 2, 3, 3)))
+    with pytest.raises(ValueError, match=r"conv_forward: b must have shape \(3,\)"):
+        conv_forward(x, w, as_xp(xp, numpy.zeros(2)), {})
+    with pytest.raises(TypeError, match="conv_forward: inputs must share one dtype"):
+        conv_forward(x, w.astype(numpy.float32), None, {})
+    _, cache = conv_forward(x, w, None, {})
+    with pytest.raises(ValueError, match=r"conv_backward: dout must have shape \(1, 3, 2, 2\)"):
+        conv_backward(as_xp(xp, numpy.zeros((1, 3, 4, 4))), cache)
