@@ -106,7 +106,8 @@ def lesson_info(path):
     return info["TITLE"], info["SECONDS"]
 
 
-def print_list(lessons_dir, file=sys.stdout):
+def print_list(lessons_dir, file=None):
+    file = file or sys.stdout
     print("Lessons (python run_lesson.py N):", file=file)
     for number, path in lesson_files(lessons_dir).items():
         title, seconds = lesson_info(path)
