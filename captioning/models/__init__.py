@@ -1,0 +1,21 @@
+"""Captioning models and a registry: `build(config)` makes the model a config names.
+
+- "show-tell": Show and Tell (Vinyals et al. 2015), pooled feature -> LSTM.
+- "attention": Show, Attend and Tell (Xu et al. 2015), soft attention over a feature grid.
+"""
+from .base import CaptionModel, ConfigMismatchError, log_softmax
+from .show_attend_tell import ShowAttendTell
+from .show_tell import ShowAndTell
+
+__all__ = ["CaptionModel", "ConfigMismatchError", "ShowAndTell", "ShowAttendTell", "MODELS", "build",
+           "log_softmax"]
+
+MODELS = {ShowAndTell.name: ShowAndTell, ShowAttendTell.name: ShowAttendTell}
+
+
+def build(config, seed=0, dtype=None):
+    """A new model of the kind config["model"] names ("show-tell" or "attention")."""
+    kind = config.get("model")
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}: choose one of {sorted(MODELS)}")
+    return MODELS[kind](config, seed=seed, dtype=dtype)

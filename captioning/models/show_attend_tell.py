@@ -1,0 +1,280 @@
+"""Show, Attend and Tell (Xu et al. 2015), soft attention, with backprop through time by hand.
+
+Inputs per image: a grid of L feature vectors a_1..a_L (D each; 7 x 7 x 1280
+from EfficientNet-Lite0 gives L = 49, D = 1280).
+
+    mean = (1/L) sum_i a_i
+    h_0 = tanh(mean @ W_h0 + b_h0),  c_0 = tanh(mean @ W_c0 + b_c0)
+    P = a @ W_att_feat + b_att                   (N, L, A) once per batch, not per step
+    for t = 1..T:
+        e_ti   = w_att . tanh(P_i + h_{t-1} @ W_att_h)     attention scores (N, L)
+        alpha_t = softmax_i(e_t)                            where to look (N, L)
+        z_t    = sum_i alpha_ti a_i                        context (N, D)
+        beta_t = sigmoid(h_{t-1} @ W_beta + b_beta)        gate: how much to look (N, 1)
+        h_t, c_t = LSTM([W_embed[word_{t-1}]; beta_t z_t], h_{t-1}, c_{t-1})
+    scores_t = dropout(h_t) @ W_out + b_out                 (N, T, V)
+    loss = masked softmax loss / N + lambda / N * sum_{n,i} (1 - sum_t m_nt alpha_nti)^2
+
+The last term is the paper's "doubly stochastic" regulariser: it pushes every
+location to receive about one unit of attention over the caption, so the
+model looks at all of the image. m_nt masks padding steps.
+
+Simplification (say so): the output layer reads h_t only. The paper's "deep
+output" also adds projections of the context and the previous word; reading
+h alone keeps the backward pass short and costs little accuracy here.
+
+Speed: the feature projection P is one big GEMM per batch; the word
+embeddings for all T steps are looked up at once and written into one
+preallocated LSTM-input buffer; the output layer is one (N*T, H) x (H, V)
+GEMM after the loop. Only what truly depends on h_{t-1} runs per step.
+"""
+from nn import backend
+from nn import functional as F
+
+from .base import CaptionModel, log_softmax
+
+try:  # the real nn ops (stand-ins only while they are being written)
+    from nn.recurrent import (lstm_step_forward, lstm_step_backward,
+                              word_embedding_forward, word_embedding_backward,
+                              temporal_affine_forward, temporal_affine_backward)
+    from nn.losses import temporal_softmax_loss
+except ImportError:  # pragma: no cover
+    from ._nn_standin import (lstm_step_forward, lstm_step_backward,  # noqa: F401
+                              word_embedding_forward, word_embedding_backward,
+                              temporal_affine_forward, temporal_affine_backward,
+                              temporal_softmax_loss)
+
+__all__ = ["ShowAttendTell", "soft_attention_forward", "soft_attention_backward"]
+
+
+# ------------------------------------------------------------------ soft attention (one step)
+
+def soft_attention_forward(features, feat_proj, h, W_att_h, w_att):
+    """Additive (Bahdanau) soft attention for one time step.
+
+    Inputs:
+    - features: (N, L, D) feature grid a
+    - feat_proj: (N, L, A) precomputed a @ W_att_feat + b_att
+    - h: (N, H) previous hidden state
+    - W_att_h: (H, A) hidden-state projection
+    - w_att: (A,) scoring vector
+    Returns:
+    - context: (N, D) attention-weighted mean of the features
+    - alpha: (N, L) attention weights (each row sums to 1)
+    - cache: for soft_attention_backward
+    """
+    xp = backend.get_array_module(features, feat_proj, h, op="soft_attention_forward")
+    hidden_proj = h @ W_att_h                                  # (N, A)
+    activation = xp.tanh(feat_proj + hidden_proj[:, None, :])  # (N, L, A)
+    scores = activation @ w_att                                # (N, L)
+    scores -= scores.max(axis=1, keepdims=True)
+    alpha = xp.exp(scores)
+    alpha /= alpha.sum(axis=1, keepdims=True)
+    context = (alpha[:, None, :] @ features)[:, 0, :]          # (N, D), a batched mat-vec
+    return context, alpha, (features, h, W_att_h, w_att, activation, alpha)
+
+
+def soft_attention_backward(dcontext, dalpha, cache, need_dfeatures=True):
+    """Backward pass of soft_attention_forward.
+
+    Inputs:
+    - dcontext: (N, D) upstream gradient of the context
+    - dalpha: (N, L) or None, upstream gradient reaching alpha directly (regulariser)
+    - cache: from the forward pass
+    - need_dfeatures: compute the (N, L, D) gradient through the context; a
+      caller summing over many steps can skip it and do one batched product
+      sum_t alpha_t^T dcontext_t itself
+    Returns:
+    - dfeatures: (N, L, D) gradient through the context only, or None
+      (feat_proj carries the rest)
+    - dfeat_proj: (N, L, A)
+    - dh: (N, H)
+    - dW_att_h: (H, A)
+    - dw_att: (A,)
+    """
+    features, h, W_att_h, w_att, activation, alpha = cache
+    dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]          # (N, L)
+    if dalpha is not None:
+        dalpha_total += dalpha
+    # softmax backward: dscores = alpha * (dalpha - sum_j alpha_j dalpha_j)
+    dscores = alpha * (dalpha_total - (alpha * dalpha_total).sum(axis=1, keepdims=True))
+    N, L, A = activation.shape
+    dw_att = activation.reshape(N * L, A).T @ dscores.reshape(N * L)
+    dfeat_proj = dscores[:, :, None] * w_att
+    dfeat_proj *= 1 - activation * activation                          # through tanh
+    dhidden_proj = dfeat_proj.sum(axis=1)                             # (N, A)
+    dW_att_h = h.T @ dhidden_proj
+    dh = dhidden_proj @ W_att_h.T
+    dfeatures = alpha[:, :, None] * dcontext[:, None, :] if need_dfeatures else None
+    return dfeatures, dfeat_proj, dh, dW_att_h, dw_att
+
+
+# ------------------------------------------------------------------ the model
+
+class ShowAttendTell(CaptionModel):
+    """Soft-attention captioner over a feature grid (N, L, D).
+
+    config keys: vocab_size V, feature_dim D, wordvec_dim E, hidden_dim H,
+    attention_dim A, dropout (before the output layer), doubly_stochastic
+    (lambda of the regulariser), null_id/start_id/end_id.
+    """
+    name = "attention"
+    feature_kind = "grid"
+
+    def __init__(self, config, seed=0, dtype=None):
+        config = {"wordvec_dim": 256, "hidden_dim": 512, "attention_dim": 256, "dropout": 0.0,
+                  "doubly_stochastic": 1.0, **config, "model": self.name}
+        super().__init__(config)
+        V, D = config["vocab_size"], config["feature_dim"]
+        E, H, A = config["wordvec_dim"], config["hidden_dim"], config["attention_dim"]
+        self._init_params({
+            "W_h0": ((D, H), "weight"), "b_h0": ((H,), "zeros"),
+            "W_c0": ((D, H), "weight"), "b_c0": ((H,), "zeros"),
+            "W_att_feat": ((D, A), "weight"), "b_att": ((A,), "zeros"),
+            "W_att_h": ((H, A), "weight"), "w_att": ((A, 1), "weight"),
+            "W_beta": ((H, 1), "weight"), "b_beta": ((1,), "zeros"),
+            "W_embed": ((V, E), "embedding"),
+            "Wx": ((E + D, 4 * H), "weight"), "Wh": ((H, 4 * H), "weight"), "b": ((4 * H,), "zeros"),
+            "W_out": ((H, V), "weight"), "b_out": ((V,), "zeros"),
+        }, seed, dtype)
+        self.params["w_att"] = self.params["w_att"].reshape(A)
+        self.params["b"][H:2 * H] = 1.0  # forget-gate bias 1
+
+    # ---------------------------------------------------------- pieces shared by training and decoding
+    def _initial_state(self, features):
+        """h0, c0 from the mean feature, and the per-batch feature projection P."""
+        p = self.params
+        N, L, D = features.shape
+        mean = features.mean(axis=1)
+        h0_pre, h0_cache = F.affine_forward(mean, p["W_h0"], p["b_h0"])
+        c0_pre, c0_cache = F.affine_forward(mean, p["W_c0"], p["b_c0"])
+        h0, h0_tanh = F.tanh_forward(h0_pre)
+        c0, c0_tanh = F.tanh_forward(c0_pre)
+        proj, proj_cache = F.affine_forward(features.reshape(N * L, D), p["W_att_feat"], p["b_att"])
+        feat_proj = proj.reshape(N, L, -1)
+        return h0, c0, feat_proj, (h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache)
+
+    def _gate(self, h):
+        """beta = sigmoid(h @ W_beta + b_beta), (N, 1)."""
+        return F.sigmoid(h @ self.params["W_beta"] + self.params["b_beta"])
+
+    # ---------------------------------------------------------- training
+    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None):
+        """Teacher-forced loss (with the attention regulariser) and all gradients.
+
+        Inputs:
+        - features: (N, L, D) feature grids
+        - captions: (N, T+1) int word ids, <START> first, <NULL>-padded
+        - feature_grad: also return d loss / d features (trainable encoder)
+        - dropout_seed: seed of the dropout mask (training mode only)
+        Returns:
+        - loss: float
+        - grads: dict name -> array, same shapes as self.params
+        - dfeatures: (N, L, D) or None
+        """
+        self._check_inputs(features, captions)
+        xp = backend.get_array_module(features, op="ShowAttendTell.forward_backward")
+        p = self.params
+        N, L, D = features.shape
+        E, H = self.config["wordvec_dim"], self.config["hidden_dim"]
+        captions_in, captions_out, mask = self._split_captions(captions)
+        T = captions_in.shape[1]
+        dtype = features.dtype
+
+        # ---------------- forward
+        h, c, feat_proj, init_caches = self._initial_state(features)
+        words, embed_cache = word_embedding_forward(captions_in, p["W_embed"])
+        lstm_inputs = xp.empty((T, N, E + D), dtype=dtype)   # [word; gated context] per step
+        lstm_inputs[:, :, :E] = words.transpose(1, 0, 2)
+        hidden = xp.empty((N, T, H), dtype=dtype)
+        alphas = xp.empty((N, T, L), dtype=dtype)
+        step_caches = []
+        for t in range(T):
+            context, alpha, att_cache = soft_attention_forward(features, feat_proj, h, p["W_att_h"], p["w_att"])
+            beta = self._gate(h)
+            lstm_inputs[t, :, E:] = beta * context
+            h_prev = h
+            h, c, lstm_cache = lstm_step_forward(lstm_inputs[t], h, c, p["Wx"], p["Wh"], p["b"])
+            hidden[:, t] = h
+            alphas[:, t] = alpha
+            step_caches.append((att_cache, context, beta, h_prev, lstm_cache))
+        dropped, drop_cache = F.dropout_forward(hidden, self._dropout_param(dropout_seed))
+        scores, out_cache = temporal_affine_forward(dropped, p["W_out"], p["b_out"])
+        word_loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+
+        # doubly stochastic regulariser over the real (unmasked) steps
+        lam = float(self.config["doubly_stochastic"])
+        step_mask = mask.astype(dtype)[:, :, None]                       # (N, T, 1)
+        shortfall = 1 - (alphas * step_mask).sum(axis=1)                  # (N, L)
+        reg_loss = lam * float((shortfall * shortfall).sum()) / N
+        dalphas = (-2 * lam / N) * shortfall[:, None, :] * step_mask      # (N, T, L)
+
+        # ---------------- backward
+        g = {name: xp.zeros_like(value) for name, value in p.items()}
+        ddropped, g["W_out"], g["b_out"] = temporal_affine_backward(dscores, out_cache)
+        dhidden = F.dropout_backward(ddropped, drop_cache)
+        dwords = xp.empty((N, T, E), dtype=dtype)
+        dfeat_proj = xp.zeros_like(feat_proj)
+        dcontexts = xp.empty((N, T, D), dtype=dtype) if feature_grad else None
+        dh_next = xp.zeros((N, H), dtype=dtype)
+        dc_next = xp.zeros((N, H), dtype=dtype)
+        for t in reversed(range(T)):
+            att_cache, context, beta, h_prev, lstm_cache = step_caches[t]
+            dx, dh_prev, dc_next, dWx, dWh, db = lstm_step_backward(dhidden[:, t] + dh_next, dc_next,
+                                                                    lstm_cache)
+            g["Wx"] += dWx
+            g["Wh"] += dWh
+            g["b"] += db
+            dwords[:, t] = dx[:, :E]
+            dgated = dx[:, E:]                                            # d(beta * context)
+            dcontext = dgated * beta
+            # gate: beta = sigmoid(h_prev @ W_beta + b_beta)
+            dbeta_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
+            g["W_beta"] += h_prev.T @ dbeta_pre
+            g["b_beta"] += dbeta_pre.sum(axis=0)
+            dh_prev += dbeta_pre @ p["W_beta"].T
+            # attention
+            _, dproj_t, dh_att, dW_att_h, dw_att = soft_attention_backward(
+                dcontext, dalphas[:, t], att_cache, need_dfeatures=False)
+            dfeat_proj += dproj_t
+            g["W_att_h"] += dW_att_h
+            g["w_att"] += dw_att
+            dh_prev += dh_att
+            if feature_grad:
+                dcontexts[:, t] = dcontext
+            dh_next = dh_prev
+        g["W_embed"] = word_embedding_backward(dwords, embed_cache)
+
+        # initial state and the feature projection
+        h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache = init_caches
+        dmean_h, g["W_h0"], g["b_h0"] = F.affine_backward(F.tanh_backward(dh_next, h0_tanh), h0_cache)
+        dmean_c, g["W_c0"], g["b_c0"] = F.affine_backward(F.tanh_backward(dc_next, c0_tanh), c0_cache)
+        dfeat_flat, g["W_att_feat"], g["b_att"] = F.affine_backward(dfeat_proj.reshape(N * L, -1), proj_cache)
+
+        dfeatures = None
+        if feature_grad:
+            dfeatures = dfeat_flat.reshape(N, L, D)
+            dfeatures += alphas.transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
+            dfeatures += ((dmean_h + dmean_c) / L)[:, None, :]
+        self.grads = g
+        return float(word_loss) + reg_loss, g, dfeatures
+
+    # ---------------------------------------------------------- decoding
+    def init_decode_state(self, features):
+        """State before the first word: h, c (N, H), features (N, L, D), feat_proj (N, L, A)."""
+        self._check_inputs(features)
+        h0, c0, feat_proj, _ = self._initial_state(features)
+        return {"h": h0, "c": c0, "features": features, "feat_proj": feat_proj}
+
+    def decode_step(self, words, state):
+        """One step: previous words (N,) -> (log_probs (N, V), new state, attention (N, L))."""
+        p = self.params
+        xp = backend.get_array_module(state["h"], op="ShowAttendTell.decode_step")
+        h, c = state["h"], state["c"]
+        context, alpha, _ = soft_attention_forward(state["features"], state["feat_proj"], h,
+                                                   p["W_att_h"], p["w_att"])
+        x = xp.concatenate([p["W_embed"][words], self._gate(h) * context], axis=1)
+        h, c, _ = lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+        scores = h @ p["W_out"] + p["b_out"]
+        new_state = dict(state, h=h, c=c)
+        return log_softmax(scores), new_state, alpha

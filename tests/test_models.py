@@ -1,0 +1,103 @@
+"""Captioning models: whole-model gradient checks, decoding agrees with training, clear errors."""
+import numpy
+import pytest
+
+from nn import backend
+from nn.gradcheck import eval_numerical_gradient, rel_error
+from captioning.models import ConfigMismatchError, build
+
+TINY = {"vocab_size": 9, "feature_dim": 5, "wordvec_dim": 4, "hidden_dim": 6, "attention_dim": 5}
+
+
+def _tiny_batch(xp, kind, seed=0):
+    """3 images, captions of 5 steps with <END> and padding at different places."""
+    gen = numpy.random.default_rng(seed)
+    captions = gen.integers(3, TINY["vocab_size"], size=(3, 6))
+    captions[:, 0] = 1                       # <START>
+    captions[0, 4], captions[0, 5] = 2, 0    # <END>, <NULL>
+    captions[1, 2], captions[1, 3:] = 2, 0
+    shape = (3, 5) if kind == "show-tell" else (3, 4, 5)
+    features = xp.asarray(gen.standard_normal(shape))
+    return features, xp.asarray(captions)
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_whole_model_gradient_check(xp, kind):
+    """Every parameter's and the features' gradient against finite differences, float64, dropout on."""
+    backend.set_default_float(numpy.float64)
+    model = build({"model": kind, "dropout": 0.3, **TINY}, seed=1)
+    features, captions = _tiny_batch(xp, kind)
+    loss, grads, dfeatures = model.forward_backward(features, captions, feature_grad=True, dropout_seed=5)
+    assert set(grads) == set(model.params)
+
+    def f():
+        return model.forward_backward(features, captions, dropout_seed=5)[0]
+
+    for name, param in model.params.items():
+        numeric = eval_numerical_gradient(f, param, h=1e-4)
+        assert rel_error(numeric, grads[name]) <= 1e-5, name
+        assert float(abs(grads[name]).max()) > 0, f"{name} got no gradient"
+    numeric = eval_numerical_gradient(f, features, h=1e-4)
+    assert rel_error(numeric, dfeatures) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_decode_steps_reproduce_teacher_forced_loss(xp, kind):
+    """Feeding the true words through decode_step gives the training loss (eval mode, no regulariser)."""
+    backend.set_default_float(numpy.float64)
+    model = build({"model": kind, "dropout": 0.5, "doubly_stochastic": 0.0, **TINY}, seed=2).eval()
+    features, captions = _tiny_batch(xp, kind, seed=3)
+    loss, _ = model.loss(features, captions)
+    state = model.init_decode_state(features)
+    total = 0.0
+    for t in range(captions.shape[1] - 1):
+        log_probs, state, attention = model.decode_step(captions[:, t], state)
+        target = captions[:, t + 1]
+        picked = log_probs[xp.arange(3), target] * (target != 0)
+        total -= float(picked.sum())
+        if kind == "attention":
+            assert attention.shape == (3, 4)
+            numpy.testing.assert_allclose(backend.to_numpy(attention.sum(axis=1)), 1.0)
+        else:
+            assert attention is None
+    assert total / 3 == pytest.approx(loss, rel=1e-10)
+
+
+def test_doubly_stochastic_regulariser_adds_the_documented_penalty():
+    """loss(lambda) - loss(0) = lambda / N * sum_i (1 - sum_t alpha_ti)^2 over unmasked steps."""
+    backend.set_default_float(numpy.float64)
+    features, captions = _tiny_batch(numpy, "attention", seed=4)
+    plain = build({"model": "attention", "doubly_stochastic": 0.0, **TINY}, seed=3)
+    regular = build({"model": "attention", "doubly_stochastic": 0.7, **TINY}, seed=3)
+    state = plain.init_decode_state(features)
+    attention_sum = numpy.zeros((3, 4))
+    for t in range(captions.shape[1] - 1):
+        _, state, alpha = plain.decode_step(captions[:, t], state)
+        attention_sum += alpha * (captions[:, t + 1] != 0)[:, None]
+    penalty = 0.7 / 3 * ((1 - attention_sum) ** 2).sum()
+    assert regular.loss(features, captions)[0] - plain.loss(features, captions)[0] == pytest.approx(penalty)
+
+
+def test_load_state_dict_from_another_configuration_is_a_clear_error():
+    small = build({"model": "attention", **TINY})
+    other = build({"model": "attention", **dict(TINY, vocab_size=12)})
+    with pytest.raises(ConfigMismatchError, match=r"W_embed: checkpoint \(12, 4\) vs model \(9, 4\)"):
+        small.load_state_dict(other.state_dict())
+    with pytest.raises(ConfigMismatchError, match="missing"):
+        small.load_state_dict(build({"model": "show-tell", **TINY}).state_dict())
+
+
+def test_bad_inputs_name_the_model_and_the_shapes():
+    model = build({"model": "attention", **TINY})
+    features = numpy.zeros((2, 4, 5), dtype=model.dtype)
+    captions = numpy.ones((2, 3), dtype=numpy.int64)
+    with pytest.raises(ValueError, match=r"attention: features must be \(N, L, D\)"):
+        model.loss(features[:, 0], captions)
+    with pytest.raises(ValueError, match="feature_dim=5"):
+        model.loss(numpy.zeros((2, 4, 7), dtype=model.dtype), captions)
+    with pytest.raises(ValueError, match="word id 9 out of range"):
+        model.loss(features, captions * 9)
+    with pytest.raises(TypeError, match="integer word ids"):
+        model.loss(features, captions.astype(model.dtype))
+    with pytest.raises(ValueError, match="unknown model 'lstm'"):
+        build({"model": "lstm", **TINY})
