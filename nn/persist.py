@@ -1,0 +1,184 @@
+"""Saving and loading arrays, models and optimizer state as .npz files.
+
+Why .npz: it is NumPy's own zip of .npy files, readable anywhere NumPy is,
+and loading it with `allow_pickle=False` can never run code (a pickle can).
+Everything stored here is a plain numeric or string array; the optional
+metadata (any JSON value: configuration, vocabulary size, epoch, ...) is kept
+as a JSON string in a 0-d unicode array under the key "__meta__".
+
+Writes are atomic: the file is written under a temporary name in the same
+folder, flushed to disk (fsync), then renamed over the target with
+`os.replace`. A crash or error at any point before the rename leaves the
+previous file untouched; a reader never sees a half-written file.
+
+A model file made by `save_model` holds the module's `state_dict()` under
+keys "param/<dotted name>" and, when given, the optimizer's `state_dict()`
+under "optim/<key>".
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy
+
+from . import backend
+
+__all__ = ["save_npz", "load_npz", "save_model", "load_model", "META_KEY"]
+
+META_KEY = "__meta__"
+FORMAT = "nn.persist/1"
+
+
+def save_npz(path, arrays, meta=None, compress=False):
+    """Write `arrays` (and JSON metadata) to `path` atomically.
+
+    Inputs:
+    - path: file name (str or os.PathLike); ".npz" is NOT appended
+    - arrays: dict str -> array (NumPy, CuPy or anything numpy.asarray takes);
+      copied to NumPy; object arrays are refused (they would need pickle)
+    - meta: optional JSON-serialisable value stored under "__meta__"
+    - compress: zip-deflate the arrays (smaller, slower)
+    Returns: the path written.
+    """
+    path = os.fspath(path)
+    to_write = {}
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"save_npz({path}): array names must be non-empty strings, got {key!r}")
+        if key == META_KEY:
+            raise ValueError(f"save_npz({path}): {META_KEY!r} is reserved for the metadata")
+        array = backend.to_numpy(value)
+        if array.dtype == object:
+            raise TypeError(f"save_npz({path}): array {key!r} has dtype object, which needs pickle")
+        to_write[key] = array
+    if meta is not None:
+        try:
+            text = json.dumps(meta, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"save_npz({path}): meta is not JSON-serialisable: {exc}") from exc
+        to_write[META_KEY] = numpy.array(text)  # 0-d unicode array: no pickle needed
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_npz: folder {folder} does not exist (writing {path})")
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                    suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = numpy.savez_compressed if compress else numpy.savez
+            writer(f, **to_write)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(folder)
+    return path
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (best effort; not possible on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_npz(path):
+    """Read a file written by `save_npz` (or any .npz without pickled objects).
+
+    Inputs:
+    - path: file name
+    Returns: (arrays, meta): dict str -> NumPy array, and the metadata (None
+    when the file has none).
+    Raises FileNotFoundError when missing, ValueError when not a readable .npz
+    or when it holds pickled objects.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_npz: no such file: {path}")
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            if not isinstance(data, numpy.lib.npyio.NpzFile):
+                raise ValueError("it holds a single .npy array, not an .npz archive")
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
+    meta = None
+    if META_KEY in arrays:
+        try:
+            meta = json.loads(str(arrays.pop(META_KEY)))
+        except ValueError as exc:
+            raise ValueError(f"load_npz: {path} has corrupt metadata: {exc}") from exc
+    return arrays, meta
+
+
+def save_model(path, module, optimizer=None, meta=None, compress=False):
+    """Save a module's parameters and buffers (and optimizer state) atomically.
+
+    Inputs:
+    - path: file name
+    - module: an nn.layers.Module (anything with state_dict())
+    - optimizer: optional nn.optim optimizer; its state_dict() is stored too
+    - meta: optional JSON-serialisable value (configuration, epoch, ...)
+    Returns: the path written.
+    """
+    arrays = {"param/" + name: value for name, value in module.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({"optim/" + key: value for key, value in optimizer.state_dict().items()})
+    record = {
+        "format": FORMAT,
+        "module": type(module).__name__,
+        "optimizer": None if optimizer is None else type(optimizer).__name__,
+        "meta": meta,
+    }
+    return save_npz(path, arrays, meta=record, compress=compress)
+
+
+def load_model(path, module, optimizer=None, strict=True):
+    """Load a file written by `save_model` into `module` (and `optimizer`).
+
+    The module keeps its backend and dtypes; values are copied into its
+    arrays. Names and shapes are checked first: a mismatch raises ValueError
+    naming the file and listing the missing, unexpected and mismatched
+    entries, and nothing is changed. With strict=False, missing and
+    unexpected names are allowed (shapes must still match).
+
+    Returns: the `meta` value given to save_model (None if none).
+    """
+    path = os.fspath(path)
+    arrays, record = load_npz(path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"load_model: {path} was not written by nn.persist.save_model "
+                         f"(no {FORMAT!r} record in its metadata)")
+    params = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
+    optim = {key[len("optim/"):]: value for key, value in arrays.items() if key.startswith("optim/")}
+    if optimizer is not None:
+        saved_kind = record.get("optimizer")
+        if saved_kind is None:
+            raise ValueError(f"load_model: {path} holds no optimizer state "
+                             f"(asked to restore a {type(optimizer).__name__})")
+        if saved_kind != type(optimizer).__name__:
+            raise ValueError(f"load_model: {path} holds {saved_kind} state, "
+                             f"cannot restore it into {type(optimizer).__name__}")
+    try:
+        if optimizer is not None:
+            # Check the optimizer first on a throwaway copy of its state, so that
+            # a mismatch in either leaves both untouched.
+            module.check_state_dict(params, strict=strict)
+            optimizer.load_state_dict(optim)
+        module.load_state_dict(params, strict=strict)
+    except ValueError as exc:
+        raise ValueError(f"load_model: {path}: {exc}") from exc
+    return record.get("meta")
