@@ -42,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy
+
 ROOT = Path(__file__).resolve().parent
 LESSONS_DIR = ROOT / "lessons"
 OUTPUT_DIR = ROOT / "outputs" / "lessons"
@@ -160,7 +162,11 @@ def format_value(value):
     """One value for the results list; arrays are printed by NumPy's own rules."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    text = str(value)
+    if type(value).__module__.split(".")[0] in ("numpy", "cupy") and getattr(value, "ndim", 0) > 0:
+        array = numpy.asarray(value.get() if hasattr(value, "get") else value)
+        text = numpy.array2string(array, precision=4, max_line_width=100)
+    else:
+        text = str(value)
     return text if "\n" not in text else "\n" + textwrap.indent(text, "      ")
 
 
