@@ -1,0 +1,82 @@
+"""What a data set hands the rest of the project: splits of images with captions.
+
+A `CaptionSplit` is one of train / dev / test: parallel lists, one entry per
+image. Flickr8k splits name image files (`image_paths`); the synthetic shapes
+splits hold the pixels in memory (`images`) instead.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+__all__ = ["CaptionSplit", "LoadReport", "SPLIT_NAMES"]
+
+
+@dataclass
+class CaptionSplit:
+    """One split: for image i, its id, its file (or pixels) and its captions.
+
+    name:        "train", "dev" or "test"
+    image_ids:   list of N str, e.g. "1000268201_693b08cb0e.jpg"
+    image_paths: list of N str (files on disk), or None for in-memory data
+    captions:    list of N lists of raw caption strings (5 per Flickr8k image)
+    tokens:      list of N lists of token lists (tokenize() of each caption)
+    images:      None, or an (N, 3, H, W) uint8 array for in-memory data
+    """
+    name: str
+    image_ids: List[str]
+    image_paths: Optional[List[str]]
+    captions: List[List[str]]
+    tokens: List[List[List[str]]]
+    images: Any = None
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    @property
+    def num_captions(self):
+        return sum(len(c) for c in self.captions)
+
+    def all_tokens(self):
+        """Every caption's tokens, flattened: what Vocabulary.build wants."""
+        return [t for per_image in self.tokens for t in per_image]
+
+    def subset(self, indices):
+        """A new split with only the given image indices (e.g. a 100-image slice)."""
+        indices = [int(i) for i in indices]
+        pick = lambda values: None if values is None else [values[i] for i in indices]  # noqa: E731
+        images = None if self.images is None else self.images[indices]
+        return CaptionSplit(self.name, pick(self.image_ids), pick(self.image_paths),
+                            pick(self.captions), pick(self.tokens), images)
+
+
+@dataclass
+class LoadReport:
+    """What a reader found and what it had to skip (never silently).
+
+    images / captions: per split name, how many were kept.
+    skipped: reason -> number of entries skipped for it.
+    examples: reason -> up to 3 offending entries, to show the user.
+    notes: other facts worth printing (e.g. images in no split).
+    """
+    layout: str
+    images: Dict[str, int] = field(default_factory=dict)
+    captions: Dict[str, int] = field(default_factory=dict)
+    skipped: Dict[str, int] = field(default_factory=dict)
+    examples: Dict[str, List[str]] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    def skip(self, reason, example):
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < 3:
+            shown.append(str(example)[:120])
+
+    def __str__(self):
+        lines = [f"layout: {self.layout}"]
+        for name in self.images:
+            lines.append(f"{name}: {self.images[name]} images, {self.captions.get(name, 0)} captions")
+        for reason, count in self.skipped.items():
+            lines.append(f"skipped {count} {reason} (e.g. {', '.join(self.examples[reason])})")
+        lines.extend(self.notes)
+        return "\n".join(lines)

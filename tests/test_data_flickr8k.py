@@ -1,0 +1,142 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from captioning.data.flickr8k import find_flickr8k_dir, load_flickr8k, seeded_split
+from data_fixtures import make_kaggle, make_karpathy, make_original, tiny_corpus
+
+
+def snapshot(root):
+    """Every file under root with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(root).rglob("*")}
+
+
+def test_original_layout_reads_splits_captions_and_tokens(tmp_path):
+    splits, captions = tiny_corpus()
+    make_original(tmp_path, splits, captions)
+    before = snapshot(tmp_path)
+    data = load_flickr8k(tmp_path)
+    assert data.layout == "original"
+    assert {name: s.image_ids for name, s in data.splits.items()} == splits
+    train = data["train"]
+    assert train.captions[0] == captions[splits["train"][0]]
+    assert train.tokens[0][0] == ["a", "dog", "runs", "number", "0"]
+    assert all(Path(p).is_file() for p in train.image_paths)
+    assert data.report.images == {"train": 6, "dev": 2, "test": 2}
+    assert data.report.captions == {"train": 30, "dev": 10, "test": 10}
+    assert data.report.skipped == {}
+    assert snapshot(tmp_path) == before  # nothing written into the data folder
+
+
+def test_original_layout_quirks_are_skipped_and_counted(tmp_path):
+    splits, captions = tiny_corpus()
+    first = splits["train"][0]
+    quirks = [f"{first}.1#0\tpeople waiting for the subway",  # the real token file's ghost image
+              f"{first}#0\tA dog runs , number 0 .",           # duplicate line
+              f"{splits['dev'][0]}#5\t . ",                     # empty caption
+              "no tab on this line"]
+    make_original(tmp_path, splits, captions, newline="\r\n", extra_token_lines=quirks,
+                  extra_split_ids={"test": ["999_missing.jpg", splits["train"][1]]})
+    token_file = tmp_path / "Flickr8k_text" / "Flickr8k.token.txt"
+    token_file.write_bytes(token_file.read_bytes() + f"{first}#7\tcaf\xe9 latin-1\r\n".encode("latin-1"))
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {
+        "captions of images not found": 1, "duplicate caption lines": 1, "empty captions": 1,
+        "malformed caption lines": 1, "lines that are not UTF-8": 1,
+        "split-list ids with no image file": 1, "split-list ids listed twice": 1}
+    assert [len(c) for c in data["train"].captions] == [5] * 6
+    assert data["test"].image_ids == splits["test"]
+    assert "ghost" not in str(data.report) and "999_missing.jpg" in str(data.report)
+
+
+def test_split_ids_without_captions_are_skipped(tmp_path):
+    splits, captions = tiny_corpus()
+    make_original(tmp_path, splits, captions)
+    (tmp_path / "Flicker8k_Dataset" / "extra.jpg").write_bytes(b"")
+    with open(tmp_path / "Flickr8k_text" / "Flickr_8k.devImages.txt", "a") as f:
+        f.write("extra.jpg\n")
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"split-list ids with no captions": 1}
+    assert "extra.jpg" not in data["dev"].image_ids
+
+
+def test_kaggle_layout_with_quoted_commas_and_official_lists(tmp_path):
+    splits, captions = tiny_corpus()
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    data = load_flickr8k(tmp_path)
+    assert data.layout == "kaggle"
+    assert {name: s.image_ids for name, s in data.splits.items()} == splits
+    dev_first = splits["dev"][0]
+    assert data["dev"].captions[0][1] == "a dev dog, caption 1"  # the quoted comma survived
+    assert data["dev"].image_ids[0] == dev_first
+    assert "official split lists" in str(data.report)
+
+
+def test_kaggle_layout_without_lists_uses_the_documented_seeded_split(tmp_path):
+    splits, captions = tiny_corpus(n_train=12, n_dev=2, n_test=2)  # 16 images -> 12/2/2
+    make_kaggle(tmp_path, captions)
+    data = load_flickr8k(tmp_path, seed=3)
+    expected = seeded_split(list(captions), seed=3)
+    assert {name: s.image_ids for name, s in data.splits.items()} == expected
+    assert [len(expected[n]) for n in ("train", "dev", "test")] == [12, 2, 2]
+    assert sorted(sum(expected.values(), [])) == sorted(captions)  # disjoint, covers all
+    assert data.report.images == {"train": 12, "dev": 2, "test": 2}
+
+
+def test_seeded_split_sizes_match_the_official_split_for_full_size_data():
+    ids = [f"{i}.jpg" for i in range(8091)]
+    split = seeded_split(ids, seed=0)
+    assert [len(split[n]) for n in ("train", "dev", "test")] == [6000, 1000, 1000]
+    assert split == seeded_split(ids[::-1], seed=0)
+    assert split["test"] != seeded_split(ids, seed=1)["test"]
+
+
+def test_karpathy_layout_maps_val_to_dev_and_uses_json_tokens(tmp_path):
+    splits, captions = tiny_corpus()
+    make_karpathy(tmp_path, splits, captions, image_folder="Flicker8k_Dataset")
+    data = load_flickr8k(tmp_path)
+    assert data.layout == "karpathy"
+    assert {name: s.image_ids for name, s in data.splits.items()} == splits
+    assert data["dev"].tokens[0][1] == ["a", "dev", "dog", "caption", "1"]
+
+
+def test_missing_files_give_one_message_listing_every_layout(tmp_path):
+    (tmp_path / "Images").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        load_flickr8k(tmp_path)
+    message = str(info.value)
+    for expected in ("original: missing", "Flickr8k.token.txt", "Flicker8k_Dataset",
+                     "karpathy: missing", "dataset_flickr8k.json",
+                     "kaggle: missing captions.txt", "download"):
+        assert expected in message
+    assert "Images/" not in message.split("kaggle")[1]  # Images/ exists: not reported missing
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_flickr8k(tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown Flickr8k layout"):
+        load_flickr8k(tmp_path, layout="coco")
+
+
+def test_find_flickr8k_dir_prefers_flag_then_environment(tmp_path, monkeypatch):
+    flag, env = tmp_path / "flag", tmp_path / "env"
+    flag.mkdir()
+    env.mkdir()
+    monkeypatch.setenv("FLICKR8K_DIR", str(env))
+    assert find_flickr8k_dir(str(flag)) == flag
+    assert find_flickr8k_dir() == env
+    with pytest.raises(FileNotFoundError, match="--data"):
+        find_flickr8k_dir(str(tmp_path / "missing"))
+    monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="FLICKR8K_DIR"):
+        find_flickr8k_dir()
+
+
+def test_real_flickr8k_has_the_official_split_with_five_captions_each(flickr8k):
+    data = load_flickr8k(flickr8k)
+    assert data.layout == "original"
+    assert data.report.images == {"train": 6000, "dev": 1000, "test": 1000}
+    for split in data.splits.values():
+        assert {len(c) for c in split.captions} == {5}
+    assert data.report.skipped == {"captions of images not found": 5}  # 2258277193_586949ec62.jpg.1
+    assert not set(data["train"].image_ids) & set(data["test"].image_ids)
+    assert os.path.isfile(data["test"].image_paths[0])
