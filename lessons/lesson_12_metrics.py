@@ -1,0 +1,194 @@
+"""Lesson 12: measuring captions - BLEU by hand, then corpus BLEU and CIDEr-D.
+
+There is no single right caption, so a generated caption is compared with
+several human ones. BLEU (Papineni et al. 2002) counts shared n-grams;
+CIDEr-D (Vedantam et al. 2015) weights n-grams by how specific they are to
+this image. Show and Tell (Vinyals et al. 2015), Show, Attend and Tell
+(Xu et al. 2015) and Karpathy & Fei-Fei (2015) all report BLEU-1..4 on
+Flickr8k, computed as coco-caption does; `captioning.metrics` follows it.
+"""
+import math
+from collections import Counter
+
+import numpy
+
+from captioning.data import load_flickr8k, shapes_splits
+from captioning.metrics import bleu, cider_d, cider_d_per_image, ngram_counts
+
+TITLE = "Measuring captions: BLEU by hand on a tiny example, then corpus BLEU and CIDEr-D"
+SECONDS = 5
+
+REFERENCES = ["the cat is on the mat", "there is a cat on the mat"]   # Papineni et al.'s example
+
+
+def step_1_modified_precision(ctx):
+    """Modified n-gram precision: count matches, but no more often than a reference has them.
+
+    Plain precision would give the absurd candidate "the the the the the the
+    the" 7/7 (every word occurs in a reference). BLEU clips each word's count
+    by its largest count in any ONE reference: "the" appears at most twice,
+    so the modified unigram precision is 2/7.
+    """
+    candidate = "the the the the the the the".split()
+    references = [r.split() for r in REFERENCES]
+    plain = sum(word in references[0] or word in references[1] for word in candidate) / len(candidate)
+    clip = {word: max(ref.count(word) for ref in references) for word in set(candidate)}
+    clipped = sum(min(count, clip[word]) for word, count in Counter(candidate).items()) / len(candidate)
+    bleu_1 = bleu([REFERENCES], [" ".join(candidate)], max_n=1)[0]
+    ctx.check(abs(clipped - 2 / 7) < 1e-12 and abs(bleu_1 - clipped) < 1e-12, "BLEU-1 is 2/7 here")
+    return {"plain precision": plain, "modified precision": clipped, "metrics.bleu, BLEU-1": bleu_1}
+
+
+def step_2_bleu_by_hand(ctx):
+    """BLEU-4 by hand: the geometric mean of p1..p4, times a brevity penalty.
+
+    BLEU-N = BP * (p1 * p2 * ... * pN) ** (1/N). Precision alone would reward
+    very short captions ("the cat" has p1 = 1), so BP = exp(1 - r/c) when the
+    candidate (length c) is shorter than the closest reference length r,
+    and 1 otherwise.
+    """
+    candidate = "the cat is on a mat".split()
+    short = "the cat".split()
+    references = [r.split() for r in REFERENCES]
+
+    def modified_precision(words, n):
+        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        clip = Counter()
+        for ref in references:
+            clip |= Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+        return sum(min(c, clip[g]) for g, c in grams.items()) / max(sum(grams.values()), 1)
+
+    def bleu_by_hand(words, max_n):
+        r = min((len(ref) for ref in references), key=lambda length: (abs(length - len(words)), length))
+        bp = 1.0 if len(words) > r else math.exp(1 - r / len(words))
+        precisions = [modified_precision(words, n) for n in range(1, max_n + 1)]
+        return bp * math.exp(sum(math.log(p) for p in precisions) / max_n), precisions, bp
+
+    ours, precisions, bp = bleu_by_hand(candidate, 4)
+    library = bleu([REFERENCES], [" ".join(candidate)])[3]
+    short_score, _, short_bp = bleu_by_hand(short, 2)
+    ctx.check(abs(ours - library) < 1e-12, "hand-computed BLEU-4 = metrics.bleu")
+    ctx.check(abs(short_score - bleu([REFERENCES], ["the cat"], max_n=2)[1]) < 1e-12, "BLEU-2 of 'the cat'")
+    return {"candidate": " ".join(candidate), "p1..p4": numpy.round(precisions, 4), "brevity penalty": bp,
+            "BLEU-4 by hand": ours, "BLEU-4 by metrics.bleu": library,
+            "'the cat': brevity penalty": short_bp, "'the cat': BLEU-2": short_score}
+
+
+def step_3_corpus_bleu(ctx):
+    """Corpus BLEU adds up counts over all images before dividing.
+
+    Papers report corpus BLEU: clipped matches and n-gram totals (and the
+    lengths for BP) are summed over the whole test set, then combined once.
+    It is NOT the mean of per-image BLEU scores: one caption without any
+    4-gram match has sentence BLEU-4 = 0 but still adds to the corpus counts.
+    """
+    references = [REFERENCES, ["a dog runs on the grass", "a brown dog is running on grass"]]
+    hypotheses = ["there is a cat on the mat", "a dog running on the grass"]
+    corpus = bleu(references, hypotheses)
+    per_image = [bleu([r], [h]) for r, h in zip(references, hypotheses)]
+    mean_of_sentences = numpy.mean([s[3] for s in per_image])
+    ctx.check(abs(corpus[3] - mean_of_sentences) > 1e-3, "corpus BLEU-4 differs from the mean")
+    return {"corpus BLEU-1..4": numpy.round(corpus, 4),
+            "image 1 alone": numpy.round(per_image[0], 4), "image 2 alone": numpy.round(per_image[1], 4),
+            "mean of per-image BLEU-4": float(mean_of_sentences)}
+
+
+CIDER_REFERENCES = [
+    ["a dog runs on the grass", "a brown dog running on grass", "the dog is running in grass"],
+    ["a man rides a bike on the road", "a cyclist on the road", "a man is riding a bicycle"],
+    ["two children play in the water", "kids splash in a pool", "two kids are playing in the water"],
+]
+
+
+def step_4_cider_idf(ctx):
+    """CIDEr-D: n-grams weighted by TF-IDF, so words every caption uses count little.
+
+    IDF(g) = log(number of images) - log(number of images whose references
+    contain g). "a" and "the" occur for every image and get weight 0;
+    "dog" is specific to one image and gets log(3). A caption is scored by
+    the cosine similarity of its TF-IDF vector with each reference's
+    (n = 1..4, averaged), with clipping and a Gaussian length penalty
+    exp(-delta^2 / 2 sigma^2), sigma = 6; times 10.
+    """
+    documents = [set().union(*(ngram_counts(ref.split(), 1) for ref in refs)) for refs in CIDER_REFERENCES]
+    def idf(word):
+        return math.log(len(documents)) - math.log(max(1, sum((word,) in doc for doc in documents)))
+    weights = {word: idf(word) for word in ["a", "the", "on", "dog", "grass", "running"]}
+    ctx.check(weights["a"] == 0 and abs(weights["dog"] - math.log(3)) < 1e-12, "IDF as defined")
+    return {f"IDF('{w}')": round(v, 4) for w, v in weights.items()}
+
+
+def step_5_cider_by_hand(ctx):
+    """CIDEr with unigrams only, by hand, against metrics.cider_d.
+
+    For one image: vector g_h of the hypothesis, g_r of each reference
+    (word count x IDF); similarity sum_w min(g_h[w], g_r[w]) * g_r[w] /
+    (|g_h| |g_r|); mean over references; times 10. All captions here have
+    6 words, so the length penalty is exp(0) = 1.
+    """
+    hypothesis = "a brown dog runs on grass"
+    documents = [set().union(*(ngram_counts(ref.split(), 1) for ref in refs)) for refs in CIDER_REFERENCES]
+    def vector(caption):
+        return {g: c * (math.log(3) - math.log(sum(g in doc for doc in documents) or 1))
+                for g, c in ngram_counts(caption.split(), 1).items()}
+    hyp = vector(hypothesis)
+    similarities = []
+    for ref_caption in CIDER_REFERENCES[0]:
+        ref = vector(ref_caption)
+        dot = sum(min(w, ref.get(g, 0.0)) * ref.get(g, 0.0) for g, w in hyp.items())
+        norms = math.sqrt(sum(w * w for w in hyp.values())) * math.sqrt(sum(w * w for w in ref.values()))
+        similarities.append(dot / norms)
+    by_hand = 10 * numpy.mean(similarities)
+    hypotheses = [hypothesis, "a man rides a bike", "two kids play in water"]
+    library = cider_d_per_image(CIDER_REFERENCES, hypotheses, max_n=1)[0]
+    ctx.check(abs(by_hand - library) < 1e-10, "hand-computed unigram CIDEr = metrics")
+    return {"similarity to each reference": numpy.round(similarities, 4),
+            "CIDEr (unigrams) by hand": float(by_hand), "metrics.cider_d_per_image(max_n=1)": float(library)}
+
+
+def step_6_specific_beats_generic(ctx):
+    """Why CIDEr: a generic caption can keep a fair BLEU-1 but loses on CIDEr-D.
+
+    A captioner that says the same safe sentence for every image matches the
+    common words ("a", "on", "the") everywhere. CIDEr-D gives those words
+    almost no weight.
+    """
+    specific = ["a brown dog runs on grass", "a man rides a bike on the road", "two kids play in the water"]
+    generic = ["a man is on the water"] * 3
+    scores = {}
+    for name, hyps in [("specific", specific), ("generic", generic)]:
+        b = bleu(CIDER_REFERENCES, hyps)
+        scores[name] = {"BLEU-1": round(b[0], 3), "BLEU-4": round(b[3], 3),
+                        "CIDEr-D": round(cider_d(CIDER_REFERENCES, hyps), 3)}
+    ctx.check(scores["specific"]["CIDEr-D"] > 2 * scores["generic"]["CIDEr-D"], "specific wins on CIDEr-D")
+    return scores
+
+
+def step_7_how_good_are_humans(ctx):
+    """What the numbers mean: score one human caption against the other four.
+
+    Scores depend on the data and on the number of references, so a useful
+    yardstick is a human: for every test image, caption 1 is the hypothesis
+    and captions 2-5 the references. (Published machine scores use all 5
+    references and are not directly comparable.) Uses Flickr8k's test split
+    when the data is found, else the synthetic shapes.
+    """
+    if ctx.data is not None and ctx.data.is_dir():
+        test, source = load_flickr8k(ctx.data).splits["test"], "Flickr8k test split"
+    else:
+        test, source = shapes_splits(n_train=1, n_val=1, n_test=500)["test"], "synthetic shapes test split"
+    references = [captions[1:] for captions in test.captions]
+    hypotheses = [captions[0] for captions in test.captions]
+    human = bleu(references, hypotheses)
+    human_cider = cider_d(references, hypotheses)
+    ctx.check(0 < human[3] < 1, "a BLEU score is in (0, 1)")
+    return {"data": f"{source}, {len(test)} images", "human BLEU-1..4": numpy.round(human, 4),
+            "human CIDEr-D": human_cider}
+
+
+if __name__ == "__main__":  # python lessons/lesson_12_metrics.py [--no-pause] [--data DIR]
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    import run_lesson
+    sys.exit(run_lesson.main([__file__] + sys.argv[1:]))
