@@ -40,7 +40,7 @@ from . import functional as F
 __all__ = [
     "Module", "Sequential", "Affine", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Dropout",
     "Conv2d", "BatchNorm1d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
-    "Embedding", "LSTM", "TemporalAffine", "same_padding",
+    "Embedding", "LSTM", "TemporalAffine",
 ]
 
 
@@ -313,25 +313,35 @@ class Sequential(Module):
 class Affine(Module):
     """Fully connected layer: (N, d_1..d_k) flattened to (N, in_features) -> (N, out_features).
 
-    params: w (in_features, out_features), b (out_features,)
+    params: w (in_features, out_features), and b (out_features,) when bias=True
+    (no bias before a batchnorm, which would cancel it).
     """
 
-    def __init__(self, in_features, out_features, weight_scale=None, dtype=None, seed=None, rng=None):
+    def __init__(self, in_features, out_features, bias=True, weight_scale=None, dtype=None,
+                 seed=None, rng=None):
         super().__init__()
         d = _positive_int("Affine", "in_features", in_features)
         m = _positive_int("Affine", "out_features", out_features)
         dtype = _float_dtype(dtype)
         std = 1.0 / numpy.sqrt(d) if weight_scale is None else weight_scale
         self.add_param("w", _normal(_generator(seed, rng), (d, m), std, dtype))
-        self.add_param("b", _constant((m,), 0, dtype))
+        if bias:
+            self.add_param("b", _constant((m,), 0, dtype))
 
     def forward(self, x):
-        out, self.cache = F.affine_forward(x, self.params["w"], self.params["b"])
+        w = self.params["w"]
+        b = self.params.get("b")
+        if b is None:
+            b = _module_of(w).zeros(w.shape[1], dtype=w.dtype)
+        out, self.cache = F.affine_forward(x, w, b)
         return out
 
     def backward(self, dout):
         dx, dw, db = F.affine_backward(dout, self._need_cache())
-        self._set_grads(w=dw, b=db)
+        if "b" in self.params:
+            self._set_grads(w=dw, b=db)
+        else:
+            self._set_grads(w=dw)
         return dx
 
 
@@ -414,19 +424,6 @@ def _pair(layer, name, value):
     return (value, value)
 
 
-def same_padding(size, kernel, stride):
-    """TensorFlow "same" padding along one axis: (before, after).
-
-    The output has ceil(size / stride) positions; the total padding needed
-    for that is split with the extra pixel AFTER (bottom/right), as in
-    TensorFlow. Example: size 224, kernel 3, stride 2 -> output 112, total
-    padding max((112 - 1) * 2 + 3 - 224, 0) = 1 -> (0, 1).
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class Conv2d(Module):
     """2-D convolution over NCHW images.
 
@@ -434,7 +431,8 @@ class Conv2d(Module):
     - in_channels C, out_channels F, kernel_size (int or (HH, WW))
     - stride: int
     - pad: int (all sides), (pad_h, pad_w), (top, bottom, left, right),
-      "same" (TensorFlow same padding, computed for each input size) or "valid" (0)
+      "same" (TensorFlow same padding, computed for each input size by
+      `F.same_padding`: the odd pixel goes bottom/right) or "valid" (0)
     - groups: C and F must both be divisible by it; groups == C is depthwise
     - bias: whether there is a bias b (F,)
     params: w (F, C // groups, HH, WW), and b (F,) when bias=True
@@ -482,17 +480,15 @@ class Conv2d(Module):
         """(top, bottom, left, right) padding used for an input of this size."""
         if self.pad != "same":
             return self.pad
-        top, bottom = same_padding(height, self.kernel_size[0], self.stride)
-        left, right = same_padding(width, self.kernel_size[1], self.stride)
+        top, bottom = F.same_padding(height, self.kernel_size[0], self.stride)
+        left, right = F.same_padding(width, self.kernel_size[1], self.stride)
         return (top, bottom, left, right)
 
     def forward(self, x):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"Conv2d: x must be 4-D (N, C, H, W), got shape {getattr(x, 'shape', None)}")
         w = self.params["w"]
-        b = self.params.get("b")
-        if b is None:
-            b = _module_of(w).zeros(w.shape[0], dtype=w.dtype)
+        b = self.params.get("b")  # None: no bias
         conv_param = {"stride": self.stride, "pad": self.padding_for(x.shape[2], x.shape[3]),
                       "groups": self.groups}
         out, self.cache = F.conv_forward(x, w, b, conv_param)
