@@ -13,3 +13,5 @@ from .text import Vocabulary, tokenize
 from .flickr8k import Flickr8k, find_flickr8k_dir, load_flickr8k
 from .shapes import ShapesSplit, make_shapes_dataset, shapes_splits
 from .images import ImageDecodeError, load_image, load_images, normalize_images
+from .batches import (CaptionBatch, CaptionTable, ImageBatch, encode_split, epoch_order,
+                      iterate_images, iterate_minibatches, num_batches)
