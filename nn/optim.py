@@ -69,7 +69,7 @@ def sgd_momentum(w, dw, config=None):
     config.setdefault("momentum", 0.9)
     velocity = config.get("velocity")
     if velocity is None:
-        velocity = w * 0
+        velocity = backend.get_array_module(w).zeros_like(w)
     velocity = config["momentum"] * velocity - config["learning_rate"] * dw
     config["velocity"] = velocity
     return w + velocity, config
@@ -93,7 +93,7 @@ def rmsprop(w, dw, config=None):
     config.setdefault("epsilon", 1e-8)
     cache = config.get("cache")
     if cache is None:
-        cache = w * 0
+        cache = backend.get_array_module(w).zeros_like(w)
     decay = config["decay_rate"]
     cache = decay * cache + (1 - decay) * dw * dw
     config["cache"] = cache
@@ -122,12 +122,13 @@ def adam(w, dw, config=None):
     config.setdefault("beta2", 0.999)
     config.setdefault("epsilon", 1e-8)
     config.setdefault("t", 0)
+    xp = backend.get_array_module(w, dw, op="adam")
     m = config.get("m")
     v = config.get("v")
     if m is None:
-        m = w * 0
+        m = xp.zeros_like(w)
     if v is None:
-        v = w * 0
+        v = xp.zeros_like(w)
     beta1, beta2 = config["beta1"], config["beta2"]
     config["t"] += 1
     t = config["t"]
@@ -135,7 +136,6 @@ def adam(w, dw, config=None):
     v = beta2 * v + (1 - beta2) * dw * dw
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
-    xp = backend.get_array_module(w, dw, op="adam")
     next_w = w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"])
     config["m"], config["v"] = m, v
     return next_w, config
@@ -372,11 +372,15 @@ class Adam(Optimizer):
         m += (1 - self.beta1) * grad
         v *= self.beta2
         v += (1 - self.beta2) * grad * grad
-        # Bias correction folded into the step size and epsilon:
-        # lr * m_hat / (sqrt(v_hat) + eps) with m_hat = m / c1, v_hat = v / c2.
+        # The step lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections
+        # m_hat = m / c1 and v_hat = v / c2 applied to scalars instead of to
+        # whole arrays; the denominator is built in place in one buffer.
         c1 = 1 - self.beta1 ** self.t
         c2 = 1 - self.beta2 ** self.t
-        param -= (self.lr / c1) * m / (xp.sqrt(v) / math.sqrt(c2) + self.eps)
+        denom = xp.sqrt(v)
+        denom *= 1 / math.sqrt(c2)
+        denom += self.eps
+        param -= (self.lr / c1) * m / denom
 
 
 # ---------------------------------------------------------------------------
@@ -408,8 +412,10 @@ def clip_grad_norm(grads, max_norm):
     if not arrays:
         return 0.0
     backend.get_array_module(*arrays, op="clip_grad_norm")
-    squares = [float((g.astype(numpy.float64) ** 2).sum()) for g in arrays]
-    total_norm = math.sqrt(sum(squares))
+    # Sums of squares accumulated in float64 on the arrays' device; one
+    # transfer to the host at the end (float()), not one per gradient.
+    total_square = sum((g * g).sum(dtype=numpy.float64) for g in arrays)
+    total_norm = math.sqrt(float(total_square))
     if math.isfinite(total_norm) and total_norm > max_norm:
         scale = max_norm / total_norm
         for g in arrays:

@@ -66,6 +66,7 @@ def save_npz(path, arrays, meta=None, compress=False):
                                     suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            _set_default_permissions(f.fileno())
             writer = numpy.savez_compressed if compress else numpy.savez
             writer(f, **to_write)
             f.flush()
@@ -79,6 +80,15 @@ def save_npz(path, arrays, meta=None, compress=False):
         raise
     _fsync_folder(folder)
     return path
+
+
+def _set_default_permissions(fd):
+    """mkstemp makes files readable by their owner only; give the usual rw-r--r-- (minus umask)."""
+    if not hasattr(os, "fchmod"):
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 def _fsync_folder(folder):
@@ -174,9 +184,12 @@ def load_model(path, module, optimizer=None, strict=True):
                              f"cannot restore it into {type(optimizer).__name__}")
     try:
         if optimizer is not None:
-            # Check the optimizer first on a throwaway copy of its state, so that
+            # Check the module's names and shapes, then load the optimizer (which
+            # validates everything before changing anything), then the module:
             # a mismatch in either leaves both untouched.
-            module.check_state_dict(params, strict=strict)
+            check = getattr(module, "check_state_dict", None)
+            if check is not None:
+                check(params, strict=strict)
             optimizer.load_state_dict(optim)
         module.load_state_dict(params, strict=strict)
     except ValueError as exc:

@@ -33,6 +33,9 @@ def test_npz_round_trip_with_meta(tmp_path):
     assert persist.load_npz(path)[1] == meta
     persist.save_npz(path, {"a": numpy.zeros(2)})
     assert persist.load_npz(path)[1] is None
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
 
 
 def test_npz_refuses_pickles_and_bad_input(tmp_path):
