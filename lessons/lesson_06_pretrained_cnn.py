@@ -10,9 +10,9 @@ top-1 with 4.7 M parameters), Google's weights running in OUR conv layers
 the decoders read: the mean vector (Show and Tell) or the 49 locations
 (attention).
 
-Uses a Flickr8k test photo (the first whose caption has a dog on grass) when the
-data is found (--data, $FLICKR8K_DIR,
-../shared/flickr8k), else a synthetic picture.
+Uses a Flickr8k test photo (the first whose caption has a dog on grass) when
+the data is found (--data, $FLICKR8K_DIR, ../shared/flickr8k), else a
+synthetic picture.
 """
 import math
 import time
