@@ -1,0 +1,194 @@
+"""Greedy decoding and beam search on tiny fake models (no training involved)."""
+import itertools
+
+import numpy
+import pytest
+
+from captioning.decoding import beam_search, greedy_decode
+from nn import backend
+
+START, END = 0, 1
+
+
+class TinyRecurrentModel:
+    """A random recurrent language model with attention, for testing decoders.
+
+    h0 = tanh(features @ W_init); each step: attention = softmax over L "cells"
+    of h @ W_att, h = tanh(W_embed[word] + h @ W_h + features @ W_feat), log-probs =
+    log_softmax(h @ W_out * sharpness). `features` is kept in the state and
+    passed through unchanged (a per-image constant, like real image features).
+    end_bias is added to the <END> score; never_end: <END> gets probability 0.
+    """
+
+    def __init__(self, xp, vocab_size=5, hidden=6, feature_dim=3, cells=4, sharpness=2.0,
+                 end_bias=0.0, never_end=False, seed=0):
+        rng = numpy.random.default_rng(seed)
+        shapes = {"W_init": (feature_dim, hidden), "W_embed": (vocab_size, hidden),
+                  "W_h": (hidden, hidden), "W_feat": (feature_dim, hidden),
+                  "W_out": (hidden, vocab_size), "W_att": (hidden, cells)}
+        self.params = {k: xp.asarray(rng.normal(size=s)) for k, s in shapes.items()}
+        self.sharpness, self.end_bias, self.never_end, self.xp = sharpness, end_bias, never_end, xp
+
+    def init_decode_state(self, features):
+        return {"h": self.xp.tanh(features @ self.params["W_init"]), "features": features}
+
+    def decode_step(self, words, state):
+        xp, p = self.xp, self.params
+        h, features = state["h"], state["features"]
+        att_scores = h @ p["W_att"]
+        attention = xp.exp(att_scores - att_scores.max(axis=1, keepdims=True))
+        attention /= attention.sum(axis=1, keepdims=True)
+        h = xp.tanh(p["W_embed"][words] + h @ p["W_h"] + features @ p["W_feat"])
+        scores = h @ p["W_out"] * self.sharpness
+        scores[:, END] += self.end_bias
+        if self.never_end:
+            scores[:, END] = -numpy.inf
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        return log_probs, dict(state, h=h), attention
+
+
+def run_model(model, features_row, words):
+    """Teacher-force `words` (ending with END or not) for one image: (log-prob, attention rows)."""
+    xp = model.xp
+    state = model.init_decode_state(features_row[None])
+    previous, total, rows = START, 0.0, []
+    for word in words:
+        log_probs, state, attention = model.decode_step(xp.asarray([previous]), state)
+        total += float(log_probs[0, word])
+        rows.append(backend.to_numpy(attention[0]))
+        previous = word
+    return total, numpy.array(rows)
+
+
+def features_for(xp, num_images, seed=1, dim=3):
+    return xp.asarray(numpy.random.default_rng(seed).normal(size=(num_images, dim)))
+
+
+def test_beam_size_one_equals_greedy(xp):
+    model = TinyRecurrentModel(xp, vocab_size=7, sharpness=1.5)
+    features = features_for(xp, 12)
+    greedy = greedy_decode(model, features, START, END, max_length=8)
+    beam = beam_search(model, features, START, END, beam_size=1, max_length=8)
+    assert greedy.sequences == beam.sequences
+    numpy.testing.assert_allclose(beam.scores, greedy.scores, rtol=1e-12)
+    numpy.testing.assert_array_equal(beam.finished, greedy.finished)
+    assert greedy.finished.any() and not greedy.finished.all()   # both kinds of caption exercised
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_wide_beam_finds_the_brute_force_best_caption(xp, alpha):
+    # Vocabulary: START (0, also usable as a word), END (1), words 2..4.
+    # max_length 4 -> every finished caption is k <= 3 words + END:
+    # 1 + 4 + 16 + 64 = 85 candidates. A step never has more than 64 live
+    # prefixes x 5 tokens = 320 extensions, so a beam of 320 prunes nothing.
+    max_length, words = 4, [0, 2, 3, 4]
+    # end_bias makes the best captions 1-3 words long (greedy never ends here).
+    model = TinyRecurrentModel(xp, vocab_size=5, sharpness=1.0, end_bias=-1.0, seed=8)
+    features = features_for(xp, 4, seed=4)
+    result = beam_search(model, features, START, END, beam_size=320, max_length=max_length,
+                         length_alpha=alpha)
+    assert sorted(len(s) for s in result.sequences) == [1, 3, 3, 3]
+    greedy = greedy_decode(model, features, START, END, max_length=max_length)
+    assert greedy.sequences != result.sequences
+    for image in range(4):
+        best_caption, best_score = None, -numpy.inf
+        for length in range(max_length):
+            for caption in itertools.product(words, repeat=length):
+                log_prob, _ = run_model(model, features[image], list(caption) + [END])
+                score = log_prob / (length + 1) ** alpha
+                if score > best_score:
+                    best_caption, best_score = list(caption), score
+        assert result.sequences[image] == best_caption
+        assert result.scores[image] == pytest.approx(best_score, rel=1e-10)
+        assert result.finished[image]
+
+
+def test_beam_scores_equal_the_model_log_probability_of_the_caption(xp):
+    # The score a beam of 3 reports is the model's own log-probability of the
+    # caption it returns: beams, their states and their words stay together
+    # through the reordering. Long captions (several reorderings) and
+    # unfinished ones are both exercised.
+    model = TinyRecurrentModel(xp, vocab_size=5, sharpness=1.0, end_bias=-1.0, seed=8)
+    features = features_for(xp, 6, seed=4)
+    result = beam_search(model, features, START, END, beam_size=3, max_length=10)
+    assert result.finished.any() and not result.finished.all()
+    assert max(len(s) for s in result.sequences) == 10
+    for image in range(6):
+        ending = [END] if result.finished[image] else []
+        log_prob, _ = run_model(model, features[image], result.sequences[image] + ending)
+        assert result.scores[image] == pytest.approx(log_prob, rel=1e-10)
+
+
+def test_model_that_never_ends_still_gets_captions(xp):
+    model = TinyRecurrentModel(xp, vocab_size=6, never_end=True)
+    features = features_for(xp, 4)
+    for result in (greedy_decode(model, features, START, END, max_length=5),
+                   beam_search(model, features, START, END, beam_size=3, max_length=5,
+                               length_alpha=0.5)):
+        assert [len(s) for s in result.sequences] == [5] * 4
+        assert not result.finished.any()
+        assert all(END not in s for s in result.sequences)
+        assert numpy.all(numpy.isfinite(result.scores))
+
+
+def test_batched_decoding_equals_one_image_at_a_time(xp):
+    model = TinyRecurrentModel(xp, vocab_size=8, sharpness=1.2, seed=7)
+    features = features_for(xp, 5, seed=8)
+    for decode in (lambda f, **kw: greedy_decode(model, f, START, END, max_length=9, **kw),
+                   lambda f, **kw: beam_search(model, f, START, END, beam_size=4, max_length=9,
+                                               length_alpha=0.3, **kw)):
+        together = decode(features)
+        chunked = decode(features, batch_size=2)
+        assert chunked.sequences == together.sequences
+        for image in range(5):
+            alone = decode(features[image:image + 1])
+            assert alone.sequences[0] == together.sequences[image]
+            assert alone.scores[0] == pytest.approx(together.scores[image], rel=1e-10)
+            numpy.testing.assert_allclose(alone.attention[0], together.attention[image], rtol=1e-10)
+
+
+def test_attention_rows_belong_to_the_generated_words(xp):
+    # Row t of the returned attention is the attention the model used when it
+    # produced word t: re-running the model on the caption reproduces it.
+    model = TinyRecurrentModel(xp, vocab_size=5, cells=9, sharpness=1.0, end_bias=-1.0, seed=8)
+    features = features_for(xp, 6, seed=4)
+    for result in (greedy_decode(model, features, START, END, max_length=10),
+                   beam_search(model, features, START, END, beam_size=3, max_length=10)):
+        assert sum(len(s) for s in result.sequences) >= 20
+        for image in range(6):
+            words = result.sequences[image]
+            assert result.attention[image].shape == (len(words), 9)
+            _, expected = run_model(model, features[image], words)
+            numpy.testing.assert_allclose(result.attention[image], expected.reshape(-1, 9),
+                                          rtol=1e-10)
+
+
+def test_bad_arguments_are_refused():
+    model = TinyRecurrentModel(numpy)
+    features = features_for(numpy, 2)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, features, START, END, beam_size=0)
+    with pytest.raises(ValueError, match="length_alpha"):
+        beam_search(model, features, START, END, length_alpha=-1)
+    with pytest.raises(ValueError, match="end_id=9 is outside the vocabulary of size 5"):
+        greedy_decode(model, features, START, 9)
+    with pytest.raises(TypeError, match="dict"):
+        greedy_decode(type("M", (), {"init_decode_state": lambda self, f: [f]})(), features, 0, 1)
+
+
+def test_beam_search_does_not_copy_state_that_the_step_passes_through():
+    # "features" is returned unchanged by decode_step, so every step must see
+    # the very same array (repeated once per beam at the start, never re-taken).
+    model = TinyRecurrentModel(numpy, vocab_size=6, end_bias=-1.0)
+    seen = []
+    step = model.decode_step
+
+    def recording_step(words, state):
+        seen.append(state["features"])
+        return step(words, state)
+
+    model.decode_step = recording_step
+    beam_search(model, features_for(numpy, 3), START, END, beam_size=2, max_length=6)
+    assert len(seen) > 2 and all(f is seen[0] for f in seen)
+    assert seen[0].shape == (6, 3)
