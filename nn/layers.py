@@ -26,7 +26,8 @@ deviation 1 / sqrt(fan_in) (fan_in = inputs feeding one output unit; this
 keeps activations at roughly unit variance through a linear map, the scale
 CS231n's captioning model uses), except convolutions, which use
 sqrt(2 / fan_in) (He et al. 2015) because a ReLU-family activation follows
-them; `weight_scale=` overrides the std. Biases start at zero, batchnorm at
+them, and word embeddings, which use 0.01 (CS231n); `weight_scale=`
+overrides the std. Biases start at zero, batchnorm at
 gamma = 1, beta = 0. Every constructor takes `seed=` or `rng=` (a NumPy or
 CuPy Generator). With a seed the numbers are drawn by NumPy on the CPU and
 then moved to the current backend, so a seed gives the same initial model on
