@@ -1,1 +1,492 @@
-__all__ = []
+"""Recurrent layers: word embeddings, a vanilla RNN, an LSTM and the per-time-step affine layer.
+
+Shapes follow CS231n: N sequences in a minibatch, T time steps, D input
+features, H hidden units, V words in the vocabulary. Sequences are batch-major,
+(N, T, ...).
+
+Two versions of each recurrence:
+- the STEP functions (`rnn_step_forward`, `lstm_step_forward`, ...) are the
+  readable reference: one time step, written as the equations read;
+- the SEQUENCE functions (`rnn_forward`, `lstm_forward`, ...) are the fast
+  path. They compute the input projection x_t Wx for all time steps at once in
+  ONE large matrix product (only h_{t-1} Wh has to wait for the previous step),
+  do the elementwise gate work in place in preallocated arrays, and in the
+  backward pass collect the per-step gate gradients so that dx, dWx, dWh and db
+  each come from one large matrix product at the end instead of T small ones.
+  Tests check that they equal a loop over the step functions.
+
+LSTM gates are laid out in blocks of H in the order input, forget, output, g
+(the candidate cell value): a = x Wx + h Wh + b has shape (N, 4H) and
+i = sigmoid(a[:, :H]), f = sigmoid(a[:, H:2H]), o = sigmoid(a[:, 2H:3H]),
+g = tanh(a[:, 3H:]). (PyTorch orders them input, forget, g, output.)
+"""
+from . import backend
+from .dense import _check_float, _check_ndim, _check_shape, sigmoid
+
+__all__ = [
+    "word_embedding_forward", "word_embedding_backward",
+    "rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward",
+    "lstm_step_forward", "lstm_step_backward",
+    "lstm_step_forward_from_projection", "lstm_step_backward_from_projection",
+    "lstm_forward", "lstm_backward",
+    "temporal_affine_forward", "temporal_affine_backward",
+]
+
+
+def _sigmoid_inplace(a, xp):
+    """a <- sigmoid(a), in place and overflow-free: sigmoid(a) = (1 + tanh(a / 2)) / 2."""
+    a *= 0.5
+    xp.tanh(a, out=a)
+    a += 1
+    a *= 0.5
+    return a
+
+
+def _check_recurrent_params(op, Wx, Wh, b, D, gates):
+    """Wx (D, gates*H), Wh (H, gates*H), b (gates*H,); returns H."""
+    _check_ndim(op, "Wh", Wh, 2, f"(H, {gates}H)")
+    H = Wh.shape[0]
+    _check_shape(op, "Wh", Wh, (H, gates * H))
+    _check_shape(op, "Wx", Wx, (D, gates * H))
+    _check_shape(op, "b", b, (gates * H,))
+    return H
+
+
+# ---------------------------------------------------------------- word embedding
+
+def word_embedding_forward(x, W):
+    """Look up the vector of every word: out[n, t] = W[x[n, t]].
+
+    Inputs:
+    - x: integer word indices, shape (N, T), each in [0, V)
+    - W: word vectors, shape (V, D)
+    Returns:
+    - out: (N, T, D)
+    - cache: (x, W) for the backward pass
+    """
+    op = "word_embedding_forward"
+    xp = backend.get_array_module(x, W, op=op)
+    if getattr(x, "dtype", None) is None or x.dtype.kind not in "iu":
+        raise TypeError(f"{op}: word indices x must be an integer array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    _check_ndim(op, "x", x, 2, "(N, T)")
+    _check_ndim(op, "W", W, 2, "(V, D)")
+    _check_float(op, W=W)
+    vocab_size = W.shape[0]
+    if x.size and (int(x.min()) < 0 or int(x.max()) >= vocab_size):
+        raise ValueError(f"{op}: word indices must lie in [0, {vocab_size}), got values in "
+                         f"[{int(x.min())}, {int(x.max())}]")
+    out = xp.take(W, x, axis=0)
+    return out, (x, W)
+
+
+def word_embedding_backward(dout, cache):
+    """Backward pass of `word_embedding_forward`.
+
+    Inputs:
+    - dout: upstream gradient, shape (N, T, D)
+    - cache: from the forward pass
+    Returns:
+    - dW: gradient of the word vectors, shape (V, D); a word used k times gets
+      the sum of its k upstream gradients (a scatter-add)
+    """
+    x, W = cache
+    xp = backend.get_array_module(dout, W, op="word_embedding_backward")
+    _check_shape("word_embedding_backward", "dout", dout, x.shape + (W.shape[1],))
+    dW = xp.zeros_like(W)
+    backend.scatter_add(dW, x.reshape(-1), dout.reshape(-1, W.shape[1]))
+    return dW
+
+
+# ---------------------------------------------------------------- vanilla RNN
+
+def rnn_step_forward(x, prev_h, Wx, Wh, b):
+    """One time step of a vanilla RNN: next_h = tanh(x Wx + prev_h Wh + b).
+
+    Inputs:
+    - x: input at this step, shape (N, D)
+    - prev_h: hidden state of the previous step, shape (N, H)
+    - Wx: input-to-hidden weights, shape (D, H)
+    - Wh: hidden-to-hidden weights, shape (H, H)
+    - b: biases, shape (H,)
+    Returns:
+    - next_h: (N, H)
+    - cache: values needed by the backward pass
+    """
+    op = "rnn_step_forward"
+    backend.get_array_module(x, prev_h, Wx, Wh, b, op=op)
+    _check_float(op, x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, b=b)
+    _check_ndim(op, "x", x, 2, "(N, D)")
+    H = _check_recurrent_params(op, Wx, Wh, b, x.shape[1], 1)
+    _check_shape(op, "prev_h", prev_h, (x.shape[0], H))
+    xp = backend.get_array_module(x)
+    next_h = xp.tanh(x @ Wx + prev_h @ Wh + b)
+    return next_h, (x, prev_h, Wx, Wh, next_h)
+
+
+def rnn_step_backward(dnext_h, cache):
+    """Backward pass of `rnn_step_forward`.
+
+    Inputs:
+    - dnext_h: gradient of the loss with respect to next_h, shape (N, H)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, D)
+    - dprev_h: (N, H)
+    - dWx: (D, H)
+    - dWh: (H, H)
+    - db: (H,)
+    """
+    x, prev_h, Wx, Wh, next_h = cache
+    _check_shape("rnn_step_backward", "dnext_h", dnext_h, next_h.shape)
+    da = dnext_h * (1 - next_h * next_h)          # tanh'(a) = 1 - tanh(a)^2
+    return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+
+def rnn_forward(x, h0, Wx, Wh, b):
+    """A vanilla RNN over a whole sequence (fast path: one input matrix product).
+
+    Inputs:
+    - x: input sequence, shape (N, T, D)
+    - h0: initial hidden state, shape (N, H)
+    - Wx: (D, H), Wh: (H, H), b: (H,) as in `rnn_step_forward`
+    Returns:
+    - h: hidden states of all time steps, shape (N, T, H)
+    - cache: values needed by the backward pass
+    """
+    op = "rnn_forward"
+    xp = backend.get_array_module(x, h0, Wx, Wh, b, op=op)
+    _check_float(op, x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    _check_ndim(op, "x", x, 3, "(N, T, D)")
+    N, T, D = x.shape
+    H = _check_recurrent_params(op, Wx, Wh, b, D, 1)
+    _check_shape(op, "h0", h0, (N, H))
+
+    h = (x.reshape(N * T, D) @ Wx).reshape(N, T, H)   # x_t Wx for every t at once
+    h += b
+    prev_h = h0
+    for t in range(T):
+        h_t = h[:, t]                                 # a view: filled in place
+        h_t += prev_h @ Wh
+        xp.tanh(h_t, out=h_t)
+        prev_h = h_t
+    return h, (x, h0, Wx, Wh, h)
+
+
+def rnn_backward(dh, cache):
+    """Backward pass of `rnn_forward` (backpropagation through time).
+
+    Inputs:
+    - dh: upstream gradients of all hidden states, shape (N, T, H)
+      (each h_t also feeds h_{t+1}; that part is added here)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, T, D)
+    - dh0: (N, H)
+    - dWx: (D, H)
+    - dWh: (H, H)
+    - db: (H,)
+    """
+    x, h0, Wx, Wh, h = cache
+    xp = backend.get_array_module(dh, h, op="rnn_backward")
+    _check_shape("rnn_backward", "dh", dh, h.shape)
+    N, T, D = x.shape
+    H = h0.shape[1]
+
+    da = xp.empty_like(h)                         # gradients of the pre-activations, all steps
+    dprev_h = xp.zeros_like(h0)
+    for t in reversed(range(T)):
+        h_t = h[:, t]
+        da_t = da[:, t]
+        xp.add(dh[:, t], dprev_h, out=da_t)
+        da_t *= 1 - h_t * h_t
+        dprev_h = da_t @ Wh.T
+
+    da_flat = da.reshape(N * T, H)
+    prev_hs = xp.concatenate([h0[:, None, :], h[:, :-1]], axis=1).reshape(N * T, H)
+    dx = (da_flat @ Wx.T).reshape(N, T, D)
+    return dx, dprev_h, x.reshape(N * T, D).T @ da_flat, prev_hs.T @ da_flat, da_flat.sum(axis=0)
+
+
+# ---------------------------------------------------------------- LSTM, one step
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    """One time step of an LSTM.
+
+    a = x Wx + prev_h Wh + b, split into four blocks of H:
+    i, f, o = sigmoid(input, forget, output blocks), g = tanh(last block);
+    next_c = f * prev_c + i * g;  next_h = o * tanh(next_c).
+
+    Inputs:
+    - x: input at this step, shape (N, D)
+    - prev_h: previous hidden state, shape (N, H)
+    - prev_c: previous cell state, shape (N, H)
+    - Wx: input-to-hidden weights, shape (D, 4H)
+    - Wh: hidden-to-hidden weights, shape (H, 4H)
+    - b: biases, shape (4H,)
+    Returns a tuple of:
+    - next_h: (N, H)
+    - next_c: (N, H)
+    - cache: values needed by the backward pass
+    """
+    op = "lstm_step_forward"
+    backend.get_array_module(x, prev_h, prev_c, Wx, Wh, b, op=op)
+    _check_float(op, x=x, prev_h=prev_h, prev_c=prev_c, Wx=Wx, Wh=Wh, b=b)
+    _check_ndim(op, "x", x, 2, "(N, D)")
+    H = _check_recurrent_params(op, Wx, Wh, b, x.shape[1], 4)
+    _check_shape(op, "prev_h", prev_h, (x.shape[0], H))
+    _check_shape(op, "prev_c", prev_c, (x.shape[0], H))
+    xw = x @ Wx + b
+    next_h, next_c, step_cache = lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh)
+    return next_h, next_c, (x, Wx, step_cache)
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    """Backward pass of `lstm_step_forward`.
+
+    Inputs:
+    - dnext_h: gradient with respect to next_h, shape (N, H)
+    - dnext_c: gradient with respect to next_c, shape (N, H)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, D)
+    - dprev_h: (N, H)
+    - dprev_c: (N, H)
+    - dWx: (D, 4H)
+    - dWh: (H, 4H)
+    - db: (4H,)
+    """
+    x, Wx, step_cache = cache
+    dxw, dprev_h, dprev_c, dWh = lstm_step_backward_from_projection(dnext_h, dnext_c, step_cache)
+    return dxw @ Wx.T, dprev_h, dprev_c, x.T @ dxw, dWh, dxw.sum(axis=0)
+
+
+def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
+    """One LSTM step whose input projection xw = x Wx + b is already computed.
+
+    Useful when the input projection of many steps can be done in one matrix
+    product beforehand (e.g. the word-embedding part of a decoder's input).
+
+    Inputs:
+    - xw: input projection x Wx + b, shape (N, 4H)
+    - prev_h: previous hidden state, shape (N, H)
+    - prev_c: previous cell state, shape (N, H)
+    - Wh: hidden-to-hidden weights, shape (H, 4H)
+    Returns a tuple of:
+    - next_h: (N, H)
+    - next_c: (N, H)
+    - cache: values needed by `lstm_step_backward_from_projection`
+    """
+    op = "lstm_step_forward_from_projection"
+    xp = backend.get_array_module(xw, prev_h, prev_c, Wh, op=op)
+    _check_float(op, xw=xw, prev_h=prev_h, prev_c=prev_c, Wh=Wh)
+    _check_ndim(op, "prev_h", prev_h, 2, "(N, H)")
+    N, H = prev_h.shape
+    _check_shape(op, "prev_c", prev_c, (N, H))
+    _check_shape(op, "Wh", Wh, (H, 4 * H))
+    _check_shape(op, "xw", xw, (N, 4 * H))
+
+    a = xw + prev_h @ Wh
+    i = sigmoid(a[:, :H])
+    f = sigmoid(a[:, H:2 * H])
+    o = sigmoid(a[:, 2 * H:3 * H])
+    g = xp.tanh(a[:, 3 * H:])
+    next_c = f * prev_c + i * g
+    tanh_next_c = xp.tanh(next_c)
+    next_h = o * tanh_next_c
+    return next_h, next_c, (prev_h, prev_c, Wh, i, f, o, g, tanh_next_c)
+
+
+def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
+    """Backward pass of `lstm_step_forward_from_projection`.
+
+    Inputs:
+    - dnext_h: gradient with respect to next_h, shape (N, H)
+    - dnext_c: gradient with respect to next_c, shape (N, H)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dxw: gradient of the input projection, shape (N, 4H) (also the gradient
+      of the pre-activations a; db = dxw.sum(axis=0))
+    - dprev_h: (N, H)
+    - dprev_c: (N, H)
+    - dWh: (H, 4H)
+    """
+    prev_h, prev_c, Wh, i, f, o, g, tanh_next_c = cache
+    xp = backend.get_array_module(dnext_h, dnext_c, prev_h, op="lstm_step_backward")
+    _check_shape("lstm_step_backward", "dnext_h", dnext_h, prev_h.shape)
+    _check_shape("lstm_step_backward", "dnext_c", dnext_c, prev_h.shape)
+
+    do = dnext_h * tanh_next_c
+    dc = dnext_c + dnext_h * o * (1 - tanh_next_c * tanh_next_c)   # through next_h = o tanh(c)
+    di, df, dg = dc * g, dc * prev_c, dc * i
+    dprev_c = dc * f
+    # Through the nonlinearities: sigmoid' = s (1 - s), tanh' = 1 - tanh^2.
+    da = xp.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)],
+                        axis=1)
+    return da, da @ Wh.T, dprev_c, prev_h.T @ da
+
+
+# ---------------------------------------------------------------- LSTM, whole sequence
+
+def lstm_forward(x, h0, Wx, Wh, b):
+    """An LSTM over a whole sequence, with initial cell state c0 = 0 (fast path).
+
+    The input projection x_t Wx + b of all T steps is one (T*N, D) x (D, 4H)
+    matrix product; the gates are then activated in place in that same array.
+    Internally the arrays are time-major, (T, N, ...), so that each step works
+    on contiguous memory; the result is returned batch-major.
+
+    Inputs:
+    - x: input sequence, shape (N, T, D)
+    - h0: initial hidden state, shape (N, H)
+    - Wx: (D, 4H), Wh: (H, 4H), b: (4H,), gates ordered input, forget, output, g
+    Returns:
+    - h: hidden states of all time steps, shape (N, T, H)
+    - cache: values needed by the backward pass
+    """
+    op = "lstm_forward"
+    xp = backend.get_array_module(x, h0, Wx, Wh, b, op=op)
+    _check_float(op, x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    _check_ndim(op, "x", x, 3, "(N, T, D)")
+    N, T, D = x.shape
+    H = _check_recurrent_params(op, Wx, Wh, b, D, 4)
+    _check_shape(op, "h0", h0, (N, H))
+
+    x_steps = xp.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, D)   # time-major rows
+    gates = (x_steps @ Wx).reshape(T, N, 4 * H)   # x_t Wx for every t in one product
+    gates += b
+    hs = xp.empty((T + 1, N, H), dtype=x.dtype)   # hs[0] = h0, hs[t + 1] = h_t
+    hs[0] = h0
+    c = xp.empty((T, N, H), dtype=x.dtype)        # cell states
+    tanh_c = xp.empty((T, N, H), dtype=x.dtype)
+    recurrent = xp.empty((N, 4 * H), dtype=x.dtype)
+    f_times_prev_c = xp.empty((N, H), dtype=x.dtype)
+    for t in range(T):
+        a = gates[t]                              # (N, 4H): this step's gates, in place
+        xp.matmul(hs[t], Wh, out=recurrent)
+        a += recurrent
+        _sigmoid_inplace(a[:, :3 * H], xp)        # i, f, o
+        xp.tanh(a[:, 3 * H:], out=a[:, 3 * H:])   # g
+        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+
+        xp.multiply(i, g, out=c[t])               # c_t = f * c_{t-1} + i * g
+        if t > 0:                                 # (c_0 = 0)
+            c[t] += xp.multiply(f, c[t - 1], out=f_times_prev_c)
+        xp.tanh(c[t], out=tanh_c[t])
+        xp.multiply(o, tanh_c[t], out=hs[t + 1])  # h_t = o * tanh(c_t)
+    h = xp.ascontiguousarray(hs[1:].transpose(1, 0, 2))
+    return h, (x_steps, Wx, Wh, gates, c, tanh_c, hs)
+
+
+def lstm_backward(dh, cache):
+    """Backward pass of `lstm_forward` (backpropagation through time).
+
+    Each step's gradient of the gate pre-activations da_t is stored; dx, dWx,
+    dWh and db then come from one matrix product each over all steps, e.g.
+    dWh = sum_t h_{t-1}^T da_t = [h_0 .. h_{T-1}]^T [da_1 .. da_T].
+    Per step, the elementwise work writes into preallocated buffers.
+
+    Inputs:
+    - dh: upstream gradients of all hidden states, shape (N, T, H)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, T, D)
+    - dh0: (N, H)
+    - dWx: (D, 4H)
+    - dWh: (H, 4H)
+    - db: (4H,)
+    """
+    x_steps, Wx, Wh, gates, c, tanh_c, hs = cache
+    T, N, H = c.shape
+    D = x_steps.shape[1]
+    xp = backend.get_array_module(dh, hs, op="lstm_backward")
+    _check_shape("lstm_backward", "dh", dh, (N, T, H))
+
+    Wh_T = xp.ascontiguousarray(Wh.T)             # (4H, H), read once per step
+    da = xp.empty_like(gates)                     # d loss / d pre-activations, (T, N, 4H)
+    dnext_h = xp.zeros((N, H), dtype=gates.dtype)
+    dnext_c = xp.zeros((N, H), dtype=gates.dtype)
+    dh_t, dc, tanh_grad = (xp.empty((N, H), dtype=gates.dtype) for _ in range(3))
+    sigmoid_grad = xp.empty((N, 3 * H), dtype=gates.dtype)
+    for t in reversed(range(T)):
+        a = gates[t]
+        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        da_t = da[t]
+        di, df, do, dg = da_t[:, :H], da_t[:, H:2 * H], da_t[:, 2 * H:3 * H], da_t[:, 3 * H:]
+
+        xp.add(dh[:, t], dnext_h, out=dh_t)       # from the loss and from step t + 1
+        xp.multiply(dh_t, tanh_c[t], out=do)      # h = o * tanh(c)
+        xp.multiply(tanh_c[t], tanh_c[t], out=dc)  # dc = dnext_c + dh * o * (1 - tanh(c)^2)
+        xp.subtract(1, dc, out=dc)
+        dc *= o
+        dc *= dh_t
+        dc += dnext_c
+        xp.multiply(dc, g, out=di)                # c_t = f * c_{t-1} + i * g
+        if t > 0:
+            xp.multiply(dc, c[t - 1], out=df)
+        else:
+            df[...] = 0                           # c_0 = 0
+        xp.multiply(dc, i, out=dg)
+        xp.multiply(dc, f, out=dnext_c)
+
+        ifo = a[:, :3 * H]                        # sigmoid' = s (1 - s)
+        xp.subtract(1, ifo, out=sigmoid_grad)
+        sigmoid_grad *= ifo
+        da_t[:, :3 * H] *= sigmoid_grad
+        xp.multiply(g, g, out=tanh_grad)          # tanh' = 1 - tanh^2
+        xp.subtract(1, tanh_grad, out=tanh_grad)
+        dg *= tanh_grad
+        xp.matmul(da_t, Wh_T, out=dnext_h)
+
+    da_flat = da.reshape(T * N, 4 * H)
+    dx_steps = (da_flat @ Wx.T).reshape(T, N, D)
+    dx = xp.ascontiguousarray(dx_steps.transpose(1, 0, 2))
+    dWx = x_steps.T @ da_flat
+    dWh = hs[:-1].reshape(T * N, H).T @ da_flat   # h_{t-1} pairs with da_t
+    return dx, dnext_h, dWx, dWh, da_flat.sum(axis=0)
+
+
+# ---------------------------------------------------------------- temporal affine
+
+def temporal_affine_forward(x, w, b):
+    """The same affine layer applied at every time step: out[n, t] = x[n, t] w + b.
+
+    Inputs:
+    - x: (N, T, D)
+    - w: (D, M)
+    - b: (M,)
+    Returns:
+    - out: (N, T, M)
+    - cache: (x, w) for the backward pass
+    """
+    op = "temporal_affine_forward"
+    backend.get_array_module(x, w, b, op=op)
+    _check_float(op, x=x, w=w, b=b)
+    _check_ndim(op, "x", x, 3, "(N, T, D)")
+    _check_ndim(op, "w", w, 2, "(D, M)")
+    N, T, D = x.shape
+    _check_shape(op, "w", w, (D, w.shape[1]))
+    _check_shape(op, "b", b, (w.shape[1],))
+    out = (x.reshape(N * T, D) @ w).reshape(N, T, w.shape[1])
+    out += b
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout, cache):
+    """Backward pass of `temporal_affine_forward`.
+
+    Inputs:
+    - dout: upstream gradient, shape (N, T, M)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, T, D)
+    - dw: (D, M)
+    - db: (M,)
+    """
+    x, w = cache
+    N, T, D = x.shape
+    M = w.shape[1]
+    _check_shape("temporal_affine_backward", "dout", dout, (N, T, M))
+    dout_flat = dout.reshape(N * T, M)
+    dx = (dout_flat @ w.T).reshape(N, T, D)
+    return dx, x.reshape(N * T, D).T @ dout_flat, dout_flat.sum(axis=0)
