@@ -1,1 +1,204 @@
-__all__ = []
+"""Soft (additive, "Bahdanau") attention, as in Show, Attend and Tell (Xu et al. 2015).
+
+An image is a grid of L feature vectors features[:, l] (e.g. the 7 x 7 = 49
+cells of a CNN's last feature map, D = 1280 each). Given the decoder's hidden
+state h, every location gets a score
+
+    e_l = w_score . tanh(features_l W_feat + b + h W_hidden)        (A attention units)
+
+the scores become weights alpha = softmax(e) over the L locations, and the
+context vector is the weighted mean of the features, context = sum_l alpha_l features_l.
+
+Two ways to call it:
+- `attention_forward` / `attention_backward`: the whole op, every parameter's
+  gradient returned. Simple; use it for one-off calls and to learn the math.
+- For a decoder that attends at every time step over the SAME image:
+  `features W_feat + b` does not depend on h, so project it once per image with
+  `attention_project_forward`, call `attention_step_forward` at each step with
+  that projection, let the caller ADD UP the `dprojected` gradients that
+  `attention_step_backward` returns over the steps, and call
+  `attention_project_backward` once at the end. For 20 steps over 49 x 1280
+  features this saves 19 of 20 large (N*49, 1280) x (1280, A) matrix products
+  in the forward pass and again in the backward pass.
+`attention_forward` is exactly project + step, so both paths give the same numbers.
+"""
+from . import backend
+from .dense import _check_float, _check_ndim, _check_shape
+from .losses import softmax
+
+__all__ = [
+    "attention_forward", "attention_backward",
+    "attention_project_forward", "attention_project_backward",
+    "attention_step_forward", "attention_step_backward",
+]
+
+
+def attention_project_forward(features, W_feat, b):
+    """The part of the attention scores that depends on the image only: features W_feat + b.
+
+    Inputs:
+    - features: feature grid, shape (N, L, D)
+    - W_feat: feature-to-attention weights, shape (D, A)
+    - b: attention biases, shape (A,)
+    Returns:
+    - projected: (N, L, A)
+    - cache: (features, W_feat) for `attention_project_backward`
+    """
+    op = "attention_project_forward"
+    backend.get_array_module(features, W_feat, b, op=op)
+    _check_float(op, features=features, W_feat=W_feat, b=b)
+    _check_ndim(op, "features", features, 3, "(N, L, D)")
+    _check_ndim(op, "W_feat", W_feat, 2, "(D, A)")
+    N, L, D = features.shape
+    A = W_feat.shape[1]
+    _check_shape(op, "W_feat", W_feat, (D, A))
+    _check_shape(op, "b", b, (A,))
+    projected = (features.reshape(N * L, D) @ W_feat).reshape(N, L, A)
+    projected += b
+    return projected, (features, W_feat)
+
+
+def attention_project_backward(dprojected, cache):
+    """Backward pass of `attention_project_forward`.
+
+    Inputs:
+    - dprojected: gradient of the projection, shape (N, L, A) (for a decoder:
+      the sum over time steps of what `attention_step_backward` returned)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dfeatures: (N, L, D)
+    - dW_feat: (D, A)
+    - db: (A,)
+    """
+    features, W_feat = cache
+    N, L, D = features.shape
+    A = W_feat.shape[1]
+    _check_shape("attention_project_backward", "dprojected", dprojected, (N, L, A))
+    dprojected_flat = dprojected.reshape(N * L, A)
+    dfeatures = (dprojected_flat @ W_feat.T).reshape(N, L, D)
+    return dfeatures, features.reshape(N * L, D).T @ dprojected_flat, dprojected_flat.sum(axis=0)
+
+
+def attention_step_forward(features, projected, h, W_hidden, w_score):
+    """Attention weights and context vector for one hidden state, given the projected features.
+
+    Inputs:
+    - features: feature grid, shape (N, L, D)
+    - projected: features W_feat + b from `attention_project_forward`, shape (N, L, A)
+    - h: decoder hidden state, shape (N, H)
+    - W_hidden: hidden-to-attention weights, shape (H, A)
+    - w_score: scoring vector, shape (A,)
+    Returns a tuple of:
+    - context: sum_l alpha[:, l] * features[:, l], shape (N, D)
+    - alpha: attention weights, shape (N, L), each row sums to 1
+    - cache: values needed by `attention_step_backward`
+    """
+    op = "attention_step_forward"
+    xp = backend.get_array_module(features, projected, h, W_hidden, w_score, op=op)
+    _check_float(op, features=features, projected=projected, h=h, W_hidden=W_hidden,
+                 w_score=w_score)
+    _check_ndim(op, "features", features, 3, "(N, L, D)")
+    _check_ndim(op, "projected", projected, 3, "(N, L, A)")
+    _check_ndim(op, "h", h, 2, "(N, H)")
+    N, L, D = features.shape
+    A = projected.shape[2]
+    H = h.shape[1]
+    _check_shape(op, "projected", projected, (N, L, A))
+    _check_shape(op, "h", h, (N, H))
+    _check_shape(op, "W_hidden", W_hidden, (H, A))
+    _check_shape(op, "w_score", w_score, (A,))
+
+    hidden = h @ W_hidden                                   # (N, A)
+    activations = projected + hidden[:, None, :]            # (N, L, A)
+    xp.tanh(activations, out=activations)
+    scores = activations @ w_score                          # (N, L)
+    alpha = softmax(scores, axis=1)
+    context = (alpha[:, None, :] @ features)[:, 0, :]       # (N, 1, L) x (N, L, D) -> (N, D)
+    return context, alpha, (features, h, W_hidden, w_score, activations, alpha)
+
+
+def attention_step_backward(dcontext, dalpha, cache):
+    """Backward pass of `attention_step_forward`.
+
+    Inputs:
+    - dcontext: gradient of the context vector, shape (N, D)
+    - dalpha: gradient of the attention weights, shape (N, L), or None when the
+      loss does not use alpha directly (it does with the doubly stochastic
+      regulariser of Show, Attend and Tell)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dfeatures: through the context vector only, shape (N, L, D)
+    - dprojected: (N, L, A); hand it to `attention_project_backward` (summed over steps)
+    - dh: (N, H)
+    - dW_hidden: (H, A)
+    - dw_score: (A,)
+    """
+    features, h, W_hidden, w_score, activations, alpha = cache
+    op = "attention_step_backward"
+    xp = backend.get_array_module(dcontext, dalpha, alpha, op=op)
+    N, L, D = features.shape
+    A = w_score.shape[0]
+    _check_shape(op, "dcontext", dcontext, (N, D))
+
+    dfeatures = alpha[:, :, None] * dcontext[:, None, :]    # context = sum_l alpha_l features_l
+    dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]   # (N, L)
+    if dalpha is not None:
+        _check_shape(op, "dalpha", dalpha, (N, L))
+        dalpha_total += dalpha
+    # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
+    dscores = dalpha_total
+    dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
+    dscores *= alpha
+    dw_score = activations.reshape(N * L, A).T @ dscores.reshape(N * L)
+    # scores = tanh(pre) @ w_score, so dpre = (dscores w_score^T) * (1 - tanh^2)
+    dprojected = xp.multiply(activations, activations)
+    xp.subtract(1, dprojected, out=dprojected)
+    dprojected *= dscores[:, :, None]
+    dprojected *= w_score
+    dhidden = dprojected.sum(axis=1)                        # h W_hidden is broadcast over L
+    return dfeatures, dprojected, dhidden @ W_hidden.T, h.T @ dhidden, dw_score
+
+
+def attention_forward(features, h, W_feat, W_hidden, b, w_score):
+    """Soft attention over a feature grid: attention weights and the context vector.
+
+    e_l = w_score . tanh(features_l W_feat + h W_hidden + b), alpha = softmax over l,
+    context = sum_l alpha_l features_l. (Equal to `attention_project_forward`
+    followed by `attention_step_forward`; decoders attending many times over
+    one image should use those two, see the module docstring.)
+
+    Inputs:
+    - features: feature grid, shape (N, L, D)
+    - h: decoder hidden state, shape (N, H)
+    - W_feat: (D, A), W_hidden: (H, A), b: (A,), w_score: (A,)
+    Returns a tuple of:
+    - context: (N, D)
+    - alpha: attention weights, shape (N, L), each row sums to 1
+    - cache: values needed by `attention_backward`
+    """
+    projected, project_cache = attention_project_forward(features, W_feat, b)
+    context, alpha, step_cache = attention_step_forward(features, projected, h, W_hidden, w_score)
+    return context, alpha, (project_cache, step_cache)
+
+
+def attention_backward(dcontext, dalpha, cache):
+    """Backward pass of `attention_forward`.
+
+    Inputs:
+    - dcontext: gradient of the context vector, shape (N, D)
+    - dalpha: gradient of the attention weights, shape (N, L), or None
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dfeatures: (N, L, D)
+    - dh: (N, H)
+    - dW_feat: (D, A)
+    - dW_hidden: (H, A)
+    - db: (A,)
+    - dw_score: (A,)
+    """
+    project_cache, step_cache = cache
+    dfeatures, dprojected, dh, dW_hidden, dw_score = attention_step_backward(dcontext, dalpha,
+                                                                             step_cache)
+    dfeatures_projection, dW_feat, db = attention_project_backward(dprojected, project_cache)
+    dfeatures += dfeatures_projection
+    return dfeatures, dh, dW_feat, dW_hidden, db, dw_score
