@@ -105,6 +105,16 @@ def test_exif_orientation_is_applied(tmp_path):
     assert x[0, 2, 16] > 0.8 and x[0, 2, 2] < 0.2  # the block is now at the top right
 
 
+def test_large_jpegs_decoded_at_reduced_scale_match_a_full_decode(tmp_path):
+    y, x = numpy.mgrid[0:600, 0:800]
+    pixels = numpy.stack([x * 255 // 800, y * 255 // 600, (x + y) % 256 // 4 + 100], axis=-1)
+    path = save(Image.fromarray(pixels.astype(numpy.uint8)), tmp_path / "big.jpg", quality=95)
+    fast = load_image(path, size=100)
+    with Image.open(path) as image:  # reference: full-size decode, then the same resize
+        full = numpy.asarray(image.convert("RGB").resize((100, 100), Image.BILINEAR))
+    assert numpy.abs(fast - full.transpose(2, 0, 1) / 255).mean() < 0.01
+
+
 def test_corrupt_and_truncated_files_name_the_file(tmp_path):
     good = save(bands_image(), tmp_path / "good.jpg")
     data = good.read_bytes()

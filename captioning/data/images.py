@@ -25,6 +25,7 @@ __all__ = ["ImageDecodeError", "load_image", "load_images", "to_rgb", "resize_im
 
 RESIZE_POLICIES = ("squash", "center_crop")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageDecodeError(ValueError):
@@ -39,12 +40,21 @@ def _size_pair(size):
     return int(height), int(width)
 
 
-def open_image(path):
-    """Decode `path` fully (so truncation is caught here) with EXIF orientation applied."""
+def open_image(path, draft_size=None):
+    """Decode `path` fully (so truncation is caught here) with EXIF orientation applied.
+
+    draft_size: (width, height) the image will be resized to. A JPEG at least
+    twice as large is then decoded at a reduced scale (1/2, 1/4, 1/8, never
+    below draft_size): several times faster, and a resize follows anyway.
+    """
     try:
         with Image.open(path) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
             image.load()
-            return ImageOps.exif_transpose(image)
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            return image
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -101,9 +111,15 @@ def _channel_stats(values, name, dtype):
     return array.reshape(3, 1, 1)
 
 
-def _pixels_to_float(rgb_hwc, mean, std, dtype):
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1], normalised by mean/std."""
-    x = rgb_hwc.astype(dtype).transpose(2, 0, 1) * dtype(1.0 / 255.0)
+def _pixels_to_float(rgb_hwc, mean, std, dtype, out=None):
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1], normalised by mean/std.
+
+    out: a (3, H, W) array to write into (saves a copy when filling a batch).
+    """
+    if out is None:
+        out = numpy.empty((3,) + rgb_hwc.shape[:2], dtype=dtype)
+    # One pass: uint8 -> float, HWC -> CHW and the scaling together.
+    x = numpy.multiply(rgb_hwc.transpose(2, 0, 1), dtype(1.0 / 255.0), out=out, casting="unsafe")
     if mean is not None:
         x -= _channel_stats(mean, "mean", dtype)
     if std is not None:
@@ -111,16 +127,20 @@ def _pixels_to_float(rgb_hwc, mean, std, dtype):
     return x
 
 
-def load_image(path, size=224, resize="squash", mean=None, std=None, dtype=None):
+def load_image(path, size=224, resize="squash", mean=None, std=None, dtype=None, out=None):
     """One image file as a NumPy float array (3, H, W).
 
     path: the file. size: int or (H, W). resize: "squash" | "center_crop".
     mean, std: 3 values each on the [0, 1] scale, or None (no normalisation).
-    dtype: default nn.backend.default_float().
+    dtype: default nn.backend.default_float(). out: optional (3, H, W)
+    array of that dtype to fill (and return).
     """
     dtype = numpy.dtype(dtype or backend.default_float()).type
-    image = resize_image(to_rgb(open_image(path)), size, resize)
-    return _pixels_to_float(numpy.asarray(image), mean, std, dtype)
+    height, width = _size_pair(size)
+    # EXIF rotation may swap the sides: ask the JPEG decoder for the larger one twice.
+    draft = (max(height, width),) * 2
+    image = resize_image(to_rgb(open_image(path, draft)), size, resize)
+    return _pixels_to_float(numpy.asarray(image), mean, std, dtype, out)
 
 
 def load_images(paths, size=224, resize="squash", mean=None, std=None, dtype=None,
@@ -140,7 +160,7 @@ def load_images(paths, size=224, resize="squash", mean=None, std=None, dtype=Non
 
     def decode(i):
         try:
-            batch[i] = load_image(paths[i], size, resize, mean, std, dtype)
+            load_image(paths[i], size, resize, mean, std, dtype, out=batch[i])
             return True
         except (FileNotFoundError, ImageDecodeError):
             if not skip_bad:
