@@ -127,49 +127,57 @@ def _random_layout(rng, n, image_size):
             "radius": radius, "centre": centre}
 
 
-def _shape_masks(dx, dy, r):
-    """Boolean masks (circle, square, triangle) for pixel offsets dx, dy from the centre."""
+def _shape_mask(shape_ids, dx, dy, r):
+    """Boolean masks (M, h, w) of M shapes, from pixel offsets dx, dy to their centres.
+
+    shape_ids: (M,) indices into SHAPES. dx: (M, 1, w), dy: (M, h, 1), r: (M, 1, 1).
+    """
     circle = dx ** 2 + dy ** 2 <= r ** 2
     square = numpy.maximum(numpy.abs(dx), numpy.abs(dy)) <= 0.8 * r
     # Apex up at dy = -r, base at dy = +0.8 r, half as wide as tall on each side.
     triangle = (dy >= -r) & (dy <= 0.8 * r) & (numpy.abs(dx) <= (dy + r) / 1.8)
-    return circle, square, triangle
+    kind = shape_ids[:, None, None]
+    return numpy.where(kind == 0, circle, numpy.where(kind == 1, square, triangle))
 
 
-def _draw(layout, image_size, chunk=512):
-    """Render all images (N, 3, S, S) uint8 and object boxes (N, MAX_OBJECTS, 4)."""
+def _draw(layout, image_size):
+    """Render all images (N, 3, S, S) uint8 and object boxes (N, MAX_OBJECTS, 4).
+
+    Each object lies inside its grid cell, so its mask is computed on a
+    cell-sized window only, for many objects of many images at once.
+    """
     n = len(layout["count"])
-    palette = numpy.array(list(COLORS.values()), dtype=numpy.uint8)
     images = numpy.empty((n, image_size, image_size, 3), dtype=numpy.uint8)
+    images[:] = BACKGROUND
     boxes = numpy.full((n, MAX_OBJECTS, 4), -1, dtype=numpy.int64)
-    pixel = numpy.arange(image_size) + 0.5  # pixel centres
-    for start in range(0, n, chunk):
-        part = slice(start, min(start + chunk, n))
-        canvas = numpy.empty_like(images[part])
-        canvas[:] = BACKGROUND
-        for k in range(MAX_OBJECTS):
-            cx = layout["centre"][part, k, 0, None, None]
-            cy = layout["centre"][part, k, 1, None, None]
-            r = layout["radius"][part, k, None, None]
-            circle, square, triangle = _shape_masks(pixel[None, None, :] - cx, pixel[None, :, None] - cy, r)
-            shape = layout["shape"][part, k, None, None]
-            mask = (circle & (shape == 0)) | (square & (shape == 1)) | (triangle & (shape == 2))
-            mask &= (layout["count"][part] > k)[:, None, None]
-            canvas[mask] = palette[numpy.broadcast_to(layout["color"][part, k, None, None], mask.shape)[mask]]
-            boxes[part, k] = _mask_boxes(mask)
-        images[part] = canvas
+    palette = numpy.array(list(COLORS.values()), dtype=numpy.uint8)
+    cell_side = image_size / GRID
+    window = int(numpy.ceil(cell_side)) + 1
+    corner = numpy.stack([layout["cells"] % GRID, layout["cells"] // GRID], axis=-1)
+    corner = numpy.floor(corner * cell_side).astype(numpy.int64)  # (N, MAX_OBJECTS, 2): x0, y0
+    image_of, slot = numpy.nonzero(numpy.arange(MAX_OBJECTS) < layout["count"][:, None])
+    step = max(1, (1 << 21) // window ** 2)  # objects per step: bounded temporary memory
+    for start in range(0, len(image_of), step):
+        i, k = image_of[start:start + step], slot[start:start + step]
+        xs = corner[i, k, 0, None] + numpy.arange(window)  # (M, window) pixel columns
+        ys = corner[i, k, 1, None] + numpy.arange(window)  # (M, window) pixel rows
+        dx = (xs + 0.5 - layout["centre"][i, k, 0, None])[:, None, :]
+        dy = (ys + 0.5 - layout["centre"][i, k, 1, None])[:, :, None]
+        mask = _shape_mask(layout["shape"][i, k], dx, dy, layout["radius"][i, k, None, None])
+        mask &= (xs < image_size)[:, None, :] & (ys < image_size)[:, :, None]
+        obj, row, col = numpy.nonzero(mask)
+        images[i[obj], ys[obj, row], xs[obj, col]] = palette[layout["color"][i, k][obj]]
+        boxes[i, k] = _mask_boxes(mask) + numpy.tile(corner[i, k], 2)
     return images.transpose(0, 3, 1, 2).copy(), boxes
 
 
 def _mask_boxes(mask):
-    """(x0, y0, x1, y1) inclusive bounding box of each (S, S) mask; -1s when empty."""
+    """(x0, y0, x1, y1) inclusive bounding box of each of M non-empty (h, w) masks."""
     rows, cols = mask.any(axis=2), mask.any(axis=1)
-    size = mask.shape[1]
     y0, x0 = rows.argmax(axis=1), cols.argmax(axis=1)
-    y1, x1 = size - 1 - rows[:, ::-1].argmax(axis=1), size - 1 - cols[:, ::-1].argmax(axis=1)
-    box = numpy.stack([x0, y0, x1, y1], axis=1)
-    box[~rows.any(axis=1)] = -1
-    return box
+    y1 = mask.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+    x1 = mask.shape[2] - 1 - cols[:, ::-1].argmax(axis=1)
+    return numpy.stack([x0, y0, x1, y1], axis=1)
 
 
 def _objects_of(layout, boxes, i):

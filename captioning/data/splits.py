@@ -69,8 +69,9 @@ class LoadReport:
     def skip(self, reason, example):
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
-        if len(shown) < 3:
-            shown.append(str(example)[:120])
+        example = str(example)[:120]
+        if len(shown) < 3 and example not in shown:
+            shown.append(example)
 
     def __str__(self):
         lines = [f"layout: {self.layout}"]
