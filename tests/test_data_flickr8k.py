@@ -140,3 +140,12 @@ def test_real_flickr8k_has_the_official_split_with_five_captions_each(flickr8k):
     assert data.report.skipped == {"captions of images not found": 5}  # 2258277193_586949ec62.jpg.1
     assert not set(data["train"].image_ids) & set(data["test"].image_ids)
     assert os.path.isfile(data["test"].image_paths[0])
+
+
+def test_subset_slices_a_flickr8k_split(tmp_path):
+    splits, captions = tiny_corpus()
+    make_original(tmp_path, splits, captions)
+    train = load_flickr8k(tmp_path)["train"]
+    first = train.subset(range(3))
+    assert first.image_ids == splits["train"][:3] and first.image_paths == train.image_paths[:3]
+    assert first.tokens == train.tokens[:3] and first.num_captions == 15

@@ -110,3 +110,13 @@ def test_bad_options_are_refused():
         make_shapes_dataset(1, image_size=8)
     with pytest.raises(ValueError, match="captions_per_image"):
         make_shapes_dataset(1, captions_per_image=6)
+
+
+def test_subset_keeps_every_per_image_field(shapes):
+    part = shapes.subset([5, 2])
+    assert type(part) is type(shapes) and len(part) == 2
+    assert part.captions == [shapes.captions[5], shapes.captions[2]]
+    assert part.objects == [shapes.objects[5], shapes.objects[2]]
+    assert part.word_objects[1] == shapes.word_objects[2]
+    assert numpy.array_equal(part.images, shapes.images[[5, 2]])
+    assert part.image_ids == [shapes.image_ids[5], shapes.image_ids[2]] and part.image_paths is None

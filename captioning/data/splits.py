@@ -4,7 +4,7 @@ A `CaptionSplit` is one of train / dev / test: parallel lists, one entry per
 image. Flickr8k splits name image files (`image_paths`); the synthetic shapes
 splits hold the pixels in memory (`images`) instead.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional
 
 SPLIT_NAMES = ("train", "dev", "test")
@@ -42,12 +42,19 @@ class CaptionSplit:
         return [t for per_image in self.tokens for t in per_image]
 
     def subset(self, indices):
-        """A new split with only the given image indices (e.g. a 100-image slice)."""
+        """A split of the same kind with only the given images (e.g. a 100-image slice).
+
+        Every per-image field (a list or array of len(self) entries) is picked.
+        """
         indices = [int(i) for i in indices]
-        pick = lambda values: None if values is None else [values[i] for i in indices]  # noqa: E731
-        images = None if self.images is None else self.images[indices]
-        return CaptionSplit(self.name, pick(self.image_ids), pick(self.image_paths),
-                            pick(self.captions), pick(self.tokens), images)
+        picked = {}
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if isinstance(values, list) and len(values) == len(self):
+                picked[f.name] = [values[i] for i in indices]
+            elif hasattr(values, "shape") and values.shape[:1] == (len(self),):
+                picked[f.name] = values[indices]
+        return replace(self, **picked)
 
 
 @dataclass
