@@ -75,8 +75,12 @@ def test_kaggle_layout_with_quoted_commas_and_official_lists(tmp_path):
 
 def test_kaggle_layout_without_lists_uses_the_documented_seeded_split(tmp_path):
     splits, captions = tiny_corpus(n_train=12, n_dev=2, n_test=2)  # 16 images -> 12/2/2
+    captions["ghost.jpg.1"] = ["an image that is not there"] * 5
     make_kaggle(tmp_path, captions)
+    (tmp_path / "Images" / "ghost.jpg.1").unlink()
     data = load_flickr8k(tmp_path, seed=3)
+    del captions["ghost.jpg.1"]
+    assert data.report.skipped == {"captions of images not found": 5}
     expected = seeded_split(list(captions), seed=3)
     assert {name: s.image_ids for name, s in data.splits.items()} == expected
     assert [len(expected[n]) for n in ("train", "dev", "test")] == [12, 2, 2]

@@ -107,7 +107,8 @@ def load_flickr8k(root, layout=None, seed=0):
             split_ids = {name: _read_split_list(files[name], report) for name in SPLIT_NAMES}
             report.notes.append("split: the official split lists found beside captions.txt")
         else:
-            split_ids = seeded_split(sorted(captions), seed)
+            present = set(os.listdir(files["images"]))
+            split_ids = seeded_split([i for i in captions if i in present], seed)
             report.notes.append(f"split: no split lists found, seeded split (seed {seed})")
     else:
         captions, split_ids = _read_karpathy_json(files["captions"], report)
