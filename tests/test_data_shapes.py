@@ -120,3 +120,15 @@ def test_subset_keeps_every_per_image_field(shapes):
     assert part.word_objects[1] == shapes.word_objects[2]
     assert numpy.array_equal(part.images, shapes.images[[5, 2]])
     assert part.image_ids == [shapes.image_ids[5], shapes.image_ids[2]] and part.image_paths is None
+
+
+def test_load_splits_defaults_to_shapes_and_reads_a_folder(tmp_path):
+    from captioning.data import load_splits
+    from data_fixtures import make_original, tiny_corpus
+    splits, description = load_splits(shapes_sizes=(10, 3, 2), seed=4, captions_per_image=1)
+    assert [len(splits[n]) for n in ("train", "dev", "test")] == [10, 3, 2]
+    assert numpy.array_equal(splits["dev"].images, shapes_splits(10, 3, 2, seed=4)["dev"].images)
+    assert "synthetic shapes" in description
+    make_original(tmp_path, *tiny_corpus())
+    splits, description = load_splits(str(tmp_path))
+    assert len(splits["train"]) == 6 and "original layout" in description

@@ -7,6 +7,7 @@
 - images:   load_image(s): any Pillow mode -> float NCHW on the current backend
 - batches:  encode_split(), seeded caption mini-batches, per-image evaluation batches
 - download: fetch and unpack Flickr8k (`python -m captioning download`)
+- datasets: load_splits(data=None): Flickr8k from a folder, else the shapes set
 """
 from .splits import SPLIT_NAMES, CaptionSplit, LoadReport
 from .text import Vocabulary, tokenize
@@ -15,3 +16,4 @@ from .shapes import ShapesSplit, make_shapes_dataset, shapes_splits
 from .images import ImageDecodeError, load_image, load_images, normalize_images
 from .batches import (CaptionBatch, CaptionTable, ImageBatch, encode_split, epoch_order,
                       iterate_images, iterate_minibatches, num_batches)
+from .datasets import load_splits
