@@ -171,3 +171,21 @@ def test_archive_members_outside_the_destination_are_refused(tmp_path):
         extract_archive(evil, tmp_path, "Flickr8k_text")
     assert not (tmp_path.parent / "escape.txt").exists()
     assert not (tmp_path / "Flickr8k_text").exists()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal():
+    from captioning.data.download import ProgressBar
+    screen = FakeTerminal()
+    bar = ProgressBar("x.zip", total=4_000_000, stream=screen)
+    bar.last_draw -= 1  # as if the last redraw was a second ago
+    bar.update(1_000_000)
+    bar.finish()
+    text = screen.getvalue()
+    assert text.startswith("\rx.zip [") and " 25.0% 1.0 MB/4.0 MB ETA " in text
+    assert text.endswith("MB/s\n") and text.count("\n") == 1
+    assert ProgressBar("y", total=None, stream=io.StringIO()).line().startswith("y 0.0 MB ")
