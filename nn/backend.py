@@ -156,12 +156,14 @@ def rng(seed=None):
 def scatter_add(target, indices, values):
     """target[indices] += values, accumulating repeated indices (in place).
 
-    `np.add.at` on the CPU; on the GPU `cupyx.scatter_add` (`cupy.scatter_add`
-    no longer exists). Used by the word-embedding backward pass.
+    `np.add.at` on the CPU; on the GPU `cupy.add.at` (CuPy >= 13), falling back
+    to `cupyx.scatter_add` on older CuPy (`cupy.scatter_add` no longer exists;
+    `cupyx.scatter_add` is deprecated in CuPy 14). Used by the word-embedding
+    backward pass.
     """
     mod = get_array_module(target, values, op="scatter_add")
-    if mod is numpy:
-        numpy.add.at(target, indices, values)
+    if mod is numpy or hasattr(mod.add, "at"):
+        mod.add.at(target, indices, values)
     else:
         import cupyx  # part of CuPy; only reached when CuPy arrays are passed
         cupyx.scatter_add(target, indices, values)
