@@ -141,7 +141,7 @@ def step_text(step):
     """(title, explanation) from the step's docstring."""
     doc = inspect.getdoc(step) or step.__name__
     title, _, explanation = doc.partition("\n")
-    return title.strip(), explanation.strip()
+    return title.strip(), explanation.strip("\n").rstrip()
 
 
 def step_body(step):
