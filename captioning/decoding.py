@@ -33,8 +33,11 @@ Lengths and scores (both decoders):
 Both decoders advance ALL images (and, for beam search, all images x all
 beams) in ONE `decode_step` call per time step; the bookkeeping is array code
 on the same backend (no Python loop over images or beams), and only one small
-boolean ("is every image done?") goes to the host per step. The chosen words
-are traced back on the host once at the end.
+number (how many images are done) goes to the host per step. Images that are
+done leave the batch once they make up an eighth of it, so later steps only
+pay for captions still being written (results are unchanged: a done image
+can no longer change its caption). The chosen words are traced back on the
+host once at the end.
 
 Beam search (as in Show and Tell / Show, Attend and Tell):
     - rows are (image, beam) pairs, N * beam_size of them; at the first step
@@ -144,43 +147,75 @@ def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=N
     return _in_chunks(lambda f: _greedy(model, f, start_id, end_id, max_length), features, batch_size)
 
 
+def _drop_finished(done, state, words, active, group, xp):
+    """Remove the rows of images that are done from the decoding batch.
+
+    done: (n,) bool over the active images; state: dict of (n * group, ...)
+    arrays; words: (n * group,); active: (n,) ids of the active images;
+    group: rows per image (1 for greedy, beam_size for beam search).
+    Returns (kept image positions (m,), state, words, active) for the m
+    images left. Every state entry is copied here, constant ones included.
+    """
+    keep = xp.nonzero(~done)[0]
+    keep_rows = (keep[:, None] * group + xp.arange(group)).reshape(-1)
+    state = {key: xp.take(value, keep_rows, axis=0) for key, value in state.items()}
+    return keep, state, words[keep_rows], active[keep]
+
+
+def _worth_dropping(num_done, num_active):
+    """Drop finished images once they are an eighth of the batch: a smaller
+    batch makes every later step cheaper, but dropping copies the state."""
+    return num_done > 0 and num_done * 8 >= num_active
+
+
 def _greedy(model, features, start_id, end_id, max_length):
     op = "greedy_decode"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
     words = xp.full(num_images, start_id, dtype=xp.int64)
+    active = xp.arange(num_images)                                # images still in the batch
     finished = xp.zeros(num_images, dtype=bool)
-    lengths = xp.full(num_images, max_length, dtype=xp.int64)   # words per caption
     scores = None
-    word_history, attention_history = [], []
+    history = []                                                  # per step: (active, words, attention)
     for step in range(max_length):
         log_probs, state, attention = model.decode_step(words, state)
         if step == 0:
             _check_step_output(log_probs, num_images, start_id, end_id, op)
             scores = xp.zeros(num_images, dtype=log_probs.dtype)
         words = log_probs.argmax(axis=1)
-        word_log_probs = xp.take_along_axis(log_probs, words[:, None], axis=1)[:, 0]
-        # Images that already ended keep stepping (one batched call) but add nothing.
-        scores += xp.where(finished, 0, word_log_probs)
-        ends_now = ~finished & (words == end_id)
-        lengths = xp.where(ends_now, step, lengths)
-        finished |= ends_now
-        word_history.append(words)
-        attention_history.append(attention)
-        if bool(finished.all()):
+        history.append((active, words, attention))
+        # Images that ended but are still in the batch add nothing more.
+        was_finished = finished[active]
+        step_log_probs = xp.take_along_axis(log_probs, words[:, None], axis=1)[:, 0]
+        scores[active] += xp.where(was_finished, 0, step_log_probs)
+        done = was_finished | (words == end_id)
+        finished[active] = done
+        num_done = int(done.sum())
+        if num_done == len(done):
             break
-    steps = len(word_history)
-    lengths = backend.to_numpy(xp.minimum(lengths, steps))
-    tokens = backend.to_numpy(xp.stack(word_history, axis=1))          # (N, steps)
-    attention = None
-    if attention_history[0] is not None:
-        weights = backend.to_numpy(xp.stack(attention_history, axis=1))  # (N, steps, L)
-        attention = [weights[i, :lengths[i]] for i in range(num_images)]
+        if _worth_dropping(num_done, len(done)):
+            _, state, words, active = _drop_finished(done, state, words, active, 1, xp)
+
+    # Host side: lay the history out as (N, steps); a caption is the words
+    # before its first <END> (all `steps` words if it never ended).
+    steps = len(history)
+    tokens = numpy.full((num_images, steps), end_id, dtype=numpy.int64)
+    weights = None
+    if history[0][2] is not None:
+        weights = numpy.zeros((num_images, steps, history[0][2].shape[1]),
+                              dtype=history[0][2].dtype)
+    for step, (ids, chosen, attention) in enumerate(history):
+        ids = backend.to_numpy(ids)
+        tokens[ids, step] = backend.to_numpy(chosen)
+        if weights is not None:
+            weights[ids, step] = backend.to_numpy(attention)
+    is_end = tokens == end_id
+    lengths = numpy.where(is_end.any(axis=1), is_end.argmax(axis=1), steps)
     return DecodeResult(
         sequences=[tokens[i, :lengths[i]].tolist() for i in range(num_images)],
         scores=backend.to_numpy(scores).astype(numpy.float64),
         finished=backend.to_numpy(finished),
-        attention=attention)
+        attention=None if weights is None else [weights[i, :lengths[i]] for i in range(num_images)])
 
 
 def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
@@ -209,10 +244,11 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
 
 
 def _top_k(scores, k, xp):
-    """Indices and values of the k largest entries of each row of scores (N, M), best first."""
-    candidates = xp.argpartition(-scores, k - 1, axis=1)[:, :k]   # unordered top k, O(M)
+    """Indices and values of the k largest entries of each row of scores (n, M), best first."""
+    last = scores.shape[1] - k
+    candidates = xp.argpartition(scores, last, axis=1)[:, last:]   # unordered top k, O(M)
     values = xp.take_along_axis(scores, candidates, axis=1)
-    order = xp.argsort(-values, axis=1)
+    order = xp.argsort(values, axis=1)[:, ::-1]
     return xp.take_along_axis(candidates, order, axis=1), xp.take_along_axis(values, order, axis=1)
 
 
@@ -220,95 +256,113 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
     op = "beam_search"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
-    rows = num_images * beam_size
-    # Row i * beam_size + b is beam b of image i.
+    # Row i * beam_size + b of the batch is beam b of the i-th active image.
     state = {key: xp.repeat(value, beam_size, axis=0) for key, value in state.items()}
-    words = xp.full(rows, start_id, dtype=xp.int64)
-    image_index = xp.arange(num_images)
+    words = xp.full(num_images * beam_size, start_id, dtype=xp.int64)
+    active = xp.arange(num_images)                  # ids of the images still in the batch
 
     # Best finished caption per image: its normalised score, the step at which
     # it emitted <END>, and the live beam (before that step) it came from.
     best_score = xp.full(num_images, -numpy.inf)
     best_step = xp.zeros(num_images, dtype=xp.int64)
     best_beam = xp.zeros(num_images, dtype=xp.int64)
-    word_history, parent_history, attention_history = [], [], []
+    history = []                                    # per step: (active, words, parents, attention)
     future_divisor = max_length ** alpha if alpha > 0 else 1.0
 
     for step in range(max_length):
+        n = len(active)
         log_probs, new_state, attention = model.decode_step(words, state)
         if step == 0:
-            vocab_size = _check_step_output(log_probs, rows, start_id, end_id, op)
+            vocab_size = _check_step_output(log_probs, n * beam_size, start_id, end_id, op)
             # Only beam 0 is alive at first: the other beams would duplicate it.
-            beam_scores = xp.full((num_images, beam_size), -numpy.inf, dtype=log_probs.dtype)
+            beam_scores = xp.full((n, beam_size), -numpy.inf, dtype=log_probs.dtype)
             beam_scores[:, 0] = 0
-        candidates = beam_scores[:, :, None] + log_probs.reshape(num_images, beam_size, vocab_size)
-
-        # A live beam's <END> extension is a finished caption of step + 1 tokens
-        # when it ranks among the image's beam_size best extensions (the usual
-        # rule; it makes beam_size 1 exactly greedy).
-        flat = candidates.reshape(num_images, -1)
-        kth_best = xp.partition(flat, flat.shape[1] - beam_size, axis=1)[:, -beam_size]
-        end_raw = candidates[:, :, end_id]
-        end_score = xp.where(end_raw >= kth_best[:, None], end_raw / (step + 1) ** alpha, -numpy.inf)
-        end_beam = end_score.argmax(axis=1)
-        end_best = end_score[image_index, end_beam]
-        better = end_best > best_score
-        best_score = xp.where(better, end_best, best_score)
-        best_step = xp.where(better, step, best_step)
-        best_beam = xp.where(better, end_beam, best_beam)
+        candidates = beam_scores[:, :, None] + log_probs.reshape(n, beam_size, vocab_size)
+        end_raw = candidates[:, :, end_id].copy()
 
         # The beam_size best non-<END> extensions over all beams of an image live on.
         candidates[:, :, end_id] = -numpy.inf
-        flat_index, beam_scores = _top_k(candidates.reshape(num_images, -1), beam_size, xp)
-        parents = flat_index // vocab_size                                 # (N, beam)
-        words = (flat_index % vocab_size).reshape(rows)
-        source_rows = (image_index[:, None] * beam_size + parents).reshape(rows)
+        flat_index, beam_scores = _top_k(candidates.reshape(n, -1), beam_size, xp)
+        parents = flat_index // vocab_size                                 # (n, beam)
+        words = (flat_index % vocab_size).reshape(-1)
+        source_rows = (xp.arange(n)[:, None] * beam_size + parents).reshape(-1)
         # Entries the step passed through unchanged are the same for every beam
         # of an image: no copy needed.
         state = {key: value if value is state[key] else xp.take(value, source_rows, axis=0)
                  for key, value in new_state.items()}
-        word_history.append(words.reshape(num_images, beam_size))
-        parent_history.append(parents)
-        attention_history.append(attention)
+        history.append((active, words.reshape(n, beam_size), parents, attention))
 
-        # Done when nothing alive can still beat the best finished caption.
-        if bool((best_score >= beam_scores[:, 0] / future_divisor).all()):
+        # A live beam's <END> extension is a finished caption of step + 1 tokens
+        # when it ranks among the image's beam_size best extensions (the usual
+        # rule; it makes beam_size 1 exactly greedy). Those best extensions are
+        # among the new live beams and the <END> extensions, so the beam_size-th
+        # best score overall is found in these 2 * beam_size numbers.
+        kth_best = xp.sort(xp.concatenate([beam_scores, end_raw], axis=1), axis=1)[:, beam_size]
+        end_score = xp.where(end_raw >= kth_best[:, None], end_raw / (step + 1) ** alpha, -numpy.inf)
+        end_beam = end_score.argmax(axis=1)
+        end_best = end_score[xp.arange(n), end_beam]
+        previous = best_score[active]
+        better = end_best > previous
+        best_score[active] = xp.where(better, end_best, previous)
+        best_step[active] = xp.where(better, step, best_step[active])
+        best_beam[active] = xp.where(better, end_beam, best_beam[active])
+
+        # An image is done when nothing alive can still beat its best finished
+        # caption; done images leave the batch (in groups, see _worth_dropping).
+        done = (best_score[active] > -numpy.inf) & (best_score[active] >= beam_scores[:, 0] / future_divisor)
+        num_done = int(done.sum())
+        if num_done == n:
             break
+        if _worth_dropping(num_done, n):
+            keep, state, words, active = _drop_finished(done, state, words, active, beam_size, xp)
+            beam_scores = beam_scores[keep]
 
-    return _trace_back(xp, word_history, parent_history, attention_history,
-                       best_score, best_step, best_beam, beam_scores, alpha)
+    # Images never finished are still in the batch: their best live beam is beam 0.
+    final_live_score = xp.full(num_images, -numpy.inf, dtype=beam_scores.dtype)
+    final_live_score[active] = beam_scores[:, 0]
+    return _trace_back(history, num_images, beam_size, best_score, best_step, best_beam,
+                       final_live_score, alpha)
 
 
-def _trace_back(xp, word_history, parent_history, attention_history,
-                best_score, best_step, best_beam, beam_scores, alpha):
+def _trace_back(history, num_images, beam_size, best_score, best_step, best_beam,
+                final_live_score, alpha):
     """Follow parent pointers back from each image's chosen hypothesis (on the host)."""
-    steps = len(word_history)
-    tokens = backend.to_numpy(xp.stack(word_history))          # (steps, N, beam)
-    parents = backend.to_numpy(xp.stack(parent_history))       # (steps, N, beam)
+    steps = len(history)
+    tokens = numpy.zeros((steps, num_images, beam_size), dtype=numpy.int64)
+    parents = numpy.zeros((steps, num_images, beam_size), dtype=numpy.int64)
+    weights_history = None
+    if history[0][3] is not None:
+        num_locations = history[0][3].shape[1]
+        weights_history = numpy.zeros((steps, num_images, beam_size, num_locations),
+                                      dtype=history[0][3].dtype)
+    for step, (ids, chosen, parent, attention) in enumerate(history):
+        ids = backend.to_numpy(ids)
+        tokens[step, ids] = backend.to_numpy(chosen)
+        parents[step, ids] = backend.to_numpy(parent)
+        if weights_history is not None:
+            weights_history[step, ids] = backend.to_numpy(attention).reshape(len(ids), beam_size, -1)
+
     finished = backend.to_numpy(best_score > -numpy.inf)
-    num_images = tokens.shape[1]
     images = numpy.arange(num_images)
     # A finished caption that emitted <END> at step s has s words, the last one
     # chosen at step s - 1 into beam best_beam. Otherwise: live beam 0 (the
     # best) after the last step, with `steps` words.
     last_step = numpy.where(finished, backend.to_numpy(best_step) - 1, steps - 1)
     beam = numpy.where(finished, backend.to_numpy(best_beam), 0)
-    unfinished_score = backend.to_numpy(beam_scores[:, 0]).astype(numpy.float64) / steps ** alpha
+    unfinished_score = backend.to_numpy(final_live_score).astype(numpy.float64) / steps ** alpha
     scores = numpy.where(finished, backend.to_numpy(best_score), unfinished_score)
 
     sequence_words = numpy.zeros((num_images, steps), dtype=numpy.int64)
     weights = None
-    if attention_history[0] is not None:
-        history = backend.to_numpy(xp.stack(attention_history))   # (steps, N * beam, L)
-        history = history.reshape(steps, num_images, -1, history.shape[-1])
-        weights = numpy.zeros((num_images, steps, history.shape[-1]), dtype=history.dtype)
+    if weights_history is not None:
+        weights = numpy.zeros((num_images, steps, weights_history.shape[-1]), dtype=weights_history.dtype)
     for step in range(steps - 1, -1, -1):
         on_path = step <= last_step
         parent = parents[step, images, beam]
         sequence_words[on_path, step] = tokens[step, images, beam][on_path]
         if weights is not None:
             # The word chosen at this step was predicted from its parent beam's row.
-            weights[on_path, step] = history[step, images, parent][on_path]
+            weights[on_path, step] = weights_history[step, images, parent][on_path]
         beam = numpy.where(on_path, parent, beam)
     lengths = last_step + 1
     return DecodeResult(

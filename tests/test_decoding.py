@@ -178,9 +178,9 @@ def test_bad_arguments_are_refused():
 
 
 def test_beam_search_does_not_copy_state_that_the_step_passes_through():
-    # "features" is returned unchanged by decode_step, so every step must see
-    # the very same array (repeated once per beam at the start, never re-taken).
-    model = TinyRecurrentModel(numpy, vocab_size=6, end_bias=-1.0)
+    # "features" is returned unchanged by decode_step, so every step sees the
+    # very same array (no image ever finishes here, so none leaves the batch).
+    model = TinyRecurrentModel(numpy, vocab_size=6, never_end=True)
     seen = []
     step = model.decode_step
 
@@ -189,6 +189,33 @@ def test_beam_search_does_not_copy_state_that_the_step_passes_through():
         return step(words, state)
 
     model.decode_step = recording_step
-    beam_search(model, features_for(numpy, 3), START, END, beam_size=2, max_length=6)
-    assert len(seen) > 2 and all(f is seen[0] for f in seen)
+    beam_search(model, features_for(numpy, 3), START, END, beam_size=2, max_length=8)
+    assert len(seen) == 8 and all(f is seen[0] for f in seen)
     assert seen[0].shape == (6, 3)
+
+
+def test_finished_images_leave_the_batch():
+    # Captions of very different lengths: the batch must shrink as images
+    # finish, and results must not change (compare with one image at a time).
+    model = TinyRecurrentModel(numpy, vocab_size=5, sharpness=1.0, end_bias=-1.0, seed=8)
+    features = features_for(numpy, 8, seed=4)
+    for decode in (lambda f: greedy_decode(model, f, START, END, max_length=10),
+                   lambda f: beam_search(model, f, START, END, beam_size=3, max_length=10)):
+        batch_sizes = []
+        step = model.decode_step
+
+        def recording_step(words, state):
+            batch_sizes.append(len(words))
+            return step(words, state)
+
+        model.decode_step = recording_step
+        together = decode(features)
+        model.decode_step = step
+        assert batch_sizes[-1] < batch_sizes[0] and batch_sizes == sorted(batch_sizes, reverse=True)
+        lengths = sorted(len(s) for s in together.sequences)
+        assert len(set(lengths)) >= 3 and lengths[-1] == 10
+        for image in range(8):
+            alone = decode(features[image:image + 1])
+            assert alone.sequences[0] == together.sequences[image]
+            assert alone.scores[0] == pytest.approx(together.scores[image], rel=1e-10)
+            numpy.testing.assert_allclose(alone.attention[0], together.attention[image], rtol=1e-10)
