@@ -219,3 +219,32 @@ def test_finished_images_leave_the_batch():
             assert alone.sequences[0] == together.sequences[image]
             assert alone.scores[0] == pytest.approx(together.scores[image], rel=1e-10)
             numpy.testing.assert_allclose(alone.attention[0], together.attention[image], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_decoders_run_the_real_models(kind):
+    # The contract with captioning.models: both models decode in batches, and a
+    # beam's score is the model's own log-probability of the returned caption.
+    from captioning import models
+    config = {"model": kind, "vocab_size": 12, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
+              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
+    model = models.build(config, seed=0, dtype=numpy.float64)
+    model.eval()
+    rng = numpy.random.default_rng(0)
+    features = rng.normal(size=(5, 8) if kind == "show-tell" else (5, 4, 8))
+    greedy = greedy_decode(model, features, 1, 2, max_length=6)
+    beam = beam_search(model, features, 1, 2, beam_size=1, max_length=6)
+    assert beam.sequences == greedy.sequences
+    wide = beam_search(model, features, 1, 2, beam_size=4, max_length=6)
+    for image in range(5):
+        state = model.init_decode_state(features[image:image + 1])
+        total, previous = 0.0, 1
+        for word in wide.sequences[image] + ([2] if wide.finished[image] else []):
+            log_probs, state, attention = model.decode_step(numpy.array([previous]), state)
+            total, previous = total + log_probs[0, word], word
+        assert wide.scores[image] == pytest.approx(total, rel=1e-10)
+        if kind == "attention":
+            assert wide.attention[image].shape == (len(wide.sequences[image]), 4)
+            numpy.testing.assert_allclose(wide.attention[image].sum(axis=1), 1.0)
+        else:
+            assert wide.attention is None
