@@ -53,7 +53,7 @@ class CaptionModel:
 
         Drawn with NumPy whatever the backend, so that one seed gives the same
         model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
-        "zeros", "embedding" ~ N(0, 0.1^2)... fixed scale for word vectors.
+        "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
         """
         gen = numpy.random.default_rng(seed)
         dtype = dtype or backend.default_float()
@@ -94,6 +94,17 @@ class CaptionModel:
     @property
     def dtype(self):
         return next(iter(self.params.values())).dtype
+
+    def named_parameters(self, prefix=""):
+        """Yield (dotted name, param, grad) like nn.layers.Module, for nn.optim optimizers.
+
+        The gradients are those of the latest forward_backward (zeros before the first).
+        """
+        for pname, param in self.params.items():
+            grad = self.grads.get(pname)
+            if grad is None or grad.shape != param.shape:
+                grad = self.grads[pname] = backend.get_array_module(param).zeros_like(param)
+            yield (f"{prefix}.{pname}" if prefix else pname), param, grad
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))

@@ -33,16 +33,11 @@ from nn import functional as F
 
 from .base import CaptionModel, log_softmax
 
-try:  # the real nn ops (stand-ins only while they are being written)
-    from nn.recurrent import (lstm_step_forward, lstm_step_backward,
-                              word_embedding_forward, word_embedding_backward,
-                              temporal_affine_forward, temporal_affine_backward)
-    from nn.losses import temporal_softmax_loss
-except ImportError:  # pragma: no cover
-    from ._nn_standin import (lstm_step_forward, lstm_step_backward,  # noqa: F401
-                              word_embedding_forward, word_embedding_backward,
-                              temporal_affine_forward, temporal_affine_backward,
-                              temporal_softmax_loss)
+from nn.losses import temporal_softmax_loss
+from nn.recurrent import (lstm_step_backward_from_projection, lstm_step_forward,
+                          lstm_step_forward_from_projection, temporal_affine_backward,
+                          temporal_affine_forward, word_embedding_backward,
+                          word_embedding_forward)
 
 __all__ = ["ShowAttendTell", "soft_attention_forward", "soft_attention_backward"]
 
@@ -65,7 +60,8 @@ def soft_attention_forward(features, feat_proj, h, W_att_h, w_att):
     """
     xp = backend.get_array_module(features, feat_proj, h, op="soft_attention_forward")
     hidden_proj = h @ W_att_h                                  # (N, A)
-    activation = xp.tanh(feat_proj + hidden_proj[:, None, :])  # (N, L, A)
+    activation = feat_proj + hidden_proj[:, None, :]           # (N, L, A)
+    xp.tanh(activation, out=activation)
     scores = activation @ w_att                                # (N, L)
     scores -= scores.max(axis=1, keepdims=True)
     alpha = xp.exp(scores)
@@ -98,10 +94,13 @@ def soft_attention_backward(dcontext, dalpha, cache, need_dfeatures=True):
         dalpha_total += dalpha
     # softmax backward: dscores = alpha * (dalpha - sum_j alpha_j dalpha_j)
     dscores = alpha * (dalpha_total - (alpha * dalpha_total).sum(axis=1, keepdims=True))
-    N, L, A = activation.shape
-    dw_att = activation.reshape(N * L, A).T @ dscores.reshape(N * L)
-    dfeat_proj = dscores[:, :, None] * w_att
-    dfeat_proj *= 1 - activation * activation                          # through tanh
+    xp = backend.get_array_module(dscores, activation)
+    dw_att = xp.einsum("nla,nl->a", activation, dscores)
+    # through tanh and the scoring vector: dfeat_proj = (1 - act^2) * dscores * w_att
+    dfeat_proj = activation * activation
+    xp.subtract(1, dfeat_proj, out=dfeat_proj)
+    dfeat_proj *= dscores[:, :, None]
+    dfeat_proj *= w_att
     dhidden_proj = dfeat_proj.sum(axis=1)                             # (N, A)
     dW_att_h = h.T @ dhidden_proj
     dh = dhidden_proj @ W_att_h.T
@@ -182,19 +181,25 @@ class ShowAttendTell(CaptionModel):
         dtype = features.dtype
 
         # ---------------- forward
+        # The LSTM input is [word; gated context] and its weights Wx (E + D, 4H)
+        # split the same way: the word part of all T steps is ONE matrix
+        # product up front; only the context part must wait for h_{t-1}.
+        Wx_word, Wx_context = p["Wx"][:E], p["Wx"][E:]
         h, c, feat_proj, init_caches = self._initial_state(features)
         words, embed_cache = word_embedding_forward(captions_in, p["W_embed"])
-        lstm_inputs = xp.empty((T, N, E + D), dtype=dtype)   # [word; gated context] per step
-        lstm_inputs[:, :, :E] = words.transpose(1, 0, 2)
+        words_tm = xp.ascontiguousarray(words.transpose(1, 0, 2)).reshape(T * N, E)   # time-major
+        word_proj = (words_tm @ Wx_word + p["b"]).reshape(T, N, 4 * H)
+        gated_contexts = xp.empty((T, N, D), dtype=dtype)
         hidden = xp.empty((N, T, H), dtype=dtype)
         alphas = xp.empty((N, T, L), dtype=dtype)
         step_caches = []
         for t in range(T):
             context, alpha, att_cache = soft_attention_forward(features, feat_proj, h, p["W_att_h"], p["w_att"])
             beta = self._gate(h)
-            lstm_inputs[t, :, E:] = beta * context
+            xp.multiply(beta, context, out=gated_contexts[t])
             h_prev = h
-            h, c, lstm_cache = lstm_step_forward(lstm_inputs[t], h, c, p["Wx"], p["Wh"], p["b"])
+            word_proj[t] += gated_contexts[t] @ Wx_context
+            h, c, lstm_cache = lstm_step_forward_from_projection(word_proj[t], h, c, p["Wh"])
             hidden[:, t] = h
             alphas[:, t] = alpha
             step_caches.append((att_cache, context, beta, h_prev, lstm_cache))
@@ -209,24 +214,21 @@ class ShowAttendTell(CaptionModel):
         reg_loss = lam * float((shortfall * shortfall).sum()) / N
         dalphas = (-2 * lam / N) * shortfall[:, None, :] * step_mask      # (N, T, L)
 
-        # ---------------- backward
+        # ---------------- backward through time
         g = {name: xp.zeros_like(value) for name, value in p.items()}
         ddropped, g["W_out"], g["b_out"] = temporal_affine_backward(dscores, out_cache)
         dhidden = F.dropout_backward(ddropped, drop_cache)
-        dwords = xp.empty((N, T, E), dtype=dtype)
+        dgates = xp.empty((T, N, 4 * H), dtype=dtype)     # d(LSTM pre-activations) of every step
         dfeat_proj = xp.zeros_like(feat_proj)
         dcontexts = xp.empty((N, T, D), dtype=dtype) if feature_grad else None
         dh_next = xp.zeros((N, H), dtype=dtype)
         dc_next = xp.zeros((N, H), dtype=dtype)
         for t in reversed(range(T)):
             att_cache, context, beta, h_prev, lstm_cache = step_caches[t]
-            dx, dh_prev, dc_next, dWx, dWh, db = lstm_step_backward(dhidden[:, t] + dh_next, dc_next,
-                                                                    lstm_cache)
-            g["Wx"] += dWx
+            dgates[t], dh_prev, dc_next, dWh = lstm_step_backward_from_projection(
+                dhidden[:, t] + dh_next, dc_next, lstm_cache)
             g["Wh"] += dWh
-            g["b"] += db
-            dwords[:, t] = dx[:, :E]
-            dgated = dx[:, E:]                                            # d(beta * context)
+            dgated = dgates[t] @ Wx_context.T                             # d(beta * context), (N, D)
             dcontext = dgated * beta
             # gate: beta = sigmoid(h_prev @ W_beta + b_beta)
             dbeta_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
@@ -243,6 +245,13 @@ class ShowAttendTell(CaptionModel):
             if feature_grad:
                 dcontexts[:, t] = dcontext
             dh_next = dh_prev
+
+        # the LSTM input weights, the biases and the words: one large product each
+        dgates_flat = dgates.reshape(T * N, 4 * H)
+        g["Wx"][:E] = words_tm.T @ dgates_flat
+        g["Wx"][E:] = gated_contexts.reshape(T * N, D).T @ dgates_flat
+        g["b"] = dgates_flat.sum(axis=0)
+        dwords = (dgates_flat @ Wx_word.T).reshape(T, N, E).transpose(1, 0, 2)
         g["W_embed"] = word_embedding_backward(dwords, embed_cache)
 
         # initial state and the feature projection

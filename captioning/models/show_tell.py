@@ -16,16 +16,9 @@ from nn import functional as F
 
 from .base import CaptionModel, log_softmax
 
-try:  # the real nn ops (stand-ins only while they are being written)
-    from nn.recurrent import (lstm_forward, lstm_backward, lstm_step_forward,
-                              word_embedding_forward, word_embedding_backward,
-                              temporal_affine_forward, temporal_affine_backward)
-    from nn.losses import temporal_softmax_loss
-except ImportError:  # pragma: no cover
-    from ._nn_standin import (lstm_forward, lstm_backward, lstm_step_forward,  # noqa: F401
-                              word_embedding_forward, word_embedding_backward,
-                              temporal_affine_forward, temporal_affine_backward,
-                              temporal_softmax_loss)
+from nn.losses import temporal_softmax_loss
+from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_forward, temporal_affine_backward,
+                          temporal_affine_forward, word_embedding_backward, word_embedding_forward)
 
 __all__ = ["ShowAndTell"]
 

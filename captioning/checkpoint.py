@@ -1,0 +1,114 @@
+"""Checkpoints: everything needed to caption with a model, and to resume training exactly.
+
+One `.npz` file (written atomically by `nn.persist.save_npz`: a crash while
+saving never destroys the previous checkpoint) with
+
+arrays
+    decoder/<name>   the captioning model's parameters
+    encoder/<name>   a trainable encoder's parameters and buffers (small CNN), if any
+    optim/<key>      the optimizer's state (Adam moments, step count, learning rate)
+metadata (JSON)
+    format           "captioning-checkpoint/1"
+    model            the model configuration (`captioning.models.build(config)` rebuilds it)
+    encoder          how images become features: {"name": "efficientnet_lite0", ...}
+                     (frozen, features cached) or {"name": "small_cnn", "config": {...}}
+    vocabulary       the vocabulary (`Vocabulary.to_dict()`)
+    training         epoch, step, position inside the epoch, history, the training
+                     configuration, scheduler and early-stopping state, and the RNG
+                     scheme (see captioning.training: every random number of a run is
+                     derived from (seed, epoch) or (seed, step), so restoring these
+                     counters restores the random state exactly)
+
+`best.npz` (best dev BLEU-4 so far) and `last.npz` (the latest state) live
+side by side in the output folder.
+"""
+import os
+from dataclasses import dataclass, field
+
+from nn.persist import load_npz, save_npz
+
+from .data.text import Vocabulary
+from .models import ConfigMismatchError, build
+
+__all__ = ["FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "check_vocabulary"]
+
+FORMAT = "captioning-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode) and what came with it."""
+    path: str
+    model: object
+    vocabulary: Vocabulary
+    encoder: dict
+    encoder_state: dict = field(default_factory=dict)
+    optimizer_state: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path, model, vocabulary, encoder_spec, encoder_state=None, optimizer=None,
+                    training=None):
+    """Write a checkpoint atomically; returns the path.
+
+    Inputs:
+    - model: a captioning model (its `config` and `state_dict()` are saved)
+    - vocabulary: captioning.data.text.Vocabulary
+    - encoder_spec: JSON dict describing the image encoder
+    - encoder_state: dict name -> array of a trainable encoder, or None
+    - optimizer: an nn.optim optimizer, or None
+    - training: JSON dict of the training state, or None
+    """
+    if len(vocabulary) != model.config["vocab_size"]:
+        raise ConfigMismatchError(f"save_checkpoint: vocabulary has {len(vocabulary)} words but the "
+                                  f"model was built for vocab_size={model.config['vocab_size']}")
+    arrays = {"decoder/" + k: v for k, v in model.state_dict().items()}
+    arrays.update({"encoder/" + k: v for k, v in (encoder_state or {}).items()})
+    if optimizer is not None:
+        arrays.update({"optim/" + k: v for k, v in optimizer.state_dict().items()})
+    meta = {"format": FORMAT, "model": model.config, "encoder": encoder_spec,
+            "vocabulary": vocabulary.to_dict(), "training": training or {}}
+    return save_npz(path, arrays, meta=meta)
+
+
+def load_checkpoint(path, dtype=None):
+    """Read a checkpoint and rebuild its model (in eval mode) on the current backend.
+
+    Raises FileNotFoundError for a missing file and ConfigMismatchError (a
+    ValueError) for a file that is not a captioning checkpoint or whose
+    parameters do not fit the configuration it records.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    arrays, meta = load_npz(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigMismatchError(f"{path} is not a captioning checkpoint (no {FORMAT!r} record); "
+                                  "make one with `python -m captioning train`")
+    vocabulary = Vocabulary.from_dict(meta["vocabulary"])
+    config = meta["model"]
+    if len(vocabulary) != config.get("vocab_size"):
+        raise ConfigMismatchError(f"{path}: vocabulary of {len(vocabulary)} words but the model "
+                                  f"expects vocab_size={config.get('vocab_size')}")
+    model = build(config, dtype=dtype)
+    decoder = {k[len("decoder/"):]: v for k, v in arrays.items() if k.startswith("decoder/")}
+    try:
+        model.load_state_dict(decoder)
+    except ConfigMismatchError as exc:
+        raise ConfigMismatchError(f"{path}: {exc}") from exc
+    return Checkpoint(
+        path=path, model=model.eval(), vocabulary=vocabulary, encoder=meta.get("encoder") or {},
+        encoder_state={k[len("encoder/"):]: v for k, v in arrays.items() if k.startswith("encoder/")},
+        optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
+        training=meta.get("training") or {})
+
+
+def check_vocabulary(checkpoint, vocabulary, what="the data"):
+    """A clear error when `vocabulary` is not the checkpoint's (ids would mean other words)."""
+    if vocabulary != checkpoint.vocabulary:
+        ours, theirs = checkpoint.vocabulary.id_to_word, vocabulary.id_to_word
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise ConfigMismatchError(
+            f"{checkpoint.path}: its vocabulary ({len(ours)} words) differs from the one built from "
+            f"{what} ({len(theirs)} words), first at id {first}; train a new model or use the "
+            "checkpoint's own data")

@@ -1,0 +1,113 @@
+"""Data for the train / evaluate commands: the synthetic shapes set or Flickr8k + cached features.
+
+Each loader returns a `TrainingData` whose `spec` (JSON) is saved in the
+checkpoint, so `evaluate` can rebuild the same splits without being told.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..cli import UsageError
+from ..training import CaptionData, FrozenFeatures, TrainableEncoder
+
+SHAPES_DEV = 200     # dev images decoded each epoch (validation must stay quick)
+SHAPES_TEST = 500
+SHAPES_IMAGE_SIZE = 64
+
+
+@dataclass
+class TrainingData:
+    name: str                        # "shapes" or "flickr8k"
+    splits: dict                     # "train" / "dev" / "test" -> CaptionData
+    spec: dict                       # how to rebuild it (saved in checkpoints)
+    feature_dim: Optional[int] = None
+    encoder: object = None           # FrozenFeatures for cached features
+    notes: list = field(default_factory=list)
+
+    def train_tokens(self):
+        return [tokens for refs in self.splits["train"].references for tokens in refs]
+
+    def describe(self):
+        sizes = ", ".join(f"{name} {len(split)} images" for name, split in self.splits.items())
+        return f"{self.name} ({sizes})" + "".join(f"; {note}" for note in self.notes)
+
+
+def _caption_data(split, inputs=None, max_images=None):
+    data = CaptionData(split.images if inputs is None else inputs, split.tokens, list(split.image_ids))
+    return data.head(max_images)
+
+
+def shapes_data(n_train=3000, seed=0, max_images=None, n_dev=SHAPES_DEV, n_test=SHAPES_TEST):
+    """The built-in synthetic shapes set (generated in about a second)."""
+    from ..data.shapes import shapes_splits
+
+    if max_images is not None:
+        n_train, n_dev, n_test = (min(n, max_images) for n in (n_train, n_dev, n_test))
+    splits = shapes_splits(n_train=n_train, n_val=n_dev, n_test=n_test, seed=seed,
+                           image_size=SHAPES_IMAGE_SIZE)
+    spec = {"name": "shapes", "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
+            "image_size": SHAPES_IMAGE_SIZE}
+    return TrainingData("shapes", {k: _caption_data(v) for k, v in splits.items()}, spec)
+
+
+def small_cnn_encoder(seed=0):
+    return TrainableEncoder.small_cnn(channels=(16, 32, 64), image_size=SHAPES_IMAGE_SIZE, seed=seed)
+
+
+def _default_features_path():
+    from ..features import default_cache_path
+    return str(default_cache_path("flickr8k", "efficientnet_lite0"))
+
+
+def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
+    """Flickr8k splits whose inputs are rows of the EfficientNet-Lite0 feature cache."""
+    from ..data.flickr8k import find_flickr8k_dir, load_flickr8k
+    from ..features import FeatureCacheError, open_cache
+
+    root = find_flickr8k_dir(data_arg)
+    dataset = load_flickr8k(root)
+    features_path = features_arg or _default_features_path()
+    splits = {name: dataset[name] for name in ("train", "dev", "test")}
+    if max_images is not None:
+        splits = {name: split.subset(range(min(max_images, len(split)))) for name, split in splits.items()}
+    wanted = [i for split in splits.values() for i in split.image_ids]
+    try:
+        cache = open_cache(features_path, image_ids=wanted)
+    except FileNotFoundError:
+        raise UsageError(
+            f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
+            f"  python -m captioning features --data {root}" +
+            (f" --out {features_path}" if features_arg else "") +
+            "\n(a few minutes on a CPU, resumable), then run train again") from None
+    except FeatureCacheError as exc:
+        raise UsageError(str(exc)) from None
+    encoder_name = cache.index["encoder"]["name"]
+    if encoder_name != "efficientnet_lite0":
+        raise UsageError(f"feature cache {features_path} was made by {encoder_name}, not efficientnet_lite0")
+    data = {}
+    for name, split in splits.items():
+        grid, pooled = cache.for_images(split.image_ids)
+        data[name] = _caption_data(split, grid if kind == "grid" else pooled)
+    spec = {"name": "flickr8k", "root": os.path.abspath(root), "features": os.path.abspath(str(cache.path)),
+            "max_images": max_images}
+    encoder = FrozenFeatures({"name": "efficientnet_lite0", **cache.index["encoder"]})
+    feature_dim = int(cache.index["grid_shape"][-1])
+    return TrainingData("flickr8k", data, spec, feature_dim=feature_dim, encoder=encoder,
+                        notes=[f"features {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"])
+
+
+def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None):
+    """The data a checkpoint was trained on (optionally from another folder / cache)."""
+    name = (spec or {}).get("name")
+    if data_arg is None and name == "shapes":
+        return shapes_data(n_train=spec["n_train"], seed=spec["seed"], n_dev=spec["n_dev"],
+                           n_test=spec["n_test"], max_images=max_images)
+    if data_arg is None and name != "flickr8k":
+        raise UsageError("give --data DIR: the checkpoint does not say which data it was trained on")
+    if data_arg is None:
+        data_arg = spec["root"]
+    if features_arg is None and name == "flickr8k":
+        features_arg = spec.get("features")
+    if max_images is None and name == "flickr8k":
+        max_images = spec.get("max_images")
+    return flickr8k_data(data_arg, features_arg, max_images=max_images, kind=kind)

@@ -1,0 +1,104 @@
+"""`python -m captioning caption IMAGE...`: describe image files with a trained checkpoint."""
+import os
+
+from nn import backend
+
+from ..cli import UsageError
+
+HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
+DESCRIPTION = """\
+Print a caption for each image file. The image encoder is the one the
+checkpoint was trained with: EfficientNet-Lite0 (pretrained, frozen) for a
+Flickr8k model, the checkpoint's own small CNN for a synthetic-shapes model.
+With --attention-png (attention models only) one PNG per image shows, for
+every generated word, where the model looked.
+
+examples:
+  python -m captioning caption photo.jpg --checkpoint outputs/flickr8k_attention/best.npz --beam 3
+  python -m captioning caption a.png b.png --checkpoint outputs/shapes_attention/best.npz \\
+      --attention-png attention.png          # writes attention-a.png, attention-b.png
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--checkpoint", required=True, help="a best.npz / last.npz written by train")
+    parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
+    parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
+    parser.add_argument("--length-alpha", type=float, default=0.0, help="length normalisation (default 0)")
+    parser.add_argument("--attention-png", default=None,
+                        help="write the attention picture here (one image), or OUT-<image name>.png (several)")
+
+
+def _png_paths(out, images):
+    if len(images) == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    return [f"{stem}-{os.path.splitext(os.path.basename(p))[0]}{ext or '.png'}" for p in images]
+
+
+def encode_files(ckpt, paths):
+    """Image files -> (features for the checkpoint's model, display images (N, 3, H, W) in [0, 1])."""
+    from ..data.images import load_images
+    from ..training import make_encoder
+
+    model, spec = ckpt.model, ckpt.encoder
+    if spec.get("name") == "small_cnn":
+        encoder = make_encoder(spec, ckpt.encoder_state, dtype=model.dtype).eval()
+        size = spec.get("config", {}).get("image_size", 64)
+        pixels, _, _ = load_images(paths, size=size, resize="squash", dtype=model.dtype)
+        return encoder.encode(pixels, model.feature_kind, model.dtype), pixels
+    if spec.get("name") == "efficientnet_lite0":
+        from ..encoders.efficientnet import EfficientNetLite0
+        net = EfficientNetLite0.from_pretrained()
+        pre = net.preprocess
+        wanted = spec.get("input", {})
+        if wanted and (wanted.get("size") != pre["size"] or wanted.get("resize") != pre["resize"]):
+            raise UsageError(f"{ckpt.path}: trained on EfficientNet inputs {wanted}, this encoder uses {pre}")
+        batch, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"], mean=pre["mean"],
+                                  std=pre["std"])
+        grid, pooled = net.features(batch.astype(backend.default_float()))
+        features = (grid if model.feature_kind == "grid" else pooled).astype(model.dtype)
+        display, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"])
+        return features, display
+    raise UsageError(f"{ckpt.path}: unknown image encoder {spec!r}")
+
+
+def run(args):
+    from ..attention_png import save_attention_png
+    from ..checkpoint import load_checkpoint
+    from ..decoding import beam_search, greedy_decode
+    from ..models import ConfigMismatchError
+
+    if args.beam < 1 or args.max_length < 1:
+        raise UsageError("--beam and --max-length must be >= 1")
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except ConfigMismatchError as exc:
+        raise UsageError(str(exc)) from None
+    model = ckpt.model
+    if args.attention_png and model.feature_kind != "grid":
+        raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
+    if args.attention_png and not os.path.isdir(os.path.dirname(os.path.abspath(args.attention_png))):
+        raise FileNotFoundError(f"folder of --attention-png {args.attention_png} does not exist")
+    features, display = encode_files(ckpt, args.images)
+    if args.beam > 1:
+        result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
+                             max_length=args.max_length, length_alpha=args.length_alpha)
+    else:
+        result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
+    pngs = _png_paths(args.attention_png, args.images) if args.attention_png else [None] * len(args.images)
+    for i, path in enumerate(args.images):
+        words = ckpt.vocabulary.decode(result.sequences[i])
+        print(f"{path}: {' '.join(words)}")
+        if pngs[i] is not None:
+            grid_side = int(round(features.shape[1] ** 0.5))
+            attention = result.attention[i]
+            shape = (grid_side, grid_side) if grid_side * grid_side == features.shape[1] else None
+            save_attention_png(backend.to_numpy(display[i]), words or ["<empty>"],
+                               attention if words else attention[:1], pngs[i], grid_shape=shape)
+            print(f"  attention: {pngs[i]}")
+    return 0

@@ -1,0 +1,110 @@
+"""`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
+import json
+import os
+import tempfile
+import time
+
+from ..cli import UsageError
+
+HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
+DESCRIPTION = """\
+Caption every image of a split (greedy or beam search, all images batched)
+and score the captions against ALL reference captions of each image (raw
+words, out-of-vocabulary ones included) with corpus BLEU-1..4 (as
+coco-caption / nltk compute it) and CIDEr-D, both printed x100. Every
+generated caption is written to a JSON file with the settings and scores.
+
+Without --data, the data the checkpoint was trained on is used (the synthetic
+shapes set is regenerated from its seed; Flickr8k from the recorded folder
+and feature cache).
+
+examples:
+  python -m captioning evaluate --checkpoint outputs/shapes_attention/best.npz
+  python -m captioning evaluate --checkpoint outputs/flickr8k_attention/best.npz \\
+      --data ../shared/flickr8k --split test --beam 3
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True, help="a best.npz / last.npz written by train")
+    parser.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data)")
+    parser.add_argument("--features", default=None, help="feature cache (default: the checkpoint's)")
+    parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="default test")
+    parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
+    parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
+    parser.add_argument("--length-alpha", type=float, default=0.0,
+                        help="length normalisation: score / length**alpha (default 0)")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    parser.add_argument("--batch-size", type=int, default=100, help="images decoded at once (default 100)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file for the captions (default next to the checkpoint)")
+
+
+def run(args):
+    from ..checkpoint import load_checkpoint
+    from ..models import ConfigMismatchError
+    from ..training import evaluate_captions, generate_captions, make_encoder
+    from . import _datasets
+
+    for name in ("beam", "max_length", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.length_alpha < 0:
+        raise UsageError(f"--length-alpha must be >= 0, got {args.length_alpha}")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
+    except ConfigMismatchError as exc:
+        raise UsageError(str(exc)) from None
+    data = _datasets.data_from_spec(ckpt.training.get("data"), args.data, args.features,
+                                    kind=ckpt.model.feature_kind, max_images=args.max_images)
+    if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
+        raise UsageError(f"{args.checkpoint}: the model expects {ckpt.model.config['feature_dim']}-d features, "
+                         f"the cache holds {data.feature_dim}-d ones (another encoder?)")
+    if data.encoder is not None and data.encoder.spec.get("name") != ckpt.encoder.get("name"):
+        raise UsageError(f"{args.checkpoint} was trained on {ckpt.encoder.get('name')} features, "
+                         f"this data gives {data.encoder.spec.get('name')}")
+    split = data.splits[args.split].head(args.max_images)
+
+    start = time.perf_counter()
+    captions, _ = generate_captions(ckpt.model, encoder, split, ckpt.vocabulary, beam=args.beam,
+                                    max_length=args.max_length, length_alpha=args.length_alpha,
+                                    batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    scores = evaluate_captions(split.references, captions)
+    settings = {"checkpoint": os.path.abspath(args.checkpoint), "data": data.name, "split": args.split,
+                "images": len(split), "decoding": "greedy" if args.beam == 1 else "beam search",
+                "beam": args.beam, "max_length": args.max_length, "length_alpha": args.length_alpha}
+    print(f"{data.name} {args.split}: {len(split)} images, {settings['decoding']}"
+          f"{'' if args.beam == 1 else f' (beam {args.beam})'}, max length {args.max_length}, "
+          f"length alpha {args.length_alpha}; {seconds:.1f}s ({len(split) / max(seconds, 1e-9):.0f} images/s)")
+    for n, value in enumerate(scores["bleu"], start=1):
+        print(f"BLEU-{n}  {100 * value:6.2f}")
+    print(f"CIDEr-D {100 * scores['cider']:6.2f}")
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                   f"captions_{args.split}_beam{args.beam}.json")
+    record = {"settings": settings,
+              "scores": {**{f"BLEU-{n}": 100 * v for n, v in enumerate(scores["bleu"], start=1)},
+                         "CIDEr-D": 100 * scores["cider"]},
+              "captions": [{"image_id": image_id, "caption": " ".join(words),
+                            "references": [" ".join(r) for r in refs]}
+                           for image_id, words, refs in zip(split.image_ids, captions, split.references)]}
+    _write_json(out, record)
+    print(f"captions: {out}")
+    return 0
+
+
+def _write_json(path, data):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder {folder} does not exist (writing {path})")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
