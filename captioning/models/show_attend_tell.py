@@ -33,79 +33,49 @@ from nn import functional as F
 
 from .base import CaptionModel, log_softmax
 
+from nn.attention import attention_project_backward, attention_project_forward, attention_step_forward
 from nn.losses import temporal_softmax_loss
 from nn.recurrent import (lstm_step_backward_from_projection, lstm_step_forward,
                           lstm_step_forward_from_projection, temporal_affine_backward,
                           temporal_affine_forward, word_embedding_backward,
                           word_embedding_forward)
 
-__all__ = ["ShowAttendTell", "soft_attention_forward", "soft_attention_backward"]
+__all__ = ["ShowAttendTell", "attention_step_backward_summed"]
 
 
-# ------------------------------------------------------------------ soft attention (one step)
+# ------------------------------------------------------------------ attention backward, summed over steps
 
-def soft_attention_forward(features, feat_proj, h, W_att_h, w_att):
-    """Additive (Bahdanau) soft attention for one time step.
+def attention_step_backward_summed(dcontext, dalpha, cache):
+    """`nn.attention.attention_step_backward` for a decoder that sums over time steps itself.
 
-    Inputs:
-    - features: (N, L, D) feature grid a
-    - feat_proj: (N, L, A) precomputed a @ W_att_feat + b_att
-    - h: (N, H) previous hidden state
-    - W_att_h: (H, A) hidden-state projection
-    - w_att: (A,) scoring vector
-    Returns:
-    - context: (N, D) attention-weighted mean of the features
-    - alpha: (N, L) attention weights (each row sums to 1)
-    - cache: for soft_attention_backward
-    """
-    xp = backend.get_array_module(features, feat_proj, h, op="soft_attention_forward")
-    hidden_proj = h @ W_att_h                                  # (N, A)
-    activation = feat_proj + hidden_proj[:, None, :]           # (N, L, A)
-    xp.tanh(activation, out=activation)
-    scores = activation @ w_att                                # (N, L)
-    scores -= scores.max(axis=1, keepdims=True)
-    alpha = xp.exp(scores)
-    alpha /= alpha.sum(axis=1, keepdims=True)
-    context = (alpha[:, None, :] @ features)[:, 0, :]          # (N, D), a batched mat-vec
-    return context, alpha, (features, h, W_att_h, w_att, activation, alpha)
-
-
-def soft_attention_backward(dcontext, dalpha, cache, need_dfeatures=True):
-    """Backward pass of soft_attention_forward.
+    Same inputs (cache from `nn.attention.attention_step_forward`) and the
+    same dprojected, dh, dW_hidden, dw_score, but WITHOUT the per-step
+    dfeatures = alpha dcontext^T (an (N, L, D) array every step): the caller
+    gets d features through the contexts of all T steps with ONE batched
+    product, alphas^T @ dcontexts, at the end. At N=64, L=49, D=1280 this
+    step is about 4x faster than the general one.
 
     Inputs:
-    - dcontext: (N, D) upstream gradient of the context
-    - dalpha: (N, L) or None, upstream gradient reaching alpha directly (regulariser)
-    - cache: from the forward pass
-    - need_dfeatures: compute the (N, L, D) gradient through the context; a
-      caller summing over many steps can skip it and do one batched product
-      sum_t alpha_t^T dcontext_t itself
-    Returns:
-    - dfeatures: (N, L, D) gradient through the context only, or None
-      (feat_proj carries the rest)
-    - dfeat_proj: (N, L, A)
-    - dh: (N, H)
-    - dW_att_h: (H, A)
-    - dw_att: (A,)
+    - dcontext: (N, D) gradient of the context
+    - dalpha: (N, L) gradient reaching alpha directly (regulariser), or None
+    - cache: from attention_step_forward
+    Returns: dprojected (N, L, A), dh (N, H), dW_hidden (H, A), dw_score (A,)
     """
-    features, h, W_att_h, w_att, activation, alpha = cache
+    features, h, W_hidden, w_score, activations, alpha = cache
+    xp = backend.get_array_module(dcontext, alpha, op="attention_step_backward_summed")
     dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]          # (N, L)
     if dalpha is not None:
         dalpha_total += dalpha
-    # softmax backward: dscores = alpha * (dalpha - sum_j alpha_j dalpha_j)
+    # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
     dscores = alpha * (dalpha_total - (alpha * dalpha_total).sum(axis=1, keepdims=True))
-    xp = backend.get_array_module(dscores, activation)
-    dw_att = xp.einsum("nla,nl->a", activation, dscores)
-    # through tanh and the scoring vector: dfeat_proj = (1 - act^2) * dscores * w_att
-    dfeat_proj = activation * activation
-    xp.subtract(1, dfeat_proj, out=dfeat_proj)
-    dfeat_proj *= dscores[:, :, None]
-    dfeat_proj *= w_att
-    dhidden_proj = dfeat_proj.sum(axis=1)                             # (N, A)
-    dW_att_h = h.T @ dhidden_proj
-    dh = dhidden_proj @ W_att_h.T
-    dfeatures = alpha[:, :, None] * dcontext[:, None, :] if need_dfeatures else None
-    return dfeatures, dfeat_proj, dh, dW_att_h, dw_att
+    dw_score = xp.einsum("nla,nl->a", activations, dscores)
+    # through tanh and the scoring vector: dprojected = (1 - act^2) * dscores * w_score
+    dprojected = activations * activations
+    xp.subtract(1, dprojected, out=dprojected)
+    dprojected *= dscores[:, :, None]
+    dprojected *= w_score
+    dhidden = dprojected.sum(axis=1)                                  # (N, A)
+    return dprojected, dhidden @ W_hidden.T, h.T @ dhidden, dw_score
 
 
 # ------------------------------------------------------------------ the model
@@ -149,8 +119,7 @@ class ShowAttendTell(CaptionModel):
         c0_pre, c0_cache = F.affine_forward(mean, p["W_c0"], p["b_c0"])
         h0, h0_tanh = F.tanh_forward(h0_pre)
         c0, c0_tanh = F.tanh_forward(c0_pre)
-        proj, proj_cache = F.affine_forward(features.reshape(N * L, D), p["W_att_feat"], p["b_att"])
-        feat_proj = proj.reshape(N, L, -1)
+        feat_proj, proj_cache = attention_project_forward(features, p["W_att_feat"], p["b_att"])
         return h0, c0, feat_proj, (h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache)
 
     def _gate(self, h):
@@ -194,7 +163,7 @@ class ShowAttendTell(CaptionModel):
         alphas = xp.empty((N, T, L), dtype=dtype)
         step_caches = []
         for t in range(T):
-            context, alpha, att_cache = soft_attention_forward(features, feat_proj, h, p["W_att_h"], p["w_att"])
+            context, alpha, att_cache = attention_step_forward(features, feat_proj, h, p["W_att_h"], p["w_att"])
             beta = self._gate(h)
             xp.multiply(beta, context, out=gated_contexts[t])
             h_prev = h
@@ -236,8 +205,8 @@ class ShowAttendTell(CaptionModel):
             g["b_beta"] += dbeta_pre.sum(axis=0)
             dh_prev += dbeta_pre @ p["W_beta"].T
             # attention
-            _, dproj_t, dh_att, dW_att_h, dw_att = soft_attention_backward(
-                dcontext, dalphas[:, t], att_cache, need_dfeatures=False)
+            dproj_t, dh_att, dW_att_h, dw_att = attention_step_backward_summed(dcontext, dalphas[:, t],
+                                                                               att_cache)
             dfeat_proj += dproj_t
             g["W_att_h"] += dW_att_h
             g["w_att"] += dw_att
@@ -258,13 +227,15 @@ class ShowAttendTell(CaptionModel):
         h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache = init_caches
         dmean_h, g["W_h0"], g["b_h0"] = F.affine_backward(F.tanh_backward(dh_next, h0_tanh), h0_cache)
         dmean_c, g["W_c0"], g["b_c0"] = F.affine_backward(F.tanh_backward(dc_next, c0_tanh), c0_cache)
-        dfeat_flat, g["W_att_feat"], g["b_att"] = F.affine_backward(dfeat_proj.reshape(N * L, -1), proj_cache)
-
         dfeatures = None
         if feature_grad:
-            dfeatures = dfeat_flat.reshape(N, L, D)
+            dfeatures, g["W_att_feat"], g["b_att"] = attention_project_backward(dfeat_proj, proj_cache)
             dfeatures += alphas.transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
             dfeatures += ((dmean_h + dmean_c) / L)[:, None, :]
+        else:  # frozen features: the weight gradients only, skipping an (N*L, A) x (A, D) product
+            dfeat_proj_flat = dfeat_proj.reshape(N * L, -1)
+            g["W_att_feat"] = features.reshape(N * L, D).T @ dfeat_proj_flat
+            g["b_att"] = dfeat_proj_flat.sum(axis=0)
         self.grads = g
         return float(word_loss) + reg_loss, g, dfeatures
 
@@ -280,7 +251,7 @@ class ShowAttendTell(CaptionModel):
         p = self.params
         xp = backend.get_array_module(state["h"], op="ShowAttendTell.decode_step")
         h, c = state["h"], state["c"]
-        context, alpha, _ = soft_attention_forward(state["features"], state["feat_proj"], h,
+        context, alpha, _ = attention_step_forward(state["features"], state["feat_proj"], h,
                                                    p["W_att_h"], p["w_att"])
         x = xp.concatenate([p["W_embed"][words], self._gate(h) * context], axis=1)
         h, c, _ = lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
