@@ -34,6 +34,7 @@ __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features"
            "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
 
 FORMAT_VERSION = 1
+COMMIT_SECONDS = 2.0  # how often the index's "complete" count is brought up to date
 
 
 class FeatureCacheError(ValueError):
@@ -326,11 +327,21 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     index = cache.index
     n, start = len(image_ids), cache.complete
     bar = ProgressBar(n) if progress else None
+    done = committed = start
+    last_commit = time.monotonic()
+
+    def commit(done):
+        # rows first, on disk; only then does the index say they are done
+        cache.grid.flush()
+        cache.pooled.flush()
+        index["complete"] = done
+        _write_json_atomic(files["index"], index)
+
     try:
         for begin in range(start, n, batch_size):
             end = min(begin + batch_size, n)
             batch, kept, _ = load_images(image_paths[begin:end], skip_bad=skip_bad, workers=workers,
-                                               **encoder.preprocess)
+                                         **encoder.preprocess)
             grid = np.zeros((end - begin,) + cache.grid.shape[1:], dtype=dtype)
             pooled = np.zeros((end - begin,) + cache.pooled.shape[1:], dtype=dtype)
             if len(kept):
@@ -338,19 +349,22 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
                 grid[kept], pooled[kept] = backend.to_numpy(g), backend.to_numpy(p)
             cache.grid[begin:end] = grid
             cache.pooled[begin:end] = pooled
-            # rows first, on disk; only then the index says they are done
-            cache.grid.flush()
-            cache.pooled.flush()
-            index["complete"] = end
             kept_set = set(kept)
             index["skipped"] = index.get("skipped", []) + [image_ids[begin + i] for i in range(end - begin)
                                                           if i not in kept_set]
-            _write_json_atomic(files["index"], index)
+            # rows up to `end` are in the memmaps now: commit them every few seconds
+            # (and at the end, or when interrupted: see finally)
+            done = end
+            if done == n or time.monotonic() - last_commit >= COMMIT_SECONDS:
+                commit(done)
+                committed, last_commit = done, time.monotonic()
             if bar:
                 bar.update(end, end - start)
     finally:
         if bar:
             bar.close()
+        if done > committed:
+            commit(done)  # interrupted: keep the batches that did finish
     return open_cache(out_path, encoder=encoder)
 
 

@@ -179,3 +179,20 @@ def test_flickr8k_dog_photos_are_classified_as_dog_breeds(pretrained, flickr8k):
     grid, pooled = pretrained.features(images)
     assert grid.shape == (3, 49, 1280) and pooled.shape == (3, 1280)
     assert float(grid.min()) >= 0 and float(grid.max()) <= 6  # ReLU6 outputs
+
+
+@pytest.mark.gpu
+def test_cupy_forward_matches_numpy():
+    from nn import backend
+    if not backend.cupy_available():
+        pytest.skip("CuPy is not installed or no GPU is visible")
+    sd = _random_state_dict(6)
+    x = np.random.default_rng(7).standard_normal((2, 3, 64, 48)).astype(np.float32)
+    backend.use("numpy")
+    grid_cpu, pooled_cpu = EfficientNetLite0(sd).features(x)
+    backend.use("cupy")
+    model = EfficientNetLite0(sd).to_backend()
+    grid_gpu, pooled_gpu = model.features(backend.asarray(x))
+    assert backend.is_cupy_array(grid_gpu)
+    np.testing.assert_allclose(backend.to_numpy(grid_gpu), grid_cpu, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backend.to_numpy(pooled_gpu), pooled_cpu, rtol=1e-4, atol=1e-4)
