@@ -411,13 +411,18 @@ class Trainer:
     def train_step(self, epoch, batch):
         """One optimizer step; returns (loss, number of target tokens)."""
         images, captions = self._batch(epoch, batch)
-        features = self.encoder.encode(self.train_data.inputs[images], self.model.feature_kind,
-                                       self.model.dtype)
+        # each image of the batch is encoded once, however many of its captions were drawn
+        unique, inverse = numpy.unique(images, return_inverse=True)
+        encoded = self.encoder.encode(self.train_data.inputs[unique], self.model.feature_kind,
+                                      self.model.dtype)
+        inverse = backend.asarray(inverse)
         loss, _, dfeatures = self.model.forward_backward(
-            features, backend.asarray(captions), feature_grad=self.encoder.trainable,
+            encoded[inverse], backend.asarray(captions), feature_grad=self.encoder.trainable,
             dropout_seed=_dropout_seed(self.config.seed, self.progress.step))
-        if self.encoder.trainable:
-            self.encoder.backward(dfeatures)
+        if self.encoder.trainable:   # sum the gradients of the captions that share an image
+            dencoded = backend.get_array_module(encoded).zeros_like(encoded)
+            backend.scatter_add(dencoded, inverse, dfeatures)
+            self.encoder.backward(dencoded)
         norm = clip_grad_norm(self.params, self.config.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             p = self.progress

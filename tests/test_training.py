@@ -1,0 +1,165 @@
+"""Training: overfitting, exact resume, NaN stop, checkpoints and their mismatch errors."""
+import os
+
+import numpy
+import pytest
+
+from nn import backend
+from nn.optim import Adam
+from nn.persist import save_npz
+from captioning.checkpoint import check_vocabulary, load_checkpoint
+from captioning.commands import _datasets
+from captioning.data.text import Vocabulary
+from captioning.models import ConfigMismatchError, build
+from captioning.training import (CaptionData, FrozenFeatures, TrainConfig, Trainer, TrainingDiverged,
+                                 encode_captions)
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_overfits_a_batch_of_50_captions(kind):
+    """A model that can learn at all drives the loss of 50 fixed captions below 0.1."""
+    gen = numpy.random.default_rng(0)
+    vocab_size, n = 30, 50
+    captions = gen.integers(4, vocab_size, size=(n, 9))
+    captions[:, 0] = 1
+    lengths = gen.integers(3, 8, size=n)
+    for i, length in enumerate(lengths):
+        captions[i, length] = 2
+        captions[i, length + 1:] = 0
+    shape = (n, 24) if kind == "show-tell" else (n, 4, 24)
+    features = gen.standard_normal(shape).astype(numpy.float32)
+    model = build({"model": kind, "vocab_size": vocab_size, "feature_dim": 24, "wordvec_dim": 32,
+                   "hidden_dim": 64, "attention_dim": 32, "doubly_stochastic": 0.0}, seed=0)
+    optimizer = Adam(model, lr=1e-2)
+    losses = []
+    for _ in range(150):
+        loss, _ = model.loss(features, captions)
+        optimizer.step()
+        losses.append(loss)
+    assert losses[0] > 10 * losses[-1]
+    assert losses[-1] < 0.1
+
+
+def _tiny_run(tmp_path, name, epochs=2, **overrides):
+    """A Trainer on 30 synthetic images (small CNN end to end + attention decoder)."""
+    data = _datasets.shapes_data(n_train=8, n_dev=4, n_test=4, seed=3)
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    encoder = _datasets.small_cnn_encoder(seed=1)
+    model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": 64, "wordvec_dim": 16,
+                   "hidden_dim": 24, "attention_dim": 16, "dropout": 0.3, "doubly_stochastic": 0.05}, seed=2)
+    config = TrainConfig(**{"epochs": epochs, "batch_size": 20, "lr": 3e-3, "seed": 5, "log_every": 1e9,
+                            **overrides})
+    lines = []
+    trainer = Trainer(model, vocab, encoder, data.splits["train"], data.splits["dev"], config,
+                      tmp_path / name, log=lines.append, data_spec=data.spec)
+    return trainer, lines
+
+
+def _all_params(trainer):
+    return {name: backend.to_numpy(param).copy() for name, param, _ in trainer.params.named_parameters()}
+
+
+def test_resume_mid_epoch_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+    straight, _ = _tiny_run(tmp_path, "straight")
+    straight.fit()
+    assert straight.steps_per_epoch == 2 and straight.progress.step == 4
+
+    first, lines = _tiny_run(tmp_path, "resumed")
+    first.fit(stop_after_steps=3)            # "interrupted" inside epoch 2 (after step 1 of 2)
+    assert any("resume with --resume" in line for line in lines)
+    second, _ = _tiny_run(tmp_path, "resumed")   # a fresh process: new objects, same arguments
+    second.resume(second.last_path)
+    assert (second.progress.epoch, second.progress.batch, second.progress.step) == (1, 1, 3)
+    second.fit()
+
+    want, got = _all_params(straight), _all_params(second)
+    assert want.keys() == got.keys() and any(k.startswith("encoder.") for k in want)
+    for name in want:
+        numpy.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # the batchnorm running statistics of the CNN and Adam's moments resume too
+    for name, value in straight.encoder.state_dict().items():
+        numpy.testing.assert_array_equal(second.encoder.state_dict()[name], value, err_msg=name)
+    for key, value in straight.optimizer.state_dict().items():
+        numpy.testing.assert_array_equal(backend.to_numpy(second.optimizer.state_dict()[key]),
+                                         backend.to_numpy(value), err_msg=key)
+    assert [r["dev_bleu"] for r in second.progress.history] == [r["dev_bleu"] for r in straight.progress.history]
+    assert os.path.isfile(second.best_path) and os.path.isfile(tmp_path / "resumed" / "curves.png")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer, _ = _tiny_run(tmp_path, "nan", epochs=1)
+    trainer.fit()
+    before = open(trainer.last_path, "rb").read()
+    good = load_checkpoint(trainer.last_path).model.state_dict()
+
+    poisoned, _ = _tiny_run(tmp_path, "nan", epochs=3)
+    poisoned.resume(poisoned.last_path)
+    poisoned.model.params["W_out"][0, 0] = numpy.nan        # what a diverged update leaves behind
+    with pytest.raises(TrainingDiverged, match=r"loss became nan .* epoch 2, step 3.*last good checkpoints"):
+        poisoned.fit()
+    assert open(trainer.last_path, "rb").read() == before
+    for name, value in load_checkpoint(trainer.last_path).model.state_dict().items():
+        numpy.testing.assert_array_equal(value, good[name])
+
+
+def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
+    trainer, _ = _tiny_run(tmp_path, "ckpt", epochs=1)
+    trainer.fit()
+    ckpt = load_checkpoint(trainer.best_path)
+    assert ckpt.model.config == trainer.model.config and not ckpt.model.training
+    assert ckpt.vocabulary == trainer.vocabulary and ckpt.encoder["name"] == "small_cnn"
+    for name, value in trainer.model.state_dict().items():
+        numpy.testing.assert_array_equal(ckpt.model.state_dict()[name], value)
+    assert ckpt.training["progress"]["epoch"] == 1 and ckpt.training["rng"]["seed"] == 5
+
+    # another model configuration: a clear error, not a shape crash
+    other, _ = _tiny_run(tmp_path, "other", epochs=1)
+    other.model = build(dict(other.model.config, hidden_dim=32))
+    with pytest.raises(ConfigMismatchError, match="hidden_dim"):
+        other.resume(trainer.last_path)
+    # another vocabulary
+    with pytest.raises(ConfigMismatchError, match="vocabulary"):
+        check_vocabulary(ckpt, Vocabulary(["zebra", "giraffe"]), what="Flickr8k")
+    # parameters that do not fit the recorded configuration
+    arrays = {"decoder/" + k: v for k, v in trainer.model.state_dict().items()}
+    arrays["decoder/Wh"] = arrays["decoder/Wh"][:, :8]
+    from captioning.checkpoint import FORMAT
+    save_npz(tmp_path / "bad.npz", arrays, meta={"format": FORMAT, "model": trainer.model.config,
+                                                  "vocabulary": trainer.vocabulary.to_dict(), "encoder": {}})
+    with pytest.raises(ConfigMismatchError, match=r"Wh: checkpoint \(24, 8\) vs model \(24, 96\)"):
+        load_checkpoint(tmp_path / "bad.npz")
+    save_npz(tmp_path / "plain.npz", {"w": numpy.zeros(3)})
+    with pytest.raises(ConfigMismatchError, match="not a captioning checkpoint"):
+        load_checkpoint(tmp_path / "plain.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_checkpoint(tmp_path / "missing.npz")
+
+
+def test_frozen_features_training_improves_dev_bleu_and_reports_progress(tmp_path):
+    """Cached-feature path: fixed random 'features' that identify each image's caption."""
+    data = _datasets.shapes_data(n_train=40, n_dev=40, n_test=1, seed=4)
+    train = data.splits["train"]
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    gen = numpy.random.default_rng(0)
+    table = gen.standard_normal((40, 6, 16)).astype(numpy.float32)
+    train = CaptionData(table, [refs[:1] for refs in train.references], train.image_ids)
+    model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": 16, "wordvec_dim": 16,
+                   "hidden_dim": 32, "attention_dim": 16, "doubly_stochastic": 0.0}, seed=0)
+    config = TrainConfig(epochs=14, batch_size=5, lr=1e-2, log_every=0, patience=14, lr_patience=14)
+    lines = []
+    trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train, train, config,
+                      tmp_path / "frozen", log=lines.append)
+    history = trainer.fit()
+    assert history[0]["dev_bleu"][3] < 0.1 and history[-1]["dev_bleu"][3] > 0.4
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 2.5
+    assert any(line.startswith("epoch 1/14  step 8/8  loss") and "tokens/s" in line and "ETA" in line
+               for line in lines)
+    assert any(line.startswith("epoch 14 done: train loss") and "dev BLEU-4" in line for line in lines)
+
+
+def test_encode_captions_pads_cuts_and_maps_unknown_words():
+    vocab = Vocabulary(["a", "dog"])
+    data = CaptionData(None, [[["a", "dog"], ["a", "zebra", "dog", "a"]]], ["x.jpg"])
+    owners, captions = encode_captions(data, vocab, max_words=3)
+    numpy.testing.assert_array_equal(owners, [0, 0])
+    numpy.testing.assert_array_equal(captions, [[1, 4, 5, 2, 0], [1, 4, 3, 5, 2]])
