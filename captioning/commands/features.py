@@ -28,7 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--out", default=None, help="cache name (default: outputs/features/flickr8k_...)")
     parser.add_argument("--split", choices=["all", "train", "dev", "test"], default="all",
                         help="which images: all (train+dev+test, the default) or one split")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default 8 on numpy, 128 on cupy)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick runs)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage dtype of the cache (default float16: half the disk)")
@@ -44,6 +45,10 @@ def run(args):
     from ..encoders.efficientnet import EfficientNetLite0
     from ..features import FeatureCacheError, default_cache_path, flickr8k_image_list, extract_features
 
+    from nn import backend
+
+    if args.batch_size is None:
+        args.batch_size = 128 if backend.name() == "cupy" else 8
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
@@ -64,6 +69,9 @@ def run(args):
                                  extra_index={"data": str(root), "split": args.split})
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"\nstopped; the finished images are kept. Resume with: {rebuild}", file=sys.stderr)
+        raise
     skipped = cache.index.get("skipped", [])
     print(f"done: {len(cache)} images, grid {cache.grid.shape}, pooled {cache.pooled.shape}, "
           f"{cache.grid.dtype}; index {cache.path}" + (f"; {len(skipped)} undecodable images stored as zeros"
