@@ -1,0 +1,114 @@
+"""End-to-end runs of `python -m captioning train / evaluate / caption` (in process, small)."""
+import json
+
+import numpy
+import pytest
+from PIL import Image
+
+from captioning.cli import main
+from captioning.data.shapes import make_shapes_dataset
+
+TINY_MODEL = ["--hidden", "24", "--embed", "16", "--attention-dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """One tiny synthetic training run shared by the tests below."""
+    out = tmp_path_factory.mktemp("shapes_run")
+    code = main(["train", "--max-images", "12", "--epochs", "1", "--batch-size", "20", *TINY_MODEL,
+                 "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_on_the_synthetic_set_writes_checkpoints_and_curves(shapes_run, capsys):
+    for name in ("best.npz", "last.npz", "curves.png"):
+        assert (shapes_run / name).is_file(), name
+    with Image.open(shapes_run / "curves.png") as image:
+        assert image.size == (720, 300)
+
+
+def test_evaluate_prints_scores_and_writes_every_caption(shapes_run, capsys, tmp_path):
+    out = tmp_path / "captions.json"
+    assert main(["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--split", "test",
+                 "--beam", "2", "--max-images", "7", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "shapes test: 7 images, beam search (beam 2), max length 20" in printed
+    for label in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"):
+        assert label in printed
+    record = json.loads(out.read_text())
+    assert record["settings"]["beam"] == 2 and len(record["captions"]) == 7
+    assert record["captions"][0]["image_id"] == "shapes-test-000000"
+    assert len(record["captions"][0]["references"]) == 5
+    bleu4 = float(printed.split("BLEU-4")[1].split()[0])
+    assert bleu4 == pytest.approx(record["scores"]["BLEU-4"], abs=0.01)
+
+
+def test_caption_image_files_with_attention_png(shapes_run, capsys, tmp_path):
+    shapes = make_shapes_dataset(2, seed=7)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(shapes.images[i].transpose(1, 2, 0)).save(files[i])
+    png = tmp_path / "att.png"
+    assert main(["caption", *map(str, files), "--checkpoint", str(shapes_run / "best.npz"),
+                 "--beam", "2", "--attention-png", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    captions = [line for line in lines if line.startswith(str(tmp_path / "img"))]
+    assert len(captions) == 2 and all(len(line.split(": ", 1)[1].split()) >= 1 for line in captions)
+    for i in range(2):
+        with Image.open(tmp_path / f"att-img{i}.png") as image:
+            assert image.size[0] > 128 and numpy.asarray(image).std() > 10
+
+
+def test_caption_errors_name_the_missing_image_and_the_bad_checkpoint(shapes_run, capsys, tmp_path):
+    missing = tmp_path / "no_such_photo.jpg"
+    assert main(["caption", str(missing), "--checkpoint", str(shapes_run / "best.npz")]) == 2
+    assert f"image not found: {missing}" in capsys.readouterr().err
+    not_a_checkpoint = tmp_path / "weights.npz"
+    numpy.savez(not_a_checkpoint, w=numpy.zeros(3))
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(image)
+    assert main(["caption", str(image), "--checkpoint", str(not_a_checkpoint)]) == 2
+    assert "not a captioning checkpoint" in capsys.readouterr().err
+
+
+def test_train_without_a_feature_cache_says_how_to_make_one(tmp_path, capsys, flickr8k):
+    assert main(["train", "--data", str(flickr8k), "--features", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "python -m captioning features --data" in err and "no feature cache" in err
+
+
+def test_flickr8k_slice_features_train_evaluate_caption(tmp_path, capsys, flickr8k):
+    """~100 real photos (34 per split) through EfficientNet-Lite0, then the whole pipeline."""
+    from captioning.data.flickr8k import load_flickr8k
+    from captioning.encoders.efficientnet import EfficientNetLite0
+    from captioning.features import extract_features
+
+    data = load_flickr8k(flickr8k)
+    splits = [data[name].subset(range(34)) for name in ("train", "dev", "test")]
+    ids = [i for s in splits for i in s.image_ids]
+    paths = [p for s in splits for p in s.image_paths]
+    cache = tmp_path / "feat"
+    extract_features(EfficientNetLite0.from_pretrained(), paths, ids, cache, batch_size=34, progress=False)
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(flickr8k), "--features", str(cache), "--max-images", "34",
+                 "--epochs", "1", "--min-count", "3", *TINY_MODEL, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "flickr8k (train 34 images, dev 34 images, test 34 images)" in printed
+    assert "encoder: efficientnet_lite0 (frozen)" in printed
+
+    json_out = tmp_path / "test.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--split", "test", "--beam", "2",
+                 "--out", str(json_out)]) == 0
+    assert "flickr8k test: 34 images" in capsys.readouterr().out
+    record = json.loads(json_out.read_text())
+    assert [c["image_id"] for c in record["captions"]] == list(splits[2].image_ids)
+    # raw references (no <UNK>) are what BLEU is computed against
+    assert record["captions"][0]["references"][0] == " ".join(splits[2].tokens[0][0])
+
+    png = tmp_path / "photo.png"
+    assert main(["caption", paths[-1], "--checkpoint", str(out / "best.npz"), "--attention-png", str(png)]) == 0
+    assert paths[-1] in capsys.readouterr().out and png.is_file()
