@@ -60,6 +60,8 @@ import numpy as np
 
 from nn import backend
 from nn.conv import conv_forward, same_padding
+from nn.dense import affine_forward
+from nn.losses import softmax
 
 from ..pth import load_state_dict
 
@@ -311,15 +313,12 @@ class EfficientNetLite0:
     def logits(self, images):
         """ImageNet class scores (N, 1000) for preprocessed images (N, 3, H, W)."""
         _, pooled = self.features(images)
-        return pooled @ self.fc_w + self.fc_b
+        scores, _ = affine_forward(pooled, self.fc_w, self.fc_b)
+        return scores
 
     def classify(self, images):
         """ImageNet class probabilities (N, 1000) (softmax of `logits`)."""
-        scores = self.logits(images)
-        scores = scores - scores.max(axis=1, keepdims=True)
-        xp = backend.get_array_module(scores)
-        probs = xp.exp(scores)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(self.logits(images), axis=1)
 
 
 def classify_files(paths, top=5, batch_size=8, model=None):
