@@ -1,19 +1,28 @@
 """2-D convolution (NCHW) with stride, symmetric or TensorFlow "same" padding, and groups.
 
-Three ways to compute the same thing, chosen by `conv_forward`:
+`conv_forward` computes the same thing three ways (all vectorised; the only
+Python loops run over the HH * WW kernel taps):
 
-- im2col + matrix product (the general path). Every receptive field is copied
-  into a column of `cols`, so the convolution becomes one matrix product per
-  group (batched over the images): out[n, g] = w[g] @ cols[n, g]. The copy is
-  made with one strided slice per kernel tap (HH * WW slices), never a loop
-  over pixels. The backward pass is the same product transposed, and col2im
-  adds each tap's slice back into the padded input gradient.
-- 1x1 kernels with no padding: the input already IS the column matrix
-  (a reshape, no copy).
-- depthwise (groups == C == F): each channel is convolved with its own
-  kernel, so there is nothing to multiply as a matrix. The output is the sum,
-  over the HH * WW kernel taps, of a shifted input slice times that tap's
-  per-channel weight: elementwise multiply-accumulate, no im2col copy.
+- stride 1: a sum of shifted 1x1 convolutions. Flatten each zero-padded
+  channel into one long row of length Hp * Wp. Output pixel (h, w) then sits
+  at flat position p = h * Wp + w, and kernel tap (i, j) reads input position
+  p + i * Wp + j: for every output pixel at once that is ONE contiguous slice
+  of the flat input, starting at i * Wp + j. So
+      out = sum over taps of  w[:, :, i, j] @ flat[:, :, i*Wp + j : ... + H_out*Wp]
+  a matrix product per tap (per group, batched over images) on a view of the
+  input: nothing is copied. The output is computed on an H_out x Wp grid;
+  its last Wp - W_out columns straddle a row end and are cut off. A 1x1
+  kernel is the special case with a single tap and no padding.
+- stride > 1: im2col. Every receptive field is copied into a column of
+  `cols` (one strided slice per kernel tap), so the convolution becomes one
+  matrix product per group, batched over images: out[n, g] = w[g] @ cols[n, g].
+  The backward pass is the same product transposed; col2im adds each tap's
+  slice back into the padded input gradient.
+- depthwise (groups == C == F): each channel has its own kernel, so there is
+  no matrix product to make: the output is the sum over taps of a shifted
+  input slice times that tap's per-channel weight (elementwise
+  multiply-accumulate), a few images at a time so the running sum stays in
+  the CPU cache.
 
 `conv_forward_naive` is the obvious loop version, slow, kept for teaching and
 as the reference the fast paths are tested against.
@@ -22,7 +31,7 @@ Shapes: x (N, C, H, W), w (F, C // groups, HH, WW), b (F,) or None,
 out (N, F, H_out, W_out) with H_out = (H + pad_top + pad_bottom - HH) // stride + 1
 (rows that a stride leaves over are ignored, as in PyTorch).
 """
-import math
+import numpy
 
 from .backend import get_array_module
 from .dense import _check_float, _check_ndim
@@ -94,6 +103,23 @@ def _pad(xp, x, pads):
     return xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
 
 
+def _flat_padded(xp, x, pads, kernel_width):
+    """x zero-padded and flattened per channel: returns (flat (N, C, rows * Wp), Wp).
+
+    One extra zero row at the bottom lets the slice of the last kernel tap run
+    kernel_width - 1 elements past the padded image. With no padding and a
+    1-wide kernel this is a free reshape of x.
+    """
+    n, c, h, w = x.shape
+    top, bottom, left, right = pads
+    h_padded, w_padded = h + top + bottom, w + left + right
+    if not any(pads) and kernel_width == 1:
+        return x.reshape(n, c, h * w), w
+    flat = xp.zeros((n, c, h_padded + 1, w_padded), dtype=x.dtype)
+    flat[:, :, top:top + h, left:left + w] = x
+    return flat.reshape(n, c, (h_padded + 1) * w_padded), w_padded
+
+
 def _tap(a, i, j, h_out, w_out, stride):
     """The (N, C, h_out, w_out) slice of a padded array seen by kernel tap (i, j)."""
     return a[:, :, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
@@ -134,7 +160,7 @@ def conv_forward_naive(x, w, b, conv_param):
 # ---------------------------------------------------------------- fast paths
 
 def conv_forward(x, w, b, conv_param):
-    """Convolution, vectorised (im2col + matrix product; 1x1 and depthwise shortcuts).
+    """Convolution, vectorised (shifted matrix products, im2col, or depthwise taps).
 
     Inputs:
     - x: (N, C, H, W) input
@@ -151,42 +177,19 @@ def conv_forward(x, w, b, conv_param):
     - cache: for `conv_backward`
     """
     xp, stride, pads, groups, h_out, w_out = _conv_geometry("conv_forward", x, w, b, conv_param)
-    n, c, _, _ = x.shape
-    f, c_per_group, hh, ww = w.shape
-    geometry = (x.shape, stride, pads, groups, h_out, w_out)
-
-    if groups == c == f and c_per_group == 1:
-        # Depthwise: sum over kernel taps of (input slice) * (per-channel weight).
-        x_padded = _pad(xp, x, pads)
-        out = xp.zeros((n, f, h_out, w_out), dtype=x.dtype)
-        product = xp.empty_like(out)
-        for i in range(hh):
-            for j in range(ww):
-                xp.multiply(_tap(x_padded, i, j, h_out, w_out, stride),
-                            w[:, 0, i, j].reshape(1, c, 1, 1), out=product)
-                out += product
-        path, saved = "depthwise", x_padded
+    f, c_per_group = w.shape[:2]
+    if groups == x.shape[1] == f and c_per_group == 1:
+        out, saved = _depthwise_forward(xp, x, w, pads, stride, h_out, w_out)
+        path = "depthwise"
+    elif stride == 1:
+        out, saved = _shifted_forward(xp, x, w, pads, groups, h_out, w_out)
+        path = "shifted"
     else:
-        if hh == ww == 1 and not any(pads):
-            # 1x1 kernel: each pixel is already a column (a copy only when strided).
-            x_used = x if stride == 1 else x[:, :, ::stride, ::stride]
-            cols = x_used.reshape(n, groups, c_per_group, h_out * w_out)
-        else:
-            # im2col: cols[n, c, i, j, :, :] = the input slice seen by tap (i, j).
-            x_padded = _pad(xp, x, pads)
-            cols = xp.empty((n, c, hh, ww, h_out, w_out), dtype=x.dtype)
-            for i in range(hh):
-                for j in range(ww):
-                    cols[:, :, i, j] = _tap(x_padded, i, j, h_out, w_out, stride)
-            cols = cols.reshape(n, groups, c_per_group * hh * ww, h_out * w_out)
-        # One matrix product per group, batched over images:
-        # (G, F/G, K) @ (N, G, K, L) -> (N, G, F/G, L), already in NCHW order.
-        w_grouped = w.reshape(groups, f // groups, c_per_group * hh * ww)
-        out = (w_grouped @ cols).reshape(n, f, h_out, w_out)
-        path, saved = "im2col", cols
+        out, saved = _im2col_forward(xp, x, w, pads, stride, groups, h_out, w_out)
+        path = "im2col"
     if b is not None:
         out += b.reshape(1, f, 1, 1)
-    return out, (path, saved, w, b is not None, geometry)
+    return out, (path, saved, w, b is not None, (x.shape, stride, pads, groups, h_out, w_out))
 
 
 def conv_backward(dout, cache):
@@ -206,40 +209,177 @@ def conv_backward(dout, cache):
     path, saved, w, has_bias, geometry = cache
     x_shape, stride, pads, groups, h_out, w_out = geometry
     xp = get_array_module(dout, w, op="conv_backward")
+    expected = (x_shape[0], w.shape[0], h_out, w_out)
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"conv_backward: dout must have shape {expected}, got {tuple(dout.shape)}")
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    if path == "depthwise":
+        dx, dw = _depthwise_backward(xp, dout, saved, w, geometry)
+    elif path == "shifted":
+        dx, dw = _shifted_backward(xp, dout, saved, w, geometry)
+    else:
+        dx, dw = _im2col_backward(xp, dout, saved, w, geometry)
+    return dx, dw, db
+
+
+# ---- stride 1: a sum of shifted 1x1 convolutions (matrix products on views)
+
+def _weights_per_tap(xp, w, groups):
+    """(HH * WW, G, F/G, C/G): the 1x1 filter matrix of each kernel tap, per group."""
+    f, c_per_group, hh, ww = w.shape
+    per_tap = w.reshape(groups, f // groups, c_per_group, hh * ww).transpose(3, 0, 1, 2)
+    return xp.ascontiguousarray(per_tap)
+
+
+def _batch_chunks(xp, n, bytes_per_image):
+    """Slices of the batch to work on in turn. NumPy: about 1 MB of output at
+    a time, so running sums stay in the CPU cache; CuPy: the whole batch at
+    once (fewer, larger kernel launches)."""
+    step = n if xp is not numpy else max(1, (1 << 20) // bytes_per_image)
+    return [slice(first, min(first + step, n)) for first in range(0, n, step)]
+
+
+def _shifted_forward(xp, x, w, pads, groups, h_out, w_out):
+    n = x.shape[0]
+    f, c_per_group, hh, ww = w.shape
+    flat, w_padded = _flat_padded(xp, x, pads, ww)
+    grouped = flat.reshape(n, groups, c_per_group, flat.shape[-1])
+    length = h_out * w_padded                       # the H_out x Wp output grid, flattened
+    starts = [i * w_padded + j for i in range(hh) for j in range(ww)]
+    taps = _weights_per_tap(xp, w, groups)
+    out = xp.empty((n, groups, f // groups, length), dtype=x.dtype)
+    chunks = _batch_chunks(xp, n, f * length * x.dtype.itemsize)
+    product = xp.empty_like(out[chunks[0]]) if len(starts) > 1 else None
+    for images in chunks:
+        source, total = grouped[images], out[images]
+        part = product[:len(total)] if product is not None else None
+        for t, start in enumerate(starts):
+            window = source[..., start:start + length]           # (n, G, C/G, L), a view
+            if t == 0:
+                xp.matmul(taps[0], window, out=total)            # (G, F/G, C/G) @ (n, G, C/G, L)
+            else:
+                total += xp.matmul(taps[t], window, out=part)
+    out = out.reshape(n, f, h_out, w_padded)
+    if w_padded != w_out:                           # drop the columns that straddle a row end
+        out = xp.ascontiguousarray(out[..., :w_out])
+    return out, flat
+
+
+def _shifted_backward(xp, dout, flat, w, geometry):
+    x_shape, _, pads, groups, h_out, w_out = geometry
     n, c, h, wd = x_shape
     f, c_per_group, hh, ww = w.shape
-    if tuple(dout.shape) != (n, f, h_out, w_out):
-        raise ValueError(f"conv_backward: dout must have shape {(n, f, h_out, w_out)}, "
-                         f"got {tuple(dout.shape)}")
-    top, bottom, left, right = pads
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    dx_padded = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=dout.dtype)
-
-    if path == "depthwise":
-        x_padded = saved
-        dw = xp.empty_like(w)
-        for i in range(hh):
-            for j in range(ww):
-                # out[n,c] += w[c,i,j] * tap  =>  dw[c,i,j] = sum(dout * tap), dtap += w[c,i,j] * dout
-                dw[:, 0, i, j] = xp.einsum("nchw,nchw->c", dout, _tap(x_padded, i, j, h_out, w_out, stride))
-                _tap(dx_padded, i, j, h_out, w_out, stride)[...] += dout * w[:, 0, i, j].reshape(1, c, 1, 1)
+    w_padded = wd + pads[2] + pads[3]
+    length = h_out * w_padded
+    starts = [i * w_padded + j for i in range(hh) for j in range(ww)]
+    # dout on the H_out x Wp grid of the forward pass, zero on the cut-off columns.
+    if w_padded == w_out:
+        dout_grid = dout
     else:
-        cols = saved
-        k = c_per_group * hh * ww
-        dout_grouped = dout.reshape(n, groups, f // groups, h_out * w_out)
-        w_grouped = w.reshape(groups, f // groups, k)
-        # out = w @ cols  =>  dw = sum over images of dout @ cols^T, dcols = w^T @ dout.
-        dw = (dout_grouped @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
-        dcols = w_grouped.swapaxes(-1, -2) @ dout_grouped
-        if hh == ww == 1 and not any(pads):
-            if stride == 1:
-                return dcols.reshape(n, c, h, wd), dw, db
-            dx_padded[:, :, ::stride, ::stride] = dcols.reshape(n, c, h_out, w_out)
-        else:
-            # col2im: add every tap's slice back where it was read from.
-            dcols = dcols.reshape(n, c, hh, ww, h_out, w_out)
-            for i in range(hh):
-                for j in range(ww):
-                    _tap(dx_padded, i, j, h_out, w_out, stride)[...] += dcols[:, :, i, j]
-    dx = dx_padded[:, :, top:top + h, left:left + wd]
-    return dx, dw, db
+        dout_grid = xp.zeros((n, f, h_out, w_padded), dtype=dout.dtype)
+        dout_grid[..., :w_out] = dout
+    dout_grid = dout_grid.reshape(n, groups, f // groups, length)
+    grouped = flat.reshape(n, groups, c_per_group, flat.shape[-1])
+    dflat = xp.zeros(grouped.shape, dtype=dout.dtype)
+    taps = _weights_per_tap(xp, w, groups)
+    dtaps = xp.zeros_like(taps)
+    chunks = _batch_chunks(xp, n, c * length * dout.dtype.itemsize)
+    product = xp.empty((chunks[0].stop, groups, c_per_group, length), dtype=dout.dtype)
+    for images in chunks:
+        source, dsource, dgrid = grouped[images], dflat[images], dout_grid[images]
+        part = product[:len(dgrid)]
+        for t, start in enumerate(starts):
+            window = source[..., start:start + length]
+            # out += taps[t] @ window  =>  dtaps[t] = sum over images of dout @ window^T,
+            # and the window's gradient taps[t]^T @ dout is added where the window was read.
+            dtaps[t] += (dgrid @ window.swapaxes(-1, -2)).sum(axis=0)
+            dsource[..., start:start + length] += xp.matmul(taps[t].swapaxes(-1, -2), dgrid, out=part)
+    dw = dtaps.transpose(1, 2, 3, 0).reshape(w.shape)
+    dx = dflat.reshape(n, c, -1, w_padded)[:, :, pads[0]:pads[0] + h, pads[2]:pads[2] + wd]
+    return dx, dw
+
+
+# ---- stride > 1: im2col + one matrix product per group
+
+def _im2col_forward(xp, x, w, pads, stride, groups, h_out, w_out):
+    n, c = x.shape[:2]
+    f, c_per_group, hh, ww = w.shape
+    x_padded = _pad(xp, x, pads)
+    # cols[n, c, i, j] = the (H_out, W_out) input slice seen by kernel tap (i, j).
+    cols = xp.empty((n, c, hh, ww, h_out, w_out), dtype=x.dtype)
+    for i in range(hh):
+        for j in range(ww):
+            cols[:, :, i, j] = _tap(x_padded, i, j, h_out, w_out, stride)
+    cols = cols.reshape(n, groups, c_per_group * hh * ww, h_out * w_out)
+    # (G, F/G, K) @ (N, G, K, L) -> (N, G, F/G, L), already in NCHW order.
+    w_grouped = w.reshape(groups, f // groups, c_per_group * hh * ww)
+    out = (w_grouped @ cols).reshape(n, f, h_out, w_out)
+    return out, cols
+
+
+def _im2col_backward(xp, dout, cols, w, geometry):
+    x_shape, stride, pads, groups, h_out, w_out = geometry
+    n, c, h, wd = x_shape
+    f, c_per_group, hh, ww = w.shape
+    top, bottom, left, right = pads
+    dout_grouped = dout.reshape(n, groups, f // groups, h_out * w_out)
+    w_grouped = w.reshape(groups, f // groups, c_per_group * hh * ww)
+    # out = w @ cols  =>  dw = sum over images of dout @ cols^T, dcols = w^T @ dout.
+    dw = (dout_grouped @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    dcols = (w_grouped.swapaxes(-1, -2) @ dout_grouped).reshape(n, c, hh, ww, h_out, w_out)
+    # col2im: add every tap's slice back where it was read from.
+    dx_padded = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=dout.dtype)
+    for i in range(hh):
+        for j in range(ww):
+            _tap(dx_padded, i, j, h_out, w_out, stride)[...] += dcols[:, :, i, j]
+    return dx_padded[:, :, top:top + h, left:left + wd], dw
+
+
+# ---- depthwise: multiply-accumulate over the kernel taps
+
+def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
+    n, c = x.shape[:2]
+    hh, ww = w.shape[2:]
+    if stride == 1:
+        # Each tap's input is one contiguous slice of the flat padded image
+        # (see the module docstring); the output lives on an H_out x Wp grid.
+        flat, w_padded = _flat_padded(xp, x, pads, ww)
+        length = h_out * w_padded
+        source_all = flat
+        out = xp.empty((n, c, length), dtype=x.dtype)
+        weights = [w[:, 0, i, j].reshape(c, 1) for i in range(hh) for j in range(ww)]
+        windows = [(lambda a, s=i * w_padded + j: a[..., s:s + length]) for i in range(hh) for j in range(ww)]
+    else:
+        source_all = _pad(xp, x, pads)
+        out = xp.empty((n, c, h_out, w_out), dtype=x.dtype)
+        weights = [w[:, 0, i, j].reshape(c, 1, 1) for i in range(hh) for j in range(ww)]
+        windows = [(lambda a, i=i, j=j: _tap(a, i, j, h_out, w_out, stride)) for i in range(hh) for j in range(ww)]
+    chunks = _batch_chunks(xp, n, out[0].nbytes)
+    product = xp.empty_like(out[chunks[0]])
+    for images in chunks:
+        source, total = source_all[images], out[images]
+        part = product[:len(total)]
+        total[...] = 0
+        for weight, window in zip(weights, windows):
+            total += xp.multiply(window(source), weight, out=part)
+    if stride == 1:
+        out = out.reshape(n, c, h_out, w_padded)
+        if w_padded != w_out:
+            out = xp.ascontiguousarray(out[..., :w_out])
+        return out, flat.reshape(n, c, -1, w_padded)     # padded input (+ a zero row never read)
+    return out, source_all
+
+
+def _depthwise_backward(xp, dout, x_padded, w, geometry):
+    x_shape, stride, pads, _, h_out, w_out = geometry
+    n, c, h, wd = x_shape
+    hh, ww = w.shape[2:]
+    top, left = pads[0], pads[2]
+    dw = xp.empty_like(w)
+    dx_padded = xp.zeros(x_padded.shape, dtype=dout.dtype)
+    for i in range(hh):
+        for j in range(ww):
+            # out[n, c] += w[c, i, j] * tap  =>  dw[c, i, j] = sum(dout * tap), dtap += w[c, i, j] * dout
+            dw[:, 0, i, j] = xp.einsum("nchw,nchw->c", dout, _tap(x_padded, i, j, h_out, w_out, stride))
+            _tap(dx_padded, i, j, h_out, w_out, stride)[...] += dout * w[:, 0, i, j].reshape(1, c, 1, 1)
+    return dx_padded[:, :, top:top + h, left:left + wd], dw
