@@ -81,10 +81,6 @@ def test_fast_convs_equal_naive_reference_through_the_whole_network(monkeypatch)
 
 
 def test_folded_batchnorm_equals_explicit_batchnorm():
-    pytest.importorskip("nn.normalization")
-    from nn import normalization
-    if not hasattr(normalization, "spatial_batchnorm_forward"):
-        pytest.skip("nn.normalization.spatial_batchnorm_forward not available yet")
     sd = _random_state_dict(2)
     folded = EfficientNetLite0(sd, dtype=np.float64)
     explicit = EfficientNetLite0(sd, dtype=np.float64, fold_batchnorm=False)

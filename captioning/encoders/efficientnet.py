@@ -62,6 +62,7 @@ from nn import backend
 from nn.conv import conv_forward, same_padding
 from nn.dense import affine_forward
 from nn.losses import softmax
+from nn.normalization import spatial_batchnorm_forward
 
 from ..pth import load_state_dict
 
@@ -257,7 +258,6 @@ class EfficientNetLite0:
             pad = k // 2  # PyTorch-style symmetric padding (for comparison only)
         out, _ = conv_forward(x, unit["w"], unit["b"], {"stride": stride, "pad": pad, "groups": unit["groups"]})
         if not self.fold_batchnorm:
-            from nn.normalization import spatial_batchnorm_forward
             bn = unit["bn"]
             out, _ = spatial_batchnorm_forward(out, bn["gamma"], bn["beta"], {
                 "mode": "test", "eps": BN_EPS, "running_mean": bn["mean"], "running_var": bn["var"]})
