@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy
 import pytest
 
+import nn.gradcheck
 from nn import backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,39 @@ def flickr8k():
 def as_xp(xp, array, dtype=numpy.float64):
     """A NumPy array moved to the backend of `xp` with the given dtype."""
     return xp.asarray(numpy.asarray(array, dtype=dtype))
+
+
+# ---- worst relative error per test, for the closing notes of gradient-check runs
+#
+# Set GRADCHECK_REPORT=FILE to get, after the run, a table of the largest
+# value `rel_error` returned inside each test (one row per test and backend).
+# Wrapping happens here, before the test modules import `rel_error`.
+_worst_errors = {}
+_current_test = {"id": None}
+_original_rel_error = nn.gradcheck.rel_error
+
+
+def _recording_rel_error(a, b):
+    err = _original_rel_error(a, b)
+    key = _current_test["id"]
+    if key is not None:
+        _worst_errors[key] = max(err, _worst_errors.get(key, 0.0))
+    return err
+
+
+nn.gradcheck.rel_error = _recording_rel_error
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _current_test["id"] = item.nodeid
+    yield
+    _current_test["id"] = None
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("GRADCHECK_REPORT")
+    if not path or not _worst_errors:
+        return
+    lines = [f"{err:.2e}  {test}" for test, err in sorted(_worst_errors.items())]
+    Path(path).write_text("worst rel_error  test\n" + "\n".join(lines) + "\n")
