@@ -4,14 +4,17 @@ import pytest
 
 from conftest import as_xp
 from nn import backend
+from nn import conv
 from nn.conv import conv_backward, conv_forward, conv_forward_naive, same_padding
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TOL = 1e-7
 
-# (N, C, H, W, F, kernel, stride, pad, groups, bias): covers stride 1/2, int and
+# (N, C, H, W, F, kernel, stride, pad, groups, bias): covers stride 1/2/3, int and
 # asymmetric pad, groups 1/2/depthwise (and depthwise with 2 filters per channel,
-# which takes the im2col path), kernels 1/3/5, leftover rows a stride skips, no bias.
+# which takes a matrix-product path), kernels 1 (with and without pad)/3/5,
+# leftover rows a stride skips, no bias. Each path of conv_forward is hit:
+# shifted products (stride 1), im2col (stride > 1), depthwise (stride 1, 2, 3).
 CONFIGS = [
     (2, 3, 5, 5, 4, 3, 1, 1, 1, True),
     (2, 3, 6, 5, 2, 3, 2, (0, 1, 0, 1), 1, True),
@@ -23,6 +26,9 @@ CONFIGS = [
     (2, 4, 5, 5, 6, 1, 2, 0, 2, False),
     (2, 2, 6, 7, 4, 3, 2, 0, 2, True),
     (1, 2, 5, 5, 4, 3, 1, (1, 0, 2, 1), 2, True),
+    (2, 2, 3, 4, 3, 1, 1, 1, 1, True),
+    (1, 2, 8, 7, 2, 3, 3, 1, 2, True),
+    (2, 3, 6, 6, 3, 3, 2, 1, 3, False),
 ]
 IDS = [f"k{c[5]}-s{c[6]}-pad{c[7]}-g{c[8]}{'' if c[9] else '-nobias'}".replace(" ", "")
        for c in CONFIGS]
@@ -92,6 +98,23 @@ def test_conv_gradients(xp, config):
         assert rel_error(db, eval_numerical_gradient_array(lambda v: conv_forward(x, w, v, param)[0], b, dout)) < TOL
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_blocked_and_threaded_numpy_paths_agree(monkeypatch, config):
+    x, w, b, param = make(numpy, config, seed=6)
+    expected, _ = conv_forward_naive(x, w, b, param)
+    out, cache = conv_forward(x, w, b, param)
+    dout = numpy.random.default_rng(7).standard_normal(out.shape)
+    grads = conv_backward(dout, cache)
+    # Tiny work sizes: one image per chunk, one row per block, on several threads.
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    blocked, cache = conv_forward(x, w, b, param)
+    assert rel_error(blocked, expected) < 1e-12
+    for got, want in zip(conv_backward(dout, cache), grads):
+        assert (got is None and want is None) or rel_error(got, want) < 1e-12
+
+
 def test_conv_backward_accepts_naive_cache(xp):
     x, w, b, param = make(xp, CONFIGS[3])
     out, naive_cache = conv_forward_naive(x, w, b, param)
@@ -101,7 +124,8 @@ def test_conv_backward_accepts_naive_cache(xp):
         assert rel_error(got, want) < 1e-12
 
 
-@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3], CONFIGS[6]], ids=[IDS[1], IDS[3], IDS[6]])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1], CONFIGS[3], CONFIGS[5], CONFIGS[6]],
+                         ids=[IDS[0], IDS[1], IDS[3], IDS[5], IDS[6]])
 def test_conv_keeps_float32(xp, config):
     x, w, b, param = make(xp, config, dtype=numpy.float32)
     out, cache = conv_forward(x, w, b, param)
