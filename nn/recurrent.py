@@ -52,6 +52,117 @@ def _check_recurrent_params(op, Wx, Wh, b, D, gates):
     return H
 
 
+# ---------------------------------------------------------------- LSTM cell, elementwise part
+# The fast paths below share two helpers: the elementwise work of one LSTM step,
+# forward and backward, written in place into preallocated arrays. On NumPy it
+# is a handful of in-place ufunc calls; on CuPy, where each call is a GPU kernel
+# launch that costs more than the arithmetic at these sizes, the same math is
+# one fused kernel per direction. Tests check both against the step functions.
+
+_CELL_FORWARD_CODE = """
+    const ptrdiff_t n = i / H, j = i % H, col = n * 4 * H + j;   // (n, j) of block i
+    const T in_gate = (tanh((xw[col] + recurrent[col]) * (T)0.5) + 1) * (T)0.5;
+    const T forget = (tanh((xw[col + H] + recurrent[col + H]) * (T)0.5) + 1) * (T)0.5;
+    const T out_gate = (tanh((xw[col + 2 * H] + recurrent[col + 2 * H]) * (T)0.5) + 1) * (T)0.5;
+    const T g = tanh(xw[col + 3 * H] + recurrent[col + 3 * H]);
+    const T c = in_gate * g + (has_prev_c ? forget * prev_c[i] : (T)0);
+    const T tanh_c = tanh(c);
+    gates[col] = in_gate; gates[col + H] = forget; gates[col + 2 * H] = out_gate; gates[col + 3 * H] = g;
+    next_c[i] = c;
+    tanh_next_c[i] = tanh_c;
+    next_h[i] = out_gate * tanh_c;
+"""
+
+_CELL_BACKWARD_CODE = """
+    const ptrdiff_t n = i / H, j = i % H, col = n * 4 * H + j;
+    const T in_gate = gates[col], forget = gates[col + H], out_gate = gates[col + 2 * H], g = gates[col + 3 * H];
+    const T tanh_c = tanh_next_c[i], d_h = dnext_h[i];
+    const T dc = dnext_c[i] + d_h * out_gate * (1 - tanh_c * tanh_c);
+    da[col] = dc * g * in_gate * (1 - in_gate);
+    da[col + H] = has_prev_c ? dc * prev_c[i] * forget * (1 - forget) : (T)0;
+    da[col + 2 * H] = d_h * tanh_c * out_gate * (1 - out_gate);
+    da[col + 3 * H] = dc * in_gate * (1 - g * g);
+    dprev_c[i] = dc * forget;
+"""
+
+_cupy_kernels = {}
+
+
+def _fused_cell_kernels(xp):
+    """The CuPy kernels for `_cell_forward` / `_cell_backward`, compiled once."""
+    if not _cupy_kernels:
+        _cupy_kernels["forward"] = xp.ElementwiseKernel(
+            "raw T xw, raw T recurrent, raw T prev_c, bool has_prev_c, int64 H",
+            "raw T gates, raw T next_c, raw T tanh_next_c, raw T next_h",
+            _CELL_FORWARD_CODE, "nn_lstm_cell_forward")
+        _cupy_kernels["backward"] = xp.ElementwiseKernel(
+            "raw T dnext_h, raw T dnext_c, raw T gates, raw T tanh_next_c, raw T prev_c, "
+            "bool has_prev_c, int64 H",
+            "raw T da, raw T dprev_c",
+            _CELL_BACKWARD_CODE, "nn_lstm_cell_backward")
+    return _cupy_kernels
+
+
+def _cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h):
+    """Elementwise part of one LSTM step, into preallocated C-contiguous arrays.
+
+    gates <- activations of a = xw + recurrent (i, f, o sigmoid; g tanh), all (N, 4H)
+    (gates may be xw itself); next_c <- f * prev_c + i * g (prev_c None means 0);
+    tanh_next_c <- tanh(next_c); next_h <- o * tanh_next_c, all (N, H).
+    """
+    N, H = next_c.shape
+    if backend.is_cupy_array(gates):
+        _fused_cell_kernels(xp)["forward"](
+            xw, recurrent, next_c if prev_c is None else prev_c, prev_c is not None, H,
+            gates, next_c, tanh_next_c, next_h, size=N * H)
+        return
+    xp.add(xw, recurrent, out=gates)
+    _sigmoid_inplace(gates[:, :3 * H], xp)        # i, f, o
+    xp.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])   # g
+    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    xp.multiply(i, g, out=next_c)
+    if prev_c is not None:
+        next_c += f * prev_c
+    xp.tanh(next_c, out=tanh_next_c)
+    xp.multiply(o, tanh_next_c, out=next_h)
+
+
+def _cell_backward(xp, dnext_h, dnext_c, gates, tanh_next_c, prev_c, da, dprev_c):
+    """Backward of `_cell_forward`: da (N, 4H) <- d loss / d a, dprev_c (N, H) <- d loss / d prev_c.
+
+    dnext_h, dnext_c: gradients of next_h and next_c, (N, H); prev_c None means 0.
+    dprev_c may be dnext_c itself (updated in place). Arrays C-contiguous.
+    """
+    N, H = tanh_next_c.shape
+    if backend.is_cupy_array(gates):
+        _fused_cell_kernels(xp)["backward"](
+            dnext_h, dnext_c, gates, tanh_next_c, tanh_next_c if prev_c is None else prev_c,
+            prev_c is not None, H, da, dprev_c, size=N * H)
+        return
+    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
+    dc = xp.multiply(tanh_next_c, tanh_next_c)    # dc = dnext_c + dh * o * (1 - tanh(c)^2)
+    xp.subtract(1, dc, out=dc)
+    dc *= o
+    dc *= dnext_h
+    dc += dnext_c
+    xp.multiply(dnext_h, tanh_next_c, out=do)     # h = o * tanh(c)
+    xp.multiply(dc, g, out=di)                    # c = f * prev_c + i * g
+    if prev_c is not None:
+        xp.multiply(dc, prev_c, out=df)
+    else:
+        df[...] = 0
+    xp.multiply(dc, i, out=dg)
+    xp.multiply(dc, f, out=dprev_c)
+    ifo = gates[:, :3 * H]                        # sigmoid' = s (1 - s)
+    sigmoid_grad = xp.subtract(1, ifo)
+    sigmoid_grad *= ifo
+    da[:, :3 * H] *= sigmoid_grad
+    tanh_grad = xp.multiply(g, g)                 # tanh' = 1 - tanh^2
+    xp.subtract(1, tanh_grad, out=tanh_grad)
+    dg *= tanh_grad
+
+
 # ---------------------------------------------------------------- word embedding
 
 def word_embedding_forward(x, W):
@@ -266,6 +377,7 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
 
     Useful when the input projection of many steps can be done in one matrix
     product beforehand (e.g. the word-embedding part of a decoder's input).
+    On CuPy the elementwise gate work runs as one fused kernel.
 
     Inputs:
     - xw: input projection x Wx + b, shape (N, 4H)
@@ -286,7 +398,14 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
     _check_shape(op, "Wh", Wh, (H, 4 * H))
     _check_shape(op, "xw", xw, (N, 4 * H))
 
-    a = xw + prev_h @ Wh
+    if backend.is_cupy_array(xw):                 # same math, one fused GPU kernel
+        xw, prev_c = xp.ascontiguousarray(xw), xp.ascontiguousarray(prev_c)
+        gates = xp.empty_like(xw)
+        next_c, tanh_next_c, next_h = (xp.empty_like(prev_c) for _ in range(3))
+        _cell_forward(xp, xw, prev_h @ Wh, prev_c, gates, next_c, tanh_next_c, next_h)
+        return next_h, next_c, (prev_h, prev_c, Wh, gates, tanh_next_c)
+
+    a = xw + prev_h @ Wh                          # gate pre-activations, (N, 4H)
     i = sigmoid(a[:, :H])
     f = sigmoid(a[:, H:2 * H])
     o = sigmoid(a[:, 2 * H:3 * H])
@@ -294,7 +413,8 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
     next_c = f * prev_c + i * g
     tanh_next_c = xp.tanh(next_c)
     next_h = o * tanh_next_c
-    return next_h, next_c, (prev_h, prev_c, Wh, i, f, o, g, tanh_next_c)
+    gates = xp.concatenate([i, f, o, g], axis=1)
+    return next_h, next_c, (prev_h, prev_c, Wh, gates, tanh_next_c)
 
 
 def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
@@ -311,11 +431,18 @@ def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
     - dprev_c: (N, H)
     - dWh: (H, 4H)
     """
-    prev_h, prev_c, Wh, i, f, o, g, tanh_next_c = cache
+    prev_h, prev_c, Wh, gates, tanh_next_c = cache
     xp = backend.get_array_module(dnext_h, dnext_c, prev_h, op="lstm_step_backward")
     _check_shape("lstm_step_backward", "dnext_h", dnext_h, prev_h.shape)
     _check_shape("lstm_step_backward", "dnext_c", dnext_c, prev_h.shape)
 
+    if backend.is_cupy_array(gates):              # same math, one fused GPU kernel
+        da, dprev_c = xp.empty_like(gates), xp.empty_like(prev_c)
+        _cell_backward(xp, xp.ascontiguousarray(dnext_h), xp.ascontiguousarray(dnext_c), gates,
+                       tanh_next_c, prev_c, da, dprev_c)
+        return da, da @ Wh.T, dprev_c, prev_h.T @ da
+
+    i, f, o, g = xp.split(gates, 4, axis=1)
     do = dnext_h * tanh_next_c
     dc = dnext_c + dnext_h * o * (1 - tanh_next_c * tanh_next_c)   # through next_h = o tanh(c)
     di, df, dg = dc * g, dc * prev_c, dc * i
@@ -360,20 +487,10 @@ def lstm_forward(x, h0, Wx, Wh, b):
     c = xp.empty((T, N, H), dtype=x.dtype)        # cell states
     tanh_c = xp.empty((T, N, H), dtype=x.dtype)
     recurrent = xp.empty((N, 4 * H), dtype=x.dtype)
-    f_times_prev_c = xp.empty((N, H), dtype=x.dtype)
     for t in range(T):
-        a = gates[t]                              # (N, 4H): this step's gates, in place
-        xp.matmul(hs[t], Wh, out=recurrent)
-        a += recurrent
-        _sigmoid_inplace(a[:, :3 * H], xp)        # i, f, o
-        xp.tanh(a[:, 3 * H:], out=a[:, 3 * H:])   # g
-        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-
-        xp.multiply(i, g, out=c[t])               # c_t = f * c_{t-1} + i * g
-        if t > 0:                                 # (c_0 = 0)
-            c[t] += xp.multiply(f, c[t - 1], out=f_times_prev_c)
-        xp.tanh(c[t], out=tanh_c[t])
-        xp.multiply(o, tanh_c[t], out=hs[t + 1])  # h_t = o * tanh(c_t)
+        xp.matmul(hs[t], Wh, out=recurrent)       # the only product that waits for h_{t-1}
+        _cell_forward(xp, gates[t], recurrent, c[t - 1] if t > 0 else None,   # c_0 = 0
+                      gates[t], c[t], tanh_c[t], hs[t + 1])
     h = xp.ascontiguousarray(hs[1:].transpose(1, 0, 2))
     return h, (x_steps, Wx, Wh, gates, c, tanh_c, hs)
 
@@ -406,37 +523,12 @@ def lstm_backward(dh, cache):
     da = xp.empty_like(gates)                     # d loss / d pre-activations, (T, N, 4H)
     dnext_h = xp.zeros((N, H), dtype=gates.dtype)
     dnext_c = xp.zeros((N, H), dtype=gates.dtype)
-    dh_t, dc, tanh_grad = (xp.empty((N, H), dtype=gates.dtype) for _ in range(3))
-    sigmoid_grad = xp.empty((N, 3 * H), dtype=gates.dtype)
+    dh_t = xp.empty((N, H), dtype=gates.dtype)
     for t in reversed(range(T)):
-        a = gates[t]
-        i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        da_t = da[t]
-        di, df, do, dg = da_t[:, :H], da_t[:, H:2 * H], da_t[:, 2 * H:3 * H], da_t[:, 3 * H:]
-
         xp.add(dh[:, t], dnext_h, out=dh_t)       # from the loss and from step t + 1
-        xp.multiply(dh_t, tanh_c[t], out=do)      # h = o * tanh(c)
-        xp.multiply(tanh_c[t], tanh_c[t], out=dc)  # dc = dnext_c + dh * o * (1 - tanh(c)^2)
-        xp.subtract(1, dc, out=dc)
-        dc *= o
-        dc *= dh_t
-        dc += dnext_c
-        xp.multiply(dc, g, out=di)                # c_t = f * c_{t-1} + i * g
-        if t > 0:
-            xp.multiply(dc, c[t - 1], out=df)
-        else:
-            df[...] = 0                           # c_0 = 0
-        xp.multiply(dc, i, out=dg)
-        xp.multiply(dc, f, out=dnext_c)
-
-        ifo = a[:, :3 * H]                        # sigmoid' = s (1 - s)
-        xp.subtract(1, ifo, out=sigmoid_grad)
-        sigmoid_grad *= ifo
-        da_t[:, :3 * H] *= sigmoid_grad
-        xp.multiply(g, g, out=tanh_grad)          # tanh' = 1 - tanh^2
-        xp.subtract(1, tanh_grad, out=tanh_grad)
-        dg *= tanh_grad
-        xp.matmul(da_t, Wh_T, out=dnext_h)
+        _cell_backward(xp, dh_t, dnext_c, gates[t], tanh_c[t], c[t - 1] if t > 0 else None,
+                       da[t], dnext_c)
+        xp.matmul(da[t], Wh_T, out=dnext_h)
 
     da_flat = da.reshape(T * N, 4 * H)
     dx_steps = (da_flat @ Wx.T).reshape(T, N, D)

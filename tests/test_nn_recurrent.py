@@ -272,6 +272,31 @@ def test_lstm_matches_torch():
     assert rel_error(db, lstm.bias_ih_l0.grad.numpy()[order]) < 1e-10
 
 
+@pytest.mark.gpu
+def test_lstm_cupy_fused_kernels_match_numpy():
+    # On CuPy the elementwise LSTM work is one fused kernel per step; NumPy runs the plain ufuncs.
+    if not backend.cupy_available():
+        pytest.skip("CuPy is not installed or no GPU is visible")
+    gen = numpy.random.default_rng(12)
+    x, h0, Wx, Wh, b = rnn_params(numpy, gen, N=3, T=5, D=4, H=6, gates=4)
+    dh = gen.standard_normal((3, 5, 6))
+    c_prev = gen.standard_normal((3, 6))
+    results = {}
+    for name in ["numpy", "cupy"]:
+        xp = backend.use(name)
+        args = [xp.asarray(a) for a in (x, h0, Wx, Wh, b)]
+        h, cache = recurrent.lstm_forward(*args)
+        grads = recurrent.lstm_backward(xp.asarray(dh), cache)
+        xw = args[0][:, 0] @ args[2] + args[4]
+        step_h, step_c, step_cache = recurrent.lstm_step_forward_from_projection(
+            xw, args[1], xp.asarray(c_prev), args[3])
+        step_grads = recurrent.lstm_step_backward_from_projection(
+            xp.asarray(dh[:, 0]), xp.asarray(dh[:, 1]), step_cache)
+        results[name] = [backend.to_numpy(a) for a in (h, *grads, step_h, step_c, *step_grads)]
+    for got, want in zip(results["cupy"], results["numpy"]):
+        assert rel_error(got, want) < 1e-10
+
+
 def test_recurrent_bad_input(xp):
     gen = numpy.random.default_rng(10)
     x, h0, Wx, Wh, b = rnn_params(xp, gen, N=2, T=3, D=4, H=2, gates=4)
