@@ -117,7 +117,7 @@ def attention_step_forward(features, projected, h, W_hidden, w_score):
     return context, alpha, (features, h, W_hidden, w_score, activations, alpha)
 
 
-def attention_step_backward(dcontext, dalpha, cache):
+def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     """Backward pass of `attention_step_forward`.
 
     Inputs:
@@ -126,8 +126,12 @@ def attention_step_backward(dcontext, dalpha, cache):
       loss does not use alpha directly (it does with the doubly stochastic
       regulariser of Show, Attend and Tell)
     - cache: from the forward pass
+    - with_dfeatures: False skips dfeatures (returned as None). A decoder can
+      get the features' gradient through the contexts of all T steps at once,
+      alphas (N, T, L) transposed times dcontexts (N, T, D), instead of
+      building an (N, L, D) array at every step.
     Returns a tuple of:
-    - dfeatures: through the context vector only, shape (N, L, D)
+    - dfeatures: through the context vector only, shape (N, L, D), or None
     - dprojected: (N, L, A); hand it to `attention_project_backward` (summed over steps)
     - dh: (N, H)
     - dW_hidden: (H, A)
@@ -140,7 +144,9 @@ def attention_step_backward(dcontext, dalpha, cache):
     A = w_score.shape[0]
     _check_shape(op, "dcontext", dcontext, (N, D))
 
-    dfeatures = alpha[:, :, None] * dcontext[:, None, :]    # context = sum_l alpha_l features_l
+    dfeatures = None
+    if with_dfeatures:                                      # context = sum_l alpha_l features_l
+        dfeatures = alpha[:, :, None] * dcontext[:, None, :]
     dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]   # (N, L)
     if dalpha is not None:
         _check_shape(op, "dalpha", dalpha, (N, L))

@@ -133,6 +133,19 @@ def test_projection_reused_over_steps_accumulates_like_separate_calls(xp):
     assert rel_error(dW_feat, dW_feat_full) < 1e-12
 
 
+def test_step_backward_without_dfeatures_gives_the_same_other_gradients(xp):
+    gen, p = make_inputs(xp, 6)
+    projected, _ = attention.attention_project_forward(p["features"], p["W_feat"], p["b"])
+    _, alpha, cache = attention.attention_step_forward(p["features"], projected, p["h"],
+                                                       p["W_hidden"], p["w_score"])
+    dcontext, dalpha = randn(xp, gen, 2, 4), randn(xp, gen, *alpha.shape)
+    full = attention.attention_step_backward(dcontext, dalpha, cache)
+    lean = attention.attention_step_backward(dcontext, dalpha, cache, with_dfeatures=False)
+    assert lean[0] is None
+    for got, want in zip(lean[1:], full[1:]):
+        assert rel_error(got, want) == 0
+
+
 def test_attention_keeps_float32(xp):
     _, p = make_inputs(xp, 4)
     p = {k: v.astype(xp.float32) for k, v in p.items()}
