@@ -13,7 +13,12 @@ Two versions of each recurrence:
   do the elementwise gate work in place in preallocated arrays, and in the
   backward pass collect the per-step gate gradients so that dx, dWx, dWh and db
   each come from one large matrix product at the end instead of T small ones.
-  Tests check that they equal a loop over the step functions.
+  Internally they are time-major, (T, N, ...), so each step reads contiguous
+  memory. Tests check that they equal a loop over the step functions.
+On CuPy the per-step elementwise LSTM work (of `lstm_forward`/`lstm_backward`
+and of the `*_from_projection` step pair) runs as one fused GPU kernel per step
+and direction (`_cell_forward` / `_cell_backward`); NumPy runs the same math as
+plain in-place ufuncs, and a test checks that both backends agree.
 
 LSTM gates are laid out in blocks of H in the order input, forget, output, g
 (the candidate cell value): a = x Wx + h Wh + b has shape (N, 4H) and
