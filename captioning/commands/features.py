@@ -1,4 +1,5 @@
 """`python -m captioning features`: encode a data set's images once into a feature cache."""
+import os
 import sys
 
 from ..cli import UsageError
@@ -65,7 +66,7 @@ def run(args):
     try:
         cache = extract_features(encoder, paths, ids, out, batch_size=args.batch_size,
                                  progress=not args.no_progress, dtype=args.dtype, overwrite=args.overwrite,
-                                 skip_bad=args.skip_bad, rebuild=rebuild,
+                                 skip_bad=args.skip_bad, rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
                                  extra_index={"data": str(root), "split": args.split})
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
