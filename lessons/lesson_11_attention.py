@@ -1,0 +1,194 @@
+"""Lesson 11: attention - Show, Attend and Tell.
+
+Show and Tell squeezes the whole image into one vector before the first
+word. Show, Attend and Tell (Xu et al. 2015) keeps the CNN's grid of L
+feature vectors and, before each word, computes weights alpha over the L
+locations from the decoder's state: "where to look" for this word. The
+context vector - the alpha-weighted mean of the grid - is fed to the LSTM
+with the previous word. The weights are a softmax, so the whole model stays
+differentiable and trains end to end with backpropagation ("soft" attention).
+
+This lesson trains it (with a small CNN learning at the same time) on the
+synthetic shapes, where we know which object every word names, and draws
+the attention of each generated word as a PNG.
+"""
+import numpy
+
+from captioning.attention_png import save_attention_png
+from captioning.data import Vocabulary, shapes_splits
+from captioning.data.shapes import COLORS, SHAPES
+from captioning.metrics import bleu
+from captioning.models import build
+from captioning.training import CaptionData, Trainer, TrainableEncoder, TrainConfig, generate_captions
+from nn import backend
+from nn.attention import attention_backward, attention_forward
+from nn.gradcheck import eval_numerical_gradient_array, rel_error
+
+TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
+SECONDS = 45
+
+IMAGE_SIZE = 32          # small pictures keep the lesson to seconds; the CLI default uses 64
+
+
+def step_1_attention_by_hand(ctx):
+    """Soft attention for one hidden state, by hand and with `attention_forward`.
+
+    For each location l:  e_l = w . tanh(a_l W_feat + b + h W_hidden)   (a score)
+    alpha = softmax(e) over the L locations                              (where to look)
+    context = sum_l alpha_l a_l                                          (what is seen there)
+    """
+    gen = backend.rng(0)
+    N, L, D, H, A = 2, 4, 3, 5, 6
+    features, h = gen.standard_normal((N, L, D)), gen.standard_normal((N, H))
+    W_feat, W_hidden = gen.standard_normal((D, A)), gen.standard_normal((H, A))
+    b, w = gen.standard_normal(A), gen.standard_normal(A)
+    context, alpha, _ = attention_forward(features, h, W_feat, W_hidden, b, w)
+
+    xp = backend.xp()
+    scores = xp.tanh(features @ W_feat + b + (h @ W_hidden)[:, None, :]) @ w      # (N, L)
+    weights = xp.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    by_hand = (weights[:, :, None] * features).sum(axis=1)
+    ctx.check(rel_error(alpha, weights) < 1e-12 and rel_error(context, by_hand) < 1e-12, "same numbers")
+    ctx.attention_args = (features, h, W_feat, W_hidden, b, w)
+    return {"alpha (each row sums to 1)": backend.to_numpy(alpha).round(3),
+            "row sums": backend.to_numpy(alpha.sum(axis=1)), "context": context.shape}
+
+
+def step_2_attention_gradients(ctx):
+    """Its backward pass, checked numerically.
+
+    Everything is differentiable: the gradient reaches the features (and so
+    the CNN), the hidden state (and so earlier steps), and the attention
+    weights themselves. `dalpha` is the gradient of a loss that uses alpha
+    directly, as the regulariser below does.
+    """
+    features, h, W_feat, W_hidden, b, w = ctx.attention_args
+    gen = backend.rng(1)
+    dcontext, dalpha = gen.standard_normal((2, 3)), gen.standard_normal((2, 4))
+    _, _, cache = attention_forward(*ctx.attention_args)
+    grads = dict(zip(["features", "h", "W_feat", "W_hidden", "b", "w"], attention_backward(dcontext, dalpha, cache)))
+    args = dict(zip(["features", "h", "W_feat", "W_hidden", "b", "w"], ctx.attention_args))
+    errors = {}
+    for name in grads:
+        def outputs(value, name=name):   # both outputs in one array, so one check covers dcontext and dalpha
+            context, alpha, _ = attention_forward(*[value if k == name else v for k, v in args.items()])
+            return backend.xp().concatenate([context, alpha], axis=1)
+        upstream = backend.xp().concatenate([dcontext, dalpha], axis=1)
+        errors[f"relative error d{name}"] = rel_error(grads[name], eval_numerical_gradient_array(outputs, args[name], upstream))
+    ctx.check(max(errors.values()) < 1e-7, f"attention gradients must match: {errors}")
+    return errors
+
+
+def step_3_data_and_model(ctx):
+    """The model: a small CNN's 8 x 8 grid of features, attended at every word.
+
+    Show, Attend and Tell, as in `captioning.models.ShowAttendTell`:
+        h_0, c_0 from the mean feature;  for each word t:
+        alpha_t = attention(grid, h_(t-1));  z_t = sum_l alpha_tl a_l
+        beta_t = sigmoid(h_(t-1) W_beta)     a gate: how much to rely on the image now
+        h_t = LSTM([embedding of word_(t-1); beta_t z_t], h_(t-1))
+    and the loss adds the "doubly stochastic" term lambda sum_l (1 - sum_t alpha_tl)^2,
+    which asks every location to get about one unit of attention over the
+    caption, so that the model looks at the whole picture.
+    """
+    sizes = (500, 2) if ctx.quick else (1500, 3)                        # training images, epochs
+    splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
+    ctx.test = splits["test"]
+    ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
+    ctx.vocab = Vocabulary.build(splits["train"].all_tokens(), min_count=1)
+    ctx.encoder = TrainableEncoder.small_cnn(channels=(16, 32), image_size=IMAGE_SIZE, seed=0)
+    config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"), "wordvec_dim": 32,
+              "hidden_dim": 96, "attention_dim": 32, "dropout": 0.0, "doubly_stochastic": 0.05,
+              "null_id": ctx.vocab.null_id, "start_id": ctx.vocab.start_id, "end_id": ctx.vocab.end_id}
+    ctx.model = build(config, seed=0)
+    ctx.train_config = TrainConfig(epochs=sizes[1], batch_size=32, lr=3e-3, val_images=100, log_every=10.0)
+    grid = ctx.encoder.eval().encode(splits["test"].images[:2], "grid", numpy.float32)   # eval: no batchnorm update
+    return {"training images": sizes[0], "epochs": sizes[1], "image": splits["test"].images.shape[1:],
+            "feature grid per image (L, D)": grid.shape[1:], "decoder parameters": ctx.model.num_params()}
+
+
+def step_4_train(ctx):
+    """Train CNN and decoder together, captioning the dev images after each epoch.
+
+    The project's Trainer (teacher forcing, Adam, clipping); the CNN gets
+    its gradients through the attention and the mean feature.
+    """
+    trainer = Trainer(ctx.model, ctx.vocab, ctx.encoder, ctx.data["train"], ctx.data["dev"],
+                      ctx.train_config, ctx.out_dir / "lesson11_run")
+    history = trainer.fit()
+    return {"dev BLEU-4 per epoch": [round(r["dev_bleu"][3], 3) for r in history]}
+
+
+def step_5_caption_new_images(ctx):
+    """Caption 100 test images it has never seen.
+
+    For scale, a blind baseline gives every image the most common training
+    caption.
+    """
+    captions, ctx.decoded = generate_captions(ctx.model, ctx.encoder, ctx.data["test"], ctx.vocab)
+    ctx.captions = captions
+    scores = bleu(ctx.data["test"].references, captions)
+    counts = {}
+    for refs in ctx.data["train"].references:
+        for tokens in refs:
+            counts[" ".join(tokens)] = counts.get(" ".join(tokens), 0) + 1
+    blind = max(counts, key=counts.get)
+    blind_scores = bleu(ctx.data["test"].references, [blind] * len(captions))
+    ctx.check(scores[3] > blind_scores[3], "the model beats the blind baseline")
+    for i in range(3):
+        print(f"test image {i}: model: {' '.join(captions[i])}\n              human: {ctx.test.captions[i][0]}")
+    return {"BLEU-1..4": numpy.round(scores, 3), f"blind baseline ({blind!r})": numpy.round(blind_scores, 3)}
+
+
+def step_6_where_it_looks(ctx):
+    """Where it looks: one PNG per image, one tile per generated word.
+
+    Each tile lights up the locations the model attended to when it chose that
+    word (weights scaled so the strongest is white, upsampled from the 8 x 8
+    grid). Words like "red" or "circle" should light up the object they name.
+    """
+    paths = []
+    for i in range(3):
+        path = ctx.output_path(f"lesson11_attention_{i}.png")
+        save_attention_png(ctx.test.images[i], ctx.captions[i], ctx.decoded.attention[i], path, min_tile=128)
+        paths.append(str(path))
+    return {"pictures": "\n".join(paths)}
+
+
+def step_7_does_it_look_at_the_right_thing(ctx):
+    """Measured: attention on the object a word names, versus chance.
+
+    For each generated colour or shape word that fits exactly ONE object of
+    the image, take the attention mass on the grid cells that object covers,
+    and compare it with the share of cells it covers (what uniform attention
+    would give). A ratio well above 1 means the model looks where it speaks.
+    """
+    grid_side = int(round(ctx.decoded.attention[0].shape[1] ** 0.5))
+    cell = IMAGE_SIZE / grid_side
+    on_object, chance = [], []
+    for i, words in enumerate(ctx.captions):
+        objects = ctx.test.objects[i]
+        for t, word in enumerate(words):
+            if word not in COLORS and word not in SHAPES:
+                continue
+            named = [o for o in objects if word in (o.color, o.shape)]
+            if len(named) != 1:
+                continue
+            x0, y0, x1, y1 = named[0].box
+            mask = numpy.zeros((grid_side, grid_side), dtype=bool)
+            mask[int(y0 // cell):int(y1 // cell) + 1, int(x0 // cell):int(x1 // cell) + 1] = True
+            on_object.append(float(ctx.decoded.attention[i][t].reshape(grid_side, grid_side)[mask].sum()))
+            chance.append(mask.mean())
+    ratio = numpy.mean(on_object) / numpy.mean(chance)
+    ctx.check(len(on_object) > 0 and ratio > 1, "attention is on the named object more often than chance")
+    return {"words measured": len(on_object), "mean attention on the named object": float(numpy.mean(on_object)),
+            "mean share of the grid it covers (chance)": float(numpy.mean(chance)), "ratio": float(ratio)}
+
+
+if __name__ == "__main__":  # python lessons/lesson_11_attention.py [--no-pause] [--quick]
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    import run_lesson
+    sys.exit(run_lesson.main([__file__] + sys.argv[1:]))
