@@ -13,13 +13,15 @@ waits: Enter continues, `a` runs the rest without pausing, `q` quits.
 
 How a lesson is written (a new lesson needs no change to this runner):
 - a file `lessons/lesson_NN_short_name.py` with module constants TITLE (one
-  line) and SECONDS (rough running time with --no-pause --quick);
+  line), SECONDS (rough running time with --no-pause) and, for lessons that
+  train something, QUICK_SECONDS (the same with --quick);
 - step functions `def step_1_something(ctx):` run in file order (or a module
   list STEPS of functions). The first docstring line is the step's title, the
   rest its explanation;
 - `ctx` is the one object steps share: store results as attributes
   (`ctx.model = ...`, read them in later steps). It also carries the run's
-  options: `ctx.quick`, `ctx.backend`, `ctx.data` (the --data folder or None),
+  options: `ctx.quick`, `ctx.backend`, `ctx.data` (the Flickr8k folder: --data,
+  else $FLICKR8K_DIR, else ../shared/flickr8k when it exists, else None), `ctx.out_dir`,
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
   `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data);
@@ -95,8 +97,8 @@ def lesson_files(lessons_dir):
 
 
 def lesson_info(path):
-    """(TITLE, SECONDS) of a lesson file, read without importing it."""
-    info = {"TITLE": path.stem, "SECONDS": None}
+    """(TITLE, SECONDS, QUICK_SECONDS) of a lesson file, read without importing it."""
+    info = {"TITLE": path.stem, "SECONDS": None, "QUICK_SECONDS": None}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
@@ -105,16 +107,22 @@ def lesson_info(path):
                     info[target.id] = ast.literal_eval(node.value)
                 except ValueError:
                     pass
-    return info["TITLE"], info["SECONDS"]
+    return info["TITLE"], info["SECONDS"], info["QUICK_SECONDS"]
+
+
+def rough_time(seconds):
+    if seconds is None:
+        return ""
+    return f"~{seconds} s" if seconds < 120 else f"~{round(seconds / 60)} min"
 
 
 def print_list(lessons_dir, file=None):
     file = file or sys.stdout
-    print("Lessons (python run_lesson.py N):", file=file)
+    print("Lessons (python run_lesson.py N), with rough running times (--no-pause; --quick):", file=file)
     for number, path in lesson_files(lessons_dir).items():
-        title, seconds = lesson_info(path)
-        rough = f"~{seconds} s" if seconds is not None else ""
-        print(f"  {number:2d}  {title:<66} {rough}", file=file)
+        title, seconds, quick = lesson_info(path)
+        times = rough_time(seconds) + (f"; {rough_time(quick)}" if quick is not None else "")
+        print(f"  {number:2d}  {title}  [{times}]", file=file)
 
 
 def load_lesson(path):
@@ -195,7 +203,7 @@ def ask(prompt):
 
 def run(path, ctx, pause):
     """Run one lesson file step by step; returns the exit status."""
-    title, _ = lesson_info(path)
+    title = lesson_info(path)[0]
     print(f"{'=' * 72}\n{title}\n{'=' * 72}")
     started = time.perf_counter()
     try:

@@ -83,6 +83,10 @@ def step_2_attention_gradients(ctx):
 def step_3_data_and_model(ctx):
     """The model: a small CNN's 8 x 8 grid of features, attended at every word.
 
+    Each grid location also carries its (row, column), so that the decoder
+    can say WHERE the thing it looks at is ("at the top left"): convolutions
+    alone see what, not where.
+
     Show, Attend and Tell, as in `captioning.models.ShowAttendTell`:
         h_0, c_0 from the mean feature;  for each word t:
         alpha_t = attention(grid, h_(t-1));  z_t = sum_l alpha_tl a_l

@@ -36,7 +36,7 @@ def test_there_are_at_least_twelve_lessons_with_titles_and_times(capsys):
     assert run_lesson.main(["--list"]) == 0
     listing = capsys.readouterr().out
     for number, path in LESSONS.items():
-        title, seconds = run_lesson.lesson_info(path)
+        title, seconds, _ = run_lesson.lesson_info(path)
         assert isinstance(seconds, (int, float)), f"{path.name} needs SECONDS = rough running time"
         assert title != path.stem, f"{path.name} needs a TITLE"
         assert f"{number:2d}  {title}" in listing
