@@ -5,6 +5,7 @@ start-up per lesson) and must finish cleanly; its own checks are the test.
 The runner's behaviour (list, unknown lesson, failing check, pauses) is
 tested on tiny fake lessons written to a temporary folder.
 """
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,16 +20,12 @@ sys.path.insert(0, str(ROOT))
 import run_lesson  # noqa: E402
 
 LESSONS = run_lesson.lesson_files(ROOT / "lessons")
-SLOW_LESSONS = {13}           # the Flickr8k run: minutes even with --quick
+FLICKR8K_RUN = 13             # minutes even with --quick: its own tests below
 NEEDS_DATA = {6, 13}          # these stop cleanly (and are skipped here) without Flickr8k / weights
 
 
 def lesson_params():
-    params = []
-    for number in LESSONS:
-        marks = [pytest.mark.slow] if number in SLOW_LESSONS else []
-        params.append(pytest.param(number, marks=marks, id=f"lesson{number:02d}"))
-    return params
+    return [pytest.param(n, id=f"lesson{n:02d}") for n in LESSONS if n != FLICKR8K_RUN]
 
 
 def test_there_are_at_least_twelve_lessons_with_titles_and_times(capsys):
@@ -54,6 +51,30 @@ def test_lesson_runs_to_the_end(number, tmp_path, capsys):
     for path in tmp_path.iterdir():              # pictures it wrote are real PNGs
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flickr8k_lesson_without_data_says_how_to_get_it(tmp_path, capsys):
+    missing = tmp_path / "no-flickr8k-here"
+    status = run_lesson.main([str(FLICKR8K_RUN), "--no-pause", "--quick", "--data", str(missing),
+                              "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "python -m captioning download --dest DIR" in out and "Lesson stopped at step 1" in out
+    assert not (tmp_path / "features").exists()
+
+
+@pytest.mark.slow
+def test_flickr8k_lesson_quick_run(tmp_path, capsys):
+    """The full --quick run (feature extraction + about a minute of training): set LESSONS_SLOW=1."""
+    if os.environ.get("LESSONS_SLOW") != "1":
+        pytest.skip("lesson 13 takes minutes even with --quick; run it with LESSONS_SLOW=1")
+    if run_lesson.data_folder(None) is None:
+        pytest.skip("Flickr8k not found: set FLICKR8K_DIR or place it at ../shared/flickr8k")
+    status = run_lesson.main([str(FLICKR8K_RUN), "--no-pause", "--quick", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert status == 0, err[-3000:]
+    assert "Lesson done" in out
+    assert (tmp_path / "lesson13_attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def write_lesson(folder, number, body):
