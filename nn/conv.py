@@ -23,9 +23,10 @@ Python loops run over the HH * WW kernel taps):
   input slice times that tap's per-channel weight (elementwise
   multiply-accumulate). Slices are contiguous as in the stride-1 path; a
   stride-s conv first splits the padded input into its s * s "phase" images
-  (every s-th pixel), in which it becomes a stride-1 conv. On NumPy the work
-  is done in cache-sized blocks spread over a few threads, since elementwise
-  NumPy is otherwise single-threaded and memory-bound.
+  (every s-th pixel), in which it becomes a stride-1 conv. Small maps (7x7,
+  14x14) are done in a batch-last layout instead, where rows are longer. On
+  NumPy the work is done in cache-sized blocks spread over a few threads,
+  since elementwise NumPy is otherwise single-threaded and memory-bound.
 
 `conv_forward_naive` is the obvious loop version, slow, kept for teaching and
 as the reference the fast paths are tested against.
@@ -230,11 +231,14 @@ def conv_backward(dout, cache):
 
 # ---- stride 1: a sum of shifted 1x1 convolutions (matrix products on views)
 
-# Work sizes of the NumPy paths (tuned on a 2 MB-L2 Xeon; tests shrink them to
-# exercise the blocking): output bytes per batch chunk of the matrix-product
+# Work sizes of the NumPy paths (tuned on a 2 MB-L2 Xeon; tests change them to
+# exercise every path): output bytes per batch chunk of the matrix-product
 # path, and per block of rows of the depthwise path.
 CHUNK_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 18
+# Depthwise outputs of at most this many pixels per channel use the
+# batch-last layout (`_depthwise_forward_batch_last`).
+SMALL_MAP_PIXELS = 256
 
 
 def _weights_per_tap(xp, w, groups):
@@ -365,14 +369,22 @@ def _phases(xp, x, pads, stride):
     top, bottom, left, right = pads
     h_phase = -(-(h + top + bottom) // stride)
     w_phase = -(-(w + left + right) // stride)
-    padded = xp.zeros((n, c, (h_phase + 1) * stride, w_phase * stride), dtype=x.dtype)
-    padded[:, :, top:top + h, left:left + w] = x
-    phases = padded.reshape(n, c, h_phase + 1, stride, w_phase, stride).transpose(0, 1, 3, 5, 2, 4)
-    phases = xp.ascontiguousarray(phases)          # a copy only when stride > 1
+    phases = xp.zeros((n, c, stride, stride, h_phase + 1, w_phase), dtype=x.dtype)
+    for a in range(stride):
+        for b in range(stride):
+            # Padded pixel (stride * r + a, stride * q + b) is x pixel
+            # (stride * r + a - top, stride * q + b - left): copy every stride-th
+            # pixel of x, from the first row/column that falls in this phase.
+            first_row, first_col = (a - top) % stride, (b - left) % stride
+            part = x[:, :, first_row::stride, first_col::stride]
+            r, q = (first_row + top) // stride, (first_col + left) // stride
+            phases[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]] = part
     return phases.reshape(n, c, stride * stride, (h_phase + 1) * w_phase), w_phase
 
 
 def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
+    if h_out * w_out <= SMALL_MAP_PIXELS:
+        return _depthwise_forward_batch_last(xp, x, w, pads, stride, h_out, w_out)
     n, c = x.shape[:2]
     hh, ww = w.shape[2:]
     phases, w_phase = _phases(xp, x, pads, stride)
@@ -398,6 +410,45 @@ def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
     out = out.reshape(n, c, h_out, w_phase)
     if w_phase != w_out:                            # drop the columns that straddle a row end
         out = xp.ascontiguousarray(out[..., :w_out])
+    return out, x
+
+
+def _depthwise_forward_batch_last(xp, x, w, pads, stride, h_out, w_out):
+    """Depthwise conv for small maps (e.g. 7x7, 14x14) in a (C, H, W, N) layout.
+
+    On a small map the flat rows of `_depthwise_forward` are short and mostly
+    padding. With the batch as the last axis, a tap's window of one channel is
+    (H_out, W_out * N) with contiguous rows of W_out * N numbers, and nothing
+    is computed on the padding; two transposing copies pay for that.
+    """
+    n, c, h, wd = x.shape
+    hh, ww = w.shape[2:]
+    top, bottom, left, right = pads
+    h_phase = -(-(h + top + bottom) // stride)
+    w_phase = -(-(wd + left + right) // stride)
+    padded = xp.zeros((c, h_phase * stride, w_phase * stride, n), dtype=x.dtype)
+    padded[:, top:top + h, left:left + wd, :] = x.transpose(1, 2, 3, 0)
+    # Phase (a, b) = padded pixels (stride * r + a, stride * q + b), as in `_phases`.
+    phases = padded.reshape(c, h_phase, stride, w_phase, stride, n).transpose(0, 2, 4, 1, 3, 5)
+    phases = xp.ascontiguousarray(phases).reshape(c, stride, stride, h_phase, w_phase * n)
+    weights = w.reshape(c, hh * ww)
+    out = xp.empty((c, h_out, w_out * n), dtype=x.dtype)
+
+    def accumulate(block):
+        total, source = out[block], phases[block]
+        part = xp.empty_like(total)
+        for i in range(hh):
+            for j in range(ww):
+                r, q = i // stride, j // stride
+                window = source[:, i % stride, j % stride, r:r + h_out, q * n:(q + w_out) * n]
+                weight = weights[block, i * ww + j].reshape(-1, 1, 1)
+                if i == j == 0:
+                    xp.multiply(window, weight, out=total)
+                else:
+                    total += xp.multiply(window, weight, out=part)
+
+    _for_each_block(xp, accumulate, c, h_out * w_out * n * x.dtype.itemsize)
+    out = xp.ascontiguousarray(out.reshape(c, h_out, w_out, n).transpose(3, 0, 1, 2))
     return out, x
 
 

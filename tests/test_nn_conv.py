@@ -98,8 +98,23 @@ def test_conv_gradients(xp, config):
         assert rel_error(db, eval_numerical_gradient_array(lambda v: conv_forward(x, w, v, param)[0], b, dout)) < TOL
 
 
+DEPTHWISE = [c for c in CONFIGS if c[8] == c[1] == c[4]]
+DEPTHWISE_IDS = [i for c, i in zip(CONFIGS, IDS) if c in DEPTHWISE]
+
+
+@pytest.mark.parametrize("config", DEPTHWISE, ids=DEPTHWISE_IDS)
+@pytest.mark.parametrize("small_map_pixels", [0, 10 ** 9], ids=["flat-rows", "batch-last"])
+def test_depthwise_layouts_equal_naive(xp, monkeypatch, config, small_map_pixels):
+    x, w, b, param = make(xp, config, seed=8)
+    monkeypatch.setattr(conv, "SMALL_MAP_PIXELS", small_map_pixels)
+    out, _ = conv_forward(x, w, b, param)
+    assert rel_error(out, conv_forward_naive(x, w, b, param)[0]) < 1e-12
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
-def test_conv_blocked_and_threaded_numpy_paths_agree(monkeypatch, config):
+@pytest.mark.parametrize("small_map_pixels", [0, 10 ** 9], ids=["flat-rows", "batch-last"])
+def test_conv_blocked_and_threaded_numpy_paths_agree(monkeypatch, config, small_map_pixels):
+    monkeypatch.setattr(conv, "SMALL_MAP_PIXELS", small_map_pixels)
     x, w, b, param = make(numpy, config, seed=6)
     expected, _ = conv_forward_naive(x, w, b, param)
     out, cache = conv_forward(x, w, b, param)
