@@ -166,19 +166,32 @@ class TrainableEncoder:
     encode() normalises uint8 pixels (or floats in [0, 1]) with the CNN's
     `preprocess` mean/std and returns its grid (B, L, D) or pooled (B, D)
     features; backward() pushes d loss / d features into the CNN's grads.
+
+    coords=True appends each grid location's (row, column), scaled to
+    [-1, 1], to its feature vector (D + 2 values), as in CoordConv (Liu et al.
+    2018). A small CNN with zero padding hardly knows WHERE a feature is, but
+    shapes captions name positions ("at the top left", "to the left of") and
+    list objects in reading order, so attention must find "the next object to
+    the right". Pretrained EfficientNet grids are used as they are.
     """
     trainable = True
 
-    def __init__(self, cnn, config):
+    def __init__(self, cnn, config, coords=False):
         self.cnn = cnn
-        self.spec = {"name": cnn.name, "config": dict(config)}
+        self.coords = bool(coords)
+        self.spec = {"name": cnn.name, "config": dict(config, coords=self.coords)}
         self._kind = None
 
     @classmethod
-    def small_cnn(cls, channels=(16, 32, 64), image_size=64, seed=0, dtype=None):
+    def small_cnn(cls, channels=(16, 32, 64), image_size=64, seed=0, coords=True, dtype=None):
         from .encoders.small_cnn import SmallCNN
         config = {"channels": list(channels), "image_size": int(image_size), "seed": int(seed)}
-        return cls(SmallCNN(channels=tuple(channels), image_size=image_size, seed=seed, dtype=dtype), config)
+        cnn = SmallCNN(channels=tuple(channels), image_size=image_size, seed=seed, dtype=dtype)
+        return cls(cnn, config, coords=coords)
+
+    def feature_dim(self, kind):
+        """D of the features encode() returns for "grid" or "pooled"."""
+        return self.cnn.feature_dim + (2 if self.coords and kind == "grid" else 0)
 
     def normalize(self, images, dtype):
         """uint8 (B, 3, H, W) pixels, or floats already in [0, 1] -> normalised floats on the backend."""
@@ -192,15 +205,30 @@ class TrainableEncoder:
         x /= xp.asarray(pre["std"], dtype=dtype)[None, :, None, None]
         return x
 
+    def _with_coords(self, grid, height, width):
+        xp = backend.get_array_module(grid)
+        rows, cols = numpy.meshgrid(numpy.linspace(-1, 1, height), numpy.linspace(-1, 1, width), indexing="ij")
+        where = xp.asarray(numpy.stack([rows.ravel(), cols.ravel()], axis=1), dtype=grid.dtype)  # (L, 2)
+        return xp.concatenate([grid, xp.broadcast_to(where, (grid.shape[0],) + where.shape)], axis=2)
+
     def encode(self, images, kind, dtype):
-        grid, pooled = self.cnn.forward(self.normalize(images, dtype))
+        x = self.normalize(images, dtype)
+        grid, pooled = self.cnn.forward(x)
         self._kind = kind
-        return pooled if kind == "pooled" else grid
+        if kind == "pooled":
+            return pooled
+        if self.coords:
+            side = x.shape[2] // 2 ** self.cnn.stages, x.shape[3] // 2 ** self.cnn.stages
+            return self._with_coords(grid, *side)
+        return grid
 
     def backward(self, dfeatures):
         """Backpropagate d loss / d features into the CNN (fills its grads)."""
         if self._kind == "pooled":
             self.cnn.backward(None, dfeatures)
+        elif self.coords:   # the coordinates are constants: their gradient goes nowhere
+            xp = backend.get_array_module(dfeatures)
+            self.cnn.backward(xp.ascontiguousarray(dfeatures[:, :, :self.cnn.feature_dim]))
         else:
             self.cnn.backward(dfeatures)
 
@@ -229,7 +257,8 @@ def make_encoder(spec, state=None, dtype=None):
         config = spec.get("config", {})
         encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
                                              image_size=config.get("image_size", 64),
-                                             seed=config.get("seed", 0), dtype=dtype)
+                                             seed=config.get("seed", 0), coords=config.get("coords", False),
+                                             dtype=dtype)
         if state:
             try:
                 encoder.load_state_dict(state)

@@ -41,12 +41,13 @@ def test_overfits_a_batch_of_50_captions(kind):
 
 
 def _tiny_run(tmp_path, name, epochs=2, **overrides):
-    """A Trainer on 30 synthetic images (small CNN end to end + attention decoder)."""
+    """A Trainer on 8 synthetic images (small CNN end to end + attention decoder)."""
     data = _datasets.shapes_data(n_train=8, n_dev=4, n_test=4, seed=3)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     encoder = _datasets.small_cnn_encoder(seed=1)
-    model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": 64, "wordvec_dim": 16,
-                   "hidden_dim": 24, "attention_dim": 16, "dropout": 0.3, "doubly_stochastic": 0.05}, seed=2)
+    model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": encoder.feature_dim("grid"),
+                   "wordvec_dim": 16, "hidden_dim": 24, "attention_dim": 16, "dropout": 0.3,
+                   "doubly_stochastic": 0.05}, seed=2)
     config = TrainConfig(**{"epochs": epochs, "batch_size": 20, "lr": 3e-3, "seed": 5, "log_every": 1e9,
                             **overrides})
     lines = []

@@ -42,15 +42,15 @@ def add_arguments(parser):
                         help="feature cache of --data (default outputs/features/flickr8k_efficientnet_lite0)")
     parser.add_argument("--model", choices=sorted(MODEL_CHOICES), default="attention",
                         help="attention (Show, Attend and Tell) or show-tell (default attention)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 8 shapes, 10 Flickr8k)")
-    parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 32/64)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
+    parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3 / 1e-3)")
     parser.add_argument("--hidden", type=int, default=None, help="LSTM size (default 128 / 512)")
     parser.add_argument("--embed", type=int, default=None, help="word-vector size (default 64 / 256)")
     parser.add_argument("--attention-dim", type=int, default=None, help="attention size (default 64 / 256)")
     parser.add_argument("--dropout", type=float, default=None, help="drop probability before the output layer")
     parser.add_argument("--alpha-reg", type=float, default=None,
-                        help="lambda of the doubly stochastic attention regulariser (default 0.05 / 1.0)")
+                        help="lambda of the doubly stochastic attention regulariser (default 0.01 / 1.0)")
     parser.add_argument("--clip", type=float, default=5.0, help="global gradient-norm clip (default 5)")
     parser.add_argument("--beam", type=int, default=1, help="beam size for validation decoding (1 = greedy)")
     parser.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs (default 4)")
@@ -60,8 +60,8 @@ def add_arguments(parser):
                         help="use only the first N images of each split (quick runs, tests)")
     parser.add_argument("--min-count", type=int, default=None,
                         help="vocabulary: keep words seen this often in train (default 5; shapes 1)")
-    parser.add_argument("--shapes-train", type=int, default=3000,
-                        help="synthetic set: number of training images (default 3000)")
+    parser.add_argument("--shapes-train", type=int, default=2000,
+                        help="synthetic set: number of training images (default 2000)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/<data>_<model>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -72,8 +72,8 @@ def add_arguments(parser):
 
 def _defaults(args, synthetic):
     """Hyperparameters: small and quick for the synthetic set, paper-sized for Flickr8k."""
-    small = dict(epochs=8, batch_size=32, lr=2e-3, hidden=128, embed=64, attention_dim=64, dropout=0.0,
-                 alpha_reg=0.05, min_count=1)
+    small = dict(epochs=3, batch_size=16, lr=2e-3, hidden=128, embed=64, attention_dim=64, dropout=0.0,
+                 alpha_reg=0.01, min_count=1)
     large = dict(epochs=10, batch_size=64, lr=1e-3, hidden=512, embed=256, attention_dim=256, dropout=0.5,
                  alpha_reg=1.0, min_count=5)
     chosen = small if synthetic else large
@@ -107,7 +107,8 @@ def run(args):
         encoder = data.encoder
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
-    feature_dim = data.feature_dim if data.feature_dim else encoder.cnn.feature_dim
+    kind = "grid" if args.model == "attention" else "pooled"
+    feature_dim = data.feature_dim if data.feature_dim else encoder.feature_dim(kind)
     model_config = {"model": args.model, "vocab_size": len(vocabulary), "feature_dim": feature_dim,
                     "wordvec_dim": args.embed, "hidden_dim": args.hidden, "attention_dim": args.attention_dim,
                     "dropout": args.dropout, "doubly_stochastic": args.alpha_reg,
