@@ -48,6 +48,16 @@ __all__ = [
 ]
 
 
+# Work sizes of the NumPy paths (tuned on a 2 MB-L2 Xeon; tests change them to
+# exercise every path): output bytes per batch chunk of the matrix-product
+# path, and per block of rows of the depthwise path.
+CHUNK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 18
+# Depthwise outputs of at most this many pixels per channel use the
+# batch-last layout (`_depthwise_forward_batch_last`).
+SMALL_MAP_PIXELS = 256
+
+
 def same_padding(in_size, kernel, stride):
     """TensorFlow "same" padding along one axis: returns (before, after).
 
@@ -230,16 +240,6 @@ def conv_backward(dout, cache):
 
 
 # ---- stride 1: a sum of shifted 1x1 convolutions (matrix products on views)
-
-# Work sizes of the NumPy paths (tuned on a 2 MB-L2 Xeon; tests change them to
-# exercise every path): output bytes per batch chunk of the matrix-product
-# path, and per block of rows of the depthwise path.
-CHUNK_BYTES = 1 << 20
-BLOCK_BYTES = 1 << 18
-# Depthwise outputs of at most this many pixels per channel use the
-# batch-last layout (`_depthwise_forward_batch_last`).
-SMALL_MAP_PIXELS = 256
-
 
 def _weights_per_tap(xp, w, groups):
     """(HH * WW, G, F/G, C/G): the 1x1 filter matrix of each kernel tap, per group."""
