@@ -55,7 +55,7 @@ def _check_labels(op, x, y, score_shape_name):
             f"{op}: labels y must have shape {x.shape[:-1]} to match scores {score_shape_name} "
             f"{x.shape}, got {y.shape}")
     num_classes = x.shape[-1]
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    if bool(((y < 0) | (y >= num_classes)).any()):     # one device sync on CuPy, not two
         raise ValueError(
             f"{op}: labels must lie in [0, {num_classes}), got values in "
             f"[{int(y.min())}, {int(y.max())}]")
