@@ -15,10 +15,11 @@ Two versions of each recurrence:
   each come from one large matrix product at the end instead of T small ones.
   Internally they are time-major, (T, N, ...), so each step reads contiguous
   memory. Tests check that they equal a loop over the step functions.
-On CuPy the per-step elementwise LSTM work (of `lstm_forward`/`lstm_backward`
-and of the `*_from_projection` step pair) runs as one fused GPU kernel per step
-and direction (`_cell_forward` / `_cell_backward`); NumPy runs the same math as
-plain in-place ufuncs, and a test checks that both backends agree.
+The `lstm_step_*_from_projection` pair is a fast single step for decoders
+whose input changes every step (attention): it shares the sequence path's
+elementwise code, `_cell_forward` / `_cell_backward`, in-place ufuncs on NumPy
+and one fused GPU kernel per step and direction on CuPy. Tests check both
+against the readable step functions, and CuPy against NumPy.
 
 LSTM gates are laid out in blocks of H in the order input, forget, output, g
 (the candidate cell value): a = x Wx + h Wh + b has shape (N, 4H) and
@@ -327,7 +328,7 @@ def rnn_backward(dh, cache):
 # ---------------------------------------------------------------- LSTM, one step
 
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
-    """One time step of an LSTM.
+    """One time step of an LSTM (the readable reference).
 
     a = x Wx + prev_h Wh + b, split into four blocks of H:
     i, f, o = sigmoid(input, forget, output blocks), g = tanh(last block);
@@ -346,19 +347,26 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     - cache: values needed by the backward pass
     """
     op = "lstm_step_forward"
-    backend.get_array_module(x, prev_h, prev_c, Wx, Wh, b, op=op)
+    xp = backend.get_array_module(x, prev_h, prev_c, Wx, Wh, b, op=op)
     _check_float(op, x=x, prev_h=prev_h, prev_c=prev_c, Wx=Wx, Wh=Wh, b=b)
     _check_ndim(op, "x", x, 2, "(N, D)")
     H = _check_recurrent_params(op, Wx, Wh, b, x.shape[1], 4)
     _check_shape(op, "prev_h", prev_h, (x.shape[0], H))
     _check_shape(op, "prev_c", prev_c, (x.shape[0], H))
-    xw = x @ Wx + b
-    next_h, next_c, step_cache = lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh)
-    return next_h, next_c, (x, Wx, step_cache)
+
+    a = x @ Wx + prev_h @ Wh + b                  # gate pre-activations, (N, 4H)
+    i = sigmoid(a[:, :H])
+    f = sigmoid(a[:, H:2 * H])
+    o = sigmoid(a[:, 2 * H:3 * H])
+    g = xp.tanh(a[:, 3 * H:])
+    next_c = f * prev_c + i * g
+    tanh_next_c = xp.tanh(next_c)
+    next_h = o * tanh_next_c
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_next_c)
 
 
 def lstm_step_backward(dnext_h, dnext_c, cache):
-    """Backward pass of `lstm_step_forward`.
+    """Backward pass of `lstm_step_forward` (the readable reference).
 
     Inputs:
     - dnext_h: gradient with respect to next_h, shape (N, H)
@@ -372,17 +380,28 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     - dWh: (H, 4H)
     - db: (4H,)
     """
-    x, Wx, step_cache = cache
-    dxw, dprev_h, dprev_c, dWh = lstm_step_backward_from_projection(dnext_h, dnext_c, step_cache)
-    return dxw @ Wx.T, dprev_h, dprev_c, x.T @ dxw, dWh, dxw.sum(axis=0)
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_next_c = cache
+    xp = backend.get_array_module(dnext_h, dnext_c, x, op="lstm_step_backward")
+    _check_shape("lstm_step_backward", "dnext_h", dnext_h, prev_h.shape)
+    _check_shape("lstm_step_backward", "dnext_c", dnext_c, prev_h.shape)
+
+    do = dnext_h * tanh_next_c
+    dc = dnext_c + dnext_h * o * (1 - tanh_next_c * tanh_next_c)   # through next_h = o tanh(c)
+    di, df, dg = dc * g, dc * prev_c, dc * i
+    dprev_c = dc * f
+    # Through the nonlinearities: sigmoid' = s (1 - s), tanh' = 1 - tanh^2.
+    da = xp.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)],
+                        axis=1)
+    return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
 def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
-    """One LSTM step whose input projection xw = x Wx + b is already computed.
+    """One LSTM step whose input projection xw = x Wx + b is already computed (fast path).
 
     Useful when the input projection of many steps can be done in one matrix
     product beforehand (e.g. the word-embedding part of a decoder's input).
-    On CuPy the elementwise gate work runs as one fused kernel.
+    The elementwise work is `_cell_forward`: in-place ufuncs on NumPy, one
+    fused kernel on CuPy. Same math as `lstm_step_forward` (tested equal).
 
     Inputs:
     - xw: input projection x Wx + b, shape (N, 4H)
@@ -403,22 +422,10 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
     _check_shape(op, "Wh", Wh, (H, 4 * H))
     _check_shape(op, "xw", xw, (N, 4 * H))
 
-    if backend.is_cupy_array(xw):                 # same math, one fused GPU kernel
-        xw, prev_c = xp.ascontiguousarray(xw), xp.ascontiguousarray(prev_c)
-        gates = xp.empty_like(xw)
-        next_c, tanh_next_c, next_h = (xp.empty_like(prev_c) for _ in range(3))
-        _cell_forward(xp, xw, prev_h @ Wh, prev_c, gates, next_c, tanh_next_c, next_h)
-        return next_h, next_c, (prev_h, prev_c, Wh, gates, tanh_next_c)
-
-    a = xw + prev_h @ Wh                          # gate pre-activations, (N, 4H)
-    i = sigmoid(a[:, :H])
-    f = sigmoid(a[:, H:2 * H])
-    o = sigmoid(a[:, 2 * H:3 * H])
-    g = xp.tanh(a[:, 3 * H:])
-    next_c = f * prev_c + i * g
-    tanh_next_c = xp.tanh(next_c)
-    next_h = o * tanh_next_c
-    gates = xp.concatenate([i, f, o, g], axis=1)
+    xw, prev_c = xp.ascontiguousarray(xw), xp.ascontiguousarray(prev_c)
+    gates = xp.empty_like(xw)                     # activated i, f, o, g
+    next_c, tanh_next_c, next_h = (xp.empty_like(prev_c) for _ in range(3))
+    _cell_forward(xp, xw, prev_h @ Wh, prev_c, gates, next_c, tanh_next_c, next_h)
     return next_h, next_c, (prev_h, prev_c, Wh, gates, tanh_next_c)
 
 
@@ -437,24 +444,14 @@ def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
     - dWh: (H, 4H)
     """
     prev_h, prev_c, Wh, gates, tanh_next_c = cache
-    xp = backend.get_array_module(dnext_h, dnext_c, prev_h, op="lstm_step_backward")
-    _check_shape("lstm_step_backward", "dnext_h", dnext_h, prev_h.shape)
-    _check_shape("lstm_step_backward", "dnext_c", dnext_c, prev_h.shape)
+    op = "lstm_step_backward_from_projection"
+    xp = backend.get_array_module(dnext_h, dnext_c, prev_h, op=op)
+    _check_shape(op, "dnext_h", dnext_h, prev_h.shape)
+    _check_shape(op, "dnext_c", dnext_c, prev_h.shape)
 
-    if backend.is_cupy_array(gates):              # same math, one fused GPU kernel
-        da, dprev_c = xp.empty_like(gates), xp.empty_like(prev_c)
-        _cell_backward(xp, xp.ascontiguousarray(dnext_h), xp.ascontiguousarray(dnext_c), gates,
-                       tanh_next_c, prev_c, da, dprev_c)
-        return da, da @ Wh.T, dprev_c, prev_h.T @ da
-
-    i, f, o, g = xp.split(gates, 4, axis=1)
-    do = dnext_h * tanh_next_c
-    dc = dnext_c + dnext_h * o * (1 - tanh_next_c * tanh_next_c)   # through next_h = o tanh(c)
-    di, df, dg = dc * g, dc * prev_c, dc * i
-    dprev_c = dc * f
-    # Through the nonlinearities: sigmoid' = s (1 - s), tanh' = 1 - tanh^2.
-    da = xp.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)],
-                        axis=1)
+    da, dprev_c = xp.empty_like(gates), xp.empty_like(prev_c)
+    _cell_backward(xp, xp.ascontiguousarray(dnext_h), xp.ascontiguousarray(dnext_c), gates,
+                   tanh_next_c, prev_c, da, dprev_c)
     return da, da @ Wh.T, dprev_c, prev_h.T @ da
 
 

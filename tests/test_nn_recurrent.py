@@ -174,6 +174,25 @@ def test_lstm_step_from_projection_gradients(xp):
                 xp.concatenate([dnext_h, dnext_c], axis=1), SINGLE_OP_TOL)
 
 
+def test_lstm_step_from_projection_equals_readable_step(xp):
+    gen = numpy.random.default_rng(14)
+    x_seq, prev_h, Wx, Wh, b = rnn_params(xp, gen, N=3, D=5, H=4, gates=4)
+    x = xp.ascontiguousarray(x_seq[:, 0])
+    prev_c = randn(xp, gen, 3, 4)
+    dnext_h, dnext_c = randn(xp, gen, 3, 4), randn(xp, gen, 3, 4)
+    next_h, next_c, cache = recurrent.lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b)
+    dx, dprev_h, dprev_c, dWx, dWh, db = recurrent.lstm_step_backward(dnext_h, dnext_c, cache)
+
+    fast_h, fast_c, fast_cache = recurrent.lstm_step_forward_from_projection(
+        x @ Wx + b, prev_h, prev_c, Wh)
+    dxw, fast_dprev_h, fast_dprev_c, fast_dWh = recurrent.lstm_step_backward_from_projection(
+        dnext_h, dnext_c, fast_cache)
+    for got, want in [(fast_h, next_h), (fast_c, next_c), (dxw @ Wx.T, dx), (x.T @ dxw, dWx),
+                      (dxw.sum(axis=0), db), (fast_dprev_h, dprev_h), (fast_dprev_c, dprev_c),
+                      (fast_dWh, dWh)]:
+        assert rel_error(got, want) < 1e-12
+
+
 def lstm_step_loop(xp, x, h0, Wx, Wh, b, dh):
     """Reference: lstm_forward / lstm_backward as loops over the readable step functions."""
     N, T, _ = x.shape
