@@ -40,7 +40,7 @@ def step_1_the_data(ctx):
     download and we know the right answer exactly. Each split uses its own
     random seed: the test pictures are never seen in training.
     """
-    sizes = (300, 2) if ctx.quick else (1500, 3)                       # training pictures, epochs
+    sizes = (300, 2) if ctx.quick else (1000, 3)                       # training pictures, epochs
     ctx.epochs = sizes[1]
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.splits = splits
@@ -61,7 +61,7 @@ def step_2_the_model(ctx):
     """
     ctx.encoder = TrainableEncoder.small_cnn(channels=(16, 32), image_size=IMAGE_SIZE, seed=0)
     config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"),
-              "wordvec_dim": 32, "hidden_dim": 96, "attention_dim": 32, "dropout": 0.0, "doubly_stochastic": 0.05,
+              "wordvec_dim": 64, "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0, "doubly_stochastic": 0.05,
               "null_id": ctx.vocab.null_id, "start_id": ctx.vocab.start_id, "end_id": ctx.vocab.end_id}
     ctx.model = build(config, seed=0)
     cnn_parameters = sum(int(p.size) for _, p, _ in ctx.encoder.named_parameters())
@@ -87,7 +87,7 @@ def step_4_train(ctx):
     adjusts every weight of the decoder and the CNN a little (Adam). After
     each epoch the dev pictures are captioned and scored (BLEU-4, lesson 12).
     """
-    train_config = TrainConfig(epochs=ctx.epochs, batch_size=32, lr=3e-3, val_images=100, log_every=10.0)
+    train_config = TrainConfig(epochs=ctx.epochs, batch_size=32, lr=2e-3, val_images=100, log_every=10.0)
     trainer = Trainer(ctx.model, ctx.vocab, ctx.encoder, ctx.data["train"], ctx.data["dev"], train_config,
                       ctx.out_dir / "lesson01_run")
     history = trainer.fit()

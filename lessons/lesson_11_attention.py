@@ -96,17 +96,17 @@ def step_3_data_and_model(ctx):
     which asks every location to get about one unit of attention over the
     caption, so that the model looks at the whole picture.
     """
-    sizes = (300, 2) if ctx.quick else (1500, 3)                        # training images, epochs
+    sizes = (300, 2) if ctx.quick else (1000, 3)                        # training images, epochs
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.test = splits["test"]
     ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
     ctx.vocab = Vocabulary.build(splits["train"].all_tokens(), min_count=1)
     ctx.encoder = TrainableEncoder.small_cnn(channels=(16, 32), image_size=IMAGE_SIZE, seed=0)
-    config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"), "wordvec_dim": 32,
-              "hidden_dim": 96, "attention_dim": 32, "dropout": 0.0, "doubly_stochastic": 0.05,
+    config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"), "wordvec_dim": 64,
+              "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0, "doubly_stochastic": 0.05,
               "null_id": ctx.vocab.null_id, "start_id": ctx.vocab.start_id, "end_id": ctx.vocab.end_id}
     ctx.model = build(config, seed=0)
-    ctx.train_config = TrainConfig(epochs=sizes[1], batch_size=32, lr=3e-3, val_images=100, log_every=10.0)
+    ctx.train_config = TrainConfig(epochs=sizes[1], batch_size=32, lr=2e-3, val_images=100, log_every=10.0)
     grid = ctx.encoder.eval().encode(splits["test"].images[:2], "grid", numpy.float32)   # eval: no batchnorm update
     return {"training images": sizes[0], "epochs": sizes[1], "image": splits["test"].images.shape[1:],
             "feature grid per image (L, D)": grid.shape[1:], "decoder parameters": ctx.model.num_params()}
