@@ -126,13 +126,13 @@ def step_5_maximum_likelihood_is_counting(ctx):
         words = ["<START>"] + caption.split() + ["<END>"]
         pairs += [(vocab.index(p), vocab.index(n)) for p, n in zip(words[:-1], words[1:])]
     prev = numpy.array([p for p, _ in pairs])
-    nxt = backend.asarray(numpy.array([n for _, n in pairs]))
+    prev_x, nxt = backend.asarray(prev), backend.asarray(numpy.array([n for _, n in pairs]))
 
     table = backend.xp().zeros((len(vocab), len(vocab)))
     for iteration in range(2000):
-        loss, dscores = softmax_loss(table[prev], nxt)
+        loss, dscores = softmax_loss(table[prev_x], nxt)
         dtable = backend.xp().zeros_like(table)
-        backend.scatter_add(dtable, backend.asarray(prev), dscores)   # rows used several times add up
+        backend.scatter_add(dtable, prev_x, dscores)      # rows used several times add up
         table -= 10.0 * dtable
 
     counts = numpy.zeros((len(vocab), len(vocab)))
