@@ -22,11 +22,14 @@ asked from the OpenBLAS library numpy loaded, else the environment / CPU
 count) and torch.set_num_threads(the same count).
 """
 import argparse
+import cProfile
 import ctypes
+import io
 import json
 import math
 import os
 import platform
+import pstats
 import statistics
 import sys
 import tempfile
@@ -151,6 +154,7 @@ class Bench:
         self.gpu = args.backend == "cupy"
         self.quick = args.quick
         self.rows = []
+        self.pending_profile = None
         self.gemm_gflops = None
         if args.threads:
             set_blas_threads(args.threads)
@@ -178,6 +182,21 @@ class Bench:
         repeat = args.repeat or (3 if self.quick else (10 if self.gpu else 5))
         self.timer = Timer(repeat, warmup, self.torch_device == "cuda")
         self.rng = np.random.default_rng(0)
+
+    def compare(self, ours, theirs=None, repeat=None, warmup=None):
+        """Timer.compare, then (--profile) one profiled run of ours with its top functions printed."""
+        result = self.timer.compare(ours, theirs, repeat, warmup)
+        if self.args.profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(ours)
+            self.timer.sync()
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(self.args.profile)
+            body = text.getvalue()
+            body = body[body.find("   ncalls"):].rstrip()
+            self.pending_profile = ["  profile of one run of ours (top functions by own time; a NumPy/BLAS "
+                                    "call's time counts in its caller):"] + ["    " + l for l in body.splitlines()]
+        return result
 
     # -- helpers
     def array(self, shape, scale=1.0, low=None):
@@ -212,6 +231,10 @@ class Bench:
             row["throughput"] = unit
         self.rows.append(row)
         print_row(row)
+        if self.pending_profile:
+            print("\n".join(self.pending_profile))
+            row["profile"] = self.pending_profile[1:]
+            self.pending_profile = None
         return row
 
 
@@ -226,7 +249,7 @@ def bench_gemm(b):
     if b.torch_device:
         tx, ty = b.tensor(x), b.tensor(y)
         theirs = lambda: torch.matmul(tx, ty)   # noqa: E731
-    ours_s, torch_s = b.timer.compare(lambda: b.xp.matmul(x, y, out=out), theirs)
+    ours_s, torch_s = b.compare(lambda: b.xp.matmul(x, y, out=out), theirs)
     b.gemm_gflops = flops / ours_s / 1e9
     b.add("gemm (float32 peak reference)", f"({n},{n}) @ ({n},{n})", flops, "2 n^3", ours_s, torch_s,
           note="xp.matmul; its GFLOP/s is the %GEMM denominator")
@@ -265,7 +288,7 @@ def _conv_pair(b, name, x_shape, w_shape, stride, pad, groups, note=""):
         theirs()
         ours_out = conv_backward(dout, conv_forward(x, w, bias, param)[1])
         err = max(err, b.check(name + " dx", ours_out[0], tx.grad), b.check(name + " dw", ours_out[1], tw.grad))
-    ours_s, torch_s = b.timer.compare(ours, theirs)
+    ours_s, torch_s = b.compare(ours, theirs)
     check = f"; max rel diff vs torch {err:.1e}" if err is not None else ""
     b.add(name, f"x {tuple(x_shape)} w {tuple(w_shape)} s{stride}", flops,
           "3 x 2 N F (C/groups) K K Ho Wo (fwd, dx, dw)", ours_s, torch_s, note=note + check)
@@ -333,7 +356,7 @@ def bench_efficientnet(b):
             err = b.check("efficientnet", model.feature_map(images[:4]), reference(timages[:4]))
         note += f"; max rel diff vs torch {err:.1e}"
     repeat = min(b.timer.repeat, 2) if b.quick else None
-    ours_s, torch_s = b.timer.compare(lambda: model.feature_map(images), theirs, repeat=repeat)
+    ours_s, torch_s = b.compare(lambda: model.feature_map(images), theirs, repeat=repeat)
     flops = efficientnet_flops(n)
     b.add(f"EfficientNet-Lite0 forward, batch {n}", f"images ({n},3,224,224)", flops,
           f"sum over convs of 2 N F (C/groups) K K Ho Wo = {flops / n / 1e9:.2f} GFLOP/img",
@@ -369,7 +392,7 @@ def bench_lstm(b):
         theirs()
         err = max(b.check("lstm h", h, lstm(tx, (th0, tc0))[0]), b.check("lstm dx", dx, tx.grad))
         note = f"vs torch.nn.LSTM (cuDNN on GPU); max rel diff {err:.1e}"
-    ours_s, torch_s = b.timer.compare(ours, theirs)
+    ours_s, torch_s = b.compare(ours, theirs)
     flops = 3 * 2 * N * T * (D + H) * 4 * H
     b.add("LSTM fwd+bwd", f"N={N} T={T} D={D} H={H}", flops, "3 x 2 N T (D+H) 4H (fwd, d-inputs, d-weights)",
           ours_s, torch_s, note=note)
@@ -428,7 +451,7 @@ def bench_attention_train(b):
         for key in ("Wx", "Wh", "W_att_feat", "W_att_h", "W_out", "W_embed", "W_h0"):
             err = max(err, b.check(f"attention d{key}", grads[key], reference.grads()[key], rtol=2e-3))
         note = f"vs autograd re-implementation (benchmarks/torch_reference.py); loss+grads max rel diff {err:.1e}"
-    ours_s, torch_s = b.timer.compare(ours, theirs)
+    ours_s, torch_s = b.compare(ours, theirs)
     flops = 3 * attention_flops(N, L, D, 256, 512, 256, cfg["vocab_size"], T)
     b.add("attention decoder train step", f"N={N} L={L} D={D} H=512 E=A=256 V={cfg['vocab_size']} T={T}",
           flops, "3 x forward matmul FLOPs (elementwise not counted)", ours_s, torch_s, note=note)
@@ -460,11 +483,12 @@ def bench_beam(b):
         result = beam_search(model, features, start_id=1, end_id=2, beam_size=3, max_length=20)
         steps.append((sum(inside), len(inside), result))
 
-    repeat = 1 if b.quick else min(b.timer.repeat, 3)
-    ours_s, _ = b.timer.compare(ours, None, repeat=repeat, warmup=0 if b.quick else None)
-    in_model = statistics.median(s[0] for s in steps[-repeat:])
-    calls = steps[-1][1]
-    finished = int(steps[-1][2].finished.sum())
+    repeat, warmup = (1, 0) if b.quick else (min(b.timer.repeat, 3), b.timer.warmup)
+    ours_s, _ = b.compare(ours, None, repeat=repeat, warmup=warmup)
+    timed = steps[warmup:warmup + repeat]          # not the warm-up nor a --profile run
+    in_model = statistics.median(s[0] for s in timed)
+    calls = timed[-1][1]
+    finished = int(timed[-1][2].finished.sum())
     b.add(f"beam search, beam 3, {images} images", f"attention model, V={cfg['vocab_size']}, max 20 steps",
           None, "", ours_s, unit=f"{images / ours_s:.0f} img/s",
           note=f"{100 * in_model / ours_s:.0f}% of the time inside model.decode_step ({calls} calls); "
@@ -538,6 +562,8 @@ def main(argv=None):
                         help=f"run only these (the GEMM reference always runs): {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per benchmark (median reported)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="TOP",
+                        help="after timing, profile one run of ours with cProfile and print the TOP functions")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for numpy's BLAS, nn.conv's thread pool and torch (default: BLAS's own)")
     args = parser.parse_args(argv)
