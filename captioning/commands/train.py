@@ -12,8 +12,9 @@ Train Show-and-Tell or Show-Attend-and-Tell (soft attention).
 
 Without --data it trains on the built-in synthetic shapes set: 64x64 images of
 coloured shapes, a small CNN trained end to end with the attention decoder.
-That takes about two minutes on a laptop CPU and ends with near-perfect
-captions of images it has never seen.
+It stops after 3 epochs or 3 minutes (--max-minutes), whichever comes first,
+and then captions dev images it has never seen; `evaluate` and `caption`
+show the rest. Longer runs (--max-minutes 0 --epochs 6) caption better.
 
 With --data DIR (Flickr8k, any layout) it trains on cached EfficientNet-Lite0
 features (the CNN stays frozen). Extract them ONCE first, which takes a few
@@ -66,20 +67,24 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.npz exactly")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop after this many minutes of training (validated and checkpointed)")
+                        help="stop after this many minutes of training, counted over resumed sessions too "
+                             "(validated and checkpointed); default 3 for the synthetic set, none for "
+                             "Flickr8k; 0 = no limit")
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
 
 
 def _defaults(args, synthetic):
     """Hyperparameters: small and quick for the synthetic set, paper-sized for Flickr8k."""
     small = dict(epochs=3, batch_size=16, lr=2e-3, hidden=128, embed=64, attention_dim=64, dropout=0.0,
-                 alpha_reg=0.01, min_count=1)
+                 alpha_reg=0.01, min_count=1, max_minutes=3.0)
     large = dict(epochs=10, batch_size=64, lr=1e-3, hidden=512, embed=256, attention_dim=256, dropout=0.5,
-                 alpha_reg=1.0, min_count=5)
+                 alpha_reg=1.0, min_count=5, max_minutes=0)
     chosen = small if synthetic else large
     for key, value in chosen.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        args.max_minutes = None
 
 
 def run(args):
