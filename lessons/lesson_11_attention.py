@@ -96,7 +96,7 @@ def step_3_data_and_model(ctx):
     which asks every location to get about one unit of attention over the
     caption, so that the model looks at the whole picture.
     """
-    sizes = (300, 2) if ctx.quick else (1000, 3)                        # training images, epochs
+    sizes = (300, 2) if ctx.quick else (800, 3)                        # training images, epochs
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.test = splits["test"]
     ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
