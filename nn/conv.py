@@ -195,17 +195,19 @@ def conv_forward(x, w, b, conv_param):
     """
     xp, stride, pads, groups, h_out, w_out = _conv_geometry("conv_forward", x, w, b, conv_param)
     f, c_per_group = w.shape[:2]
+    # The stride-1 and depthwise paths add the bias themselves, chunk by chunk
+    # while the output is still in the CPU cache (one pass less over memory).
     if groups == x.shape[1] == f and c_per_group == 1:
-        out, saved = _depthwise_forward(xp, x, w, pads, stride, h_out, w_out)
+        out, saved = _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out)
         path = "depthwise"
     elif stride == 1:
-        out, saved = _shifted_forward(xp, x, w, pads, groups, h_out, w_out)
+        out, saved = _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out)
         path = "shifted"
     else:
         out, saved = _im2col_forward(xp, x, w, pads, stride, groups, h_out, w_out)
         path = "im2col"
-    if b is not None:
-        out += b.reshape(1, f, 1, 1)
+        if b is not None:
+            out += b.reshape(1, f, 1, 1)
     return out, (path, saved, w, b is not None, (x.shape, stride, pads, groups, h_out, w_out))
 
 
@@ -256,7 +258,7 @@ def _batch_chunks(xp, n, bytes_per_image):
     return [slice(first, min(first + step, n)) for first in range(0, n, step)]
 
 
-def _shifted_forward(xp, x, w, pads, groups, h_out, w_out):
+def _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out):
     n = x.shape[0]
     f, c_per_group, hh, ww = w.shape
     flat, w_padded = _flat_padded(xp, x, pads, ww)
@@ -264,21 +266,26 @@ def _shifted_forward(xp, x, w, pads, groups, h_out, w_out):
     length = h_out * w_padded                       # the H_out x Wp output grid, flattened
     starts = [i * w_padded + j for i in range(hh) for j in range(ww)]
     taps = _weights_per_tap(xp, w, groups)
-    out = xp.empty((n, groups, f // groups, length), dtype=x.dtype)
+    out = xp.empty((n, f, h_out, w_out), dtype=x.dtype)
     chunks = _batch_chunks(xp, n, f * length * x.dtype.itemsize)
-    product = xp.empty_like(out[chunks[0]]) if len(starts) > 1 else None
+    chunk_shape = (chunks[0].stop, groups, f // groups, length)
+    grid = xp.empty(chunk_shape, dtype=x.dtype) if w_padded != w_out else None
+    product = xp.empty(chunk_shape, dtype=x.dtype) if len(starts) > 1 else None
     for images in chunks:
-        source, total = grouped[images], out[images]
-        part = product[:len(total)] if product is not None else None
+        count = images.stop - images.start
+        source = grouped[images]
+        # The chunk's output on the H_out x Wp grid (straight into `out` when Wp == W_out).
+        total = out[images].reshape(count, *chunk_shape[1:]) if grid is None else grid[:count]
         for t, start in enumerate(starts):
             window = source[..., start:start + length]           # (n, G, C/G, L), a view
             if t == 0:
                 xp.matmul(taps[0], window, out=total)            # (G, F/G, C/G) @ (n, G, C/G, L)
             else:
-                total += xp.matmul(taps[t], window, out=part)
-    out = out.reshape(n, f, h_out, w_padded)
-    if w_padded != w_out:                           # drop the columns that straddle a row end
-        out = xp.ascontiguousarray(out[..., :w_out])
+                total += xp.matmul(taps[t], window, out=product[:count])
+        if b is not None:                           # while the chunk is still in the cache
+            total += b.reshape(1, groups, f // groups, 1)
+        if grid is not None:                        # drop the columns that straddle a row end
+            out[images] = total.reshape(count, f, h_out, w_padded)[..., :w_out]
     return out, flat
 
 
@@ -382,9 +389,9 @@ def _phases(xp, x, pads, stride):
     return phases.reshape(n, c, stride * stride, (h_phase + 1) * w_phase), w_phase
 
 
-def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
+def _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out):
     if h_out * w_out <= SMALL_MAP_PIXELS:
-        return _depthwise_forward_batch_last(xp, x, w, pads, stride, h_out, w_out)
+        return _depthwise_forward_batch_last(xp, x, w, b, pads, stride, h_out, w_out)
     n, c = x.shape[:2]
     hh, ww = w.shape[2:]
     phases, w_phase = _phases(xp, x, pads, stride)
@@ -394,10 +401,12 @@ def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
     # The batch as N * C independent channel images ("rows"), each with its own kernel.
     rows = phases.reshape(n * c, stride * stride, phases.shape[-1])
     row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
-    out = xp.empty((n * c, length), dtype=x.dtype)
+    row_bias = None if b is None else xp.tile(b, n).reshape(n * c, 1)
+    out = xp.empty((n * c, h_out, w_out), dtype=x.dtype)
 
     def accumulate(block):
-        total, source, weights = out[block], rows[block], row_weights[block]
+        source, weights = rows[block], row_weights[block]
+        total = xp.empty((len(source), length), dtype=x.dtype)     # on the H_out x Wq grid
         part = xp.empty_like(total)
         for t, (phase, start) in enumerate(taps):
             window = source[:, phase, start:start + length]
@@ -405,15 +414,15 @@ def _depthwise_forward(xp, x, w, pads, stride, h_out, w_out):
                 xp.multiply(window, weights[:, :1], out=total)
             else:
                 total += xp.multiply(window, weights[:, t:t + 1], out=part)
+        if row_bias is not None:
+            total += row_bias[block]
+        out[block] = total.reshape(-1, h_out, w_phase)[:, :, :w_out]   # drop the straddling columns
 
     _for_each_block(xp, accumulate, n * c, length * x.dtype.itemsize)
-    out = out.reshape(n, c, h_out, w_phase)
-    if w_phase != w_out:                            # drop the columns that straddle a row end
-        out = xp.ascontiguousarray(out[..., :w_out])
-    return out, x
+    return out.reshape(n, c, h_out, w_out), x
 
 
-def _depthwise_forward_batch_last(xp, x, w, pads, stride, h_out, w_out):
+def _depthwise_forward_batch_last(xp, x, w, b, pads, stride, h_out, w_out):
     """Depthwise conv for small maps (e.g. 7x7, 14x14) in a (C, H, W, N) layout.
 
     On a small map the flat rows of `_depthwise_forward` are short and mostly
@@ -446,6 +455,8 @@ def _depthwise_forward_batch_last(xp, x, w, pads, stride, h_out, w_out):
                     xp.multiply(window, weight, out=total)
                 else:
                     total += xp.multiply(window, weight, out=part)
+        if b is not None:
+            total += b[block].reshape(-1, 1, 1)
 
     _for_each_block(xp, accumulate, c, h_out * w_out * n * x.dtype.itemsize)
     out = xp.ascontiguousarray(out.reshape(c, h_out, w_out, n).transpose(3, 0, 1, 2))
