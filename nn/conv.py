@@ -495,8 +495,7 @@ def _for_each_block(xp, work, rows, bytes_per_row):
         return
     if threads not in _pool:
         _pool[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="nn.conv")
-    for done in _pool[threads].map(work, blocks):   # re-raises any error of a block
-        pass
+    list(_pool[threads].map(work, blocks))          # waits for all; re-raises a block's error
 
 
 def _depthwise_backward(xp, dout, x, w, geometry):
