@@ -26,6 +26,7 @@ from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
 SECONDS = 45
+QUICK_SECONDS = 10
 
 IMAGE_SIZE = 32          # small pictures keep the lesson to seconds; the CLI default uses 64
 
