@@ -61,7 +61,11 @@ def step_2_a_photo(ctx):
     pre = ctx.cnn.preprocess
     ctx.flickr = None
     if ctx.data is not None and ctx.data.is_dir():
-        ctx.flickr = load_flickr8k(ctx.data)
+        try:
+            ctx.flickr = load_flickr8k(ctx.data)
+        except FileNotFoundError as exc:
+            print(f"{ctx.data} is not usable as Flickr8k ({exc}); using a synthetic picture.")
+    if ctx.flickr is not None:
         test = ctx.flickr.splits["test"]
         index = next(i for i, tokens in enumerate(test.tokens) if {"dog", "grass"} <= set(tokens[0]))
         path = test.image_paths[index]

@@ -42,8 +42,13 @@ def step_2_load_captions(ctx):
     Flickr8k has 5 captions written by different people for each photo, in
     the official 6000 / 1000 / 1000 train / dev / test split.
     """
+    data = None
     if ctx.data is not None and ctx.data.is_dir():
-        data = load_flickr8k(ctx.data)
+        try:
+            data = load_flickr8k(ctx.data)
+        except FileNotFoundError as exc:
+            print(f"{ctx.data} is not usable as Flickr8k ({exc}); using the synthetic shapes.")
+    if data is not None:
         ctx.splits, ctx.source = data.splits, f"Flickr8k at {ctx.data}"
     else:
         ctx.splits, ctx.source = shapes_splits(n_train=2000, n_val=200, n_test=200), "synthetic shapes"

@@ -173,9 +173,13 @@ def step_7_how_good_are_humans(ctx):
     references and are not directly comparable.) Uses Flickr8k's test split
     when the data is found, else the synthetic shapes.
     """
+    test = None
     if ctx.data is not None and ctx.data.is_dir():
-        test, source = load_flickr8k(ctx.data).splits["test"], "Flickr8k test split"
-    else:
+        try:
+            test, source = load_flickr8k(ctx.data).splits["test"], "Flickr8k test split"
+        except FileNotFoundError as exc:
+            print(f"{ctx.data} is not usable as Flickr8k ({exc}); using the synthetic shapes.")
+    if test is None:
         test, source = shapes_splits(n_train=1, n_val=1, n_test=500)["test"], "synthetic shapes test split"
     references = [captions[1:] for captions in test.captions]
     hypotheses = [captions[0] for captions in test.captions]

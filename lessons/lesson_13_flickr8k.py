@@ -55,7 +55,10 @@ def step_1_find_the_data(ctx):
         ctx.stop(f"Flickr8k was not found (looked at {where}). To get it (about 1 GB):\n"
                  "    python -m captioning download --dest DIR\n"
                  "then run this lesson with --data DIR or set FLICKR8K_DIR=DIR.")
-    ctx.flickr = load_flickr8k(ctx.data)
+    try:
+        ctx.flickr = load_flickr8k(ctx.data)
+    except FileNotFoundError as exc:
+        ctx.stop(f"{ctx.data} does not hold Flickr8k: {exc}")
     print(ctx.flickr.report)
     return {"folder": str(ctx.data), "layout": ctx.flickr.layout}
 
