@@ -15,7 +15,8 @@ stopping and the choice of `best.npz`. `last.npz` holds the latest state.
 
 Reproducibility and exact resume: every random number of a run comes from the
 seed and a counter, never from a generator that runs on in the background:
-- the order of the pairs in epoch e: numpy default_rng([seed, e]).permutation;
+- the order of the pairs in epoch e: numpy default_rng([seed, e]) (a permutation,
+  then batches of similar caption length, shuffled: see Trainer.epoch_batches);
 - the dropout mask of step s: a seed from SeedSequence([seed, 1, s]).
 A checkpoint stores epoch, step and the position inside the epoch, so
 `--resume` recreates exactly the random numbers the uninterrupted run would
@@ -391,14 +392,16 @@ class Trainer:
 
     @property
     def steps_per_epoch(self):
-        return math.ceil(len(self.captions) / self.config.batch_size)
+        window = 20 * self.config.batch_size
+        full, rest = divmod(len(self.captions), window)
+        return full * 20 + math.ceil(rest / self.config.batch_size)
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self):
         return {"config": asdict(self.config), "progress": asdict(self.progress),
                 "scheduler": self.scheduler.state_dict(), "data": self.data_spec,
                 "rng": {"seed": self.config.seed,
-                        "scheme": "order of epoch e: default_rng([seed, e]).permutation; "
+                        "scheme": "batches of epoch e: default_rng([seed, e]), see Trainer.epoch_batches; "
                                   "dropout of step s: SeedSequence([seed, 1, s])"}}
 
     def save(self, path):
@@ -430,9 +433,30 @@ class Trainer:
         return self
 
     # ------------------------------------------------------------ one step
+    def epoch_batches(self, epoch):
+        """The caption rows of every batch of `epoch`, a list of int arrays (same for the same seed).
+
+        Shuffle all captions, then sort each window of 20 batches by caption
+        length and cut it into batches, then shuffle the batches: each batch
+        holds captions of similar length, so little time is spent on padding
+        (about a third less work on Flickr8k), and the order stays random.
+        """
+        if getattr(self, "_batches_epoch", None) != epoch:
+            gen = numpy.random.default_rng([self.config.seed, epoch])
+            order = gen.permutation(len(self.captions))
+            lengths = (self.captions != 0).sum(axis=1)
+            size, window = self.config.batch_size, 20 * self.config.batch_size
+            batches = []
+            for start in range(0, len(order), window):
+                chunk = order[start:start + window]
+                chunk = chunk[numpy.argsort(lengths[chunk], kind="stable")]
+                batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+            self._batches = [batches[i] for i in gen.permutation(len(batches))]
+            self._batches_epoch = epoch
+        return self._batches
+
     def _batch(self, epoch, batch):
-        order = numpy.random.default_rng([self.config.seed, epoch]).permutation(len(self.captions))
-        rows = order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
+        rows = self.epoch_batches(epoch)[batch]
         captions = self.captions[rows]
         length = int((captions != 0).sum(axis=1).max())   # trim padding shared by the whole batch
         return self.image_index[rows], captions[:, :length]

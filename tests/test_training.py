@@ -164,3 +164,22 @@ def test_encode_captions_pads_cuts_and_maps_unknown_words():
     owners, captions = encode_captions(data, vocab, max_words=3)
     numpy.testing.assert_array_equal(owners, [0, 0])
     numpy.testing.assert_array_equal(captions, [[1, 4, 5, 2, 0], [1, 4, 3, 5, 2]])
+
+
+def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
+    data = _datasets.shapes_data(n_train=200, n_dev=2, n_test=2, seed=0)
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4})
+    trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), data.splits["train"],
+                      data.splits["dev"], TrainConfig(batch_size=16, seed=3), tmp_path, log=lambda line: None)
+    batches = trainer.epoch_batches(0)
+    assert len(batches) == trainer.steps_per_epoch == 63            # 1000 captions: 3 windows of 20 + 3
+    rows = numpy.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(1000))
+    lengths = (trainer.captions != 0).sum(axis=1)
+    spread = numpy.mean([numpy.ptp(lengths[b]) for b in batches])
+    assert spread < 0.5 * numpy.mean([numpy.ptp(lengths[b]) for b in numpy.array_split(numpy.arange(1000), 63)])
+    assert [b.tolist() for b in trainer.epoch_batches(1)] != [b.tolist() for b in batches]
+    same = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
+                   TrainConfig(batch_size=16, seed=3), tmp_path, log=lambda line: None)
+    assert [b.tolist() for b in same.epoch_batches(0)] == [b.tolist() for b in batches]
