@@ -31,7 +31,8 @@ How a lesson is written (a new lesson needs no change to this runner):
   so that `python lessons/lesson_05_convolution.py` runs it on its own.
 
 Exit status: 0 when the lesson ran (or stopped cleanly), 1 when a step failed
-(its number and title are printed), 2 for an unknown lesson or bad option.
+(its number and title are printed), 2 for an unknown lesson or bad option,
+130 when interrupted with Ctrl-C.
 """
 import argparse
 import ast
@@ -228,6 +229,9 @@ def run(path, ctx, pause):
         except StopLesson as stop:
             print(f"\n{stop}\nLesson stopped at step {index} ({step_title}).")
             return 0
+        except KeyboardInterrupt:
+            print(f"\nInterrupted at step {index} ({step_title}).", file=sys.stderr)
+            return 130
         except Exception as exc:
             if not isinstance(exc, AssertionError):
                 traceback.print_exc()
