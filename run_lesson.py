@@ -193,6 +193,9 @@ def ask(prompt):
         answer = input(prompt).strip().lower()
     except EOFError:
         return "all"
+    except KeyboardInterrupt:
+        print()
+        return "quit"
     if answer.startswith("q"):
         return "quit"
     if answer.startswith("a"):
