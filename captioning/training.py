@@ -40,7 +40,7 @@ from nn import backend
 from nn.optim import Adam, ReduceOnPlateau, clip_grad_norm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .decoding import beam_search, greedy_decode
+from .decoding import DecodeResult, beam_search, greedy_decode
 from .metrics import bleu, cider_d
 from .models import ConfigMismatchError
 
@@ -306,10 +306,11 @@ def generate_captions(model, encoder, data, vocabulary, beam=1, max_length=20, l
     attention = None
     if results and results[0].attention is not None:
         attention = [a for r in results for a in r.attention]
-    merged = type(results[0])(sequences=sequences,
-                              scores=numpy.concatenate([r.scores for r in results]),
-                              finished=numpy.concatenate([r.finished for r in results]),
-                              attention=attention) if results else None
+    merged = DecodeResult(sequences=sequences,
+                          scores=numpy.concatenate([r.scores for r in results]) if results else numpy.zeros(0),
+                          finished=numpy.concatenate([r.finished for r in results]) if results else
+                          numpy.zeros(0, dtype=bool),
+                          attention=attention)
     captions = [vocabulary.decode(seq) for seq in sequences]
     return captions, merged
 
