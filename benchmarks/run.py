@@ -464,8 +464,10 @@ def bench_beam(b):
     cfg = attention_config()
     model = ShowAttendTell(cfg, seed=0).eval()
     features = b.array((images, 49, 1280), 1.0, low=0.0)
-    inside = []
+    inside, step_flops = [], []
     original_step = model.decode_step
+    L, D, E, H, A, V = 49, 1280, cfg["wordvec_dim"], cfg["hidden_dim"], cfg["attention_dim"], cfg["vocab_size"]
+    flops_per_row = 2 * (H * A + L * A + L * D + H + (E + D) * 4 * H + H * 4 * H + H * V)
 
     def timed_step(words, state):
         b.timer.sync()
@@ -473,6 +475,7 @@ def bench_beam(b):
         result = original_step(words, state)
         b.timer.sync()
         inside.append(time.perf_counter() - start)
+        step_flops.append(flops_per_row * len(words))
         return result
 
     model.decode_step = timed_step
@@ -480,8 +483,9 @@ def bench_beam(b):
 
     def ours():
         inside.clear()
+        step_flops.clear()
         result = beam_search(model, features, start_id=1, end_id=2, beam_size=3, max_length=20)
-        steps.append((sum(inside), len(inside), result))
+        steps.append((sum(inside), len(inside), result, sum(step_flops)))
 
     repeat, warmup = (1, 0) if b.quick else (min(b.timer.repeat, 3), b.timer.warmup)
     ours_s, _ = b.compare(ours, None, repeat=repeat, warmup=warmup)
@@ -489,8 +493,11 @@ def bench_beam(b):
     in_model = statistics.median(s[0] for s in timed)
     calls = timed[-1][1]
     finished = int(timed[-1][2].finished.sum())
+    init_flops = 2 * images * L * D * A + 2 * 2 * images * D * H
+    flops = timed[-1][3] + init_flops
     b.add(f"beam search, beam 3, {images} images", f"attention model, V={cfg['vocab_size']}, max 20 steps",
-          None, "", ours_s, unit=f"{images / ours_s:.0f} img/s",
+          flops, "matmul FLOPs of init_decode_state + every decode_step call (rows x per-row FLOPs)",
+          ours_s, unit=f"{images / ours_s:.0f} img/s",
           note=f"{100 * in_model / ours_s:.0f}% of the time inside model.decode_step ({calls} calls); "
                f"untrained model: {finished}/{images} captions ended")
     b.rows[-1]["decode_step_share"] = in_model / ours_s
