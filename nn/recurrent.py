@@ -39,15 +39,6 @@ __all__ = [
 ]
 
 
-def _sigmoid_inplace(a, xp):
-    """a <- sigmoid(a), in place and overflow-free: sigmoid(a) = (1 + tanh(a / 2)) / 2."""
-    a *= 0.5
-    xp.tanh(a, out=a)
-    a += 1
-    a *= 0.5
-    return a
-
-
 def _check_recurrent_params(op, Wx, Wh, b, D, gates):
     """Wx (D, gates*H), Wh (H, gates*H), b (gates*H,); returns H."""
     _check_ndim(op, "Wh", Wh, 2, f"(H, {gates}H)")
@@ -123,8 +114,11 @@ def _cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h)
             gates, next_c, tanh_next_c, next_h, size=N * H)
         return
     xp.add(xw, recurrent, out=gates)
-    _sigmoid_inplace(gates[:, :3 * H], xp)        # i, f, o
-    xp.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])   # g
+    ifo = gates[:, :3 * H]                        # sigmoid(a) = (1 + tanh(a / 2)) / 2 for i, f, o
+    ifo *= 0.5                                    # (overflow-free, and one tanh pass over
+    xp.tanh(gates, out=gates)                     #  all 4H gates, g = tanh(a) included)
+    ifo += 1
+    ifo *= 0.5
     i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     xp.multiply(i, g, out=next_c)
     if prev_c is not None:
