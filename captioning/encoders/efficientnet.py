@@ -53,6 +53,12 @@ is folded into the preceding conv's weights and bias once at load time
 (w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps)).
 `fold_batchnorm=False` runs `spatial_batchnorm_forward` instead (same numbers,
 slower; good for teaching).
+
+Measured cost of one 224x224 image (float32): about 55-60 ms of CPU time on
+this project's 2-core machine with one BLAS thread (depthwise convs 67% of it,
+1x1 convs 24%, the rest 9%), i.e. ~17 images/s per free core; about 1800
+images/s with CuPy on an H100 (batch 128). On a machine busy with other jobs,
+multi-threaded OpenBLAS spin-waits: set OPENBLAS_NUM_THREADS=1 there.
 """
 import collections
 
