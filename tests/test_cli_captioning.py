@@ -22,8 +22,10 @@ def shapes_run(tmp_path_factory):
 
 
 def test_train_on_the_synthetic_set_writes_checkpoints_and_curves(shapes_run, capsys):
-    for name in ("best.npz", "last.npz", "curves.png"):
+    for name in ("best.npz", "last.npz", "curves.png", "sample_0.png", "sample_3.png"):
         assert (shapes_run / name).is_file(), name
+    with Image.open(shapes_run / "sample_0.png") as image:   # a test image, ready for `caption`
+        assert image.size == (64, 64)
     with Image.open(shapes_run / "curves.png") as image:
         assert image.size == (720, 300)
 

@@ -157,6 +157,36 @@ def run(args):
         best = max(history, key=lambda r: r["dev_bleu"][3])
         print(f"best dev BLEU-4 {100 * best['dev_bleu'][3]:.2f} (epoch {p.best_epoch}) -> {trainer.best_path}; "
               f"curves: {os.path.join(out, 'curves.png')}")
+        _show_samples(trainer.best_path, data, out, synthetic)
         print(f"next: python -m captioning evaluate --checkpoint {trainer.best_path}"
               f"{'' if synthetic else ' --data ' + args.data} --split test --beam 3")
+        if synthetic:
+            print(f"      python -m captioning caption {os.path.join(out, 'sample_*.png')} --checkpoint "
+                  f"{trainer.best_path} --attention-png attention.png")
     return 0
+
+
+def _show_samples(best_path, data, out, synthetic, count=4):
+    """Caption a few TEST images (never seen in training) with the best checkpoint (beam 3).
+
+    For the synthetic set the images are also written as out/sample_<k>.png,
+    ready for `python -m captioning caption`.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..training import generate_captions, make_encoder
+
+    ckpt = load_checkpoint(best_path)
+    encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
+    test = data.splits["test"].head(count)
+    captions, _ = generate_captions(ckpt.model, encoder, test, ckpt.vocabulary, beam=3)
+    print(f"test images captioned by the best checkpoint (beam 3):")
+    for k, (image_id, words, refs) in enumerate(zip(test.image_ids, captions, test.references)):
+        name = image_id
+        if synthetic:
+            from PIL import Image
+            name = os.path.join(out, f"sample_{k}.png")
+            tmp = os.path.join(out, f".sample_{k}.png.tmp")
+            Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(tmp, format="PNG")
+            os.replace(tmp, name)
+        print(f"  {name}: {' '.join(words)}")
+        print(f"  {' ' * len(name)}  (a reference: {' '.join(refs[0])})")
