@@ -25,6 +25,7 @@ Two ways to call it:
 from . import backend
 from .dense import _check_float, _check_ndim, _check_shape
 from .losses import softmax
+from .recurrent import temporal_affine_backward, temporal_affine_forward
 
 __all__ = [
     "attention_forward", "attention_backward",
@@ -53,9 +54,8 @@ def attention_project_forward(features, W_feat, b):
     A = W_feat.shape[1]
     _check_shape(op, "W_feat", W_feat, (D, A))
     _check_shape(op, "b", b, (A,))
-    projected = (features.reshape(N * L, D) @ W_feat).reshape(N, L, A)
-    projected += b
-    return projected, (features, W_feat)
+    # The same map at each of the L locations: a temporal affine over "time" = location.
+    return temporal_affine_forward(features, W_feat, b)
 
 
 def attention_project_backward(dprojected, cache):
@@ -70,13 +70,7 @@ def attention_project_backward(dprojected, cache):
     - dW_feat: (D, A)
     - db: (A,)
     """
-    features, W_feat = cache
-    N, L, D = features.shape
-    A = W_feat.shape[1]
-    _check_shape("attention_project_backward", "dprojected", dprojected, (N, L, A))
-    dprojected_flat = dprojected.reshape(N * L, A)
-    dfeatures = (dprojected_flat @ W_feat.T).reshape(N, L, D)
-    return dfeatures, features.reshape(N * L, D).T @ dprojected_flat, dprojected_flat.sum(axis=0)
+    return temporal_affine_backward(dprojected, cache)
 
 
 def attention_step_forward(features, projected, h, W_hidden, w_score):
