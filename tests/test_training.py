@@ -171,7 +171,8 @@ def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4})
     trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), data.splits["train"],
-                      data.splits["dev"], TrainConfig(batch_size=16, seed=3), tmp_path, log=lambda line: None)
+                      data.splits["dev"], TrainConfig(batch_size=16, seed=3, length_buckets=20), tmp_path,
+                      log=lambda line: None)
     batches = trainer.epoch_batches(0)
     assert len(batches) == trainer.steps_per_epoch == 63            # 1000 captions: 3 windows of 20 + 3
     rows = numpy.concatenate(batches)
@@ -181,5 +182,8 @@ def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
     assert spread < 0.5 * numpy.mean([numpy.ptp(lengths[b]) for b in numpy.array_split(numpy.arange(1000), 63)])
     assert [b.tolist() for b in trainer.epoch_batches(1)] != [b.tolist() for b in batches]
     same = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
-                   TrainConfig(batch_size=16, seed=3), tmp_path, log=lambda line: None)
+                   TrainConfig(batch_size=16, seed=3, length_buckets=20), tmp_path, log=lambda line: None)
     assert [b.tolist() for b in same.epoch_batches(0)] == [b.tolist() for b in batches]
+    plain = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
+                    TrainConfig(batch_size=16, seed=3, length_buckets=0), tmp_path, log=lambda line: None)
+    assert plain.steps_per_epoch == 63 and len(plain.epoch_batches(0)[-1]) == 1000 - 62 * 16
