@@ -71,7 +71,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None   # stop (and checkpoint) after this much training time
     val_images: Optional[int] = None      # decode only the first N dev images each epoch
     log_every: float = 10.0               # seconds between progress lines
-    length_buckets: int = 20              # sort windows of this many batches by caption length (0 = off)
+    length_buckets: int = 0               # sort windows of this many batches by caption length (0 = off)
 
     @classmethod
     def from_dict(cls, data):
@@ -444,8 +444,10 @@ class Trainer:
         of k batches by caption length, cut it into batches and shuffle the
         batches: each batch holds captions of similar length, so less time
         goes into padding (Flickr8k, batches of 64: 12.2 LSTM steps per batch
-        instead of 20.7) while the order stays random. (On the synthetic set, where a caption's length
-        gives away its template, it is off: such batches would all be alike.)
+        instead of 20.7) while the order stays random. Off by default: on the
+        synthetic set, where a caption's length gives away its template and
+        object count, such batches are all alike and learning was much slower
+        (dev BLEU-4 52 instead of 83 after one epoch).
         """
         if getattr(self, "_batches_epoch", None) != epoch:
             gen = numpy.random.default_rng([self.config.seed, epoch])

@@ -70,18 +70,20 @@ def add_arguments(parser):
                         help="stop after this many minutes of training, counted over resumed sessions too "
                              "(validated and checkpointed); default 3 for the synthetic set, none for "
                              "Flickr8k; 0 = no limit")
-    parser.add_argument("--length-buckets", type=int, default=None,
-                        help="batches of similar caption length, sorted in windows of this many batches "
-                             "(less padding work; default 20 for Flickr8k, 0 = off for the synthetic set)")
+    parser.add_argument("--length-buckets", type=int, default=0,
+                        help="batches of similar caption length, sorted in windows of this many batches: "
+                             "on Flickr8k 20 cuts the LSTM steps per batch from 20.7 to 12.2, but on the "
+                             "synthetic set it slowed learning a lot (dev BLEU-4 52 vs 83 after one epoch); "
+                             "default 0 = off")
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
 
 
 def _defaults(args, synthetic):
     """Hyperparameters: small and quick for the synthetic set, paper-sized for Flickr8k."""
     small = dict(epochs=3, batch_size=16, lr=2e-3, hidden=128, embed=64, attention_dim=64, dropout=0.0,
-                 alpha_reg=0.01, min_count=1, max_minutes=3.0, length_buckets=0)
+                 alpha_reg=0.01, min_count=1, max_minutes=3.0)
     large = dict(epochs=10, batch_size=64, lr=1e-3, hidden=512, embed=256, attention_dim=256, dropout=0.5,
-                 alpha_reg=1.0, min_count=5, max_minutes=0, length_buckets=20)
+                 alpha_reg=1.0, min_count=5, max_minutes=0)
     chosen = small if synthetic else large
     for key, value in chosen.items():
         if getattr(args, key) is None:
