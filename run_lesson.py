@@ -7,7 +7,7 @@ waits: Enter continues, `a` runs the rest without pausing, `q` quits.
     python run_lesson.py --list             # lessons, titles, rough running times
     python run_lesson.py 1                  # the natural first lesson
     python run_lesson.py 5 --no-pause       # straight through (automatic when stdin is not a terminal)
-    python run_lesson.py 9 --quick          # lessons that train something train less
+    python run_lesson.py 11 --quick         # lessons that train something train less
     python run_lesson.py 2 --backend cupy   # run on the GPU (nn.backend.use)
     python run_lesson.py lessons/lesson_05_convolution.py   # a lesson file by path
 

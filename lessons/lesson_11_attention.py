@@ -76,7 +76,8 @@ def step_2_attention_gradients(ctx):
             context, alpha, _ = attention_forward(*[value if k == name else v for k, v in args.items()])
             return backend.xp().concatenate([context, alpha], axis=1)
         upstream = backend.xp().concatenate([dcontext, dalpha], axis=1)
-        errors[f"relative error d{name}"] = rel_error(grads[name], eval_numerical_gradient_array(outputs, args[name], upstream))
+        numeric = eval_numerical_gradient_array(outputs, args[name], upstream)
+        errors[f"relative error d{name}"] = rel_error(grads[name], numeric)
     ctx.check(max(errors.values()) < 1e-7, f"attention gradients must match: {errors}")
     return errors
 
@@ -103,8 +104,8 @@ def step_3_data_and_model(ctx):
     ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
     ctx.vocab = Vocabulary.build(splits["train"].all_tokens(), min_count=1)
     ctx.encoder = TrainableEncoder.small_cnn(channels=(16, 32), image_size=IMAGE_SIZE, seed=0)
-    config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"), "wordvec_dim": 64,
-              "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0, "doubly_stochastic": 0.05,
+    config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"),
+              "wordvec_dim": 64, "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0, "doubly_stochastic": 0.05,
               "null_id": ctx.vocab.null_id, "start_id": ctx.vocab.start_id, "end_id": ctx.vocab.end_id}
     ctx.model = build(config, seed=0)
     ctx.train_config = TrainConfig(epochs=sizes[1], batch_size=32, lr=2e-3, val_images=100, log_every=10.0)
