@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -562,7 +563,7 @@ def write_json(path, payload):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--quick", action="store_true", help="smaller batches and fewer repeats (~1-2 min on CPU)")
@@ -587,15 +588,24 @@ def main(argv=None):
     print(f"{COLUMNS[0]:<38} {COLUMNS[1]:>10} {COLUMNS[2]:>9} {COLUMNS[3]:>7} {COLUMNS[4]:>10} {COLUMNS[5]:>10}")
     chosen = [name for name in BENCHMARKS if name == "gemm" or not args.only or name in args.only]
     started = time.perf_counter()
+    failed = []
     for name in chosen:
-        globals()[f"bench_{name}"](b)
+        try:
+            globals()[f"bench_{name}"](b)
+        except Exception:                   # keep going: one broken row must not cost a GPU session
+            if name == "gemm":
+                raise
+            failed.append(name)
+            print(f"{name} FAILED:\n" + traceback.format_exc(), flush=True)
     total = time.perf_counter() - started
     print(f"\ntotal {total:.0f} s; GEMM reference {b.gemm_gflops:.1f} GFLOP/s")
     if args.json:
         write_json(args.json, {"header": lines, "rows": b.rows, "gemm_gflops": b.gemm_gflops,
                                "threads": b.threads, "backend": args.backend, "quick": args.quick,
-                               "seconds": total})
-    return 0
+                               "seconds": total, "failed": failed})
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
