@@ -26,7 +26,7 @@ from captioning.models import build
 from captioning.training import CaptionData, Trainer, TrainableEncoder, TrainConfig, generate_captions
 
 TITLE = "Describing images with words: the task, and a captioner trained in seconds"
-SECONDS = 45
+SECONDS = 50
 QUICK_SECONDS = 10
 
 IMAGE_SIZE = 32
@@ -41,7 +41,7 @@ def step_1_the_data(ctx):
     download and we know the right answer exactly. Each split uses its own
     random seed: the test pictures are never seen in training.
     """
-    sizes = (300, 2) if ctx.quick else (800, 3)                       # training pictures, epochs
+    sizes = (300, 2) if ctx.quick else (1000, 3)                       # training pictures, epochs
     ctx.epochs = sizes[1]
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.splits = splits

@@ -25,7 +25,7 @@ from nn.attention import attention_backward, attention_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
-SECONDS = 45
+SECONDS = 50
 QUICK_SECONDS = 10
 
 IMAGE_SIZE = 32          # small pictures keep the lesson to seconds; the CLI default uses 64
@@ -98,7 +98,7 @@ def step_3_data_and_model(ctx):
     which asks every location to get about one unit of attention over the
     caption, so that the model looks at the whole picture.
     """
-    sizes = (300, 2) if ctx.quick else (800, 3)                        # training images, epochs
+    sizes = (300, 2) if ctx.quick else (1000, 3)                        # training images, epochs
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.test = splits["test"]
     ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
