@@ -23,13 +23,18 @@ minutes on a CPU and is resumable:
 (the cache goes to outputs/features/flickr8k_efficientnet_lite0 unless you
 give --out there and --features here).
 
+Measured (attention model, defaults, --beam 3 validation): after 3 epochs
+(37 minutes on a busy 2-core CPU) the best checkpoint scored test BLEU-4 21.1,
+CIDEr-D 52.0 with beam 3 (BLEU-1..3 63.1 / 44.6 / 30.8); one epoch is about 20 s
+of training on an H100 with --backend cupy.
+
 Output (--out, default outputs/<data>_<model>): best.npz (best dev BLEU-4),
 last.npz (latest state; --resume continues from it exactly), curves.png.
 Ctrl-C stops after the current step and saves last.npz.
 
 examples:
   python -m captioning train
-  python -m captioning train --data ../shared/flickr8k --epochs 8 --beam 3 --max-minutes 60
+  python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 60
   python -m captioning train --data ../shared/flickr8k --resume
 """
 
