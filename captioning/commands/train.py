@@ -13,12 +13,13 @@ Train Show-and-Tell or Show-Attend-and-Tell (soft attention).
 Without --data it trains on the built-in synthetic shapes set: 64x64 images of
 coloured shapes, a small CNN trained end to end with the attention decoder.
 It stops after 3 epochs or 3 minutes (--max-minutes), whichever comes first,
-and then captions dev images it has never seen; `evaluate` and `caption`
-show the rest. Longer runs (--max-minutes 0 --epochs 6) caption better.
+then captions four test images it has never seen and writes them as
+sample_<k>.png for `caption`. Longer runs (--max-minutes 0) caption better:
+3 epochs gave test BLEU-4 88.7 with beam 3.
 
 With --data DIR (Flickr8k, any layout) it trains on cached EfficientNet-Lite0
-features (the CNN stays frozen). Extract them ONCE first, which takes a few
-minutes on a CPU and is resumable:
+features (the CNN stays frozen). Extract them ONCE first (resumable; about
+25 minutes for the 8000 images on a busy 2-core CPU):
     python -m captioning features --data DIR
 (the cache goes to outputs/features/flickr8k_efficientnet_lite0 unless you
 give --out there and --features here).
