@@ -5,11 +5,12 @@ stride leaves over at the bottom/right are ignored (as in PyTorch). Windows
 may overlap (stride < pool size).
 
 Vectorised two ways, never looping over pixels:
-- non-overlapping windows that tile the image (stride == pool size, sizes
-  divisible): reshape (N, C, H, W) -> (N, C, H/ph, ph, W/pw, pw) and reduce
-  over the two window axes, no copy;
-- otherwise loop over the ph * pw positions inside the window, each a strided
-  slice of the whole batch (the same trick as im2col in conv.py).
+- average pooling with non-overlapping windows that tile the image (stride ==
+  pool size, sizes divisible): reshape (N, C, H, W) -> (N, C, H/ph, ph, W/pw, pw)
+  and reduce over the two window axes, no copy;
+- max pooling, and average pooling otherwise: loop over the ph * pw positions
+  inside the window, each a strided slice of the whole batch (the same trick
+  as im2col in conv.py).
 
 Max pooling sends the gradient of each window to its FIRST largest entry
 only (ties are common after a ReLU: sending it to every tied entry would
@@ -66,14 +67,13 @@ def max_pool_forward(x, pool_param):
     - cache: (x, out, pool geometry)
     """
     xp, ph, pw, stride, h_out, w_out = _pool_geometry("max_pool_forward", x, pool_param)
-    n, c, h, w = x.shape
-    if _tiles(x, ph, pw, stride):
-        out = x.reshape(n, c, h_out, ph, w_out, pw).max(axis=(3, 5))
-    else:
-        out = _tap(x, 0, 0, h_out, w_out, stride).copy()
-        for i in range(ph):
-            for j in range(pw):
-                xp.maximum(out, _tap(x, i, j, h_out, w_out, stride), out=out)
+    # Always the window-position loop, even when windows tile the image: NumPy's
+    # .max over the reshaped window axes was ~36x slower than ph * pw maximum
+    # calls on strided slices (2x2 pooling of (32, 16, 64, 64): 77 ms vs 2 ms).
+    out = _tap(x, 0, 0, h_out, w_out, stride).copy()
+    for i in range(ph):
+        for j in range(pw):
+            xp.maximum(out, _tap(x, i, j, h_out, w_out, stride), out=out)
     return out, (x, out, (ph, pw, stride, h_out, w_out))
 
 
