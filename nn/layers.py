@@ -37,6 +37,7 @@ import numpy
 
 from . import backend
 from . import functional as F
+from .persist import compare_named_shapes
 
 __all__ = [
     "Module", "Sequential", "Affine", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Dropout",
@@ -194,14 +195,8 @@ class Module:
         listing every difference when a shape differs, or when strict and any
         name is missing or unexpected.
         """
-        targets = self._state_targets()
-        missing = sorted(set(targets) - set(state))
-        unexpected = sorted(set(state) - set(targets))
-        mismatched = [
-            f"{name}: saved {tuple(state[name].shape)}, model {tuple(targets[name].shape)}"
-            for name in sorted(set(targets) & set(state))
-            if tuple(state[name].shape) != tuple(targets[name].shape)
-        ]
+        missing, unexpected, wrong = compare_named_shapes(self._state_targets(), state)
+        mismatched = [f"{name}: saved {saved}, model {model}" for name, model, saved in wrong]
         problems = []
         if strict and missing:
             problems.append("missing (in the model, not in the saved state): " + ", ".join(missing))

@@ -24,10 +24,33 @@ import numpy
 
 from . import backend
 
-__all__ = ["save_npz", "load_npz", "save_model", "load_model", "META_KEY"]
+__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY"]
 
 META_KEY = "__meta__"
 FORMAT = "nn.persist/1"
+
+
+def compare_named_shapes(expected, found):
+    """Compare two name -> shape mappings, e.g. a model's parameters and a saved state.
+
+    Inputs:
+    - expected, found: dicts name -> array, or name -> shape tuple
+    Returns a tuple of:
+    - missing: sorted names in `expected` but not in `found`
+    - unexpected: sorted names in `found` but not in `expected`
+    - mismatched: sorted list of (name, expected shape, found shape) where both have the name
+    Every loader that checks names and shapes before copying uses this, each
+    wording its own error message.
+    """
+    def shape(value):
+        return tuple(getattr(value, "shape", value))
+
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [(name, shape(expected[name]), shape(found[name]))
+                  for name in sorted(set(expected) & set(found))
+                  if shape(expected[name]) != shape(found[name])]
+    return missing, unexpected, mismatched
 
 
 def save_npz(path, arrays, meta=None, compress=False):

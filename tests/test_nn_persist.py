@@ -165,3 +165,13 @@ def test_bad_optimizer_state_leaves_model_untouched(tmp_path):
         persist.load_model(path, target, partial)
     for key, value in target.state_dict().items():
         numpy.testing.assert_array_equal(value, before[key])
+
+
+def test_compare_named_shapes_lists_each_kind_of_difference():
+    from nn.persist import compare_named_shapes
+    expected = {"a": (2, 3), "b": numpy.zeros((4,)), "c": (1,)}
+    found = {"b": numpy.zeros((5,)), "c": numpy.zeros((1,)), "d": (7,)}
+    missing, unexpected, mismatched = compare_named_shapes(expected, found)
+    assert missing == ["a"] and unexpected == ["d"]
+    assert mismatched == [("b", (4,), (5,))]
+    assert compare_named_shapes(found, found) == ([], [], [])

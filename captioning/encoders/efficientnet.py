@@ -69,6 +69,7 @@ from nn.conv import conv_forward, same_padding
 from nn.dense import affine_forward
 from nn.losses import softmax
 from nn.normalization import spatial_batchnorm_forward
+from nn.persist import compare_named_shapes
 
 from ..pth import load_state_dict
 
@@ -143,11 +144,8 @@ def expected_state_dict_shapes():
 
 def check_state_dict(state_dict, source="state dict"):
     """Raise ValueError listing missing keys, unexpected keys and wrong shapes."""
-    expected = expected_state_dict_shapes()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: expected {expected[k]}, got {tuple(state_dict[k].shape)}"
-             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    missing, unexpected, mismatched = compare_named_shapes(expected_state_dict_shapes(), state_dict)
+    wrong = [f"{k}: expected {want}, got {got}" for k, want, got in mismatched]
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -13,6 +13,7 @@ Two methods make the training and decoding interfaces:
 import numpy
 
 from nn import backend
+from nn.persist import compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
@@ -115,11 +116,8 @@ class CaptionModel:
 
     def load_state_dict(self, state):
         """Load parameters; names and shapes must match exactly (ConfigMismatchError otherwise)."""
-        missing = sorted(set(self.params) - set(state))
-        unexpected = sorted(set(state) - set(self.params))
-        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(self.params[k].shape)}"
-                 for k in sorted(set(self.params) & set(state))
-                 if tuple(state[k].shape) != tuple(self.params[k].shape)]
+        missing, unexpected, mismatched = compare_named_shapes(self.params, state)
+        wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
         if missing or unexpected or wrong:
             parts = []
             if missing:
