@@ -551,14 +551,14 @@ class _BatchNorm(Module):
 
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, D) activations over the batch axis."""
-    forward_op = staticmethod(lambda *args: F.batchnorm_forward(*args))
-    backward_op = staticmethod(lambda *args: F.batchnorm_backward(*args))
+    forward_op = staticmethod(F.batchnorm_forward)
+    backward_op = staticmethod(F.batchnorm_backward)
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) feature maps per channel (over N, H, W)."""
-    forward_op = staticmethod(lambda *args: F.spatial_batchnorm_forward(*args))
-    backward_op = staticmethod(lambda *args: F.spatial_batchnorm_backward(*args))
+    forward_op = staticmethod(F.spatial_batchnorm_forward)
+    backward_op = staticmethod(F.spatial_batchnorm_backward)
 
 
 class _Pool2d(Module):
@@ -586,14 +586,14 @@ class _Pool2d(Module):
 
 class MaxPool2d(_Pool2d):
     """Max pooling over (kernel_h, kernel_w) windows; stride defaults to kernel_h."""
-    forward_op = staticmethod(lambda *args: F.max_pool_forward(*args))
-    backward_op = staticmethod(lambda *args: F.max_pool_backward(*args))
+    forward_op = staticmethod(F.max_pool_forward)
+    backward_op = staticmethod(F.max_pool_backward)
 
 
 class AvgPool2d(_Pool2d):
     """Average pooling over (kernel_h, kernel_w) windows; stride defaults to kernel_h."""
-    forward_op = staticmethod(lambda *args: F.avg_pool_forward(*args))
-    backward_op = staticmethod(lambda *args: F.avg_pool_backward(*args))
+    forward_op = staticmethod(F.avg_pool_forward)
+    backward_op = staticmethod(F.avg_pool_backward)
 
 
 class GlobalAvgPool(Module):
