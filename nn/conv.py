@@ -499,16 +499,47 @@ def _for_each_block(xp, work, rows, bytes_per_row):
 
 
 def _depthwise_backward(xp, dout, x, w, geometry):
+    """Backward of `_depthwise_forward`, on the same flat phase rows, blocked and threaded.
+
+    Forward: out_row = sum over taps t of weight[row, t] * window_t(row). So
+    dw[row, t] = window_t(row) . dout_row (a dot product per row and tap), and
+    dout_row * weight[row, t] is added back where window_t was read.
+    """
     x_shape, stride, pads, _, h_out, w_out = geometry
-    x_padded = _pad(xp, x, pads)
     n, c, h, wd = x_shape
     hh, ww = w.shape[2:]
+    phases, w_phase = _phases(xp, x, pads, stride)  # recomputed: the forward keeps only x
+    length = h_out * w_phase
+    taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
+            for i in range(hh) for j in range(ww)]
+    rows = phases.reshape(n * c, stride * stride, phases.shape[-1])
+    # dout on the H_out x Wq grid of the forward pass, zero on the dropped columns.
+    dout_grid = xp.zeros((n * c, h_out, w_phase), dtype=dout.dtype)
+    dout_grid[:, :, :w_out] = dout.reshape(n * c, h_out, w_out)
+    dout_grid = dout_grid.reshape(n * c, length)
+    row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
+    drows = xp.zeros_like(rows)
+    dw_rows = xp.empty((n * c, hh * ww), dtype=dout.dtype)
+
+    def accumulate(block):
+        source, dsource, grad = rows[block], drows[block], dout_grid[block]
+        weights, part = row_weights[block], xp.empty(grad.shape, dtype=grad.dtype)
+        for t, (phase, start) in enumerate(taps):
+            window = source[:, phase, start:start + length]
+            dw_rows[block, t] = xp.einsum("rl,rl->r", window, grad)     # a dot product per row
+            dsource[:, phase, start:start + length] += xp.multiply(grad, weights[:, t:t + 1], out=part)
+
+    _for_each_block(xp, accumulate, n * c, length * dout.dtype.itemsize)
+    dw = dw_rows.reshape(n, c, hh * ww).sum(axis=0).reshape(w.shape)   # over the images
+    # From the phases back to x's layout (the inverse of `_phases`): every
+    # pixel of x lies in exactly one phase, so this is a copy, not a sum.
     top, left = pads[0], pads[2]
-    dw = xp.empty_like(w)
-    dx_padded = xp.zeros(x_padded.shape, dtype=dout.dtype)
-    for i in range(hh):
-        for j in range(ww):
-            # out[n, c] += w[c, i, j] * tap  =>  dw[c, i, j] = sum(dout * tap), dtap += w[c, i, j] * dout
-            dw[:, 0, i, j] = xp.einsum("nchw,nchw->c", dout, _tap(x_padded, i, j, h_out, w_out, stride))
-            _tap(dx_padded, i, j, h_out, w_out, stride)[...] += dout * w[:, 0, i, j].reshape(1, c, 1, 1)
-    return dx_padded[:, :, top:top + h, left:left + wd], dw
+    dphases = drows.reshape(n, c, stride, stride, -1, w_phase)
+    dx = xp.empty(x_shape, dtype=dout.dtype)
+    for a in range(stride):
+        for b in range(stride):
+            first_row, first_col = (a - top) % stride, (b - left) % stride
+            part = dx[:, :, first_row::stride, first_col::stride]
+            r, q = (first_row + top) // stride, (first_col + left) // stride
+            part[...] = dphases[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]]
+    return dx, dw
