@@ -2,13 +2,14 @@
 
 Show, Attend and Tell (Xu et al. 2015) computes, for every word, weights
 alpha_t over the L locations of the CNN feature grid (e.g. 7 x 7 = 49). This
-module draws them the way the paper does: each word's weights are scaled so
-the most-attended cell is 1, upsampled smoothly from the grid to the image
-size (SciPy, bilinear), and used to light up the image:
+module draws them in the spirit of the paper's figures (which upsample the
+weights x16 and blur them with a Gaussian): each word's weights are scaled so
+the most-attended cell is 1, upsampled bilinearly from the grid to the image
+size (SciPy), and used to light up the image:
 
-    tile = (1 - alpha) * image + alpha * 255 * heat        (heat in [0, 1])
+    tile = (1 - opacity) * image + opacity * 255 * heat        (heat in [0, 1])
 
-so unattended regions are dimmed to (1 - alpha) of their brightness and the
+so unattended regions are dimmed to (1 - opacity) of their brightness and the
 attended region glows white. Each tile carries its word as a label (Pillow's
 default font). Files are written atomically.
 """
@@ -68,9 +69,9 @@ def upsample_attention(weights, size):
     return numpy.clip(heat, 0.0, 1.0)
 
 
-def overlay_attention(image, heat, alpha=0.6):
+def overlay_attention(image, heat, opacity=0.6):
     """Blend: uint8 image (H, W, 3) and heat (H, W) in [0, 1] -> uint8 (H, W, 3)."""
-    blended = (1.0 - alpha) * image.astype(numpy.float64) + alpha * 255.0 * heat[:, :, None]
+    blended = (1.0 - opacity) * image.astype(numpy.float64) + opacity * 255.0 * heat[:, :, None]
     return numpy.clip(numpy.round(blended), 0, 255).astype(numpy.uint8)
 
 
@@ -88,7 +89,7 @@ def _grid_shape(num_locations, grid_shape):
     return rows, cols
 
 
-def attention_figure(image, words, attention, grid_shape=None, columns=5, alpha=0.6, min_tile=128):
+def attention_figure(image, words, attention, grid_shape=None, columns=5, opacity=0.6, min_tile=128):
     """Build the picture as a PIL image (see save_attention_png for the inputs).
 
     Returns: PIL.Image RGB of size (cols * tile_w + (cols - 1) * GAP,
@@ -113,7 +114,7 @@ def attention_figure(image, words, attention, grid_shape=None, columns=5, alpha=
         pixels = numpy.asarray(Image.fromarray(pixels).resize((tile_w, tile_h), Image.BILINEAR))
 
     tiles = [pixels] + [overlay_attention(pixels, upsample_attention(row.reshape(grid_rows, grid_cols),
-                                                                     (tile_h, tile_w)), alpha)
+                                                                     (tile_h, tile_w)), opacity)
                         for row in weights]
     labels = ["(image)"] + words
     cols = min(columns, len(tiles))
@@ -130,7 +131,7 @@ def attention_figure(image, words, attention, grid_shape=None, columns=5, alpha=
     return canvas
 
 
-def save_attention_png(image, words, attention, path, grid_shape=None, columns=5, alpha=0.6,
+def save_attention_png(image, words, attention, path, grid_shape=None, columns=5, opacity=0.6,
                        min_tile=128):
     """Write one PNG showing the image and the attention of each generated word.
 
@@ -142,17 +143,17 @@ def save_attention_png(image, words, attention, path, grid_shape=None, columns=5
     - path: where to write the PNG (its folder must exist); written atomically.
     - grid_shape: (rows, cols) of the feature grid; default a square sqrt(L).
     - columns: tiles per row of the figure.
-    - alpha: strength of the overlay in [0, 1].
+    - opacity: strength of the overlay in [0, 1] (not the attention alpha).
     - min_tile: images whose shorter side is smaller are enlarged by an integer factor.
     Returns: the Path written.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"save_attention_png: alpha must be in [0, 1], got {alpha!r}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"save_attention_png: opacity must be in [0, 1], got {opacity!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"save_attention_png: folder {path.parent} does not exist")
     figure = attention_figure(image, words, attention, grid_shape=grid_shape, columns=columns,
-                              alpha=alpha, min_tile=min_tile)
+                              opacity=opacity, min_tile=min_tile)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -36,7 +36,8 @@ reference corpus:
   - per image: mean over n, mean over references, times 10; corpus: mean over
     images. coco-caption measures delta as the difference in the number of
     BIGRAMS (its `length` counter sits on n-gram index 1), which equals the
-    difference in words unless a caption has fewer than 2 words; we match it.
+    difference in words unless a caption is empty (0 words, 0 bigrams); we
+    match it. So with max_n = 1 there is no length penalty at all.
   - With a single image log(N) = 0, so every weight and the score is 0.
 
 Checked once against pycocoevalcap 1.2 (the pip build of coco-caption) on
@@ -219,7 +220,8 @@ def cider_d_per_image(references, hypotheses, sigma=6.0, max_n=4):
       (strings or token lists); they also define the document frequencies.
     - hypotheses: list (one per image) of captions.
     - sigma: standard deviation of the Gaussian length penalty.
-    - max_n: highest n-gram order.
+    - max_n: highest n-gram order (the length penalty counts bigrams, as
+      coco-caption does, so it needs max_n >= 2).
     Returns: numpy array (num_images,) of float64 scores (x10 scale; a caption
     equal to every reference scores about 10 on a large corpus).
     """

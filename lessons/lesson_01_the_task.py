@@ -1,14 +1,15 @@
 """Lesson 1: describing images with words.
 
 Image captioning: given a picture, write a sentence that says what is in it.
-Karpathy & Fei-Fei ("Deep Visual-Semantic Alignments", 2015) describe three
-levels of understanding an image:
+Three levels of saying what an image shows:
 
   1. classify     - one label for the whole image ("dog"); ImageNet CNNs do this;
   2. describe     - one sentence for the whole image ("a dog runs on the grass");
                     Show and Tell (Vinyals et al. 2015) and Show, Attend and
                     Tell (Xu et al. 2015) do this, and so does this project;
-  3. annotate     - a phrase for each region ("black dog", "green grass").
+  3. annotate     - a phrase for each region ("black dog", "green grass");
+                    Karpathy & Fei-Fei ("Deep Visual-Semantic Alignments",
+                    2015) generate both whole-image sentences and these.
 
 The classic recipe, which every lesson of this course builds by hand: a CNN
 turns the image into features, a recurrent language model (an LSTM) writes

@@ -94,8 +94,9 @@ def step_4_relu(ctx):
     dx_num = eval_numerical_gradient_array(lambda v: relu_forward(v)[0], x, dout)
     error = rel_error(dx, dx_num)
     ctx.check(error < 1e-7, "relu_backward must match")
+    shown_dx = backend.to_numpy(dx[0]).round(2) + 0.0       # + 0.0 shows -0.0 (negative dout * 0) as 0.0
     return {"x[0]": backend.to_numpy(x[0]).round(2), "relu(x)[0]": backend.to_numpy(out[0]).round(2),
-            "dout[0]": backend.to_numpy(dout[0]).round(2), "dx[0]": backend.to_numpy(dx[0]).round(2),
+            "dout[0]": backend.to_numpy(dout[0]).round(2), "dx[0]": shown_dx,
             "relative error dx": error}
 
 

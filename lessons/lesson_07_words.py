@@ -2,10 +2,10 @@
 
 A network computes with numbers, so a caption becomes a list of integer ids
 and each id becomes a learned vector (an embedding). The steps: split text
-into tokens the way published captioning work does (Karpathy & Fei-Fei 2015,
-coco-caption), keep the frequent words of the TRAINING captions as the
-vocabulary, map everything else to <UNK>, add <START>/<END> so the model
-knows where a caption begins and ends, pad to a common length with <NULL>.
+into tokens the way Karpathy & Fei-Fei's NeuralTalk does, keep the frequent
+words of the TRAINING captions as the vocabulary, map everything else to
+<UNK>, add <START>/<END> so the model knows where a caption begins and
+ends, pad to a common length with <NULL>.
 
 Uses Flickr8k's captions when the data is found (--data, $FLICKR8K_DIR or
 ../shared/flickr8k), else the built-in synthetic shapes captions.
@@ -26,9 +26,11 @@ SECONDS = 4
 def step_1_tokenize(ctx):
     """Tokenising: lowercase, delete punctuation, split on whitespace.
 
-    The same rule as Karpathy's NeuralTalk preprocessing and coco-caption's
-    BLEU scripts, so scores are comparable with published ones. Punctuation
-    is deleted, not replaced: "dog's" becomes "dogs", "T-shirt" "tshirt".
+    The same rule as Karpathy's NeuralTalk preprocessing. Punctuation is
+    deleted, not replaced: "dog's" becomes "dogs", "T-shirt" "tshirt".
+    (coco-caption's scorer uses the PTB tokenizer instead, which keeps "'s"
+    and "t-shirt" as tokens, so scores can differ slightly from ones
+    computed with it.)
     """
     examples = ["A dog's ball, bright RED.", "Two children play in a T-shirt   and  shorts !"]
     tokens = [tokenize(caption) for caption in examples]

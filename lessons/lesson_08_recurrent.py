@@ -99,7 +99,7 @@ def gradient_reaching_the_start(forward, backward, params, T, H, gen):
 def step_4_vanishing_gradients(ctx):
     """Why plain RNNs forget: the gradient shrinks at every step back.
 
-    d h_T / d h_0 is a product of T factors diag(1 - h_t^2) Wh. When those
+    d h_T / d h_0 is a product of T factors diag(1 - h_t^2) Wh^T. When those
     factors shrink vectors, the product vanishes exponentially in T (Bengio
     et al. 1994), so a word cannot learn from an image seen 20 steps earlier.
     Here the loss looks only at the last state; we measure how much gradient

@@ -144,7 +144,7 @@ def step_6_caption_new_images(ctx):
     Fifty examples cannot cover the combinations of shapes, colours, sizes and
     places, so captions of new images are fluent but often wrong: BLEU on the
     training images is near perfect, on new ones far lower. Training on
-    thousands of images (lesson 1, lesson 11) fixes that.
+    a thousand images (lesson 1, lesson 11) fixes much of that.
     """
     seen = bleu([c for c in ctx.train.captions], [" ".join(c) for c in decode(ctx, ctx.features)])
     new_captions = decode(ctx, tiny_features(ctx.unseen))

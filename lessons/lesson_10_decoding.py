@@ -129,9 +129,9 @@ def step_3_beam_search(ctx):
 def step_4_brute_force(ctx):
     """Is it the best? Enumerate every caption of up to 4 tokens and compare.
 
-    Here the search space is small enough to list: V^1 + ... + V^4
-    sequences. In a real model (V ~ 2500, T ~ 16) it never is, which is
-    why we need a search.
+    Here the search space is small enough to list: every sequence of up to 3
+    content words followed by <END> (the count is printed below). In a real
+    model (V ~ 2500, T ~ 16) it never is, which is why we need a search.
     """
     tables = probability_tables()
     content = range(3, len(WORDS))
@@ -144,11 +144,13 @@ def step_4_brute_force(ctx):
                 log_p = sum(math.log(tables[image, a, b]) for a, b in zip(sequence[:-1], sequence[1:]))
                 candidates.append((log_p, words))
         best[image] = max(candidates)
+    ctx.check(len(candidates) == sum(len(content) ** n for n in range(4)), "all candidates listed")
     for image in best:
         ctx.check(tuple(ctx.beam.sequences[image]) == best[image][1], "beam search found the most probable caption")
-    return {f"most probable caption, {name}": f"{' '.join(WORDS[w] for w in best[i][1])!r} "
-                                              f"(log p {best[i][0]:.4f})"
-            for i, name in enumerate(IMAGES)}
+    found = {f"most probable caption, {name}": f"{' '.join(WORDS[w] for w in best[i][1])!r} "
+                                               f"(log p {best[i][0]:.4f})"
+             for i, name in enumerate(IMAGES)}
+    return {"candidate captions per image": len(candidates), **found}
 
 
 def step_5_length_normalisation(ctx):

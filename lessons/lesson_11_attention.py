@@ -92,11 +92,13 @@ def step_3_data_and_model(ctx):
     Show, Attend and Tell, as in `captioning.models.ShowAttendTell`:
         h_0, c_0 from the mean feature;  for each word t:
         alpha_t = attention(grid, h_(t-1));  z_t = sum_l alpha_tl a_l
-        beta_t = sigmoid(h_(t-1) W_beta)     a gate: how much to rely on the image now
+        beta_t = sigmoid(h_(t-1) W_beta + b_beta)   a gate: how much to rely on the image now
         h_t = LSTM([embedding of word_(t-1); beta_t z_t], h_(t-1))
     and the loss adds the "doubly stochastic" term lambda sum_l (1 - sum_t alpha_tl)^2,
-    which asks every location to get about one unit of attention over the
-    caption, so that the model looks at the whole picture.
+    which pushes each location's total attention over the caption towards 1.
+    The totals add up to T (one unit per word), and a caption has fewer words
+    than the grid has cells, so in effect it spreads attention over the whole
+    picture instead of letting the model stare at one spot.
     """
     sizes = (300, 2) if ctx.quick else (1000, 3)                        # training images, epochs
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
@@ -118,7 +120,9 @@ def step_4_train(ctx):
     """Train CNN and decoder together, captioning the dev images after each epoch.
 
     The project's Trainer (teacher forcing, Adam, clipping); the CNN gets
-    its gradients through the attention and the mean feature.
+    its gradients through the attention and the mean feature. This is the
+    same run as lesson 1 (same data, sizes and seeds, so the same numbers);
+    this time we look inside it.
     """
     trainer = Trainer(ctx.model, ctx.vocab, ctx.encoder, ctx.data["train"], ctx.data["dev"],
                       ctx.train_config, ctx.out_dir / "lesson11_run")

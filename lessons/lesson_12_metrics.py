@@ -3,9 +3,10 @@
 There is no single right caption, so a generated caption is compared with
 several human ones. BLEU (Papineni et al. 2002) counts shared n-grams;
 CIDEr-D (Vedantam et al. 2015) weights n-grams by how specific they are to
-this image. Show and Tell (Vinyals et al. 2015), Show, Attend and Tell
-(Xu et al. 2015) and Karpathy & Fei-Fei (2015) all report BLEU-1..4 on
-Flickr8k, computed as coco-caption does; `captioning.metrics` follows it.
+this image. Show, Attend and Tell (Xu et al. 2015) and Karpathy & Fei-Fei
+(2015) report BLEU-1..4 on Flickr8k (Show and Tell, Vinyals et al. 2015,
+only BLEU-1); `captioning.metrics` computes corpus BLEU as coco-caption's
+scorer does.
 """
 import math
 from collections import Counter
@@ -123,8 +124,9 @@ def step_5_cider_by_hand(ctx):
 
     For one image: vector g_h of the hypothesis, g_r of each reference
     (word count x IDF); similarity sum_w min(g_h[w], g_r[w]) * g_r[w] /
-    (|g_h| |g_r|); mean over references; times 10. All captions here have
-    6 words, so the length penalty is exp(0) = 1.
+    (|g_h| |g_r|); mean over references; times 10. The length penalty
+    measures length in bigrams (as coco-caption does), and with unigrams
+    only there are none, so here it is exp(0) = 1 whatever the lengths.
     """
     hypothesis = "a brown dog runs on grass"
     documents = [set().union(*(ngram_counts(ref.split(), 1) for ref in refs)) for refs in CIDER_REFERENCES]

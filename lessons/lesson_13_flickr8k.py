@@ -147,7 +147,8 @@ def step_5_evaluate(ctx):
 
     Corpus BLEU-1..4 and CIDEr-D against all five human captions (lesson 12).
     For scale: the same metric for one human caption against the other four
-    on these photos. A small, briefly trained model says the same few
+    on these photos (not directly comparable: fewer references make BLEU
+    lower, see lesson 12, but it shows the room left). A small, briefly trained model says the same few
     generic sentences for many photos: count the distinct captions.
     """
     test = ctx.data13["test"]

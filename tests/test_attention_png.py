@@ -21,7 +21,7 @@ def test_png_has_the_expected_layout_and_the_light_follows_the_attention(tmp_pat
     gray = numpy.full((147, 147, 3), 100, dtype=numpy.uint8)
     cells = [(0, 0), (3, 5), (6, 2)]
     path = save_attention_png(gray, ["a", "red", "ball"], one_hot_attention(3, 7, cells),
-                              tmp_path / "att.png", alpha=0.6)
+                              tmp_path / "att.png", opacity=0.6)
     picture = numpy.asarray(Image.open(path).convert("RGB")).astype(int)
     assert picture.shape == (147 + LABEL_HEIGHT, 4 * 147 + 3 * GAP, 3)
     numpy.testing.assert_array_equal(picture[:147, :147], 100)      # the original, untouched

@@ -1,9 +1,10 @@
 """Captions as words and words as integers: tokenization and the vocabulary.
 
-Tokenization follows the convention of Karpathy's NeuralTalk preprocessing and
-of coco-caption (so that BLEU is comparable with published numbers): lowercase,
-delete punctuation characters, split on whitespace. "A dog's ball, red." ->
-["a", "dogs", "ball", "red"].
+Tokenization follows the convention of Karpathy's NeuralTalk preprocessing:
+lowercase, delete punctuation characters, split on whitespace. "A dog's ball,
+red." -> ["a", "dogs", "ball", "red"]. (coco-caption's scorer instead runs the
+PTB tokenizer, which keeps "'s" and "t-shirt" as tokens, so BLEU computed
+with it can differ slightly.)
 
 The vocabulary maps words to ids. Four special tokens come first:
 

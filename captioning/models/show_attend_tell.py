@@ -15,9 +15,12 @@ from EfficientNet-Lite0 gives L = 49, D = 1280).
     scores_t = dropout(h_t) @ W_out + b_out                 (N, T, V)
     loss = masked softmax loss / N + lambda / N * sum_{n,i} (1 - sum_t m_nt alpha_nti)^2
 
-The last term is the paper's "doubly stochastic" regulariser: it pushes every
-location to receive about one unit of attention over the caption, so the
-model looks at all of the image. m_nt masks padding steps.
+The last term is the paper's "doubly stochastic" regulariser: it pushes each
+location's total attention over the caption, sum_t alpha_ti, towards 1. With
+fewer steps than locations (T < L) that cannot be met, since the totals add
+up to T; in effect it spreads attention over the image ("pay equal attention
+to every part of the image over the course of generation", Xu et al.).
+m_nt masks padding steps.
 
 Simplification (say so): the output layer reads h_t only. The paper's "deep
 output" also adds projections of the context and the previous word; reading

@@ -7,8 +7,8 @@
     loss = masked temporal softmax loss (summed over real tokens, divided by N)
 
 Design choice: the image enters through the initial hidden state, as in the
-CS231n assignment and Karpathy's NeuralTalk, rather than being fed as the
-LSTM's first input as in the paper; both condition every word on the image,
+CS231n assignment, rather than being fed as the LSTM's first input as in the
+paper (and in Karpathy's NeuralTalk); both condition every word on the image,
 and this way every step's input is a word, so the LSTM is one `lstm_forward`.
 """
 from nn import backend
