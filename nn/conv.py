@@ -389,23 +389,41 @@ def _phases(xp, x, pads, stride):
     return phases.reshape(n, c, stride * stride, (h_phase + 1) * w_phase), w_phase
 
 
+def _unphase(phases, pads, stride, w_phase, out):
+    """The inverse of `_phases`: out (N, C, H, W) <- the x pixels held in phases
+    (N, C, stride**2, (Hq + 1) * Wq). Every pixel of x lies in exactly one
+    phase, so this is a copy, not a sum; the padding is dropped."""
+    n, c, h, w = out.shape
+    top, left = pads[0], pads[2]
+    by_phase = phases.reshape(n, c, stride, stride, -1, w_phase)
+    for a in range(stride):
+        for b in range(stride):
+            first_row, first_col = (a - top) % stride, (b - left) % stride
+            part = out[:, :, first_row::stride, first_col::stride]
+            r, q = (first_row + top) // stride, (first_col + left) // stride
+            part[...] = by_phase[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]]
+
+
 def _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out):
     if h_out * w_out <= SMALL_MAP_PIXELS:
         return _depthwise_forward_batch_last(xp, x, w, b, pads, stride, h_out, w_out)
-    n, c = x.shape[:2]
+    n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
-    phases, w_phase = _phases(xp, x, pads, stride)
+    w_phase = -(-(wd + pads[2] + pads[3]) // stride)
     length = h_out * w_phase                        # the output on an H_out x Wq grid, flattened
     taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
             for i in range(hh) for j in range(ww)]  # (phase, start of the slice) of each tap
     # The batch as N * C independent channel images ("rows"), each with its own kernel.
-    rows = phases.reshape(n * c, stride * stride, phases.shape[-1])
+    x_rows = x.reshape(n * c, 1, h, wd)
     row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
     row_bias = None if b is None else xp.tile(b, n).reshape(n * c, 1)
     out = xp.empty((n * c, h_out, w_out), dtype=x.dtype)
 
     def accumulate(block):
-        source, weights = rows[block], row_weights[block]
+        # The block's phase rows are built here, not for the whole batch up front:
+        # a small buffer that stays in the CPU cache instead of a copy of all of x.
+        source = _phases(xp, x_rows[block], pads, stride)[0][:, 0]   # (rows, s * s, flat phase)
+        weights = row_weights[block]
         total = xp.empty((len(source), length), dtype=x.dtype)     # on the H_out x Wq grid
         part = xp.empty_like(total)
         for t, (phase, start) in enumerate(taps):
@@ -508,38 +526,31 @@ def _depthwise_backward(xp, dout, x, w, geometry):
     x_shape, stride, pads, _, h_out, w_out = geometry
     n, c, h, wd = x_shape
     hh, ww = w.shape[2:]
-    phases, w_phase = _phases(xp, x, pads, stride)  # recomputed: the forward keeps only x
+    w_phase = -(-(wd + pads[2] + pads[3]) // stride)
     length = h_out * w_phase
     taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
             for i in range(hh) for j in range(ww)]
-    rows = phases.reshape(n * c, stride * stride, phases.shape[-1])
-    # dout on the H_out x Wq grid of the forward pass, zero on the dropped columns.
-    dout_grid = xp.zeros((n * c, h_out, w_phase), dtype=dout.dtype)
-    dout_grid[:, :, :w_out] = dout.reshape(n * c, h_out, w_out)
-    dout_grid = dout_grid.reshape(n * c, length)
+    x_rows = x.reshape(n * c, 1, h, wd)
+    dout_rows = dout.reshape(n * c, h_out, w_out)
     row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
-    drows = xp.zeros_like(rows)
+    dx = xp.empty(x_shape, dtype=dout.dtype)
+    dx_rows = dx.reshape(n * c, 1, h, wd)
     dw_rows = xp.empty((n * c, hh * ww), dtype=dout.dtype)
 
     def accumulate(block):
-        source, dsource, grad = rows[block], drows[block], dout_grid[block]
+        source = _phases(xp, x_rows[block], pads, stride)[0][:, 0]   # as in the forward pass
+        dsource = xp.zeros_like(source)
+        # dout on the H_out x Wq grid of the forward pass, zero on the dropped columns.
+        grad = xp.zeros((len(source), h_out, w_phase), dtype=dout.dtype)
+        grad[:, :, :w_out] = dout_rows[block]
+        grad = grad.reshape(len(source), length)
         weights, part = row_weights[block], xp.empty(grad.shape, dtype=grad.dtype)
         for t, (phase, start) in enumerate(taps):
             window = source[:, phase, start:start + length]
             dw_rows[block, t] = xp.einsum("rl,rl->r", window, grad)     # a dot product per row
             dsource[:, phase, start:start + length] += xp.multiply(grad, weights[:, t:t + 1], out=part)
+        _unphase(dsource[:, None], pads, stride, w_phase, out=dx_rows[block])
 
     _for_each_block(xp, accumulate, n * c, length * dout.dtype.itemsize)
     dw = dw_rows.reshape(n, c, hh * ww).sum(axis=0).reshape(w.shape)   # over the images
-    # From the phases back to x's layout (the inverse of `_phases`): every
-    # pixel of x lies in exactly one phase, so this is a copy, not a sum.
-    top, left = pads[0], pads[2]
-    dphases = drows.reshape(n, c, stride, stride, -1, w_phase)
-    dx = xp.empty(x_shape, dtype=dout.dtype)
-    for a in range(stride):
-        for b in range(stride):
-            first_row, first_col = (a - top) % stride, (b - left) % stride
-            part = dx[:, :, first_row::stride, first_col::stride]
-            r, q = (first_row + top) // stride, (first_col + left) // stride
-            part[...] = dphases[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]]
     return dx, dw
