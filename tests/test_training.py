@@ -60,15 +60,18 @@ def _all_params(trainer):
     return {name: backend.to_numpy(param).copy() for name, param, _ in trainer.params.named_parameters()}
 
 
-def test_resume_mid_epoch_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    straight, _ = _tiny_run(tmp_path, "straight")
+@pytest.mark.parametrize("lr_decay_to", [1.0, 0.1])   # constant (plateau rule) / linear decay
+def test_resume_mid_epoch_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, lr_decay_to):
+    straight, _ = _tiny_run(tmp_path, "straight", lr_decay_to=lr_decay_to)
     straight.fit()
     assert straight.steps_per_epoch == 2 and straight.progress.step == 4
+    if lr_decay_to < 1:   # the last of 4 steps (step 3) ran at lr * (1 - 0.9 * 3 / 4)
+        assert straight.optimizer.lr == pytest.approx(3e-3 * (1 - 0.9 * 3 / 4))
 
-    first, lines = _tiny_run(tmp_path, "resumed")
+    first, lines = _tiny_run(tmp_path, "resumed", lr_decay_to=lr_decay_to)
     first.fit(stop_after_steps=3)            # "interrupted" inside epoch 2 (after step 1 of 2)
     assert any("resume with --resume" in line for line in lines)
-    second, _ = _tiny_run(tmp_path, "resumed")   # a fresh process: new objects, same arguments
+    second, _ = _tiny_run(tmp_path, "resumed", lr_decay_to=lr_decay_to)   # a fresh process, same arguments
     second.resume(second.last_path)
     assert (second.progress.epoch, second.progress.batch, second.progress.step) == (1, 1, 3)
     second.fit()

@@ -50,8 +50,17 @@ def shapes_data(n_train=3000, seed=0, max_images=None, n_dev=SHAPES_DEV, n_test=
     return TrainingData("shapes", {k: _caption_data(v) for k, v in splits.items()}, spec)
 
 
+# Channels of the small CNN for the synthetic set. The CNN took three quarters of the training time
+# with (16, 32, 64) (59 ms of a step of 16 images, mostly the 64x64 first stage: conv, batchnorm and
+# max-pool backward); (8, 16, 32) takes 25 ms, so an epoch takes 26 s instead of 52, and the
+# captions came out better in less time (constant lr 2e-3: test BLEU-4 95.1 after 4 epochs in
+# 1 min 46 s, against 88.7 after 3 epochs in 2 min 36 s with the wider CNN). Attention stayed on
+# the shapes: of the weight on a colour or shape word, 61% lies on the object it names (50% before).
+SHAPES_CNN_CHANNELS = (8, 16, 32)
+
+
 def small_cnn_encoder(seed=0):
-    return TrainableEncoder.small_cnn(channels=(16, 32, 64), image_size=SHAPES_IMAGE_SIZE, seed=seed)
+    return TrainableEncoder.small_cnn(channels=SHAPES_CNN_CHANNELS, image_size=SHAPES_IMAGE_SIZE, seed=seed)
 
 
 def _default_features_path():
