@@ -36,7 +36,12 @@ import tempfile
 import time
 import traceback
 
-import numpy as np
+# Idle OpenBLAS workers spin for ~0.1 s after each product by default, taking
+# the cores that torch's threads (timed in alternation) and nn.conv's thread
+# pool need. nn sets this too, but only if it is imported before numpy.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np                                       # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
@@ -548,7 +553,7 @@ def header(b):
         lines.append(f"device: CPU {cpu_name()}, {os.cpu_count()} logical CPUs, "
                      f"load average {os.getloadavg()[0]:.1f} at start")
     lines.append(f"numpy BLAS threads: {b.threads} (from {b.threads_source}); nn.conv depthwise thread pool: "
-                 f"{_conv_threads()}")
+                 f"{_conv_threads()}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     lines.append(b.torch_note)
     return lines
 
