@@ -20,7 +20,7 @@ linearly to a tenth over the epochs: --lr-decay-to).
 
 With --data DIR (Flickr8k, any layout) it trains on cached EfficientNet-Lite0
 features (the CNN stays frozen). Extract them ONCE first (resumable; about
-25 minutes for the 8000 images on a busy 2-core CPU):
+5 minutes for the 8091 photos on an idle 2-core CPU, longer on a busy one):
     python -m captioning features --data DIR
 (the cache goes to outputs/features/flickr8k_efficientnet_lite0 unless you
 give --out there and --features here).

@@ -54,11 +54,13 @@ is folded into the preceding conv's weights and bias once at load time
 `fold_batchnorm=False` runs `spatial_batchnorm_forward` instead (same numbers,
 slower; good for teaching).
 
-Measured cost of one 224x224 image (float32): about 55-60 ms of CPU time on
-this project's 2-core machine with one BLAS thread (depthwise convs 67% of it,
-1x1 convs 24%, the rest 9%), i.e. ~17 images/s per free core; about 1800
-images/s with CuPy on an H100 (batch 128). On a machine busy with other jobs,
-multi-threaded OpenBLAS spin-waits: set OPENBLAS_NUM_THREADS=1 there.
+Measured cost of one 224x224 image (float32, batch 32): about 37-40 ms on
+this project's 2-core machine with one thread (depthwise convs ~55% of it,
+1x1 convs ~30%), i.e. ~26 images/s per core, 0.82x PyTorch's time for the
+same network (benchmarks/README.md); about 30 images/s with 2 threads; about
+1800 images/s with CuPy on an H100 (batch 128, measured with older code). On
+a machine busy with other jobs, multi-threaded OpenBLAS stalls: set
+OPENBLAS_NUM_THREADS=1 there.
 """
 import collections
 
