@@ -13,6 +13,18 @@ class UsageError(Exception):
     """Bad user input a command reports as one line on stderr (exit status 2)."""
 
 
+def _user_errors():
+    """Exceptions that mean bad input (an option, a file, a checkpoint, an image), each with a
+    message naming it: reported as one line on stderr, exit status 2, no traceback."""
+    from nn.persist import NpzFormatError
+    from .data.images import ImageDecodeError
+    from .features import FeatureCacheError
+    from .models import ConfigMismatchError
+    from .pth import CheckpointError
+    return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError,
+            FeatureCacheError, ConfigMismatchError, CheckpointError)
+
+
 def _command_modules():
     names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
     return [(name.replace("_", "-"), importlib.import_module(f"{commands.__name__}.{name}")) for name in names]
@@ -44,7 +56,9 @@ def main(argv=None):
         if args.backend:
             backend.use(args.backend)
         return int(args._run(args) or 0)
-    except (UsageError, backend.BackendError, FileNotFoundError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise                       # a bug: keep the traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

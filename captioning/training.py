@@ -432,6 +432,10 @@ class Trainer:
         state = ckpt.training
         if "progress" not in state:
             raise ConfigMismatchError(f"{path}: holds no training state to resume from")
+        differences = self._resume_differences(state)
+        if differences:
+            raise ConfigMismatchError(f"{path}: cannot continue that run exactly, this run differs: "
+                                      + "; ".join(differences) + " (give the options of the original run)")
         self.model.load_state_dict(ckpt.model.state_dict())
         if self.encoder.trainable:
             self.encoder.load_state_dict(ckpt.encoder_state)
@@ -439,6 +443,25 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = _Progress(**state["progress"])
         return self
+
+    # Settings that decide the batches, the random numbers or the updates: a resumed run
+    # must use the checkpoint's, or it would silently become another run. (Epochs,
+    # patience, time limit and validation may change, e.g. to train longer.)
+    RESUME_FIXED = ("batch_size", "seed", "length_buckets", "max_words", "lr", "lr_decay_to", "clip",
+                    "weight_decay", "lr_factor", "lr_patience")
+    RESUME_FIXED_DATA = ("name", "max_images", "n_train", "n_dev", "n_test", "seed", "image_size")
+
+    def _resume_differences(self, state):
+        """Lines 'setting: checkpoint X, now Y' for every RESUME_FIXED setting that changed."""
+        saved, now = state.get("config", {}), asdict(self.config)
+        fixed = self.RESUME_FIXED + (("epochs",) if self.config.lr_decay_to < 1 else ())  # the decay spans them
+        lines = [f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}"
+                 for key in fixed if key in saved and saved[key] != now[key]]
+        saved_data, data = state.get("data") or {}, self.data_spec or {}
+        lines += [f"data {key}: checkpoint {saved_data.get(key)!r}, now {data.get(key)!r}"
+                  for key in self.RESUME_FIXED_DATA
+                  if (key in saved_data or key in data) and saved_data.get(key) != data.get(key)]
+        return lines
 
     # ------------------------------------------------------------ one step
     def scheduled_lr(self, step):

@@ -24,9 +24,16 @@ import numpy
 
 from . import backend
 
-__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY"]
+__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
+           "NpzFormatError"]
 
 META_KEY = "__meta__"
+# numpy.savez's own keyword arguments: arrays of these names would collide with them.
+_SAVEZ_KEYWORDS = ("file", "allow_pickle")
+
+
+class NpzFormatError(ValueError):
+    """A file that is not a readable .npz archive without pickled objects."""
 FORMAT = "nn.persist/1"
 
 
@@ -71,6 +78,9 @@ def save_npz(path, arrays, meta=None, compress=False):
             raise TypeError(f"save_npz({path}): array names must be non-empty strings, got {key!r}")
         if key == META_KEY:
             raise ValueError(f"save_npz({path}): {META_KEY!r} is reserved for the metadata")
+        if key in _SAVEZ_KEYWORDS:
+            raise ValueError(f"save_npz({path}): {key!r} cannot be an array name "
+                             "(it is a keyword argument of numpy.savez)")
         array = backend.to_numpy(value)
         if array.dtype == object:
             raise TypeError(f"save_npz({path}): array {key!r} has dtype object, which needs pickle")
@@ -135,25 +145,27 @@ def load_npz(path):
     - path: file name
     Returns: (arrays, meta): dict str -> NumPy array, and the metadata (None
     when the file has none).
-    Raises FileNotFoundError when missing, ValueError when not a readable .npz
-    or when it holds pickled objects.
+    Raises FileNotFoundError when missing, NpzFormatError (a ValueError) when
+    not a readable .npz or when it holds pickled objects.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_npz: no such file: {path}")
+    if not zipfile.is_zipfile(path):   # numpy.load would take any other file for a pickle
+        raise NpzFormatError(f"load_npz: {path} is not an .npz file (not a zip archive)")
     try:
         with numpy.load(path, allow_pickle=False) as data:
             if not isinstance(data, numpy.lib.npyio.NpzFile):
                 raise ValueError("it holds a single .npy array, not an .npz archive")
             arrays = {key: data[key] for key in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
+        raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
     meta = None
     if META_KEY in arrays:
         try:
             meta = json.loads(str(arrays.pop(META_KEY)))
         except ValueError as exc:
-            raise ValueError(f"load_npz: {path} has corrupt metadata: {exc}") from exc
+            raise NpzFormatError(f"load_npz: {path} has corrupt metadata: {exc}") from exc
     return arrays, meta
 
 

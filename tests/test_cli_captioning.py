@@ -73,6 +73,27 @@ def test_caption_errors_name_the_missing_image_and_the_bad_checkpoint(shapes_run
     Image.new("RGB", (64, 64)).save(image)
     assert main(["caption", str(image), "--checkpoint", str(not_a_checkpoint)]) == 2
     assert "not a captioning checkpoint" in capsys.readouterr().err
+    # a file that is no .npz at all, and an image that does not decode: one line, exit 2, no traceback
+    text = tmp_path / "notes.npz"
+    text.write_text("not an archive")
+    assert main(["caption", str(image), "--checkpoint", str(text)]) == 2
+    assert f"error: load_npz: {text} is not an .npz file" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["caption", str(broken), "--checkpoint", str(shapes_run / "best.npz")]) == 2
+    assert f"error: cannot decode image {broken}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--clip", "inf"], "--clip must be a finite number"),
+    (["--clip", "0"], "--clip must be > 0"),
+    (["--val-images", "0"], "--val-images must be >= 1"),
+    (["--length-buckets", "-3"], "--length-buckets must be >= 0"),
+    (["--features", "cache"], "--features needs --data"),
+])
+def test_train_refuses_bad_options_before_training(tmp_path, capsys, options, message):
+    assert main(["train", *options, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_train_without_a_feature_cache_says_how_to_make_one(tmp_path, capsys, flickr8k):

@@ -59,6 +59,13 @@ def test_npz_refuses_pickles_and_bad_input(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.npz"):
         persist.load_npz(truncated)
+    text = tmp_path / "notes.npz"              # numpy.load alone would take it for a pickle
+    text.write_text("not an archive")
+    with pytest.raises(persist.NpzFormatError, match=r"notes.npz is not an .npz file \(not a zip archive\)"):
+        persist.load_npz(text)
+    for name in ("file", "allow_pickle"):      # numpy.savez's keywords: would crash / be dropped
+        with pytest.raises(ValueError, match=f"'{name}' cannot be an array name"):
+            persist.save_npz(tmp_path / "x.npz", {name: numpy.zeros(1)})
 
 
 def test_crash_during_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -90,6 +90,17 @@ def test_resume_mid_epoch_gives_the_same_parameters_as_an_uninterrupted_run(tmp_
     assert os.path.isfile(second.best_path) and os.path.isfile(tmp_path / "resumed" / "curves.png")
 
 
+def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
+    first, _ = _tiny_run(tmp_path, "run")
+    first.fit(stop_after_steps=1)
+    changed, _ = _tiny_run(tmp_path, "run", batch_size=4, seed=7)
+    with pytest.raises(ConfigMismatchError, match=r"batch_size: checkpoint 20, now 4; seed: checkpoint 5, now 7"):
+        changed.resume(changed.last_path)
+    longer, _ = _tiny_run(tmp_path, "run", epochs=5)   # training longer is allowed (constant lr)
+    longer.resume(longer.last_path)
+    assert longer.progress.step == 1
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer, _ = _tiny_run(tmp_path, "nan", epochs=1)
     trainer.fit()

@@ -41,12 +41,12 @@ def shapes_data(n_train=3000, seed=0, max_images=None, n_dev=SHAPES_DEV, n_test=
     """The built-in synthetic shapes set (generated in about a second)."""
     from ..data.shapes import shapes_splits
 
-    if max_images is not None:
-        n_train, n_dev, n_test = (min(n, max_images) for n in (n_train, n_dev, n_test))
     splits = shapes_splits(n_train=n_train, n_val=n_dev, n_test=n_test, seed=seed,
                            image_size=SHAPES_IMAGE_SIZE)
+    if max_images is not None:   # the first images of the full set (a smaller set draws other images)
+        splits = {name: split.subset(range(min(max_images, len(split)))) for name, split in splits.items()}
     spec = {"name": "shapes", "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
-            "image_size": SHAPES_IMAGE_SIZE}
+            "image_size": SHAPES_IMAGE_SIZE, "max_images": max_images}
     return TrainingData("shapes", {k: _caption_data(v) for k, v in splits.items()}, spec)
 
 
@@ -93,6 +93,11 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
     encoder_name = cache.index["encoder"]["name"]
     if encoder_name != "efficientnet_lite0":
         raise UsageError(f"feature cache {features_path} was made by {encoder_name}, not efficientnet_lite0")
+    # Photos the cache could not decode (features --skip-bad) hold zeros: leave them out.
+    skipped = set(cache.index.get("skipped", []))
+    if skipped:
+        splits = {name: split.subset([i for i, image_id in enumerate(split.image_ids) if image_id not in skipped])
+                  for name, split in splits.items()}
     data = {}
     for name, split in splits.items():
         grid, pooled = cache.for_images(split.image_ids)
@@ -102,13 +107,16 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
     encoder = FrozenFeatures({"name": "efficientnet_lite0", **cache.index["encoder"]})
     feature_dim = int(cache.index["grid_shape"][-1])
     return TrainingData("flickr8k", data, spec, feature_dim=feature_dim, encoder=encoder,
-                        notes=[f"features {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"])
+                        notes=[f"features {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
+                        + ([f"{len(skipped)} undecodable photos left out"] if skipped else []))
 
 
 def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None):
     """The data a checkpoint was trained on (optionally from another folder / cache)."""
     name = (spec or {}).get("name")
     if data_arg is None and name == "shapes":
+        if max_images is None:
+            max_images = spec.get("max_images")
         return shapes_data(n_train=spec["n_train"], seed=spec["seed"], n_dev=spec["n_dev"],
                            n_test=spec["n_test"], max_images=max_images)
     if data_arg is None and name != "flickr8k":

@@ -44,6 +44,7 @@ def add_arguments(parser):
 def run(args):
     from ..data.flickr8k import find_flickr8k_dir
     from ..encoders.efficientnet import EfficientNetLite0
+    from ..data.images import ImageDecodeError
     from ..features import FeatureCacheError, default_cache_path, flickr8k_image_list, extract_features
 
     from nn import backend
@@ -70,6 +71,10 @@ def run(args):
                                  extra_index={"data": str(root), "split": args.split})
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
+    except ImageDecodeError as exc:
+        raise UsageError(f"{exc}\nThe finished images are kept: rerun with --skip-bad to store zeros "
+                         f"for undecodable images (training then leaves them out), i.e. {rebuild} --skip-bad"
+                         ) from None
     except KeyboardInterrupt:
         print(f"\nstopped; the finished images are kept. Resume with: {rebuild}", file=sys.stderr)
         raise

@@ -1,4 +1,5 @@
 """`python -m captioning train`: train a captioner (thin: the work is in captioning.training)."""
+import math
 import os
 import sys
 
@@ -91,6 +92,34 @@ def add_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
 
 
+def _check_options(args, synthetic):
+    """Refuse bad values before any work is done (not after an epoch, when saving fails)."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+    for name in ("lr", "lr_decay_to", "clip", "dropout", "alpha_reg", "max_minutes"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag(name)} must be a finite number, got {value}")
+    for name in ("epochs", "batch_size", "hidden", "embed", "attention_dim", "beam", "patience", "min_count",
+                 "shapes_train", "val_images", "max_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"{flag(name)} must be >= 1, got {value}")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("lr", "clip"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
+    if not 0 < args.lr_decay_to <= 1:
+        raise UsageError(f"--lr-decay-to must be in (0, 1], got {args.lr_decay_to}")
+    for name in ("alpha_reg", "length_buckets", "max_minutes"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UsageError(f"{flag(name)} must be >= 0, got {value}")
+    if synthetic and args.features:
+        raise UsageError("--features needs --data: the built-in shapes set has no feature cache")
+
+
 def _defaults(args, synthetic):
     """Hyperparameters: small and quick for the synthetic set, paper-sized for Flickr8k."""
     # Synthetic set, measured on the 2-core CPU (test BLEU-4, beam 3, 500 unseen images): a constant
@@ -119,15 +148,7 @@ def run(args):
 
     synthetic = args.data is None
     _defaults(args, synthetic)
-    for name in ("epochs", "batch_size", "hidden", "embed", "attention_dim", "beam", "patience"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    if not 0 < args.lr_decay_to <= 1:
-        raise UsageError(f"--lr-decay-to must be in (0, 1], got {args.lr_decay_to}")
+    _check_options(args, synthetic)
 
     if synthetic:
         data = _datasets.shapes_data(n_train=args.shapes_train, seed=args.seed, max_images=args.max_images)
@@ -207,7 +228,7 @@ def _show_samples(best_path, data, out, synthetic, count=4):
     encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
     test = data.splits["test"].head(count)
     captions, _ = generate_captions(ckpt.model, encoder, test, ckpt.vocabulary, beam=3)
-    print(f"test images captioned by the best checkpoint (beam 3):")
+    print("test images captioned by the best checkpoint (beam 3):")
     for k, (image_id, words, refs) in enumerate(zip(test.image_ids, captions, test.references)):
         name = image_id
         if synthetic:
