@@ -14,8 +14,6 @@ attended region glows white. Each tile carries its word as a label (Pillow's
 default font). Files are written atomically.
 """
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy
@@ -23,6 +21,7 @@ import scipy.ndimage
 from PIL import Image, ImageDraw, ImageFont
 
 from nn import backend
+from nn.persist import atomic_write
 
 __all__ = ["LABEL_HEIGHT", "GAP", "upsample_attention", "overlay_attention",
            "attention_figure", "save_attention_png"]
@@ -154,13 +153,6 @@ def save_attention_png(image, words, attention, path, grid_shape=None, columns=5
         raise FileNotFoundError(f"save_attention_png: folder {path.parent} does not exist")
     figure = attention_figure(image, words, attention, grid_shape=grid_shape, columns=columns,
                               opacity=opacity, min_tile=min_tile)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_write(path, "wb") as stream:
+        figure.save(stream, format="PNG")
     return path

@@ -22,13 +22,13 @@ the encoder you use, and refuses a mismatch with the command to rebuild.
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nn import backend
+from nn.persist import atomic_write
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
            "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
@@ -69,19 +69,9 @@ def encoder_identity(encoder):
 
 
 def _write_json_atomic(path, data):
-    """Write JSON to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to `path` atomically (nn.persist.atomic_write)."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
 
 
 class _Rows:

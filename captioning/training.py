@@ -40,6 +40,7 @@ import numpy
 
 from nn import backend
 from nn.optim import Adam, ReduceOnPlateau, clip_grad_norm
+from nn.persist import atomic_write
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decoding import DecodeResult, beam_search, greedy_decode
@@ -719,8 +720,6 @@ def save_training_curves(path, loss_trace, history, steps_per_epoch, size=(720, 
             draw.line(pixels, fill=colour, width=2)
         for px, py in pixels if len(pixels) < 60 else pixels[-1:]:
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")
     return path

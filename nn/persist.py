@@ -6,15 +6,17 @@ Everything stored here is a plain numeric or string array; the optional
 metadata (any JSON value: configuration, vocabulary size, epoch, ...) is kept
 as a JSON string in a 0-d unicode array under the key "__meta__".
 
-Writes are atomic: the file is written under a temporary name in the same
-folder, flushed to disk (fsync), then renamed over the target with
-`os.replace`. A crash or error at any point before the rename leaves the
-previous file untouched; a reader never sees a half-written file.
+Writes are atomic (`atomic_write`, also used for the project's JSON and PNG
+files): the file is written under a temporary name in the same folder,
+flushed to disk (fsync), then renamed over the target with `os.replace`. A
+crash or error at any point before the rename leaves the previous file
+untouched; a reader never sees a half-written file.
 
 A model file made by `save_model` holds the module's `state_dict()` under
 keys "param/<dotted name>" and, when given, the optimizer's `state_dict()`
 under "optim/<key>".
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -25,7 +27,7 @@ import numpy
 from . import backend
 
 __all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
-           "NpzFormatError"]
+           "NpzFormatError", "atomic_write"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -92,16 +94,32 @@ def save_npz(path, arrays, meta=None, compress=False):
             raise TypeError(f"save_npz({path}): meta is not JSON-serialisable: {exc}") from exc
         to_write[META_KEY] = numpy.array(text)  # 0-d unicode array: no pickle needed
 
+    writer = numpy.savez_compressed if compress else numpy.savez
+    with atomic_write(path, "wb") as f:
+        writer(f, **to_write)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", encoding=None):
+    """`with atomic_write(path) as f: ...` writes `path` all or nothing.
+
+    f is a temporary file in the same folder; when the block ends without an
+    error it is flushed to disk and renamed over `path` (os.replace), else it
+    is removed and `path` stays as it was. Permissions are the usual
+    rw-r--r-- (minus umask), not the owner-only ones of a temporary file.
+    mode: "wb" or "w" (text, then give an encoding).
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_npz: folder {folder} does not exist (writing {path})")
+        raise FileNotFoundError(f"folder {folder} does not exist (writing {path})")
     fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
                                     suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             _set_default_permissions(f.fileno())
-            writer = numpy.savez_compressed if compress else numpy.savez
-            writer(f, **to_write)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -112,7 +130,6 @@ def save_npz(path, arrays, meta=None, compress=False):
             pass
         raise
     _fsync_folder(folder)
-    return path
 
 
 def _set_default_permissions(fd):

@@ -1,5 +1,6 @@
 """Atomic .npz save/load of arrays, models and optimizer state."""
 import os
+import stat
 import zipfile
 
 import numpy
@@ -182,3 +183,17 @@ def test_compare_named_shapes_lists_each_kind_of_difference():
     assert missing == ["a"] and unexpected == ["d"]
     assert mismatched == [("b", (4,), (5,))]
     assert compare_named_shapes(found, found) == ([], [], [])
+
+
+def test_atomic_write_is_all_or_nothing_with_usual_permissions(tmp_path):
+    path = tmp_path / "index.json"
+    with persist.atomic_write(path, "w", encoding="utf-8") as f:
+        f.write('{"complete": 1}')
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask     # not mkstemp's owner-only 0600
+    with pytest.raises(RuntimeError):
+        with persist.atomic_write(path, "w", encoding="utf-8") as f:
+            f.write('{"complete": 2')
+            raise RuntimeError("interrupted half way")
+    assert path.read_text() == '{"complete": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]

@@ -1,8 +1,9 @@
 """`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
 import json
 import os
-import tempfile
 import time
+
+from nn.persist import atomic_write
 
 from ..cli import UsageError
 
@@ -96,15 +97,5 @@ def run(args):
 
 
 def _write_json(path, data):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"folder {folder} does not exist (writing {path})")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)

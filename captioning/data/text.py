@@ -24,10 +24,10 @@ Maximum length policy (`encode(tokens, max_length)`): a caption longer than
 captions are rarely longer than 20 words, so 20 loses little.
 """
 import json
-import os
 import string
-import tempfile
 from collections import Counter
+
+from nn.persist import atomic_write
 
 __all__ = ["tokenize", "Vocabulary", "NULL", "START", "END", "UNK"]
 
@@ -144,17 +144,8 @@ class Vocabulary:
 
     def save(self, path):
         """Write the vocabulary as JSON, atomically (temp file + rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".vocab-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=0)
 
     @classmethod
     def load(cls, path):
