@@ -353,8 +353,9 @@ class _Progress:
     epoch_loss_sum: float = 0.0    # sum of batch losses in the current epoch so far
     epoch_tokens: int = 0
     elapsed: float = 0.0           # seconds of training so far (all sessions)
-    best_bleu: float = -1.0
+    best_bleu: float = -1.0        # best dev BLEU-4 of any validation (decides best.npz)
     best_epoch: int = -1
+    best_whole_epoch_bleu: float = -1.0   # best of whole epochs only (decides early stopping)
     epochs_since_best: int = 0
     history: list = field(default_factory=list)      # one dict per finished epoch
     loss_trace: list = field(default_factory=list)   # [step, mean loss] every few steps
@@ -443,6 +444,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = _Progress(**state["progress"])
+        if "best_whole_epoch_bleu" not in state["progress"]:   # a checkpoint from before that field
+            self.progress.best_whole_epoch_bleu = self.progress.best_bleu
         return self
 
     # Settings that decide the batches, the random numbers or the updates: a resumed run
@@ -641,11 +644,17 @@ class Trainer:
         p.history.append(record)
         improved = bleu4 > p.best_bleu
         if improved:
-            p.best_bleu, p.best_epoch, p.epochs_since_best = bleu4, p.epoch + 1, 0
-        else:
-            p.epochs_since_best += 1
-        if cfg.lr_decay_to >= 1.0:   # a linear decay (lr_decay_to < 1) sets the rate itself
-            self.scheduler.step(bleu4)
+            p.best_bleu, p.best_epoch = bleu4, p.epoch + 1
+        # Only whole epochs count for early stopping and the plateau rule: a run stopped by
+        # --max-minutes inside an epoch (validated here so that best.npz exists) and resumed
+        # later then takes exactly the steps of an uninterrupted run.
+        if not partial:
+            if bleu4 > p.best_whole_epoch_bleu:
+                p.best_whole_epoch_bleu, p.epochs_since_best = bleu4, 0
+            else:
+                p.epochs_since_best += 1
+            if cfg.lr_decay_to >= 1.0:   # a linear decay (lr_decay_to < 1) sets the rate itself
+                self.scheduler.step(bleu4)
         sample = " ".join(captions[0]) if captions else ""
         self.log(f"epoch {p.epoch + 1} done: train loss {record['train_loss']:.3f}, dev BLEU-4 "
                  f"{100 * bleu4:.2f} (B1 {100 * bleus[0]:.1f}){' *best*' if improved else ''}, "

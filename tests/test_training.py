@@ -90,6 +90,25 @@ def test_resume_mid_epoch_gives_the_same_parameters_as_an_uninterrupted_run(tmp_
     assert os.path.isfile(second.best_path) and os.path.isfile(tmp_path / "resumed" / "curves.png")
 
 
+def test_a_time_limit_stop_inside_an_epoch_resumes_exactly(tmp_path):
+    """--max-minutes validates a partial epoch (so that best.npz exists); that validation must
+    not count for the plateau rule or early stopping, or the resumed run takes other steps."""
+    settings = {"epochs": 3, "lr_patience": 0}      # the plateau rule halves lr at once
+    straight, _ = _tiny_run(tmp_path, "straight", **settings)
+    straight.fit()
+    first, _ = _tiny_run(tmp_path, "limited", **settings)
+    first.fit(stop_after_steps=3)                   # inside epoch 2 ...
+    first._end_of_epoch(partial=True)               # ... where the time limit validates and saves
+    second, _ = _tiny_run(tmp_path, "limited", **settings)
+    second.resume(second.last_path)
+    second.fit()
+    assert second.optimizer.lr == straight.optimizer.lr
+    assert second.progress.epochs_since_best == straight.progress.epochs_since_best
+    want, got = _all_params(straight), _all_params(second)
+    for name in want:
+        numpy.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
     first, _ = _tiny_run(tmp_path, "run")
     first.fit(stop_after_steps=1)
