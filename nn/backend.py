@@ -106,13 +106,14 @@ def is_cupy_array(x):
 def get_array_module(*arrays, op=None):
     """The array module (numpy or cupy) of the given arrays.
 
-    None and Python scalars are ignored. Raises TypeError naming `op` when
+    None and scalars (Python's or NumPy's, e.g. numpy.float32(0.5), which CuPy
+    arrays combine with as Python numbers) are ignored. Raises TypeError naming `op` when
     NumPy and CuPy arrays are mixed: a silent copy would hide a slow bug.
     With no arrays at all, returns the current backend's module.
     """
     kinds = set()
     for a in arrays:
-        if a is None or isinstance(a, (int, float, bool, complex)):
+        if a is None or isinstance(a, (int, float, bool, complex, numpy.generic)):
             continue
         kinds.add("cupy" if is_cupy_array(a) else "numpy")
     if len(kinds) > 1:

@@ -44,6 +44,7 @@ def test_get_array_module_refuses_a_mix(xp):
 def test_get_array_module_and_to_numpy(xp):
     a = xp.arange(3.0)
     assert backend.get_array_module(a, None, 2.0) is xp
+    assert backend.get_array_module(a, numpy.float32(2.0), numpy.int64(3)) is xp   # scalars, not arrays
     out = backend.to_numpy(a)
     assert isinstance(out, numpy.ndarray) and out.tolist() == [0.0, 1.0, 2.0]
     b = backend.asarray([1, 2], dtype=numpy.float64)
