@@ -62,9 +62,16 @@ def run(args):
     if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
         raise UsageError(f"{args.checkpoint}: the model expects {ckpt.model.config['feature_dim']}-d features, "
                          f"the cache holds {data.feature_dim}-d ones (another encoder?)")
-    if data.encoder is not None and data.encoder.spec.get("name") != ckpt.encoder.get("name"):
-        raise UsageError(f"{args.checkpoint} was trained on {ckpt.encoder.get('name')} features, "
-                         f"this data gives {data.encoder.spec.get('name')}")
+    if data.encoder is not None:
+        # name, version and input preprocessing: features of another encoder, or of the same one
+        # fed differently resized or normalised images, are other numbers for the same shapes.
+        differs = [key for key in ("name", "version", "input")
+                   if key in ckpt.encoder and data.encoder.spec.get(key) != ckpt.encoder.get(key)]
+        if differs:
+            raise UsageError(f"{args.checkpoint} was trained on features that differ from this cache's in "
+                             f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
+                             f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
+                             "it was trained with (--features) or train on this one")
     split = data.splits[args.split].head(args.max_images)
 
     start = time.perf_counter()
