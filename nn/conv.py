@@ -443,7 +443,7 @@ def _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out):
 
 
 def _depthwise_forward_batch_last(xp, x, w, b, pads, stride, h_out, w_out):
-    """Depthwise conv for small maps (e.g. 7x7, 14x14) in a (C, H, W, N) layout.
+    """Depthwise conv for small maps (outputs up to 28x28) in a (C, H, W, N) layout.
 
     On a small map the flat rows of `_depthwise_forward` are short and mostly
     padding. With the batch as the last axis, a tap's window of one channel is
