@@ -379,31 +379,50 @@ def _phases(xp, x, pads, stride):
     h_phase = -(-(h + top + bottom) // stride)
     w_phase = -(-(w + left + right) // stride)
     phases = xp.zeros((n, c, stride, stride, h_phase + 1, w_phase), dtype=x.dtype)
+    for a, b, first_row, first_col, r, q in _phase_origins(pads, stride):
+        part = x[:, :, first_row::stride, first_col::stride]
+        phases[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]] = part
+    return phases.reshape(n, c, stride * stride, (h_phase + 1) * w_phase), w_phase
+
+
+def _phase_origins(pads, stride):
+    """For each phase (a, b): (a, b, first_row, first_col, r, q).
+
+    Padded pixel (stride * r + a, stride * q + b) is x pixel
+    (stride * r + a - top, stride * q + b - left): phase (a, b) holds every
+    stride-th pixel of x from (first_row, first_col) on, starting at its
+    own row r and column q.
+    """
+    top, left = pads[0], pads[2]
     for a in range(stride):
         for b in range(stride):
-            # Padded pixel (stride * r + a, stride * q + b) is x pixel
-            # (stride * r + a - top, stride * q + b - left): copy every stride-th
-            # pixel of x, from the first row/column that falls in this phase.
             first_row, first_col = (a - top) % stride, (b - left) % stride
-            part = x[:, :, first_row::stride, first_col::stride]
-            r, q = (first_row + top) // stride, (first_col + left) // stride
-            phases[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]] = part
-    return phases.reshape(n, c, stride * stride, (h_phase + 1) * w_phase), w_phase
+            yield a, b, first_row, first_col, (first_row + top) // stride, (first_col + left) // stride
+
+
+def _phase_taps(w_shape, pads, stride, h_out, x_width):
+    """Where each kernel tap reads in the flattened phases of `_phases`.
+
+    Returns (w_phase, length, taps): the phase width Wq, the length H_out * Wq
+    of the output computed on an H_out x Wq grid, and per tap (i, j) its
+    (phase, start of its contiguous slice).
+    """
+    hh, ww = w_shape[2:]
+    w_phase = -(-(x_width + pads[2] + pads[3]) // stride)
+    taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
+            for i in range(hh) for j in range(ww)]
+    return w_phase, h_out * w_phase, taps
 
 
 def _unphase(phases, pads, stride, w_phase, out):
     """The inverse of `_phases`: out (N, C, H, W) <- the x pixels held in phases
     (N, C, stride**2, (Hq + 1) * Wq). Every pixel of x lies in exactly one
     phase, so this is a copy, not a sum; the padding is dropped."""
-    n, c, h, w = out.shape
-    top, left = pads[0], pads[2]
+    n, c = out.shape[:2]
     by_phase = phases.reshape(n, c, stride, stride, -1, w_phase)
-    for a in range(stride):
-        for b in range(stride):
-            first_row, first_col = (a - top) % stride, (b - left) % stride
-            part = out[:, :, first_row::stride, first_col::stride]
-            r, q = (first_row + top) // stride, (first_col + left) // stride
-            part[...] = by_phase[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]]
+    for a, b, first_row, first_col, r, q in _phase_origins(pads, stride):
+        part = out[:, :, first_row::stride, first_col::stride]
+        part[...] = by_phase[:, :, a, b, r:r + part.shape[2], q:q + part.shape[3]]
 
 
 def _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out):
@@ -411,10 +430,7 @@ def _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out):
         return _depthwise_forward_batch_last(xp, x, w, b, pads, stride, h_out, w_out)
     n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
-    w_phase = -(-(wd + pads[2] + pads[3]) // stride)
-    length = h_out * w_phase                        # the output on an H_out x Wq grid, flattened
-    taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
-            for i in range(hh) for j in range(ww)]  # (phase, start of the slice) of each tap
+    w_phase, length, taps = _phase_taps(w.shape, pads, stride, h_out, wd)
     # The batch as N * C independent channel images ("rows"), each with its own kernel.
     x_rows = x.reshape(n * c, 1, h, wd)
     row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
@@ -531,10 +547,7 @@ def _depthwise_backward(xp, dout, x, w, geometry):
     x_shape, stride, pads, _, h_out, w_out = geometry
     n, c, h, wd = x_shape
     hh, ww = w.shape[2:]
-    w_phase = -(-(wd + pads[2] + pads[3]) // stride)
-    length = h_out * w_phase
-    taps = [((i % stride) * stride + j % stride, (i // stride) * w_phase + j // stride)
-            for i in range(hh) for j in range(ww)]
+    w_phase, length, taps = _phase_taps(w.shape, pads, stride, h_out, wd)
     x_rows = x.reshape(n * c, 1, h, wd)
     dout_rows = dout.reshape(n * c, h_out, w_out)
     row_weights = xp.tile(w.reshape(c, hh * ww), (n, 1))      # (N * C, HH * WW)
