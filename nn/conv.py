@@ -3,16 +3,18 @@
 `conv_forward` computes the same thing three ways (all vectorised; the only
 Python loops run over the HH * WW kernel taps):
 
-- stride 1: a sum of shifted 1x1 convolutions. Flatten each zero-padded
-  channel into one long row of length Hp * Wp. Output pixel (h, w) then sits
-  at flat position p = h * Wp + w, and kernel tap (i, j) reads input position
-  p + i * Wp + j: for every output pixel at once that is ONE contiguous slice
-  of the flat input, starting at i * Wp + j. So
-      out = sum over taps of  w[:, :, i, j] @ flat[:, :, i*Wp + j : ... + H_out*Wp]
-  a matrix product per tap (per group, batched over images) on a view of the
-  input: nothing is copied. The output is computed on an H_out x Wp grid;
-  its last Wp - W_out columns straddle a row end and are cut off. A 1x1
-  kernel is the special case with a single tap and no padding.
+- stride 1: im2col from shifted slices. Flatten each zero-padded channel
+  into one long row of length Hp * Wp. Output pixel (h, w) then sits at flat
+  position p = h * Wp + w, and kernel tap (i, j) reads input position
+  p + i * Wp + j: for every output pixel at once that is ONE contiguous
+  slice of the flat row, starting at i * Wp + j. So im2col is HH * WW plain
+  slice copies, and the conv is one matrix product per group:
+      out = w.reshape(F, C * HH * WW) @ cols,  cols[(c, i, j), p] = flat[c, i*Wp + j + p]
+  The output is computed on an H_out x Wp grid; its last Wp - W_out columns
+  straddle a row end and are cut off. An unpadded 1x1 conv copies nothing:
+  its cols are x itself. On NumPy this runs a chunk of images at a time
+  (the columns are 9x the input for a 3x3 kernel), and the copies are split
+  over the CPU threads between the matrix products.
 - stride > 1: im2col. Every receptive field is copied into a column of
   `cols` (one strided slice per kernel tap), so the convolution becomes one
   matrix product per group, batched over images: out[n, g] = w[g] @ cols[n, g].
@@ -58,6 +60,8 @@ BLOCK_BYTES = 1 << 18
 # shapes, batch 32, it is faster up to 28 x 28 outputs (e.g. 5x5 on 28 x 28:
 # 67 ms against 120) and slower from 56 x 56 (3x3 on 56 x 56: 86 ms against 60).
 SMALL_MAP_PIXELS = 28 * 28
+# Copies of fewer bytes than this are not split over threads (`_on_threads`).
+PARALLEL_BYTES = 1 << 21
 
 
 def same_padding(in_size, kernel, stride):
@@ -120,23 +124,6 @@ def _pad(xp, x, pads):
     if not any(pads):
         return x
     return xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-
-
-def _flat_padded(xp, x, pads, kernel_width):
-    """x zero-padded and flattened per channel: returns (flat (N, C, rows * Wp), Wp).
-
-    One extra zero row at the bottom lets the slice of the last kernel tap run
-    kernel_width - 1 elements past the padded image. With no padding and a
-    1-wide kernel this is a free reshape of x.
-    """
-    n, c, h, w = x.shape
-    top, bottom, left, right = pads
-    h_padded, w_padded = h + top + bottom, w + left + right
-    if not any(pads) and kernel_width == 1:
-        return x.reshape(n, c, h * w), w
-    flat = xp.zeros((n, c, h_padded + 1, w_padded), dtype=x.dtype)
-    flat[:, :, top:top + h, left:left + w] = x
-    return flat.reshape(n, c, (h_padded + 1) * w_padded), w_padded
 
 
 def _tap(a, i, j, h_out, w_out, stride):
@@ -243,86 +230,150 @@ def conv_backward(dout, cache):
     return dx, dw, db
 
 
-# ---- stride 1: a sum of shifted 1x1 convolutions (matrix products on views)
-
-def _weights_per_tap(xp, w, groups):
-    """(HH * WW, G, F/G, C/G): the 1x1 filter matrix of each kernel tap, per group."""
-    f, c_per_group, hh, ww = w.shape
-    per_tap = w.reshape(groups, f // groups, c_per_group, hh * ww).transpose(3, 0, 1, 2)
-    return xp.ascontiguousarray(per_tap)
-
+# ---- stride 1: im2col from shifted slices of the flat rows, one matrix product per chunk
 
 def _batch_chunks(xp, n, bytes_per_image):
     """Slices of the batch to work on in turn. NumPy: about 1 MB of output at
-    a time, so running sums stay in the CPU cache; CuPy: the whole batch at
-    once (fewer, larger kernel launches)."""
+    a time, so a chunk's buffers stay in the CPU cache; CuPy: the whole batch
+    at once (fewer, larger kernel launches)."""
     step = n if xp is not numpy else max(1, CHUNK_BYTES // bytes_per_image)
     return [slice(first, min(first + step, n)) for first in range(0, n, step)]
 
 
+class _Stride1Columns:
+    """im2col for a stride-1 conv, one chunk of images at a time, from flat rows.
+
+    Zero-pad an image and flatten each channel into one row of length
+    (Hp + 1) * Wp. Output pixel (h, w) then sits at flat position
+    p = h * Wp + w, and kernel tap (i, j) reads position p + i * Wp + j: the
+    columns of tap t are ONE contiguous slice of each row,
+    rows[c, starts[t] : starts[t] + length], with starts[t] = i * Wp + j and
+    length = H_out * Wp (the output on an H_out x Wp grid; its last
+    Wp - W_out columns straddle a row end and are cut off afterwards). The
+    extra zero row at the bottom lets the last tap's slice run WW - 1
+    elements past the padded image.
+
+    The padded rows and the columns live in buffers made once: each chunk
+    only overwrites the interior of the padded rows, so their border stays
+    zero. An unpadded 1x1 conv needs no copy at all: its only tap's columns
+    are x itself.
+    """
+
+    def __init__(self, xp, x_shape, w_shape, pads, h_out, dtype, chunk_channels):
+        n, c, h, w = x_shape
+        hh, ww = w_shape[2:]
+        top, bottom, left, right = pads
+        self.xp, self.pads, self.h, self.w = xp, pads, h, w
+        self.width = w + left + right                                     # Wp
+        self.length = h_out * self.width
+        self.starts = [i * self.width + j for i in range(hh) for j in range(ww)]
+        # Chunks of about CHUNK_BYTES of columns (or of output, if that is more) per image.
+        self.row_bytes = self.length * numpy.dtype(dtype).itemsize
+        self.chunks = _batch_chunks(xp, n, max(c * len(self.starts), chunk_channels) * self.row_bytes)
+        self.chunk = self.chunks[0].stop
+        self.padded = (xp.zeros((self.chunk, c, h + top + bottom + 1, self.width), dtype=dtype)
+                       if any(pads) or ww != 1 else None)
+        self.cols = (xp.empty((self.chunk, c, len(self.starts), self.length), dtype=dtype)
+                     if len(self.starts) > 1 else None)
+
+    def columns(self, x, images):
+        """(count, C * taps, length): the columns of x[images], rows ordered (channel, tap)."""
+        n, c = x.shape[:2]
+        count = images.stop - images.start
+        top, left = self.pads[0], self.pads[2]
+        rows = (x.reshape(n, c, -1)[images] if self.padded is None
+                else self.padded[:count].reshape(count, c, -1))
+
+        def fill(block):                          # the chunk's channels in `block`
+            if self.padded is not None:
+                self.padded[:count, block, top:top + self.h, left:left + self.w] = x[images, block]
+            if self.cols is not None:
+                for t, start in enumerate(self.starts):
+                    self.cols[:count, block, t] = rows[:, block, start:start + self.length]
+
+        if self.padded is not None or self.cols is not None:
+            _on_threads(self.xp, fill, c, count * c * len(self.starts) * self.row_bytes)
+        if self.cols is None:                     # one tap: its columns are a slice of the rows
+            return rows[..., self.starts[0]:self.starts[0] + self.length]
+        return self.cols[:count].reshape(count, -1, self.length)
+
+
 def _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out):
     n = x.shape[0]
-    f, c_per_group, hh, ww = w.shape
-    flat, w_padded = _flat_padded(xp, x, pads, ww)
-    grouped = flat.reshape(n, groups, c_per_group, flat.shape[-1])
-    length = h_out * w_padded                       # the H_out x Wp output grid, flattened
-    starts = [i * w_padded + j for i in range(hh) for j in range(ww)]
-    taps = _weights_per_tap(xp, w, groups)
+    f = w.shape[0]
+    im2col = _Stride1Columns(xp, x.shape, w.shape, pads, h_out, x.dtype, chunk_channels=f)
+    length, width = im2col.length, im2col.width
+    w_matrix = w.reshape(groups, f // groups, -1)                        # (G, F/G, C/G * taps)
     out = xp.empty((n, f, h_out, w_out), dtype=x.dtype)
-    chunks = _batch_chunks(xp, n, f * length * x.dtype.itemsize)
-    chunk_shape = (chunks[0].stop, groups, f // groups, length)
-    grid = xp.empty(chunk_shape, dtype=x.dtype) if w_padded != w_out else None
-    product = xp.empty(chunk_shape, dtype=x.dtype) if len(starts) > 1 else None
-    for images in chunks:
+    # The output on the H_out x Wp grid; straight into `out` when Wp == W_out.
+    grid = xp.empty((im2col.chunk, f, h_out, width), dtype=x.dtype) if width != w_out else None
+    for images in im2col.chunks:
         count = images.stop - images.start
-        source = grouped[images]
-        # The chunk's output on the H_out x Wp grid (straight into `out` when Wp == W_out).
-        total = out[images].reshape(count, *chunk_shape[1:]) if grid is None else grid[:count]
-        for t, start in enumerate(starts):
-            window = source[..., start:start + length]           # (n, G, C/G, L), a view
-            if t == 0:
-                xp.matmul(taps[0], window, out=total)            # (G, F/G, C/G) @ (n, G, C/G, L)
-            else:
-                total += xp.matmul(taps[t], window, out=product[:count])
-        if b is not None:                           # while the chunk is still in the cache
-            total += b.reshape(1, groups, f // groups, 1)
-        if grid is not None:                        # drop the columns that straddle a row end
-            out[images] = total.reshape(count, f, h_out, w_padded)[..., :w_out]
-    return out, flat
+        columns = im2col.columns(x, images).reshape(count, groups, -1, length)
+        total = out[images] if grid is None else grid[:count]
+        xp.matmul(w_matrix, columns, out=total.reshape(count, groups, f // groups, length))
+
+        def finish(block):                        # bias, and drop the columns that straddle a row end
+            part = total[:, block]
+            if b is not None:
+                part += b[block].reshape(1, -1, 1, 1)
+            if grid is not None:
+                out[images, block] = part[..., :w_out]
+
+        if b is not None or grid is not None:
+            _on_threads(xp, finish, f, count * f * im2col.row_bytes)
+    return out, x
 
 
-def _shifted_backward(xp, dout, flat, w, geometry):
+def _shifted_backward(xp, dout, x, w, geometry):
     x_shape, _, pads, groups, h_out, w_out = geometry
     n, c, h, wd = x_shape
-    f, c_per_group, hh, ww = w.shape
-    w_padded = wd + pads[2] + pads[3]
-    length = h_out * w_padded
-    starts = [i * w_padded + j for i in range(hh) for j in range(ww)]
-    # dout on the H_out x Wp grid of the forward pass, zero on the cut-off columns.
-    if w_padded == w_out:
-        dout_grid = dout
-    else:
-        dout_grid = xp.zeros((n, f, h_out, w_padded), dtype=dout.dtype)
-        dout_grid[..., :w_out] = dout
-    dout_grid = dout_grid.reshape(n, groups, f // groups, length)
-    grouped = flat.reshape(n, groups, c_per_group, flat.shape[-1])
-    dflat = xp.zeros(grouped.shape, dtype=dout.dtype)
-    taps = _weights_per_tap(xp, w, groups)
-    dtaps = xp.zeros_like(taps)
-    chunks = _batch_chunks(xp, n, c * length * dout.dtype.itemsize)
-    product = xp.empty((chunks[0].stop, groups, c_per_group, length), dtype=dout.dtype)
-    for images in chunks:
-        source, dsource, dgrid = grouped[images], dflat[images], dout_grid[images]
-        part = product[:len(dgrid)]
-        for t, start in enumerate(starts):
-            window = source[..., start:start + length]
-            # out += taps[t] @ window  =>  dtaps[t] = sum over images of dout @ window^T,
-            # and the window's gradient taps[t]^T @ dout is added where the window was read.
-            dtaps[t] += (dgrid @ window.swapaxes(-1, -2)).sum(axis=0)
-            dsource[..., start:start + length] += xp.matmul(taps[t].swapaxes(-1, -2), dgrid, out=part)
-    dw = dtaps.transpose(1, 2, 3, 0).reshape(w.shape)
-    dx = dflat.reshape(n, c, -1, w_padded)[:, :, pads[0]:pads[0] + h, pads[2]:pads[2] + wd]
-    return dx, dw
+    f = w.shape[0]
+    top, left = pads[0], pads[2]
+    im2col = _Stride1Columns(xp, x_shape, w.shape, pads, h_out, dout.dtype, chunk_channels=c)
+    length, width, starts = im2col.length, im2col.width, im2col.starts
+    w_matrix = w.reshape(groups, f // groups, -1)                        # (G, F/G, K)
+    dw_transposed = xp.zeros((groups, w_matrix.shape[2], f // groups), dtype=dout.dtype)
+    dx = xp.empty(x_shape, dtype=dout.dtype)
+    dx_rows = dx.reshape(n, c, h * wd)
+    # dout on the forward's H_out x Wp grid; its cut-off columns stay zero.
+    dgrid = xp.zeros((im2col.chunk, f, h_out, width), dtype=dout.dtype) if width != w_out else None
+    direct = im2col.padded is None and len(starts) == 1   # unpadded 1x1: the columns are x itself
+    if not direct:
+        dcols = xp.empty((im2col.chunk, c, len(starts), length), dtype=dout.dtype)
+        # The gradient of the chunk's padded rows (col2im adds into it); unpadded, dx's own rows.
+        drows = xp.empty_like(im2col.padded) if im2col.padded is not None else None
+    for images in im2col.chunks:
+        count = images.stop - images.start
+
+        def to_grid(block):
+            dgrid[:count, block, :, :w_out] = dout[images, block]
+
+        if dgrid is not None:
+            _on_threads(xp, to_grid, f, count * f * im2col.row_bytes)
+        dout_grid = (dout[images] if dgrid is None else dgrid[:count]).reshape(
+            count, groups, f // groups, length)
+        columns = im2col.columns(x, images).reshape(count, groups, -1, length)
+        # out = w @ columns  =>  dw^T = sum over images of columns @ dout^T, dcolumns = w^T @ dout.
+        dw_transposed += (columns @ dout_grid.swapaxes(-1, -2)).sum(axis=0)
+        w_transposed = w_matrix.swapaxes(-1, -2)
+        if direct:
+            xp.matmul(w_transposed, dout_grid, out=dx[images].reshape(count, groups, -1, length))
+            continue
+        dcolumns = dcols[:count]
+        xp.matmul(w_transposed, dout_grid, out=dcolumns.reshape(count, groups, -1, length))
+
+        def col2im(block):                        # add each tap's columns back where they were read
+            rows = (dx_rows[images, block] if drows is None
+                    else drows[:count, block].reshape(count, -1, drows.shape[2] * width))
+            rows[...] = 0
+            for t, start in enumerate(starts):
+                rows[..., start:start + length] += dcolumns[:, block, t]
+            if drows is not None:
+                dx[images, block] = drows[:count, block, top:top + h, left:left + wd]
+
+        _on_threads(xp, col2im, c, count * c * len(starts) * im2col.row_bytes)
+    return dx, dw_transposed.swapaxes(-1, -2).reshape(w.shape)
 
 
 # ---- stride > 1: im2col + one matrix product per group
@@ -370,7 +421,7 @@ def _phases(xp, x, pads, stride):
     stride-s kernel tap (i, j) reads only phase (i % s, j % s), shifted by
     (i // s, j // s): in a phase image the strided conv becomes a stride-1
     conv, whose taps are contiguous slices of the flattened phase (as in
-    `_flat_padded`). Stride 1 has a single phase: the padded image.
+    `_FlatRows`). Stride 1 has a single phase: the padded image.
     Returns (phases (N, C, stride**2, (Hq + 1) * Wq), Wq) with Hq, Wq the
     phase size; the extra zero row lets the last taps' slices run past the end.
     """
@@ -514,6 +565,36 @@ def _cpu_threads():
 _pool = {}
 
 
+def _run_blocks(work, blocks):
+    """work(block) for every block, on the thread pool when there are several CPU threads."""
+    threads = min(_cpu_threads(), len(blocks))
+    if threads <= 1:
+        for block in blocks:
+            work(block)
+        return
+    if threads not in _pool:
+        _pool[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="nn.conv")
+    list(_pool[threads].map(work, blocks))          # waits for all; re-raises a block's error
+
+
+def _on_threads(xp, work, rows, work_bytes):
+    """Call work(block) for blocks of rows covering range(rows), one block per CPU thread.
+
+    For memory-bound copies between matrix products: on NumPy, splitting them
+    over the threads BLAS uses makes them about 1.5x faster on 2 cores, and
+    one block per thread keeps the pool's overhead (and the threads' wait for
+    Python's GIL between NumPy calls) to one handoff per thread. A handoff
+    costs about as much as copying a few hundred KB, so work that moves
+    fewer than PARALLEL_BYTES (work_bytes, roughly) stays on the calling
+    thread. CuPy: one block, all rows.
+    """
+    if xp is not numpy or work_bytes < PARALLEL_BYTES:
+        work(slice(0, rows))
+        return
+    step = -(-rows // min(rows, _cpu_threads()))
+    _run_blocks(work, [slice(first, min(first + step, rows)) for first in range(0, rows, step)])
+
+
 def _for_each_block(xp, work, rows, bytes_per_row):
     """Call work(block) for blocks of rows covering range(rows).
 
@@ -526,15 +607,7 @@ def _for_each_block(xp, work, rows, bytes_per_row):
         work(slice(0, rows))
         return
     step = max(1, BLOCK_BYTES // bytes_per_row)
-    blocks = [slice(first, min(first + step, rows)) for first in range(0, rows, step)]
-    threads = min(_cpu_threads(), len(blocks))
-    if threads <= 1:
-        for block in blocks:
-            work(block)
-        return
-    if threads not in _pool:
-        _pool[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="nn.conv")
-    list(_pool[threads].map(work, blocks))          # waits for all; re-raises a block's error
+    _run_blocks(work, [slice(first, min(first + step, rows)) for first in range(0, rows, step)])
 
 
 def _depthwise_backward(xp, dout, x, w, geometry):

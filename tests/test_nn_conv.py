@@ -12,7 +12,7 @@ TOL = 1e-7
 
 # (N, C, H, W, F, kernel, stride, pad, groups, bias): covers stride 1/2/3, int and
 # asymmetric pad, groups 1/2/depthwise (and depthwise with 2 filters per channel,
-# which takes a matrix-product path), kernels 1 (with and without pad)/3/5,
+# which takes a matrix-product path), kernels 1 (with and without pad)/3/5/3x1/1x3,
 # leftover rows a stride skips, no bias. Each path of conv_forward is hit:
 # shifted products (stride 1), im2col (stride > 1), depthwise (stride 1, 2, 3).
 CONFIGS = [
@@ -29,6 +29,8 @@ CONFIGS = [
     (2, 2, 3, 4, 3, 1, 1, 1, 1, True),
     (1, 2, 8, 7, 2, 3, 3, 1, 2, True),
     (2, 3, 6, 6, 3, 3, 2, 1, 3, False),
+    (2, 3, 5, 4, 4, (3, 1), 1, 0, 1, True),
+    (2, 2, 4, 5, 3, (1, 3), 1, (0, 0, 1, 1), 1, False),
 ]
 IDS = [f"k{c[5]}-s{c[6]}-pad{c[7]}-g{c[8]}{'' if c[9] else '-nobias'}".replace(" ", "")
        for c in CONFIGS]
@@ -43,7 +45,8 @@ def make(xp, config, seed=0, dtype=numpy.float64):
         return z + 0.1 * numpy.sign(z)
 
     x = as_xp(xp, normal((n, c, h, w)), dtype)
-    weight = as_xp(xp, normal((f, c // groups, k, k)), dtype)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    weight = as_xp(xp, normal((f, c // groups, kh, kw)), dtype)
     b = as_xp(xp, normal(f), dtype) if bias else None
     return x, weight, b, {"stride": stride, "pad": pad, "groups": groups}
 
@@ -135,6 +138,7 @@ def test_conv_blocked_and_threaded_numpy_paths_agree(monkeypatch, config, small_
     # Tiny work sizes: one image per chunk, one row per block, on several threads.
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv, "PARALLEL_BYTES", 0)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     blocked, cache = conv_forward(x, w, b, param)
     assert rel_error(blocked, expected) < 1e-12
