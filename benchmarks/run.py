@@ -164,7 +164,7 @@ class Bench:
         self.gemm_gflops = None
         if args.threads:
             set_blas_threads(args.threads)
-            # nn.conv's depthwise thread pool follows OMP_NUM_THREADS (read at each call)
+            # nn.conv's thread pool (depthwise convs, stride-1 copies) follows OMP_NUM_THREADS (read at each call)
             os.environ["OMP_NUM_THREADS"] = str(args.threads)
         self.threads, self.threads_source = blas_threads()
         self.torch_device = None
@@ -552,7 +552,7 @@ def header(b):
     else:
         lines.append(f"device: CPU {cpu_name()}, {os.cpu_count()} logical CPUs, "
                      f"load average {os.getloadavg()[0]:.1f} at start")
-    lines.append(f"numpy BLAS threads: {b.threads} (from {b.threads_source}); nn.conv depthwise thread pool: "
+    lines.append(f"numpy BLAS threads: {b.threads} (from {b.threads_source}); nn.conv thread pool: "
                  f"{_conv_threads()}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     lines.append(b.torch_note)
     return lines
