@@ -278,10 +278,10 @@ class _Stride1Columns:
 
     def columns(self, x, images):
         """(count, C * taps, length): the columns of x[images], rows ordered (channel, tap)."""
-        n, c = x.shape[:2]
+        c = x.shape[1]
         count = images.stop - images.start
         top, left = self.pads[0], self.pads[2]
-        rows = (x.reshape(n, c, -1)[images] if self.padded is None
+        rows = (x[images].reshape(count, c, -1) if self.padded is None
                 else self.padded[:count].reshape(count, c, -1))
 
         def fill(block):                          # the chunk's channels in `block`
