@@ -8,7 +8,8 @@ Python loops run over the HH * WW kernel taps):
   position p = h * Wp + w, and kernel tap (i, j) reads input position
   p + i * Wp + j: for every output pixel at once that is ONE contiguous
   slice of the flat row, starting at i * Wp + j. So im2col is HH * WW plain
-  slice copies, and the conv is one matrix product per group:
+  slice copies, and the conv is one matrix product (per group, batched over
+  a chunk of images):
       out = w.reshape(F, C * HH * WW) @ cols,  cols[(c, i, j), p] = flat[c, i*Wp + j + p]
   The output is computed on an H_out x Wp grid; its last Wp - W_out columns
   straddle a row end and are cut off. An unpadded 1x1 conv copies nothing:
@@ -51,10 +52,13 @@ __all__ = [
 
 
 # Work sizes of the NumPy paths (tuned on a 2 MB-L2 Xeon; tests change them to
-# exercise every path): output bytes per batch chunk of the matrix-product
-# path, and per block of rows of the depthwise path.
+# exercise every path): buffer bytes per batch chunk of the stride-1 path, and
+# output bytes per block of rows of the depthwise path.
 CHUNK_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 18
+# On CuPy a chunk is the whole batch, up to this many buffer bytes (the stride-1
+# path's columns are 9x the input for a 3x3 kernel).
+GPU_CHUNK_BYTES = 1 << 30
 # Depthwise outputs of at most this many pixels per channel (28 x 28) use the
 # batch-last layout (`_depthwise_forward_batch_last`): measured at EfficientNet's
 # shapes, batch 32, it is faster up to 28 x 28 outputs (e.g. 5x5 on 28 x 28:
@@ -233,10 +237,11 @@ def conv_backward(dout, cache):
 # ---- stride 1: im2col from shifted slices of the flat rows, one matrix product per chunk
 
 def _batch_chunks(xp, n, bytes_per_image):
-    """Slices of the batch to work on in turn. NumPy: about 1 MB of output at
-    a time, so a chunk's buffers stay in the CPU cache; CuPy: the whole batch
-    at once (fewer, larger kernel launches)."""
-    step = n if xp is not numpy else max(1, CHUNK_BYTES // bytes_per_image)
+    """Slices of the batch to work on in turn. NumPy: about CHUNK_BYTES (1 MB)
+    of buffers at a time, so they stay in the CPU cache; CuPy: the whole batch
+    (fewer, larger kernel launches) unless that needs over GPU_CHUNK_BYTES."""
+    budget = CHUNK_BYTES if xp is numpy else GPU_CHUNK_BYTES
+    step = max(1, budget // max(1, bytes_per_image))
     return [slice(first, min(first + step, n)) for first in range(0, n, step)]
 
 
@@ -247,61 +252,65 @@ class _Stride1Columns:
     (Hp + 1) * Wp. Output pixel (h, w) then sits at flat position
     p = h * Wp + w, and kernel tap (i, j) reads position p + i * Wp + j: the
     columns of tap t are ONE contiguous slice of each row,
-    rows[c, starts[t] : starts[t] + length], with starts[t] = i * Wp + j and
+    flat[c, starts[t] : starts[t] + length], with starts[t] = i * Wp + j and
     length = H_out * Wp (the output on an H_out x Wp grid; its last
-    Wp - W_out columns straddle a row end and are cut off afterwards). The
-    extra zero row at the bottom lets the last tap's slice run WW - 1
-    elements past the padded image.
+    Wp - W_out columns straddle a row end and are cut off afterwards).
 
-    The padded rows and the columns live in buffers made once: each chunk
-    only overwrites the interior of the padded rows, so their border stays
-    zero. An unpadded 1x1 conv needs no copy at all: its only tap's columns
-    are x itself.
+    What has to be copied depends on the kernel and the padding:
+    - padded, or wider than 1: x is copied into zero-padded flat rows (a
+      buffer made once; each chunk overwrites only its interior, so the
+      border stays zero);
+    - several taps: each tap's slice is copied into the columns buffer;
+    - an unpadded 1x1 conv copies nothing: its columns are x itself.
     """
 
-    def __init__(self, xp, x_shape, w_shape, pads, h_out, dtype, chunk_channels):
+    def __init__(self, xp, x_shape, w_shape, pads, h_out, dtype):
         n, c, h, w = x_shape
-        hh, ww = w_shape[2:]
+        f, _, hh, ww = w_shape
         top, bottom, left, right = pads
         self.xp, self.pads, self.h, self.w = xp, pads, h, w
         self.width = w + left + right                                     # Wp
         self.length = h_out * self.width
         self.starts = [i * self.width + j for i in range(hh) for j in range(ww)]
-        # Chunks of about CHUNK_BYTES of columns (or of output, if that is more) per image.
+        self.needs_padding = any(pads) or ww != 1
+        self.one_tap = len(self.starts) == 1
+        # Chunk size: the biggest per-image buffers are the columns (C * taps
+        # rows of `length`) and the output grid (F rows).
         self.row_bytes = self.length * numpy.dtype(dtype).itemsize
-        self.chunks = _batch_chunks(xp, n, max(c * len(self.starts), chunk_channels) * self.row_bytes)
-        self.chunk = self.chunks[0].stop
-        self.padded = (xp.zeros((self.chunk, c, h + top + bottom + 1, self.width), dtype=dtype)
-                       if any(pads) or ww != 1 else None)
-        self.cols = (xp.empty((self.chunk, c, len(self.starts), self.length), dtype=dtype)
-                     if len(self.starts) > 1 else None)
+        self.chunks = _batch_chunks(xp, n, max(c * len(self.starts), f) * self.row_bytes)
+        self.chunk = self.chunks[0].stop if self.chunks else 0
+        # + 1: an extra zero row, so the last tap's slice may run WW - 1 past the padded image.
+        self.flat = (xp.zeros((self.chunk, c, h + top + bottom + 1, self.width), dtype=dtype)
+                     if self.needs_padding else None)
+        self.cols = (None if self.one_tap
+                     else xp.empty((self.chunk, c, len(self.starts), self.length), dtype=dtype))
 
     def columns(self, x, images):
         """(count, C * taps, length): the columns of x[images], rows ordered (channel, tap)."""
         c = x.shape[1]
         count = images.stop - images.start
         top, left = self.pads[0], self.pads[2]
-        rows = (x[images].reshape(count, c, -1) if self.padded is None
-                else self.padded[:count].reshape(count, c, -1))
+        flat = (self.flat[:count].reshape(count, c, -1) if self.needs_padding
+                else x[images].reshape(count, c, -1))
 
-        def fill(block):                          # the chunk's channels in `block`
-            if self.padded is not None:
-                self.padded[:count, block, top:top + self.h, left:left + self.w] = x[images, block]
-            if self.cols is not None:
+        def fill(channels):
+            if self.needs_padding:
+                self.flat[:count, channels, top:top + self.h, left:left + self.w] = x[images, channels]
+            if not self.one_tap:
                 for t, start in enumerate(self.starts):
-                    self.cols[:count, block, t] = rows[:, block, start:start + self.length]
+                    self.cols[:count, channels, t] = flat[:, channels, start:start + self.length]
 
-        if self.padded is not None or self.cols is not None:
+        if self.needs_padding or not self.one_tap:
             _on_threads(self.xp, fill, c, count * c * len(self.starts) * self.row_bytes)
-        if self.cols is None:                     # one tap: its columns are a slice of the rows
-            return rows[..., self.starts[0]:self.starts[0] + self.length]
+        if self.one_tap:                          # its columns are a slice of the flat rows
+            return flat[..., self.starts[0]:self.starts[0] + self.length]
         return self.cols[:count].reshape(count, -1, self.length)
 
 
 def _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out):
     n = x.shape[0]
     f = w.shape[0]
-    im2col = _Stride1Columns(xp, x.shape, w.shape, pads, h_out, x.dtype, chunk_channels=f)
+    im2col = _Stride1Columns(xp, x.shape, w.shape, pads, h_out, x.dtype)
     length, width = im2col.length, im2col.width
     w_matrix = w.reshape(groups, f // groups, -1)                        # (G, F/G, C/G * taps)
     out = xp.empty((n, f, h_out, w_out), dtype=x.dtype)
@@ -313,12 +322,12 @@ def _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out):
         total = out[images] if grid is None else grid[:count]
         xp.matmul(w_matrix, columns, out=total.reshape(count, groups, f // groups, length))
 
-        def finish(block):                        # bias, and drop the columns that straddle a row end
-            part = total[:, block]
+        def finish(filters):                      # bias, and drop the columns that straddle a row end
+            part = total[:, filters]
             if b is not None:
-                part += b[block].reshape(1, -1, 1, 1)
+                part += b[filters].reshape(1, -1, 1, 1)
             if grid is not None:
-                out[images, block] = part[..., :w_out]
+                out[images, filters] = part[..., :w_out]
 
         if b is not None or grid is not None:
             _on_threads(xp, finish, f, count * f * im2col.row_bytes)
@@ -330,24 +339,26 @@ def _shifted_backward(xp, dout, x, w, geometry):
     n, c, h, wd = x_shape
     f = w.shape[0]
     top, left = pads[0], pads[2]
-    im2col = _Stride1Columns(xp, x_shape, w.shape, pads, h_out, dout.dtype, chunk_channels=c)
+    im2col = _Stride1Columns(xp, x_shape, w.shape, pads, h_out, dout.dtype)
     length, width, starts = im2col.length, im2col.width, im2col.starts
     w_matrix = w.reshape(groups, f // groups, -1)                        # (G, F/G, K)
+    # Summed as columns @ dout^T, the transpose of dw: that product reads the
+    # big columns array in its own layout (measured faster than dout @ columns^T).
     dw_transposed = xp.zeros((groups, w_matrix.shape[2], f // groups), dtype=dout.dtype)
     dx = xp.empty(x_shape, dtype=dout.dtype)
-    dx_rows = dx.reshape(n, c, h * wd)
     # dout on the forward's H_out x Wp grid; its cut-off columns stay zero.
     dgrid = xp.zeros((im2col.chunk, f, h_out, width), dtype=dout.dtype) if width != w_out else None
-    direct = im2col.padded is None and len(starts) == 1   # unpadded 1x1: the columns are x itself
-    if not direct:
+    copies_nothing = im2col.one_tap and not im2col.needs_padding   # unpadded 1x1: columns = x
+    if not copies_nothing:
         dcols = xp.empty((im2col.chunk, c, len(starts), length), dtype=dout.dtype)
-        # The gradient of the chunk's padded rows (col2im adds into it); unpadded, dx's own rows.
-        drows = xp.empty_like(im2col.padded) if im2col.padded is not None else None
+        # The gradient of the chunk's flat rows (col2im adds into it): padded
+        # rows in a buffer, or unpadded, the rows of dx itself.
+        dflat = xp.empty_like(im2col.flat) if im2col.needs_padding else None
     for images in im2col.chunks:
         count = images.stop - images.start
 
-        def to_grid(block):
-            dgrid[:count, block, :, :w_out] = dout[images, block]
+        def to_grid(filters):
+            dgrid[:count, filters, :, :w_out] = dout[images, filters]
 
         if dgrid is not None:
             _on_threads(xp, to_grid, f, count * f * im2col.row_bytes)
@@ -357,20 +368,20 @@ def _shifted_backward(xp, dout, x, w, geometry):
         # out = w @ columns  =>  dw^T = sum over images of columns @ dout^T, dcolumns = w^T @ dout.
         dw_transposed += (columns @ dout_grid.swapaxes(-1, -2)).sum(axis=0)
         w_transposed = w_matrix.swapaxes(-1, -2)
-        if direct:
+        if copies_nothing:
             xp.matmul(w_transposed, dout_grid, out=dx[images].reshape(count, groups, -1, length))
             continue
         dcolumns = dcols[:count]
         xp.matmul(w_transposed, dout_grid, out=dcolumns.reshape(count, groups, -1, length))
 
-        def col2im(block):                        # add each tap's columns back where they were read
-            rows = (dx_rows[images, block] if drows is None
-                    else drows[:count, block].reshape(count, -1, drows.shape[2] * width))
+        def col2im(channels):                     # add each tap's columns back where they were read
+            rows = (dx[images, channels].reshape(count, -1, h * wd) if dflat is None
+                    else dflat[:count, channels].reshape(count, -1, dflat.shape[2] * width))
             rows[...] = 0
             for t, start in enumerate(starts):
-                rows[..., start:start + length] += dcolumns[:, block, t]
-            if drows is not None:
-                dx[images, block] = drows[:count, block, top:top + h, left:left + wd]
+                rows[..., start:start + length] += dcolumns[:, channels, t]
+            if dflat is not None:
+                dx[images, channels] = dflat[:count, channels, top:top + h, left:left + wd]
 
         _on_threads(xp, col2im, c, count * c * len(starts) * im2col.row_bytes)
     return dx, dw_transposed.swapaxes(-1, -2).reshape(w.shape)
@@ -421,7 +432,7 @@ def _phases(xp, x, pads, stride):
     stride-s kernel tap (i, j) reads only phase (i % s, j % s), shifted by
     (i // s, j // s): in a phase image the strided conv becomes a stride-1
     conv, whose taps are contiguous slices of the flattened phase (as in
-    `_FlatRows`). Stride 1 has a single phase: the padded image.
+    `_Stride1Columns`). Stride 1 has a single phase: the padded image.
     Returns (phases (N, C, stride**2, (Hq + 1) * Wq), Wq) with Hq, Wq the
     phase size; the extra zero row lets the last taps' slices run past the end.
     """
@@ -577,8 +588,8 @@ def _run_blocks(work, blocks):
     list(_pool[threads].map(work, blocks))          # waits for all; re-raises a block's error
 
 
-def _on_threads(xp, work, rows, work_bytes):
-    """Call work(block) for blocks of rows covering range(rows), one block per CPU thread.
+def _on_threads(xp, work, size, work_bytes):
+    """Call work(block) for slices covering range(size), one slice per CPU thread.
 
     For memory-bound copies between matrix products: on NumPy, splitting them
     over the threads BLAS uses makes them about 1.5x faster on 2 cores, and
@@ -586,13 +597,13 @@ def _on_threads(xp, work, rows, work_bytes):
     Python's GIL between NumPy calls) to one handoff per thread. A handoff
     costs about as much as copying a few hundred KB, so work that moves
     fewer than PARALLEL_BYTES (work_bytes, roughly) stays on the calling
-    thread. CuPy: one block, all rows.
+    thread. CuPy: one call, all of range(size).
     """
     if xp is not numpy or work_bytes < PARALLEL_BYTES:
-        work(slice(0, rows))
+        work(slice(0, size))
         return
-    step = -(-rows // min(rows, _cpu_threads()))
-    _run_blocks(work, [slice(first, min(first + step, rows)) for first in range(0, rows, step)])
+    step = -(-size // min(size, _cpu_threads()))
+    _run_blocks(work, [slice(first, min(first + step, size)) for first in range(0, size, step)])
 
 
 def _for_each_block(xp, work, rows, bytes_per_row):
@@ -606,7 +617,7 @@ def _for_each_block(xp, work, rows, bytes_per_row):
     if xp is not numpy:
         work(slice(0, rows))
         return
-    step = max(1, BLOCK_BYTES // bytes_per_row)
+    step = max(1, BLOCK_BYTES // max(1, bytes_per_row))      # bytes_per_row is 0 for an empty batch
     _run_blocks(work, [slice(first, min(first + step, rows)) for first in range(0, rows, step)])
 
 

@@ -146,6 +146,16 @@ def test_conv_blocked_and_threaded_numpy_paths_agree(monkeypatch, config, small_
         assert (got is None and want is None) or rel_error(got, want) < 1e-12
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_empty_batch(xp, config):
+    x, w, b, param = make(xp, config)
+    out, cache = conv_forward(x[:0], w, b, param)
+    assert out.shape == (0,) + conv_forward_naive(x, w, b, param)[0].shape[1:]
+    dx, dw, db = conv_backward(out, cache)
+    assert dx.shape == x[:0].shape and dw.shape == w.shape
+    assert not bool(dw.any()) and (db is None or not bool(db.any()))
+
+
 def test_conv_backward_accepts_naive_cache(xp):
     x, w, b, param = make(xp, CONFIGS[3])
     out, naive_cache = conv_forward_naive(x, w, b, param)
