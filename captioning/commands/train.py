@@ -16,8 +16,8 @@ coloured shapes, a small CNN trained end to end with the attention decoder.
 It stops after 3 epochs or 2 minutes (--max-minutes), whichever comes first,
 then captions four test images it has never seen and writes them as
 sample_<k>.png for `caption`. On the 2-core CPU the 3 epochs took 1 min 24 s
-to 1 min 37 s and gave test BLEU-4 94.8 with beam 3 (the learning rate falls
-linearly to a tenth over the epochs: --lr-decay-to).
+to 1 min 41 s and gave test BLEU-4 94.8 to 95.5 with beam 3 (the learning rate
+falls linearly to a tenth over the epochs: --lr-decay-to).
 
 With --data DIR (Flickr8k, any layout) it trains on cached EfficientNet-Lite0
 features (the CNN stays frozen). Extract them ONCE first (resumable; about
