@@ -47,8 +47,10 @@ Beam search (as in Show and Tell / Show, Attend and Tell):
       image's beam_size best extensions is a finished caption: it is kept
       aside (the best one per image, by normalised score). The beam_size best
       NON-<END> extensions of the image's beams become the new live beams
-      (state rows reordered with `take` along axis 0). With beam_size 1 this
-      is exactly greedy decoding;
+      (state rows reordered with `take` along axis 0). With beam_size 1 and
+      length_alpha 0 this is greedy decoding (up to exact ties between words;
+      with length_alpha > 0 the single beam may go on past an <END> it
+      scored and come back with a longer caption);
     - an image is done once its best finished caption scores at least as well
       as any live beam could still reach (log-probabilities only decrease, so
       the bound is the best live score, divided by max_length ** alpha when

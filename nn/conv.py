@@ -44,7 +44,7 @@ import os
 import numpy
 
 from .backend import get_array_module
-from .dense import _check_float, _check_ndim
+from .dense import _check_float, _check_ndim, _is_int
 
 __all__ = [
     "conv_forward", "conv_backward", "conv_forward_naive", "same_padding",
@@ -92,18 +92,19 @@ def _conv_geometry(op, x, w, b, conv_param):
     stride = conv_param.get("stride", 1)
     pad = conv_param.get("pad", 0)
     groups = conv_param.get("groups", 1)
-    if not isinstance(stride, int) or stride < 1:
+    if not _is_int(stride) or stride < 1:
         raise ValueError(f"{op}: stride must be a positive int, got {stride!r}")
-    if not isinstance(groups, int) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    if isinstance(pad, int):
+    if _is_int(pad):
         pads = (pad, pad, pad, pad)
     elif isinstance(pad, (tuple, list)) and len(pad) == 4:
         pads = tuple(pad)
     else:
         raise ValueError(f"{op}: pad must be an int or a (top, bottom, left, right) tuple, got {pad!r}")
-    if not all(isinstance(p, int) and p >= 0 for p in pads):
+    if not all(_is_int(p) and p >= 0 for p in pads):
         raise ValueError(f"{op}: pad values must be non-negative ints, got {pad!r}")
+    stride, groups, pads = int(stride), int(groups), tuple(int(p) for p in pads)
     if c % groups or f % groups:
         raise ValueError(f"{op}: groups={groups} must divide both input channels C={c} "
                          f"and filters F={f}")

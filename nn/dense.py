@@ -5,6 +5,7 @@ Every op is a CS231n-style pair: `*_forward(...) -> (out, cache)` and
 module is taken from the inputs) and keep the dtype they are given.
 """
 import math
+import numbers
 
 from .backend import get_array_module
 
@@ -22,6 +23,11 @@ __all__ = [
 # Small helpers shared by the nn op modules (conv, pool, normalization import
 # them): they turn a bad input into an error that names the op, the expected
 # and the actual, instead of a broadcasting error from deep inside NumPy.
+
+def _is_int(value):
+    """A Python or NumPy integer (numpy.int64(2) counts; True does not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def _check_ndim(op, name, array, ndim, layout):
     if getattr(array, "ndim", None) != ndim:

@@ -88,14 +88,15 @@ def directional_gradient_check(f, inputs, grads, h=1e-5, seed=0):
     xp = backend.get_array_module(*inputs)
     gen = numpy.random.default_rng(seed)
     directions = [xp.asarray(gen.standard_normal(x.shape)) for x in inputs]
+    saved = [x.copy() for x in inputs]            # restored exactly (x + hv - 2hv + hv may round)
     for x, v in zip(inputs, directions):
         x += h * v
     fplus = float(f())
-    for x, v in zip(inputs, directions):
-        x -= 2 * h * v
+    for x, s, v in zip(inputs, saved, directions):
+        xp.subtract(s, h * v, out=x)
     fminus = float(f())
-    for x, v in zip(inputs, directions):
-        x += h * v
+    for x, s in zip(inputs, saved):
+        x[...] = s
     numeric = (fplus - fminus) / (2 * h)
     analytic = float(sum(float(xp.sum(g * v)) for g, v in zip(grads, directions)))
     err = abs(numeric - analytic) / max(1e-8, abs(numeric) + abs(analytic))

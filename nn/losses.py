@@ -82,12 +82,12 @@ def softmax_loss(x, y):
     correct_shifted = shifted[rows, y]                 # copied before exp overwrites
     probs = xp.exp(shifted, out=shifted)
     sums = probs.sum(axis=1)
-    loss = float(xp.sum(xp.log(sums) - correct_shifted)) / num_examples
+    loss = float(xp.sum(xp.log(sums) - correct_shifted)) / max(num_examples, 1)   # N = 0: loss 0
 
     probs /= sums[:, None]
     dx = probs                                         # d loss / d x = (p - onehot(y)) / N
     dx[rows, y] -= 1
-    dx /= num_examples
+    dx /= max(num_examples, 1)
     return loss, dx
 
 

@@ -305,13 +305,15 @@ class SGD(Optimizer):
     """
 
     HYPER = ("lr", "weight_decay", "momentum")
+    # A velocity buffer is made on first use, only when momentum > 0; a saved
+    # state may bring one (and its momentum) whatever this optimizer was built with.
+    BUFFERS = ("velocity",)
 
     def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0,
                  decoupled_weight_decay=False):
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
-        self.BUFFERS = ("velocity",) if momentum > 0 else ()
         super().__init__(params, lr, weight_decay, decoupled_weight_decay)
 
     def _update(self, name, param, grad):
@@ -412,9 +414,13 @@ def clip_grad_norm(grads, max_norm):
     if not arrays:
         return 0.0
     backend.get_array_module(*arrays, op="clip_grad_norm")
-    # Sums of squares accumulated in float64 on the arrays' device; one
+    # Sums of squares in float64 on the arrays' device (squared in float32, a
+    # gradient of 2e19 would overflow to inf and look like divergence); one
     # transfer to the host at the end (float()), not one per gradient.
-    total_square = sum((g * g).sum(dtype=numpy.float64) for g in arrays)
+    total_square = 0.0
+    for g in arrays:
+        g64 = g.astype(numpy.float64, copy=False)
+        total_square = total_square + (g64 * g64).sum()
     total_norm = math.sqrt(float(total_square))
     if math.isfinite(total_norm) and total_norm > max_norm:
         scale = max_norm / total_norm

@@ -17,7 +17,7 @@ only (ties are common after a ReLU: sending it to every tied entry would
 multiply it).
 """
 from .backend import get_array_module
-from .dense import _check_float, _check_ndim
+from .dense import _check_float, _check_ndim, _is_int
 
 __all__ = [
     "max_pool_forward", "max_pool_backward",
@@ -36,8 +36,9 @@ def _pool_geometry(op, x, pool_param):
         raise ValueError(f"{op}: pool_param needs keys pool_height, pool_width, stride; missing {missing}")
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
     for key, value in (("pool_height", ph), ("pool_width", pw), ("stride", stride)):
-        if not isinstance(value, int) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ValueError(f"{op}: {key} must be a positive int, got {value!r}")
+    ph, pw, stride = int(ph), int(pw), int(stride)
     h, w = x.shape[2:]
     if ph > h or pw > w:
         raise ValueError(f"{op}: a {ph}x{pw} pooling window does not fit the input {h}x{w} "

@@ -94,3 +94,10 @@ def test_directional_check_catches_a_wrong_gradient(xp):
     *_, good = directional_gradient_check(f, [x], [2 * x])
     *_, bad = directional_gradient_check(f, [x], [2.2 * x])
     assert good < 1e-8 and bad > 1e-3
+
+
+def test_directional_check_restores_its_inputs_exactly(xp):
+    x = xp.asarray(numpy.random.default_rng(0).standard_normal((50, 50)))
+    before = x.copy()
+    directional_gradient_check(lambda: float(xp.sum(xp.sin(x))), [x], [xp.cos(x)])
+    assert bool((x == before).all())

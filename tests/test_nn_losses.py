@@ -44,6 +44,11 @@ def test_softmax_loss_by_hand(xp):
     assert rel_error(dx, expected / 2) < 1e-12
 
 
+def test_softmax_loss_of_an_empty_batch(xp):
+    loss, dx = losses.softmax_loss(as_xp(xp, numpy.zeros((0, 4))), xp.zeros(0, dtype=numpy.int64))
+    assert loss == 0.0 and dx.shape == (0, 4)
+
+
 def test_softmax_loss_gradient(xp):
     gen = numpy.random.default_rng(1)
     x = as_xp(xp, gen.standard_normal((6, 5)))

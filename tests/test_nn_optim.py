@@ -185,6 +185,19 @@ def test_state_dict_round_trip_gives_exact_resume(xp, factory):
     numpy.testing.assert_array_equal(host(resumed_model.params["b"]), host(full.params["b"]))
 
 
+def test_sgd_state_brings_its_momentum():
+    w, g = numpy.ones(3), numpy.ones(3)
+    with_momentum = optim.SGD([("w", w.copy(), g)], lr=0.1, momentum=0.9)
+    with_momentum.step()
+    plain = optim.SGD([("w", w.copy(), g)], lr=0.1, momentum=0.0)
+    plain.load_state_dict(with_momentum.state_dict())     # velocity buffers included
+    assert plain.momentum == 0.9
+    numpy.testing.assert_array_equal(plain.state["velocity"]["w"], with_momentum.state["velocity"]["w"])
+    back = optim.SGD([("w", w.copy(), g)], lr=0.1, momentum=0.9)
+    back.load_state_dict(optim.SGD([("w", w.copy(), g)], lr=0.1, momentum=0.0).state_dict())
+    assert back.momentum == 0.0
+
+
 def test_load_state_dict_names_the_bad_entries():
     model = TwoParams(numpy, numpy.ones((2, 2)), numpy.zeros(2))
     opt = optim.Adam(model)
@@ -220,6 +233,15 @@ def test_clip_grad_norm_scales_globally():
     numpy.testing.assert_allclose(a, [0.6])
     with pytest.raises(ValueError, match="max_norm"):
         optim.clip_grad_norm([a], 0)
+
+
+def test_clip_grad_norm_of_huge_float32_gradients_is_finite(xp):
+    # 3e19 squared overflows float32: the norm must still be 5e19, not inf (= "diverged").
+    g = as_xp(xp, numpy.array([3e19, 4e19]), numpy.float32)
+    total = optim.clip_grad_norm([g], max_norm=1.0)
+    assert total == pytest.approx(5e19, rel=1e-6)
+    numpy.testing.assert_allclose(host(g), [0.6, 0.8], rtol=1e-6)
+    assert g.dtype == numpy.float32
 
 
 def test_clip_grad_norm_on_a_module(xp):

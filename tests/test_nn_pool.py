@@ -110,6 +110,19 @@ def test_pool_keeps_float32(xp):
     assert out.dtype == numpy.float32 and global_avg_pool_backward(out, cache).dtype == numpy.float32
 
 
+def test_pool_and_conv_accept_numpy_integers(xp):
+    from nn.conv import conv_forward
+    x = as_xp(xp, numpy.arange(32.0).reshape(1, 2, 4, 4))
+    two = numpy.int64(2)
+    out, _ = max_pool_forward(x, {"pool_height": two, "pool_width": two, "stride": two})
+    assert out.shape == (1, 2, 2, 2)
+    w = as_xp(xp, numpy.ones((2, 2, 3, 3)))
+    out, _ = conv_forward(x, w, None, {"stride": numpy.int32(1), "pad": numpy.int64(1), "groups": numpy.int64(1)})
+    assert out.shape == (1, 2, 4, 4)
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        conv_forward(x, w, None, {"stride": True})
+
+
 def test_pool_bad_input(xp):
     x = as_xp(xp, numpy.zeros((1, 2, 4, 4)))
     with pytest.raises(ValueError, match=r"max_pool_forward: pool_param needs .* missing \['stride'\]"):
