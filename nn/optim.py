@@ -414,14 +414,14 @@ def clip_grad_norm(grads, max_norm):
     if not arrays:
         return 0.0
     backend.get_array_module(*arrays, op="clip_grad_norm")
-    # Sums of squares in float64 on the arrays' device (squared in float32, a
-    # gradient of 2e19 would overflow to inf and look like divergence); one
+    # Sums of squares accumulated in float64 on the arrays' device; one
     # transfer to the host at the end (float()), not one per gradient.
-    total_square = 0.0
-    for g in arrays:
-        g64 = g.astype(numpy.float64, copy=False)
-        total_square = total_square + (g64 * g64).sum()
-    total_norm = math.sqrt(float(total_square))
+    with numpy.errstate(over="ignore"):           # an overflow is handled just below
+        total_norm = math.sqrt(float(sum((g * g).sum(dtype=numpy.float64) for g in arrays)))
+    if math.isinf(total_norm):
+        # Squared in float32, an entry above ~1.8e19 overflows although it is
+        # finite: square in float64 (slower, so only here) before calling it diverged.
+        total_norm = math.sqrt(float(sum((g.astype(numpy.float64) ** 2).sum() for g in arrays)))
     if math.isfinite(total_norm) and total_norm > max_norm:
         scale = max_norm / total_norm
         for g in arrays:
