@@ -1,6 +1,8 @@
 """`python -m captioning COMMAND ...`: a thin dispatcher over captioning.commands.*."""
 import argparse
+import errno
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -13,6 +15,12 @@ class UsageError(Exception):
     """Bad user input a command reports as one line on stderr (exit status 2)."""
 
 
+# Errors of the file system, not of our code: no permission, a read-only disk, a full
+# disk, a folder where a file should be (or the reverse).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                       errno.EISDIR, errno.ENOTDIR}
+
+
 def _user_errors():
     """Exceptions that mean bad input (an option, a file, a checkpoint, an image), each with a
     message naming it: reported as one line on stderr, exit status 2, no traceback."""
@@ -23,6 +31,21 @@ def _user_errors():
     from .pth import CheckpointError
     return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError,
             FeatureCacheError, ConfigMismatchError, CheckpointError)
+
+
+def _is_user_error(exc):
+    return isinstance(exc, _user_errors()) or (isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS)
+
+
+def check_output_file(path, option):
+    """Fail before the work, not after it, when `path` (given with `option`) cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a folder; give a file name inside it")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: folder {folder} is not writable")
 
 
 def _command_modules():
@@ -57,7 +80,7 @@ def main(argv=None):
             backend.use(args.backend)
         return int(args._run(args) or 0)
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
+        if not _is_user_error(exc):
             raise                       # a bug: keep the traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,7 +74,12 @@ def use(backend_name):
 
 def _ensure_initialised():
     if _state["xp"] is None:
-        use(os.environ.get("NN_BACKEND", "numpy") or "numpy")
+        requested = os.environ.get("NN_BACKEND", "numpy") or "numpy"
+        try:
+            use(requested)
+        except ValueError:
+            raise BackendError(f"NN_BACKEND={requested!r} is not a backend: set it to numpy or cupy, "
+                               "or unset it") from None
 
 
 def name():

@@ -17,6 +17,7 @@ keys "param/<dotted name>" and, when given, the optimizer's `state_dict()`
 under "optim/<key>".
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -114,15 +115,23 @@ def atomic_write(path, mode="wb", encoding=None):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder {folder} does not exist (writing {path})")
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                    suffix=".tmp")
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder is where the file should go", path)
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                        suffix=".tmp")
+    except OSError as exc:   # name the file the caller asked for, not our temporary one
+        raise OSError(exc.errno, f"cannot write in {folder} ({exc.strerror})", path) from None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             _set_default_permissions(f.fileno())
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot replace it ({exc.strerror})", path) from None
     except BaseException:
         try:
             os.unlink(tmp_path)

@@ -29,7 +29,7 @@ def test_env_variable_sets_the_backend(monkeypatch):
     assert backend.name() == "numpy"
     monkeypatch.setenv("NN_BACKEND", "bogus")
     monkeypatch.setitem(backend._state, "xp", None)
-    with pytest.raises(ValueError, match="bogus"):
+    with pytest.raises(backend.BackendError, match="NN_BACKEND='bogus' is not a backend"):
         backend.xp()
     backend.use("numpy")
 

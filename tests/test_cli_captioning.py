@@ -135,3 +135,105 @@ def test_flickr8k_slice_features_train_evaluate_caption(tmp_path, capsys, flickr
     png = tmp_path / "photo.png"
     assert main(["caption", paths[-1], "--checkpoint", str(out / "best.npz"), "--attention-png", str(png)]) == 0
     assert paths[-1] in capsys.readouterr().out and png.is_file()
+
+    # evaluating one split needs the features of that split only
+    test_cache = tmp_path / "test_only"
+    extract_features(EfficientNetLite0.from_pretrained(), list(splits[2].image_paths), list(splits[2].image_ids),
+                     test_cache, batch_size=34, progress=False)
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--features", str(test_cache),
+                 "--split", "test", "--beam", "1", "--out", str(tmp_path / "t.json")]) == 0
+    assert "flickr8k test: 34 images" in capsys.readouterr().out
+
+
+def _shape_images(folder, count, seed=7):
+    shapes = make_shapes_dataset(count, seed=seed)
+    files = []
+    for i in range(count):
+        files.append(folder / f"img{i}.png")
+        Image.fromarray(shapes.images[i].transpose(1, 2, 0)).save(files[i])
+    return files
+
+
+def test_caption_works_in_batches_and_prints_as_it_goes(shapes_run, capsys, tmp_path, monkeypatch):
+    from captioning.commands import caption
+    files = list(map(str, _shape_images(tmp_path, 5)))
+    checkpoint = str(shapes_run / "best.npz")
+    assert main(["caption", *files, "--checkpoint", checkpoint, "--beam", "2"]) == 0
+    one_batch = capsys.readouterr().out
+    monkeypatch.setattr(caption, "BATCH_SIZE", 2)             # batches of 2, 2 and 1 images
+    assert main(["caption", *files, "--checkpoint", checkpoint, "--beam", "2"]) == 0
+    assert capsys.readouterr().out == one_batch and len(one_batch.splitlines()) == 5
+
+
+def test_caption_refuses_attention_pngs_that_overwrite(shapes_run, capsys, tmp_path):
+    checkpoint = str(shapes_run / "best.npz")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _shape_images(tmp_path / "a", 1)[0], _shape_images(tmp_path / "b", 1)[0]
+    assert main(["caption", str(first), str(second), "--checkpoint", checkpoint,
+                 "--attention-png", str(tmp_path / "att.png")]) == 2
+    assert "would both write their attention picture to" in capsys.readouterr().err
+    before = first.read_bytes()
+    assert main(["caption", str(first), "--checkpoint", checkpoint, "--attention-png", str(first)]) == 2
+    assert "would overwrite the input image" in capsys.readouterr().err and first.read_bytes() == before
+    assert main(["caption", str(first), "--checkpoint", checkpoint, "--attention-png", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path / "a"), "--checkpoint", checkpoint]) == 2
+    assert "is a folder, not an image file" in capsys.readouterr().err
+    for alpha in ("nan", "-5"):
+        assert main(["caption", str(first), "--checkpoint", checkpoint, "--length-alpha", alpha]) == 2
+        assert "--length-alpha must be a number >= 0" in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_output_and_options_before_decoding(shapes_run, capsys, tmp_path):
+    checkpoint = str(shapes_run / "best.npz")
+    assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} is a folder" in err
+    assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(tmp_path / "no" / "x.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for options in (["--max-images", "0"], ["--length-alpha", "nan"]):
+        assert main(["evaluate", "--checkpoint", checkpoint, *options]) == 2
+        assert "must be" in capsys.readouterr().err
+
+
+def test_file_system_errors_are_user_errors_naming_the_path(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+    from captioning.cli import _is_user_error
+    from nn.persist import atomic_write
+    assert _is_user_error(PermissionError(errno.EACCES, "Permission denied", "x"))
+    assert _is_user_error(OSError(errno.EROFS, "Read-only file system", "x"))
+    assert not _is_user_error(OSError(errno.EIO, "I/O error", "x"))   # not the user's doing: traceback
+    with pytest.raises(IsADirectoryError, match=str(tmp_path)):
+        with atomic_write(tmp_path) as f:
+            f.write(b"x")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".out.json.123.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        with atomic_write(tmp_path / "out.json") as f:
+            f.write(b"x")
+    assert info.value.filename == str(tmp_path / "out.json")      # the file asked for, not the temporary one
+
+
+def test_features_and_train_refuse_an_empty_or_protected_data_set(tmp_path, capsys):
+    from data_fixtures import make_original, tiny_corpus
+    splits, captions = tiny_corpus()
+    root = make_original(tmp_path / "flickr", splits, captions)
+    inside = root / "Flicker8k_Dataset" / "cache"
+    assert main(["features", "--data", str(root), "--out", str(inside), "--no-progress"]) == 2
+    assert "inside the data folder" in capsys.readouterr().err
+    assert not any(p.name.startswith("cache") for p in (root / "Flicker8k_Dataset").iterdir())
+    empty = make_original(tmp_path / "empty", splits, captions)
+    for photo in (empty / "Flicker8k_Dataset").iterdir():   # the files list photos that are not there
+        photo.unlink()
+    assert main(["features", "--data", str(empty), "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    assert "no photos to encode" in capsys.readouterr().err
+    no_dev = make_original(tmp_path / "no_dev", *tiny_corpus(n_train=4, n_dev=0, n_test=2))
+    cache = tmp_path / "no_dev_features"
+    assert main(["features", "--data", str(no_dev), "--out", str(cache), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(no_dev), "--features", str(cache), "--out", str(tmp_path / "run")]) == 2
+    assert "the dev split is empty" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -68,15 +68,20 @@ def _default_features_path():
     return str(default_cache_path("flickr8k", "efficientnet_lite0"))
 
 
-def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
-    """Flickr8k splits whose inputs are rows of the EfficientNet-Lite0 feature cache."""
+def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid", splits=("train", "dev", "test"),
+                  again="run train again"):
+    """Flickr8k splits whose inputs are rows of the EfficientNet-Lite0 feature cache.
+
+    splits: the splits to load (the cache needs the features of these only);
+    again: what the user should do once the missing cache is made.
+    """
     from ..data.flickr8k import find_flickr8k_dir, load_flickr8k
     from ..features import FeatureCacheError, open_cache
 
     root = find_flickr8k_dir(data_arg)
     dataset = load_flickr8k(root)
     features_path = features_arg or _default_features_path()
-    splits = {name: dataset[name] for name in ("train", "dev", "test")}
+    splits = {name: dataset[name] for name in splits}
     if max_images is not None:
         splits = {name: split.subset(range(min(max_images, len(split)))) for name, split in splits.items()}
     wanted = [i for split in splits.values() for i in split.image_ids]
@@ -87,7 +92,7 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
             f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
             f"  python -m captioning features --data {root}" +
             (f" --out {features_path}" if features_arg else "") +
-            "\n(a few minutes on a CPU, resumable), then run train again") from None
+            f"\n(a few minutes on a CPU, resumable), then {again}") from None
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
     encoder_name = cache.index["encoder"]["name"]
@@ -111,7 +116,8 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid"):
                         + ([f"{len(skipped)} undecodable photos left out"] if skipped else []))
 
 
-def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None):
+def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None,
+                   splits=("train", "dev", "test")):
     """The data a checkpoint was trained on (optionally from another folder / cache)."""
     name = (spec or {}).get("name")
     if data_arg is None and name == "shapes":
@@ -121,10 +127,15 @@ def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_imag
                            n_test=spec["n_test"], max_images=max_images)
     if data_arg is None and name != "flickr8k":
         raise UsageError("give --data DIR: the checkpoint does not say which data it was trained on")
+    same_data = data_arg is None or (name == "flickr8k" and os.path.abspath(data_arg) == spec["root"])
     if data_arg is None:
         data_arg = spec["root"]
-    if features_arg is None and name == "flickr8k":
-        features_arg = spec.get("features")
+        if not os.path.isdir(data_arg):
+            raise UsageError(f"the checkpoint was trained on the Flickr8k folder {data_arg}, which does "
+                             "not exist any more (moved?): give its new place with --data DIR")
+    if features_arg is None and name == "flickr8k" and same_data:
+        features_arg = spec.get("features")    # other data: its own cache, at the default place
     if max_images is None and name == "flickr8k":
         max_images = spec.get("max_images")
-    return flickr8k_data(data_arg, features_arg, max_images=max_images, kind=kind)
+    return flickr8k_data(data_arg, features_arg, max_images=max_images, kind=kind, splits=splits,
+                         again="run this command again (or give an existing cache with --features)")

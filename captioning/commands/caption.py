@@ -7,7 +7,9 @@ from ..cli import UsageError
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
-Print a caption for each image file. The image encoder is the one the
+Print a caption for each image file (32 images at a time, so memory stays
+bounded and each caption appears as soon as its batch is done; a whole
+folder, e.g. photos/*.jpg, is fine). The image encoder is the one the
 checkpoint was trained with: EfficientNet-Lite0 (pretrained, frozen) for a
 Flickr8k model, the checkpoint's own small CNN for a synthetic-shapes model.
 With --attention-png (attention models only) one PNG per image shows, for
@@ -30,15 +32,38 @@ def add_arguments(parser):
                         help="write the attention picture here (one image), or OUT-<image name>.png (several)")
 
 
+# Images encoded and decoded at once: memory stays bounded (EfficientNet needs about 8 MB per
+# photo), and each caption is printed as soon as its batch is done.
+BATCH_SIZE = 32
+
+
 def _png_paths(out, images):
+    """The attention PNG of each image: `out` for one image, OUT-<image name>.png for several."""
+    if os.path.isdir(out):
+        raise UsageError(f"--attention-png {out} is a folder; give a file name such as {out}/attention.png")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UsageError(f"folder of --attention-png {out} does not exist")
     if len(images) == 1:
-        return [out]
-    stem, ext = os.path.splitext(out)
-    return [f"{stem}-{os.path.splitext(os.path.basename(p))[0]}{ext or '.png'}" for p in images]
+        paths = [out]
+    else:
+        stem, ext = os.path.splitext(out)
+        paths = [f"{stem}-{os.path.splitext(os.path.basename(p))[0]}{ext or '.png'}" for p in images]
+    first_image = {}
+    for image, png in zip(images, paths):
+        if png in first_image:
+            raise UsageError(f"{first_image[png]} and {image} would both write their attention picture to "
+                             f"{png}; caption them in separate runs")
+        first_image[png] = image
+    inputs = {os.path.abspath(p) for p in images}
+    for png in paths:
+        if os.path.abspath(png) in inputs:
+            raise UsageError(f"--attention-png would overwrite the input image {png}; choose another name")
+    return paths
 
 
-def encode_files(ckpt, paths):
-    """Image files -> (features for the checkpoint's model, display images (N, 3, H, W) in [0, 1])."""
+def image_encoder(ckpt):
+    """The checkpoint's image encoder as a function: image files -> (features for the
+    checkpoint's model, display images (N, 3, H, W) in [0, 1]). Built once, called per batch."""
     from ..data.images import load_images
     from ..training import make_encoder
 
@@ -46,8 +71,11 @@ def encode_files(ckpt, paths):
     if spec.get("name") == "small_cnn":
         encoder = make_encoder(spec, ckpt.encoder_state, dtype=model.dtype).eval()
         size = spec.get("config", {}).get("image_size", 64)
-        pixels, _, _ = load_images(paths, size=size, resize="squash", dtype=model.dtype)
-        return encoder.encode(pixels, model.feature_kind, model.dtype), pixels
+
+        def encode_small_cnn(paths):
+            pixels, _, _ = load_images(paths, size=size, resize="squash", dtype=model.dtype)
+            return encoder.encode(pixels, model.feature_kind, model.dtype), pixels
+        return encode_small_cnn
     if spec.get("name") == "efficientnet_lite0":
         from ..encoders.efficientnet import EfficientNetLite0
         net = EfficientNetLite0.from_pretrained()
@@ -55,16 +83,21 @@ def encode_files(ckpt, paths):
         wanted = spec.get("input", {})
         if wanted and (wanted.get("size") != pre["size"] or wanted.get("resize") != pre["resize"]):
             raise UsageError(f"{ckpt.path}: trained on EfficientNet inputs {wanted}, this encoder uses {pre}")
-        batch, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"], mean=pre["mean"],
-                                  std=pre["std"])
-        grid, pooled = net.features(batch.astype(backend.default_float()))
-        features = (grid if model.feature_kind == "grid" else pooled).astype(model.dtype)
-        display, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"])
-        return features, display
+
+        def encode_efficientnet(paths):
+            batch, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"], mean=pre["mean"],
+                                      std=pre["std"])
+            grid, pooled = net.features(batch.astype(backend.default_float()))
+            features = (grid if model.feature_kind == "grid" else pooled).astype(model.dtype)
+            display, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"])
+            return features, display
+        return encode_efficientnet
     raise UsageError(f"{ckpt.path}: unknown image encoder {spec!r}")
 
 
 def run(args):
+    import math
+
     from ..attention_png import save_attention_png
     from ..checkpoint import load_checkpoint
     from ..decoding import beam_search, greedy_decode
@@ -72,7 +105,11 @@ def run(args):
 
     if args.beam < 1 or args.max_length < 1:
         raise UsageError("--beam and --max-length must be >= 1")
+    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
+        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
     for path in args.images:
+        if os.path.isdir(path):
+            raise UsageError(f"{path} is a folder, not an image file (for all its images: {path}/*.jpg)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -82,23 +119,25 @@ def run(args):
     model = ckpt.model
     if args.attention_png and model.feature_kind != "grid":
         raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
-    if args.attention_png and not os.path.isdir(os.path.dirname(os.path.abspath(args.attention_png))):
-        raise FileNotFoundError(f"folder of --attention-png {args.attention_png} does not exist")
-    features, display = encode_files(ckpt, args.images)
-    if args.beam > 1:
-        result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
-                             max_length=args.max_length, length_alpha=args.length_alpha)
-    else:
-        result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
     pngs = _png_paths(args.attention_png, args.images) if args.attention_png else [None] * len(args.images)
-    for i, path in enumerate(args.images):
-        words = ckpt.vocabulary.decode(result.sequences[i])
-        print(f"{path}: {' '.join(words)}")
-        if pngs[i] is not None:
-            grid_side = int(round(features.shape[1] ** 0.5))
-            attention = result.attention[i]
-            shape = (grid_side, grid_side) if grid_side * grid_side == features.shape[1] else None
-            save_attention_png(backend.to_numpy(display[i]), words or ["<empty>"],
-                               attention if words else attention[:1], pngs[i], grid_shape=shape)
-            print(f"  attention: {pngs[i]}")
+    encode = image_encoder(ckpt)
+    for first in range(0, len(args.images), BATCH_SIZE):
+        paths = args.images[first:first + BATCH_SIZE]
+        features, display = encode(paths)
+        if args.beam > 1:
+            result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
+                                 max_length=args.max_length, length_alpha=args.length_alpha)
+        else:
+            result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
+        for i, path in enumerate(paths):
+            words = ckpt.vocabulary.decode(result.sequences[i])
+            print(f"{path}: {' '.join(words)}", flush=True)
+            png = pngs[first + i]
+            if png is not None:
+                grid_side = int(round(features.shape[1] ** 0.5))
+                attention = result.attention[i]
+                shape = (grid_side, grid_side) if grid_side * grid_side == features.shape[1] else None
+                save_attention_png(backend.to_numpy(display[i]), words or ["<empty>"],
+                                   attention if words else attention[:1], png, grid_shape=shape)
+                print(f"  attention: {png}", flush=True)
     return 0

@@ -1,11 +1,12 @@
 """`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
 import json
+import math
 import os
 import time
 
 from nn.persist import atomic_write
 
-from ..cli import UsageError
+from ..cli import UsageError, check_output_file
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -50,15 +51,21 @@ def run(args):
     for name in ("beam", "max_length", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.length_alpha < 0:
-        raise UsageError(f"--length-alpha must be >= 0, got {args.length_alpha}")
+    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
+        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                   f"captions_{args.split}_beam{args.beam}.json")
+    check_output_file(out, "--out" if args.out else "the captions file (--out)")
     try:
         ckpt = load_checkpoint(args.checkpoint)
         encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
     except ConfigMismatchError as exc:
         raise UsageError(str(exc)) from None
     data = _datasets.data_from_spec(ckpt.training.get("data"), args.data, args.features,
-                                    kind=ckpt.model.feature_kind, max_images=args.max_images)
+                                    kind=ckpt.model.feature_kind, max_images=args.max_images,
+                                    splits=(args.split,))
     if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
         raise UsageError(f"{args.checkpoint}: the model expects {ckpt.model.config['feature_dim']}-d features, "
                          f"the cache holds {data.feature_dim}-d ones (another encoder?)")
@@ -73,6 +80,8 @@ def run(args):
                              f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
                              "it was trained with (--features) or train on this one")
     split = data.splits[args.split].head(args.max_images)
+    if len(split) == 0:
+        raise UsageError(f"the {args.split} split of {data.describe()} has no images to caption")
 
     start = time.perf_counter()
     captions, _ = generate_captions(ckpt.model, encoder, split, ckpt.vocabulary, beam=args.beam,
@@ -90,8 +99,6 @@ def run(args):
         print(f"BLEU-{n}  {100 * value:6.2f}")
     print(f"CIDEr-D {100 * scores['cider']:6.2f}")
 
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                   f"captions_{args.split}_beam{args.beam}.json")
     record = {"settings": settings,
               "scores": {**{f"BLEU-{n}": 100 * v for n, v in enumerate(scores["bleu"], start=1)},
                          "CIDEr-D": 100 * scores["cider"]},

@@ -57,9 +57,16 @@ def run(args):
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     root = find_flickr8k_dir(args.data)
     ids, paths = flickr8k_image_list(root, args.split, args.limit)
+    if not ids:
+        raise UsageError(f"no photos to encode: none of the photos that the caption and split files of "
+                         f"{root} list for '{args.split}' is in its image folder")
     out = args.out or default_cache_path("flickr8k", EfficientNetLite0.name, args.split)
     if args.limit and not args.out:
         out = f"{out}_first{args.limit}"
+    data_folder = os.path.realpath(root)
+    if os.path.realpath(os.path.abspath(out)).startswith(data_folder + os.sep):
+        raise UsageError(f"--out {out} lies inside the data folder {root}, which is only read: "
+                         "put the cache somewhere else")
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
     encoder = EfficientNetLite0.from_pretrained()

@@ -157,6 +157,11 @@ def run(args):
         data = _datasets.flickr8k_data(args.data, args.features, max_images=args.max_images,
                                        kind="grid" if args.model == "attention" else "pooled")
         encoder = data.encoder
+    empty = [name for name, split in data.splits.items() if len(split) == 0]
+    if empty:   # e.g. a folder of a few photos in the Kaggle layout, split 80/10/10
+        raise UsageError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty in "
+                         f"{data.describe()}: training needs images in train, dev (to pick the best "
+                         "checkpoint) and test; use a larger data set")
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
     kind = "grid" if args.model == "attention" else "pooled"
