@@ -79,6 +79,9 @@ def load_checkpoint(path, dtype=None):
     parameters do not fit the configuration it records.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):   # e.g. the --out folder of train
+        raise FileNotFoundError(f"checkpoint {path} is a folder: give a file in it, e.g. "
+                                f"{os.path.join(path, 'best.npz')}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     arrays, meta = load_npz(path)

@@ -180,6 +180,8 @@ def test_caption_refuses_attention_pngs_that_overwrite(shapes_run, capsys, tmp_p
     assert "is a folder" in capsys.readouterr().err
     assert main(["caption", str(tmp_path / "a"), "--checkpoint", checkpoint]) == 2
     assert "is a folder, not an image file" in capsys.readouterr().err
+    assert main(["caption", str(first), "--checkpoint", str(shapes_run)]) == 2
+    assert f"is a folder: give a file in it, e.g. {shapes_run / 'best.npz'}" in capsys.readouterr().err
     for alpha in ("nan", "-5"):
         assert main(["caption", str(first), "--checkpoint", checkpoint, "--length-alpha", alpha]) == 2
         assert "--length-alpha must be a number >= 0" in capsys.readouterr().err
