@@ -24,7 +24,9 @@ How a lesson is written (a new lesson needs no change to this runner):
   else $FLICKR8K_DIR, else ../shared/flickr8k when it exists, else None), `ctx.out_dir`,
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
-  `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data);
+  `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data),
+  `ctx.fit(trainer)` (train with a captioning.training.Trainer: use it instead
+  of `trainer.fit()`, so that Ctrl-C ends the lesson);
 - a step shows its results by printing them, or by returning a dict of
   name -> value, printed one per line;
 - the file ends with `if __name__ == "__main__": ...run_lesson.main([__file__] + ...)`
@@ -83,6 +85,22 @@ class Context:
     def stop(self, message):
         """End the lesson here without failing it."""
         raise StopLesson(message)
+
+    def fit(self, trainer):
+        """`trainer.fit()` (a captioning.training.Trainer); returns its history. Ctrl-C ends the lesson.
+
+        On Ctrl-C the Trainer finishes the step, saves last.npz and returns
+        normally (`trainer.interrupted` says so); a lesson that called
+        `trainer.fit()` would go on with a half-trained model. Here the
+        interrupt goes on to the runner (exit 130), and the Trainer's
+        "resume with --resume" advice is left out: lessons have no --resume
+        (run the lesson again to start over).
+        """
+        trainer.resume_hint = None
+        history = trainer.fit()
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        return history
 
 
 # ----------------------------------------------------------------- finding lessons

@@ -387,7 +387,14 @@ class Trainer:
                                          patience=config.lr_patience, mode="max")
         self.progress = _Progress()
         self._stop_requested = False
+        # How to go on after a Ctrl-C, printed when fit() stops for one (None: no advice).
+        self.resume_hint = "resume with --resume"
         os.makedirs(self.out_dir, exist_ok=True)
+
+    @property
+    def interrupted(self):
+        """True once a Ctrl-C stopped fit() (it returns normally, last.npz saved)."""
+        return self._stop_requested
 
     # ------------------------------------------------------------ paths
     @property
@@ -612,8 +619,8 @@ class Trainer:
                     if self._stop_requested or (stop_after_steps is not None
                                                 and steps_this_call >= stop_after_steps):
                         self.save(self.last_path)
-                        self.log(f"stopped at epoch {p.epoch + 1}, step {p.batch}; resume with --resume "
-                                 f"({self.last_path})")
+                        hint = f"; {self.resume_hint}" if self.resume_hint else ", saved"
+                        self.log(f"stopped at epoch {p.epoch + 1}, step {p.batch}{hint} ({self.last_path})")
                         return p.history
                     if out_of_time and p.batch < self.steps_per_epoch:
                         self.log(f"--max-minutes {cfg.max_minutes} reached in epoch {p.epoch + 1}")

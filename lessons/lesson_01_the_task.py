@@ -92,7 +92,7 @@ def step_4_train(ctx):
     train_config = TrainConfig(epochs=ctx.epochs, batch_size=32, lr=2e-3, val_images=100, log_every=10.0)
     trainer = Trainer(ctx.model, ctx.vocab, ctx.encoder, ctx.data["train"], ctx.data["dev"], train_config,
                       ctx.out_dir / "lesson01_run")
-    history = trainer.fit()
+    history = ctx.fit(trainer)  # trainer.fit(), but Ctrl-C ends the lesson (see run_lesson.py)
     return {"train loss per epoch": [round(r["train_loss"], 3) for r in history],
             "dev BLEU-4 per epoch": [round(r["dev_bleu"][3], 3) for r in history]}
 

@@ -17,8 +17,14 @@ Data: --data DIR, $FLICKR8K_DIR, or ../shared/flickr8k. Without it, the
 lesson says how to get it and stops. --quick: 800 training photos and two
 minutes of training (about 4 minutes in all when the features must be
 computed first); without --quick: all 6000 training photos and six minutes
-of training (plus about 10 minutes, once, to cache the features of all
-8000 photos if `python -m captioning features` has not done it already).
+of training (plus about 9 minutes, once, to cache the features of the 7200
+photos used, unless `python -m captioning features` has cached them all).
+A smaller copy of Flickr8k works too: each split then gives all its photos.
+
+Files: the cache of `python -m captioning features` is reused from where
+that command writes it and `train` reads it, outputs/features/ under the
+current folder; everything this lesson makes (its own feature cache, the
+checkpoints, the picture) goes under --out (default outputs/lessons).
 """
 import time
 from pathlib import Path
@@ -29,8 +35,7 @@ from captioning.attention_png import save_attention_png
 from captioning.data import Vocabulary, load_flickr8k
 from captioning.data.images import load_image
 from captioning.encoders.efficientnet import EfficientNetLite0, WeightsNotInstalledError
-from captioning.features import (FeatureCacheError, default_cache_path, extract_features, flickr8k_image_list,
-                                 open_cache)
+from captioning.features import FeatureCacheError, default_cache_path, extract_features, open_cache
 from captioning.metrics import bleu, cider_d
 from captioning.models import build
 from captioning.training import CaptionData, FrozenFeatures, Trainer, TrainConfig, generate_captions
@@ -39,7 +44,6 @@ TITLE = "A small Flickr8k run: cached features, a few minutes of training, evalu
 SECONDS = 480
 QUICK_SECONDS = 180
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"quick": {"train": 800, "dev": 50, "test": 100, "minutes": 2.0, "epochs": 8},
          "full": {"train": 6000, "dev": 200, "test": 1000, "minutes": 6.0, "epochs": 8}}
 
@@ -48,7 +52,7 @@ def step_1_find_the_data(ctx):
     """Find Flickr8k, or say how to get it.
 
     The data is read where it is and never written to; everything this
-    lesson makes goes to the outputs folder.
+    lesson makes goes to the outputs folder (--out).
     """
     if ctx.data is None or not Path(ctx.data).is_dir():
         where = ctx.data if ctx.data is not None else "../shared/flickr8k"
@@ -67,10 +71,19 @@ def step_2_a_slice(ctx):
     """A slice of each split, so that the run takes minutes, not hours.
 
     The first images of each official split (so the test images are never
-    trained on). The vocabulary is built from the training captions only,
-    keeping words seen at least 5 times (lesson 7).
+    trained on); all of them when a split is smaller than the slice (a
+    trimmed copy of Flickr8k). The vocabulary is built from the training
+    captions only, keeping words seen at least 5 times (lesson 7).
     """
-    ctx.sizes = SIZES["quick" if ctx.quick else "full"]
+    ctx.sizes = dict(SIZES["quick" if ctx.quick else "full"])
+    for name in ("train", "dev", "test"):
+        available = len(ctx.flickr.splits[name])
+        if available == 0:
+            ctx.stop(f"The {name} split of {ctx.data} has no photos; this lesson needs photos in all three.")
+        if available < ctx.sizes[name]:
+            print(f"the {name} split has {available} photos, fewer than the {ctx.sizes[name]} of this slice: "
+                  "using all of them")
+            ctx.sizes[name] = available
     ctx.splits = {name: ctx.flickr.splits[name].subset(range(ctx.sizes[name])) for name in ("train", "dev", "test")}
     ctx.vocab = Vocabulary.build(ctx.splits["train"].all_tokens(), min_count=5)
     return {"images": {name: len(split) for name, split in ctx.splits.items()},
@@ -83,9 +96,10 @@ def step_3_features_once(ctx):
     The decoder trains for many epochs but the CNN is frozen, so its output
     per photo never changes: computing the 7 x 7 x 1280 grid once and caching
     it (float16, memory-mapped) makes every epoch cheap. If the full cache of
-    `python -m captioning features` exists it is reused; otherwise the
-    photos are encoded now - with --quick only this slice, else all of
-    them, into that same cache (interrupted? run again: it resumes).
+    `python -m captioning features` exists (outputs/features/ under the
+    current folder, where `train` looks too) it is reused; otherwise the
+    photos of this slice are encoded now into the lesson's own cache under
+    --out (interrupted? run again with the same --out: it resumes).
     """
     try:
         ctx.cnn = EfficientNetLite0.from_pretrained()
@@ -93,17 +107,14 @@ def step_3_features_once(ctx):
         ctx.stop(f"The pretrained CNN weights are not installed:\n{exc}")
     ids = [i for split in ctx.splits.values() for i in split.image_ids]
     paths = [p for split in ctx.splits.values() for p in split.image_paths]
-    full_cache = PROJECT_ROOT / default_cache_path("flickr8k", ctx.cnn.name)
+    full_cache = default_cache_path("flickr8k", ctx.cnn.name)   # relative: the `features` command's default
     started = time.perf_counter()
     try:
         cache, source = open_cache(full_cache, image_ids=ids, encoder=ctx.cnn), f"{full_cache} (reused)"
     except (FileNotFoundError, FeatureCacheError):
-        if ctx.quick:       # only this slice, in the lesson's own outputs
-            target = ctx.out_dir / "features" / f"flickr8k_lesson13_{len(ids)}"
-        else:               # every photo, into the cache `python -m captioning features` makes
-            target = full_cache
-            ids, paths = flickr8k_image_list(ctx.data)
-        cache = extract_features(ctx.cnn, paths, ids, target, batch_size=16, progress=True)
+        target = ctx.out_dir / "features" / f"flickr8k_lesson13_{len(ids)}"
+        # overwrite: a cache of this name made for other photos (another trimmed copy) is of no use now
+        cache = extract_features(ctx.cnn, paths, ids, target, batch_size=16, progress=True, overwrite=True)
         source = f"{target} (made now)"
     seconds = time.perf_counter() - started
     ctx.inputs = {name: cache.for_images(split.image_ids)[0] for name, split in ctx.splits.items()}
@@ -133,7 +144,7 @@ def step_4_train(ctx):
                                max_minutes=ctx.sizes["minutes"], log_every=15.0)
     ctx.run_dir = ctx.out_dir / "lesson13_run"
     trainer = Trainer(ctx.model, ctx.vocab, ctx.encoder, data["train"], data["dev"], train_config, ctx.run_dir)
-    history = trainer.fit()
+    history = ctx.fit(trainer)  # trainer.fit(), but Ctrl-C ends the lesson (see run_lesson.py)
     losses = [record["train_loss"] for record in history]
     ctx.check(len(history) >= 1, "at least one epoch (or part of one) was trained")
     ctx.check(len(losses) < 2 or losses[-1] < losses[0], "the training loss went down")

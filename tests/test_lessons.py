@@ -6,13 +6,19 @@ The runner's behaviour (list, unknown lesson, failing check, pauses) is
 tested on tiny fake lessons written to a temporary folder.
 """
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy
 import pytest
 
+from captioning.encoders.efficientnet import EfficientNetLite0
+from captioning.features import extract_features
+from captioning.training import Trainer
+from data_fixtures import make_original, tiny_corpus
 from nn import backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +81,114 @@ def test_flickr8k_lesson_quick_run(tmp_path, capsys):
     assert status == 0, err[-3000:]
     assert "Lesson done" in out
     assert (tmp_path / "lesson13_attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class FakeCNN:
+    """Stands in for EfficientNet-Lite0 in lesson 13: the 7x7x1280 grid of its shape, in milliseconds.
+
+    (No pretrained weights needed, and no second of CNN work per photo.)
+    """
+    name = "fake_cnn"
+    version = "1"
+    preprocess = {"size": 7, "resize": "squash", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+    def features(self, images):                          # (n, 3, 7, 7) -> grid (n, 49, 1280), pooled (n, 1280)
+        pixels = images.reshape(len(images), 3, 49).transpose(0, 2, 1)
+        grid = numpy.tile(pixels, (1, 1, 427))[:, :, :1280]
+        return grid, grid.mean(axis=1)
+
+
+@pytest.fixture
+def small_flickr8k(tmp_path, monkeypatch):
+    """A trimmed Flickr8k in its original layout (6 / 2 / 2 photos), and the fake CNN for lesson 13."""
+    monkeypatch.setattr(EfficientNetLite0, "from_pretrained", classmethod(lambda cls, *a, **k: FakeCNN()))
+    return make_original(tmp_path / "flickr8k", *tiny_corpus(n_train=6, n_dev=2, n_test=2))
+
+
+def flickr8k_steps(data, out, quick, steps):
+    """Run the first steps of lesson 13 directly; returns (ctx, the last step's results)."""
+    lesson = run_lesson.load_lesson(LESSONS[FLICKR8K_RUN])
+    ctx = run_lesson.Context(quick=quick, data=data, out_dir=out)
+    for step in run_lesson.lesson_steps(lesson)[:steps]:
+        results = step(ctx)
+    return ctx, results
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+def test_flickr8k_lesson_takes_whole_splits_smaller_than_its_slice(small_flickr8k, tmp_path, capsys, quick):
+    ctx, results = flickr8k_steps(small_flickr8k, tmp_path / "out", quick, steps=2)
+    assert results["images"] == {"train": 6, "dev": 2, "test": 2}
+    out = capsys.readouterr().out
+    wanted = run_lesson.load_lesson(LESSONS[FLICKR8K_RUN]).SIZES["quick" if quick else "full"]["train"]
+    assert f"the train split has 6 photos, fewer than the {wanted} of this slice: using all of them" in out
+
+
+def test_flickr8k_lesson_stops_on_an_empty_split(tmp_path):
+    splits, captions = tiny_corpus(n_train=3, n_dev=0, n_test=1)
+    root = make_original(tmp_path / "flickr8k", splits, captions)
+    with pytest.raises(run_lesson.StopLesson, match="dev split .* has no photos"):
+        flickr8k_steps(root, tmp_path / "out", quick=True, steps=2)
+
+
+def test_flickr8k_lesson_writes_its_feature_cache_under_out_and_reuses_the_features_command_one(
+        small_flickr8k, tmp_path, monkeypatch):
+    """Without --quick too: the lesson's own cache goes under --out, never into the project folder;
+    the cache of `python -m captioning features` is looked for where that command writes it,
+    ./outputs/features under the current folder."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, results = flickr8k_steps(small_flickr8k, tmp_path / "out", quick=False, steps=3)
+    assert results["cache"] == f"{tmp_path / 'out' / 'features' / 'flickr8k_lesson13_10'} (made now)"
+    assert not (ROOT / "outputs" / "features" / "flickr8k_fake_cnn.json").exists()
+    assert list(elsewhere.iterdir()) == []
+
+    # the `features` command's default cache, made from the current folder, is reused
+    shared = Path("outputs") / "features" / "flickr8k_fake_cnn"
+    split = tiny_corpus(n_train=6, n_dev=2, n_test=2)[0]
+    ids = split["train"] + split["dev"] + split["test"]
+    extract_features(FakeCNN(), [small_flickr8k / "Flicker8k_Dataset" / i for i in ids], ids, shared,
+                     progress=False)
+    _, results = flickr8k_steps(small_flickr8k, tmp_path / "out2", quick=False, steps=3)
+    assert results["cache"] == f"{shared} (reused)"
+    assert not (tmp_path / "out2" / "features").exists()
+
+
+def interrupt_the_first_training_step(monkeypatch):
+    """Every Trainer acts as if Ctrl-C came during its first step: it calls what its SIGINT handler
+    calls (no real signal, so no race with the clock), then, as then, finishes the step and returns."""
+    real_step = Trainer.train_step
+
+    def train_step(self, epoch, batch):
+        result = real_step(self, epoch, batch)
+        if not self._stop_requested:
+            self._request_stop(signal.SIGINT, None)
+        return result
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("number", [1, 11, FLICKR8K_RUN])
+def test_ctrl_c_while_a_lesson_trains_ends_it_with_status_130(number, tmp_path, capsys, monkeypatch,
+                                                             small_flickr8k):
+    interrupt_the_first_training_step(monkeypatch)
+    status = run_lesson.main([str(number), "--no-pause", "--quick", "--data", str(small_flickr8k),
+                              "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert status == 130, err[-3000:]
+    assert "stopped at epoch 1, step 1" in out                 # the Trainer's own line ...
+    assert "--resume" not in out + err                         # ... without advice lessons cannot follow
+    assert "Interrupted at step 4 (" in err and "Lesson done" not in out and "Step 5/" not in out
+
+
+def test_ctx_fit_returns_the_history_when_training_was_not_interrupted():
+    class StubTrainer:
+        interrupted = False
+
+        def fit(self):
+            return [{"epoch": 1}]
+    stub = StubTrainer()
+    assert run_lesson.Context().fit(stub) == [{"epoch": 1}]
+    assert stub.resume_hint is None          # lessons have no --resume to advise
 
 
 def write_lesson(folder, number, body):
