@@ -194,9 +194,10 @@ def test_evaluate_checks_its_output_and_options_before_decoding(shapes_run, caps
     assert f"--out {tmp_path} is a folder" in err
     assert main(["evaluate", "--checkpoint", checkpoint, "--out", str(tmp_path / "no" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    for options in (["--max-images", "0"], ["--length-alpha", "nan"]):
+    for options in (["--max-images", "0"], ["--length-alpha", "nan"], ["--features", str(tmp_path / "f")]):
         assert main(["evaluate", "--checkpoint", checkpoint, *options]) == 2
-        assert "must be" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "must be" in err or "--features is for Flickr8k checkpoints" in err
 
 
 def test_file_system_errors_are_user_errors_naming_the_path(tmp_path, monkeypatch):

@@ -163,3 +163,16 @@ def test_real_flickr8k_photos_decode(flickr8k):
     assert batch.shape == (4, 3, 224, 224) and kept == [0, 1, 2, 3] and not skipped
     values = backend.to_numpy(batch)
     assert 0.0 <= values.min() and values.max() <= 1.0 and values.std() > 0.05
+
+
+def test_a_very_large_photo_loads_without_pillows_bomb_warning(tmp_path, monkeypatch):
+    import warnings
+    path = save(Image.new("RGB", (40, 30), (10, 200, 30)), tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # 1200 pixels: "big" (warning), not a bomb
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", append=True)        # behind the loader's own filter
+        pixels = load_image(path, size=8)
+    assert pixels.shape == (3, 8, 8) and not caught
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)      # over twice the limit: refused, one clear error
+    with pytest.raises(ImageDecodeError, match="big.png"):
+        load_image(path, size=8)

@@ -120,6 +120,9 @@ def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_imag
                    splits=("train", "dev", "test")):
     """The data a checkpoint was trained on (optionally from another folder / cache)."""
     name = (spec or {}).get("name")
+    if data_arg is None and name == "shapes" and features_arg is not None:
+        raise UsageError("--features is for Flickr8k checkpoints; this one was trained on the synthetic "
+                         "shapes set, whose images are encoded by its own CNN (give --data DIR for Flickr8k)")
     if data_arg is None and name == "shapes":
         if max_images is None:
             max_images = spec.get("max_images")

@@ -13,6 +13,7 @@ Pipeline for one file (`load_image`):
 
 The dtype is `nn.backend.default_float()` (float32) unless given.
 """
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy
@@ -47,6 +48,10 @@ def open_image(path, draft_size=None):
     twice as large is then decoded at a reduced scale (1/2, 1/4, 1/8, never
     below draft_size): several times faster, and a resize follows anyway.
     """
+    # Pillow warns about photos over 89 megapixels (and refuses those over 179: an
+    # ImageDecodeError below). For a user's own photos the warning is only noise in
+    # the output. (Adding the same filter again replaces it: the list does not grow.)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         with Image.open(path) as image:
             if draft_size is not None and image.format == "JPEG":
