@@ -118,7 +118,11 @@ def lesson_files(lessons_dir):
 def lesson_info(path):
     """(TITLE, SECONDS, QUICK_SECONDS) of a lesson file, read without importing it."""
     info = {"TITLE": path.stem, "SECONDS": None, "QUICK_SECONDS": None}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError) as exc:
+        return f"{path.name}: cannot be read ({type(exc).__name__}, line {getattr(exc, 'lineno', '?')})", None, None
+    for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name) and target.id in info:
@@ -126,7 +130,10 @@ def lesson_info(path):
                     info[target.id] = ast.literal_eval(node.value)
                 except ValueError:
                     pass
-    return info["TITLE"], info["SECONDS"], info["QUICK_SECONDS"]
+    for key in ("SECONDS", "QUICK_SECONDS"):   # a number, or nothing shown
+        if not isinstance(info[key], (int, float)) or isinstance(info[key], bool):
+            info[key] = None
+    return str(info["TITLE"]), info["SECONDS"], info["QUICK_SECONDS"]
 
 
 def rough_time(seconds):
@@ -304,6 +311,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     lessons_dir = Path(args.lessons_dir)
+    if not lessons_dir.is_dir():
+        print(f"error: lessons folder {lessons_dir} does not exist (--lessons-dir / $LESSONS_DIR)", file=sys.stderr)
+        return 2
     if args.list or args.lesson is None:
         print_list(lessons_dir)
         return 0 if args.list else 2
@@ -315,8 +325,8 @@ def main(argv=None):
             return 2
     else:
         path = Path(args.lesson)
-        if not path.is_file():
-            print(f"error: no lesson file {path}", file=sys.stderr)
+        if not path.is_file() or path.suffix != ".py":
+            print(f"error: no lesson file {path} (a lesson number, or a lesson_NN_*.py file)", file=sys.stderr)
             print_list(lessons_dir)
             return 2
     from nn import backend

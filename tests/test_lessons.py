@@ -264,6 +264,21 @@ def test_unknown_lesson_prints_the_list_and_fails(tmp_path, capsys):
     assert run_lesson.main(["999"]) == 2
 
 
+def test_runner_refuses_odd_paths_and_lists_broken_lesson_files(tmp_path, capsys):
+    write_lesson(tmp_path, 1, FAKE.replace("WANTED", "42"))
+    (tmp_path / "lesson_02_broken.py").write_text("def (:\n")
+    (tmp_path / "lesson_03_odd.py").write_text('TITLE = "Odd"\nSECONDS = "a lot"\n')
+    assert run_lesson.main(["--list", "--lessons-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lesson_02_broken.py: cannot be read (SyntaxError, line 1)" in out and " 3  Odd  []" in out
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a lesson")
+    assert run_lesson.main([str(notes), "--lessons-dir", str(tmp_path)]) == 2
+    assert f"no lesson file {notes}" in capsys.readouterr().err
+    assert run_lesson.main(["1", "--lessons-dir", str(tmp_path / "nope")]) == 2
+    assert "lessons folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("answers, ran, stopped", [
     (["", "q"], ["the answer was 42"], "Stopped after step 2 of 3."),
     (["a"], ["the answer was 42", "third step ran"], None),
