@@ -358,11 +358,17 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     return open_cache(out_path, encoder=encoder)
 
 
-def flickr8k_image_list(root, split="all", limit=None):
-    """(image ids, image paths) of a Flickr8k split, or of train+dev+test for "all"."""
+def flickr8k_image_list(root, split="all", limit=None, skipped=None):
+    """(image ids, image paths) of a Flickr8k split, or of train+dev+test for "all".
+
+    skipped: a list to extend with lines about entries of the caption and
+    split files that were left out (e.g. photos listed but not in the folder).
+    """
     from .data.flickr8k import load_flickr8k
 
     data = load_flickr8k(root)
+    if skipped is not None:
+        skipped.extend(data.report.skipped_lines())
     names = ("train", "dev", "test") if split == "all" else (split,)
     ids, paths = [], []
     for name in names:

@@ -234,9 +234,10 @@ def test_features_and_train_refuse_an_empty_or_protected_data_set(tmp_path, caps
         photo.unlink()
     assert main(["features", "--data", str(empty), "--out", str(tmp_path / "f"), "--no-progress"]) == 2
     assert "no photos to encode" in capsys.readouterr().err
-    no_dev = make_original(tmp_path / "no_dev", *tiny_corpus(n_train=4, n_dev=0, n_test=2))
+    no_dev = make_original(tmp_path / "no_dev", *tiny_corpus(n_train=4, n_dev=0, n_test=2),
+                           extra_split_ids={"train": ["missing.jpg"]})
     cache = tmp_path / "no_dev_features"
     assert main(["features", "--data", str(no_dev), "--out", str(cache), "--no-progress"]) == 0
-    capsys.readouterr()
+    assert "note: skipped 1 split-list ids with no image file (e.g. missing.jpg)" in capsys.readouterr().err
     assert main(["train", "--data", str(no_dev), "--features", str(cache), "--out", str(tmp_path / "run")]) == 2
     assert "the dev split is empty" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -113,7 +113,8 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid", spl
     feature_dim = int(cache.index["grid_shape"][-1])
     return TrainingData("flickr8k", data, spec, feature_dim=feature_dim, encoder=encoder,
                         notes=[f"features {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
-                        + ([f"{len(skipped)} undecodable photos left out"] if skipped else []))
+                        + ([f"{len(skipped)} undecodable photos left out"] if skipped else [])
+                        + dataset.report.skipped_lines())
 
 
 def data_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None,

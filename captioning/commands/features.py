@@ -56,7 +56,10 @@ def run(args):
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     root = find_flickr8k_dir(args.data)
-    ids, paths = flickr8k_image_list(root, args.split, args.limit)
+    skipped = []
+    ids, paths = flickr8k_image_list(root, args.split, args.limit, skipped=skipped)
+    for line in skipped:
+        print(f"note: {line}", file=sys.stderr)
     if not ids:
         raise UsageError(f"no photos to encode: none of the photos that the caption and split files of "
                          f"{root} list for '{args.split}' is in its image folder")

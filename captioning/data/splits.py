@@ -80,11 +80,15 @@ class LoadReport:
         if len(shown) < 3 and example not in shown:
             shown.append(example)
 
+    def skipped_lines(self):
+        """One line per reason entries were skipped (e.g. photos listed but not in the folder)."""
+        return [f"skipped {count} {reason} (e.g. {', '.join(self.examples[reason])})"
+                for reason, count in self.skipped.items()]
+
     def __str__(self):
         lines = [f"layout: {self.layout}"]
         for name in self.images:
             lines.append(f"{name}: {self.images[name]} images, {self.captions.get(name, 0)} captions")
-        for reason, count in self.skipped.items():
-            lines.append(f"skipped {count} {reason} (e.g. {', '.join(self.examples[reason])})")
+        lines.extend(self.skipped_lines())
         lines.extend(self.notes)
         return "\n".join(lines)
