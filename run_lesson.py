@@ -329,6 +329,10 @@ def main(argv=None):
             print(f"error: no lesson file {path} (a lesson number, or a lesson_NN_*.py file)", file=sys.stderr)
             print_list(lessons_dir)
             return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"error: --out {args.out} is a file; give a folder for the lesson's pictures and runs",
+              file=sys.stderr)
+        return 2
     from nn import backend
     try:
         if args.backend:

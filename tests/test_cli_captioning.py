@@ -178,6 +178,10 @@ def test_caption_refuses_attention_pngs_that_overwrite(shapes_run, capsys, tmp_p
     assert "would overwrite the input image" in capsys.readouterr().err and first.read_bytes() == before
     assert main(["caption", str(first), "--checkpoint", checkpoint, "--attention-png", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    assert main(["caption", str(first), "--checkpoint", checkpoint, "--attention-png", str(tmp_path / "a.jpg")]) == 2
+    assert "give a name ending in .png" in capsys.readouterr().err
+    assert main(["caption", str(first), "--checkpoint", checkpoint, "--attention-png", str(tmp_path / "att")]) == 0
+    assert (tmp_path / "att.png").is_file()
     assert main(["caption", str(tmp_path / "a"), "--checkpoint", checkpoint]) == 2
     assert "is a folder, not an image file" in capsys.readouterr().err
     assert main(["caption", str(first), "--checkpoint", str(shapes_run)]) == 2

@@ -277,6 +277,8 @@ def test_runner_refuses_odd_paths_and_lists_broken_lesson_files(tmp_path, capsys
     assert f"no lesson file {notes}" in capsys.readouterr().err
     assert run_lesson.main(["1", "--lessons-dir", str(tmp_path / "nope")]) == 2
     assert "lessons folder" in capsys.readouterr().err
+    assert run_lesson.main(["1", "--lessons-dir", str(tmp_path), "--out", str(notes)]) == 2
+    assert f"--out {notes} is a file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("answers, ran, stopped", [

@@ -43,10 +43,12 @@ def _png_paths(out, images):
         raise UsageError(f"--attention-png {out} is a folder; give a file name such as {out}/attention.png")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise UsageError(f"folder of --attention-png {out} does not exist")
+    stem, ext = os.path.splitext(out)
+    if ext.lower() not in ("", ".png"):
+        raise UsageError(f"--attention-png writes PNG pictures: give a name ending in .png, not {out}")
     if len(images) == 1:
-        paths = [out]
+        paths = [stem + (ext or ".png")]
     else:
-        stem, ext = os.path.splitext(out)
         paths = [f"{stem}-{os.path.splitext(os.path.basename(p))[0]}{ext or '.png'}" for p in images]
     first_image = {}
     for image, png in zip(images, paths):
