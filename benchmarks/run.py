@@ -26,7 +26,6 @@ import cProfile
 import ctypes
 import io
 import json
-import math
 import os
 import platform
 import pstats

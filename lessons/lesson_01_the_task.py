@@ -117,7 +117,7 @@ def step_5_caption_new_pictures(ctx):
     blind_scores = bleu(test.references, [blind] * len(test))
     ctx.check(scores[0] > blind_scores[0] and scores[3] > blind_scores[3], "the model beats the blind captioner")
 
-    tile, rows = 128, []
+    tile = 128
     sheet = Image.new("RGB", (2 * (tile + 440), 4 * (tile + 8)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i in range(8):
