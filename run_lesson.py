@@ -34,7 +34,7 @@ How a lesson is written (a new lesson needs no change to this runner):
 
 Exit status: 0 when the lesson ran (or stopped cleanly), 1 when a step failed
 (its number and title are printed), 2 for an unknown lesson or bad option,
-130 when interrupted with Ctrl-C.
+130 when interrupted with Ctrl-C while a step runs (Ctrl-C at a pause quits like q, status 0).
 """
 import argparse
 import ast
@@ -47,7 +47,11 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy
+# As importing nn would (see nn/__init__.py), but numpy comes first here: idle
+# OpenBLAS workers sleep at once instead of spinning on nn.conv's cores.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 LESSONS_DIR = ROOT / "lessons"
@@ -301,8 +305,8 @@ def build_parser():
                         help="array backend (default $NN_BACKEND or numpy)")
     parser.add_argument("--data", default=None, help="Flickr8k folder for the lessons that use it "
                         "(default $FLICKR8K_DIR, else ../shared/flickr8k)")
-    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for the pictures lessons write "
-                        "(default %(default)s)")
+    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for what lessons write: pictures, "
+                        "training runs, lesson 13's feature cache (default %(default)s)")
     parser.add_argument("--lessons-dir", default=os.environ.get("LESSONS_DIR", str(LESSONS_DIR)),
                         help="folder holding lesson_NN_*.py files (default $LESSONS_DIR or ./lessons)")
     return parser

@@ -84,9 +84,10 @@ def step_3_im2col(ctx):
     Copy every 3x3 patch of the input into a column of a matrix (im2col):
     (C*HH*WW) rows x (H_out*W_out) columns. Each filter, flattened, is a row
     of w; then out = w_rows @ columns. Matrix products are what CPUs and GPUs
-    do fastest, so `conv_forward` works this way (with one slice copy per
-    kernel tap instead of the patch loop below, which only shows the idea on
-    a tiny input). For stride 1 each tap's columns are even ONE contiguous
+    do fastest, so `conv_forward` works this way for ordinary and grouped
+    convolutions (with one slice copy per kernel tap instead of the patch
+    loop below, which only shows the idea on a tiny input; depthwise ones,
+    step 5, need no matrix product). For stride 1 each tap's columns are even ONE contiguous
     slice of the flattened, padded input (see the docstring of nn/conv.py).
     """
     xp = backend.xp()

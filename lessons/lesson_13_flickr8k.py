@@ -17,14 +17,16 @@ Data: --data DIR, $FLICKR8K_DIR, or ../shared/flickr8k. Without it, the
 lesson says how to get it and stops. --quick: 800 training photos and two
 minutes of training (about 4 minutes in all when the features must be
 computed first); without --quick: all 6000 training photos and six minutes
-of training (plus about 9 minutes, once, to cache the features of the 7200
+of training (plus about 5 minutes, once, to cache the features of the 7200
 photos used, unless `python -m captioning features` has cached them all).
-A smaller copy of Flickr8k works too: each split then gives all its photos.
+A smaller copy of Flickr8k works too: a split smaller than this slice is
+then used whole (an empty split stops the lesson).
 
 Files: the cache of `python -m captioning features` is reused from where
 that command writes it and `train` reads it, outputs/features/ under the
 current folder; everything this lesson makes (its own feature cache, the
-checkpoints, the picture) goes under --out (default outputs/lessons).
+checkpoints, the picture) goes under --out (default: outputs/lessons in
+the project folder).
 """
 import time
 from pathlib import Path

@@ -1,21 +1,25 @@
 """2-D convolution (NCHW) with stride, symmetric or TensorFlow "same" padding, and groups.
 
 `conv_forward` computes the same thing three ways (all vectorised; the only
-Python loops run over the HH * WW kernel taps):
+Python loops run over the HH * WW kernel taps, and over chunks of images or
+blocks of rows):
 
 - stride 1: im2col from shifted slices. Flatten each zero-padded channel
-  into one long row of length Hp * Wp. Output pixel (h, w) then sits at flat
+  into one long row of length (Hp + 1) * Wp (an extra zero row lets the last
+  tap's slice run WW - 1 past the padded image). Output pixel (h, w) then sits at flat
   position p = h * Wp + w, and kernel tap (i, j) reads input position
   p + i * Wp + j: for every output pixel at once that is ONE contiguous
   slice of the flat row, starting at i * Wp + j. So im2col is HH * WW plain
   slice copies, and the conv is one matrix product (per group, batched over
   a chunk of images):
-      out = w.reshape(F, C * HH * WW) @ cols,  cols[(c, i, j), p] = flat[c, i*Wp + j + p]
+      out[n, g] = w.reshape(G, F/G, C/G * HH * WW)[g] @ cols[n, g],
+      cols[n, (c, i, j), p] = flat[n, c, i*Wp + j + p]   (c within group g)
   The output is computed on an H_out x Wp grid; its last Wp - W_out columns
   straddle a row end and are cut off. An unpadded 1x1 conv copies nothing:
-  its cols are x itself. On NumPy this runs a chunk of images at a time
-  (the columns are 9x the input for a 3x3 kernel), and the copies are split
-  over the CPU threads between the matrix products.
+  its cols are x itself. It runs a chunk of images at a time (the columns
+  are 9x the input for a 3x3 kernel: about 1 MB of them per chunk on NumPy,
+  up to 1 GB on CuPy), and on NumPy the copies are split over the CPU
+  threads between the matrix products.
 - stride > 1: im2col. Every receptive field is copied into a column of
   `cols` (one strided slice per kernel tap), so the convolution becomes one
   matrix product per group, batched over images: out[n, g] = w[g] @ cols[n, g].
@@ -171,7 +175,7 @@ def conv_forward_naive(x, w, b, conv_param):
 # ---------------------------------------------------------------- fast paths
 
 def conv_forward(x, w, b, conv_param):
-    """Convolution, vectorised (shifted matrix products, im2col, or depthwise taps).
+    """Convolution, vectorised (im2col from shifted slices for stride 1, strided im2col, or depthwise taps).
 
     Inputs:
     - x: (N, C, H, W) input
@@ -238,9 +242,10 @@ def conv_backward(dout, cache):
 # ---- stride 1: im2col from shifted slices of the flat rows, one matrix product per chunk
 
 def _batch_chunks(xp, n, bytes_per_image):
-    """Slices of the batch to work on in turn. NumPy: about CHUNK_BYTES (1 MB)
-    of buffers at a time, so they stay in the CPU cache; CuPy: the whole batch
-    (fewer, larger kernel launches) unless that needs over GPU_CHUNK_BYTES."""
+    """Slices of the batch to work on in turn, each at least one image. NumPy:
+    images whose largest buffer (columns or output grid) totals about
+    CHUNK_BYTES (1 MB), so small maps stay in the CPU cache; CuPy: the whole
+    batch (fewer, larger kernel launches) unless that needs over GPU_CHUNK_BYTES."""
     budget = CHUNK_BYTES if xp is numpy else GPU_CHUNK_BYTES
     step = max(1, budget // max(1, bytes_per_image))
     return [slice(first, min(first + step, n)) for first in range(0, n, step)]

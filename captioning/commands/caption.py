@@ -28,8 +28,10 @@ def add_arguments(parser):
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
     parser.add_argument("--length-alpha", type=float, default=0.0, help="length normalisation (default 0)")
-    parser.add_argument("--attention-png", default=None,
-                        help="write the attention picture here (one image), or OUT-<image name>.png (several)")
+    parser.add_argument("--attention-png", default=None, metavar="NAME.png",
+                        help="write the attention picture to NAME.png (one image), or to "
+                             "NAME-<image file name without extension>.png each (several); a name "
+                             "without an extension gets .png, other extensions are refused")
 
 
 # Images encoded and decoded at once: memory stays bounded (EfficientNet needs about 8 MB per
@@ -38,7 +40,7 @@ BATCH_SIZE = 32
 
 
 def _png_paths(out, images):
-    """The attention PNG of each image: `out` for one image, OUT-<image name>.png for several."""
+    """The attention PNG of each image: NAME.png for one image, NAME-<image stem>.png for several."""
     if os.path.isdir(out):
         raise UsageError(f"--attention-png {out} is a folder; give a file name such as {out}/attention.png")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):

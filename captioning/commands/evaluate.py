@@ -30,7 +30,9 @@ examples:
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True, help="a best.npz / last.npz written by train")
     parser.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data)")
-    parser.add_argument("--features", default=None, help="feature cache (default: the checkpoint's)")
+    parser.add_argument("--features", default=None,
+                        help="feature cache of a Flickr8k checkpoint (default: the checkpoint's own; with "
+                             "--data naming another folder, outputs/features/flickr8k_efficientnet_lite0)")
     parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="default test")
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")

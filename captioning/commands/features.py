@@ -13,7 +13,8 @@ index OUT.json. Batches are streamed, so memory stays bounded. Interrupt it
 any time: the same command resumes where it stopped.
 
 The default OUT is ./outputs/features/flickr8k_efficientnet_lite0[_SPLIT]
-(never inside the data folder, which is only read).
+(+ _firstN with --limit N); an --out inside the data folder, which is only
+read, is refused.
 
 examples:
   python -m captioning features --data ~/data/flickr8k
