@@ -133,6 +133,10 @@ def test_find_flickr8k_dir_prefers_flag_then_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="FLICKR8K_DIR"):
         find_flickr8k_dir()
+    a_file = tmp_path / "captions.txt"
+    a_file.write_text("")
+    with pytest.raises(FileNotFoundError, match=r"captions.txt \(from --data\) is a file: give the folder"):
+        find_flickr8k_dir(str(a_file))
 
 
 def test_real_flickr8k_has_the_official_split_with_five_captions_each(flickr8k):

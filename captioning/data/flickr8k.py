@@ -65,16 +65,15 @@ def find_flickr8k_dir(data_arg=None, required=True):
     `captioning/`). Returns a Path, or None when nothing is found and
     `required` is False; raises FileNotFoundError otherwise.
     """
-    if data_arg:
-        path = Path(data_arg).expanduser()
+    for given, source in ((data_arg, "--data"), (os.environ.get("FLICKR8K_DIR"), "$FLICKR8K_DIR")):
+        if not given:
+            continue
+        path = Path(given).expanduser()
+        if path.is_file():
+            raise FileNotFoundError(f"{path} (from {source}) is a file: give the folder that holds "
+                                    f"Flickr8k (e.g. {path.parent})")
         if not path.is_dir():
-            raise FileNotFoundError(f"Flickr8k folder {path} (from --data) does not exist; {DOWNLOAD_HINT}")
-        return path
-    env = os.environ.get("FLICKR8K_DIR")
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"Flickr8k folder {path} (from $FLICKR8K_DIR) does not exist; {DOWNLOAD_HINT}")
+            raise FileNotFoundError(f"Flickr8k folder {path} (from {source}) does not exist; {DOWNLOAD_HINT}")
         return path
     fallback = PROJECT_ROOT.parent / "shared" / "flickr8k"
     if fallback.is_dir():
