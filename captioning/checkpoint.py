@@ -88,12 +88,16 @@ def load_checkpoint(path, dtype=None):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConfigMismatchError(f"{path} is not a captioning checkpoint (no {FORMAT!r} record); "
                                   "make one with `python -m captioning train`")
-    vocabulary = Vocabulary.from_dict(meta["vocabulary"])
-    config = meta["model"]
-    if len(vocabulary) != config.get("vocab_size"):
-        raise ConfigMismatchError(f"{path}: vocabulary of {len(vocabulary)} words but the model "
-                                  f"expects vocab_size={config.get('vocab_size')}")
-    model = build(config, dtype=dtype)
+    try:
+        vocabulary = Vocabulary.from_dict(meta["vocabulary"])
+        config = meta["model"]
+        if len(vocabulary) != config.get("vocab_size"):
+            raise ConfigMismatchError(f"vocabulary of {len(vocabulary)} words but the model "
+                                      f"expects vocab_size={config.get('vocab_size')}")
+        model = build(config, dtype=dtype)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ConfigMismatchError included
+        detail = f"no {exc} record" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigMismatchError(f"{path}: a damaged or incomplete checkpoint ({detail})") from None
     decoder = {k[len("decoder/"):]: v for k, v in arrays.items() if k.startswith("decoder/")}
     try:
         model.load_state_dict(decoder)

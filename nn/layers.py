@@ -218,9 +218,19 @@ class Module:
         Returns (missing, unexpected) name lists (empty when strict).
         """
         missing, unexpected = self.check_state_dict(state, strict=strict)
-        for name, target in self._state_targets().items():
+        targets = self._state_targets()
+        # Convert everything first (a value that does not cast to the target's
+        # dtype fails here), then copy: an error leaves the model as it was.
+        values = {}
+        for name, target in targets.items():
             if name in state:
-                target[...] = _on_device_of(state[name], target)
+                try:
+                    values[name] = _on_device_of(state[name], target).astype(target.dtype, copy=False)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{name}: cannot load a {getattr(state[name], 'dtype', type(state[name]))} "
+                                     f"value into a {target.dtype} array ({exc})") from None
+        for name, value in values.items():
+            targets[name][...] = value
         return missing, unexpected
 
     def __repr__(self):
@@ -392,7 +402,7 @@ class Dropout(Module):
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1), got {p}")
         self.p = float(p)
-        self._seeds = rng if rng is not None else numpy.random.default_rng(seed)
+        self._seeds = _generator(seed, rng)
 
     def forward(self, x):
         mode = "train" if self.training else "test"

@@ -205,8 +205,8 @@ class Optimizer:
         value = store.get(name)
         if value is None or value.shape != param.shape:
             value = backend.get_array_module(param).zeros_like(param)
-        else:
-            value = _on_device_of(value, param)
+        else:   # e.g. after the model moved to another backend or dtype
+            value = _on_device_of(value, param).astype(param.dtype, copy=False)
         store[name] = value
         return value
 

@@ -184,6 +184,9 @@ def load_npz(path):
             if not isinstance(data, numpy.lib.npyio.NpzFile):
                 raise ValueError("it holds a single .npy array, not an .npz archive")
             arrays = {key: data[key] for key in data.files}
+        others = [key for key, value in arrays.items() if not isinstance(value, numpy.ndarray)]
+        if others:   # NpzFile gives the raw bytes of members that are no .npy arrays
+            raise ValueError(f"it holds files that are not arrays: {others[:3]}")
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
     meta = None

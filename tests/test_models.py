@@ -101,3 +101,75 @@ def test_bad_inputs_name_the_model_and_the_shapes():
         model.loss(features, captions.astype(model.dtype))
     with pytest.raises(ValueError, match="unknown model 'lstm'"):
         build({"model": "lstm", **TINY})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"vocab_size": 0}, "vocab_size must be a positive int"),
+    ({"hidden_dim": 0}, "hidden_dim must be a positive int"),
+    ({"feature_dim": 2.5}, "feature_dim must be a positive int"),
+    ({"end_id": 99}, "three different word ids below vocab_size"),
+    ({"start_id": 2, "end_id": 2}, "three different word ids"),
+    ({"dropout": 1.5}, "dropout must be in [0, 1)"),
+    ({"doubly_stochastic": -1}, "doubly_stochastic must be >= 0"),
+    ({"model": "transformer"}, "unknown model"),
+])
+def test_build_refuses_a_config_that_cannot_make_a_model(change, message):
+    with pytest.raises(ConfigMismatchError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        build({"model": "attention", **TINY, **change})
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_astype_casts_gradients_and_the_optimizer_follows(kind):
+    from nn.optim import Adam
+    model = build({"model": kind, **TINY}, seed=1, dtype=numpy.float32)
+    features, captions = _tiny_batch(numpy, kind)
+    optimizer = Adam(model)
+    model.forward_backward(features.astype(numpy.float32), captions)
+    optimizer.step()
+    model.astype(numpy.float64)
+    assert all(p.dtype == g.dtype == numpy.float64 for _, p, g in model.named_parameters())
+    model.forward_backward(features, captions)
+    optimizer.step()
+    assert {m.dtype for m in optimizer.state["m"].values()} == {numpy.dtype(numpy.float64)}
+
+
+def test_a_caption_model_loads_with_its_optimizer_through_nn_persist(tmp_path):
+    from nn import persist
+    from nn.optim import Adam
+    model = build({"model": "show-tell", **TINY}, seed=1)
+    features, captions = _tiny_batch(numpy, "show-tell")
+    optimizer = Adam(model)
+    model.forward_backward(features.astype(model.dtype), captions)
+    optimizer.step()
+    persist.save_model(tmp_path / "m.npz", model, optimizer)
+    fresh = build({"model": "show-tell", **TINY}, seed=2)
+    fresh_optimizer = Adam(fresh)
+    persist.load_model(tmp_path / "m.npz", fresh, fresh_optimizer)
+    assert fresh_optimizer.t == 1
+    for name in model.params:
+        numpy.testing.assert_array_equal(fresh.params[name], model.params[name])
+    other = build({"model": "show-tell", **{**TINY, "hidden_dim": 7}}, seed=2)
+    other_optimizer = Adam(other)
+    with pytest.raises(ValueError, match="wrong shapes"):
+        persist.load_model(tmp_path / "m.npz", other, other_optimizer)
+    assert other_optimizer.t == 0                  # nothing loaded when the model does not fit
+
+
+def test_load_checkpoint_calls_damaged_metadata_a_damaged_checkpoint(tmp_path):
+    from captioning.checkpoint import load_checkpoint
+    from nn.persist import load_npz, save_npz
+    from captioning.checkpoint import save_checkpoint
+    from captioning.data import Vocabulary
+    vocabulary = Vocabulary.build([["a", "b", "c", "d", "e"]], min_count=1)
+    model = build({"model": "show-tell", **{**TINY, "vocab_size": len(vocabulary)}}, seed=1)
+    path = tmp_path / "ok.npz"
+    save_checkpoint(path, model, vocabulary, {"name": "small_cnn"})
+    arrays, meta = load_npz(path)
+    del meta["model"]["feature_dim"]
+    save_npz(tmp_path / "bad.npz", arrays, meta=meta)
+    with pytest.raises(ConfigMismatchError, match="damaged or incomplete checkpoint.*feature_dim"):
+        load_checkpoint(tmp_path / "bad.npz")
+    del meta["vocabulary"]
+    save_npz(tmp_path / "bad.npz", arrays, meta=meta)
+    with pytest.raises(ConfigMismatchError, match="damaged or incomplete checkpoint.*vocabulary"):
+        load_checkpoint(tmp_path / "bad.npz")

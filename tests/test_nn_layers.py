@@ -362,3 +362,20 @@ def test_to_backend_round_trip(xp):
     assert not numpy.array_equal(model.state_dict()["3.w"], reference["3.w"])
     opt.step()  # optimizer buffers follow the parameters back to NumPy
     assert isinstance(opt.state["m"]["3.w"], numpy.ndarray)
+
+
+def test_dropout_refuses_both_seed_and_rng():
+    with pytest.raises(ValueError, match="either seed= or rng="):
+        layers.Dropout(0.5, seed=1, rng=numpy.random.default_rng(2))
+
+
+def test_load_state_dict_changes_nothing_when_a_value_does_not_cast():
+    model = layers.Sequential(layers.Affine(3, 2, seed=0), layers.Affine(2, 1, seed=1))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    state = dict(before)
+    state["0.w"] = before["0.w"] + 1
+    state["1.w"] = numpy.full(before["1.w"].shape, "abc")          # right name and shape, not numbers
+    with pytest.raises(ValueError, match="1.w: cannot load"):
+        model.load_state_dict(state)
+    for name, value in model.state_dict().items():
+        numpy.testing.assert_array_equal(value, before[name])

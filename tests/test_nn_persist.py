@@ -197,3 +197,12 @@ def test_atomic_write_is_all_or_nothing_with_usual_permissions(tmp_path):
             f.write('{"complete": 2')
             raise RuntimeError("interrupted half way")
     assert path.read_text() == '{"complete": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_load_npz_refuses_members_that_are_not_arrays(tmp_path):
+    path = tmp_path / "mixed.npz"
+    persist.save_npz(path, {"w": numpy.ones(2)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(persist.NpzFormatError, match="not arrays: \\['notes.txt'\\]"):
+        persist.load_npz(path)

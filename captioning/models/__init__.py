@@ -17,5 +17,5 @@ def build(config, seed=0, dtype=None):
     """A new model of the kind config["model"] names ("show-tell" or "attention")."""
     kind = config.get("model")
     if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}: choose one of {sorted(MODELS)}")
+        raise ConfigMismatchError(f"unknown model {kind!r}: choose one of {sorted(MODELS)}")
     return MODELS[kind](config, seed=seed, dtype=dtype)

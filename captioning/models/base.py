@@ -10,6 +10,8 @@ Two methods make the training and decoding interfaces:
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
 """
+import numbers
+
 import numpy
 
 from nn import backend
@@ -47,6 +49,27 @@ class CaptionModel:
         self.null_id = int(self.config.get("null_id", 0))
         self.start_id = int(self.config.get("start_id", 1))
         self.end_id = int(self.config.get("end_id", 2))
+
+    def _check_config(self, sizes):
+        """ConfigMismatchError naming the entry for a config that cannot make a model.
+
+        sizes: the keys that must be positive ints (vocab_size, hidden_dim, ...).
+        """
+        config, name = self.config, self.name
+        for key in sizes:
+            value = config.get(key)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ConfigMismatchError(f"{name} model: {key} must be a positive int, got {value!r}")
+        vocab_size = config["vocab_size"]
+        ids = {key: getattr(self, key) for key in ("null_id", "start_id", "end_id")}
+        if len(set(ids.values())) < 3 or not all(0 <= i < vocab_size for i in ids.values()):
+            raise ConfigMismatchError(f"{name} model: null_id, start_id, end_id must be three different "
+                                      f"word ids below vocab_size={vocab_size}, got {ids}")
+        if not 0 <= float(config.get("dropout", 0.0)) < 1:
+            raise ConfigMismatchError(f"{name} model: dropout must be in [0, 1), got {config.get('dropout')!r}")
+        if float(config.get("doubly_stochastic", 0.0)) < 0:
+            raise ConfigMismatchError(f"{name} model: doubly_stochastic must be >= 0, "
+                                      f"got {config.get('doubly_stochastic')!r}")
 
     # ------------------------------------------------------------ parameters
     def _init_params(self, shapes, seed, dtype=None):
@@ -87,9 +110,14 @@ class CaptionModel:
         return self
 
     def astype(self, dtype):
-        """Cast every parameter to dtype (e.g. float64 for gradient checks)."""
+        """Cast every parameter (and gradient) to dtype (e.g. float64 for gradient checks).
+
+        The arrays are new: build optimizers after this, or give them the
+        model itself (they call named_parameters() at every step).
+        """
         for pname in self.params:
             self.params[pname] = self.params[pname].astype(dtype)
+        self.grads = {k: g.astype(dtype) for k, g in self.grads.items()}
         return self
 
     @property
@@ -99,11 +127,14 @@ class CaptionModel:
     def named_parameters(self, prefix=""):
         """Yield (dotted name, param, grad) like nn.layers.Module, for nn.optim optimizers.
 
-        The gradients are those of the latest forward_backward (zeros before the first).
+        The gradients are those of the latest forward_backward (zeros before the
+        first). Unlike nn.layers.Module, forward_backward returns NEW gradient
+        arrays each call (so a result you keep is never overwritten): give an
+        optimizer the model itself, not a list of these triples taken once.
         """
         for pname, param in self.params.items():
             grad = self.grads.get(pname)
-            if grad is None or grad.shape != param.shape:
+            if grad is None or grad.shape != param.shape or grad.dtype != param.dtype:
                 grad = self.grads[pname] = backend.get_array_module(param).zeros_like(param)
             yield (f"{prefix}.{pname}" if prefix else pname), param, grad
 
@@ -114,22 +145,36 @@ class CaptionModel:
         """Parameters as NumPy arrays, by name (for checkpoints)."""
         return {k: backend.to_numpy(v) for k, v in self.params.items()}
 
-    def load_state_dict(self, state):
-        """Load parameters; names and shapes must match exactly (ConfigMismatchError otherwise)."""
+    def check_state_dict(self, state, strict=True):
+        """Check names and shapes of saved parameters without loading them.
+
+        Wrong shapes always raise ConfigMismatchError; so do missing and
+        unexpected names when strict. Returns (missing, unexpected).
+        """
         missing, unexpected, mismatched = compare_named_shapes(self.params, state)
         wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
-        if missing or unexpected or wrong:
+        if wrong or (strict and (missing or unexpected)):
             parts = []
-            if missing:
+            if strict and missing:
                 parts.append(f"missing {missing}")
-            if unexpected:
+            if strict and unexpected:
                 parts.append(f"unexpected {unexpected}")
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
             raise ConfigMismatchError(f"{self.name}: parameters do not match this model ({', '.join(parts)})")
+        return missing, unexpected
+
+    def load_state_dict(self, state, strict=True):
+        """Load parameters (new arrays, in the model's dtype, on the current backend).
+
+        Names and shapes must match exactly when strict (ConfigMismatchError
+        otherwise, and nothing changes); with strict=False the parameters the
+        state lacks keep their values. Returns self.
+        """
+        self.check_state_dict(state, strict=strict)
         dtype = self.dtype
-        for k in self.params:
-            self.params[k] = backend.asarray(state[k], dtype=dtype)
+        loaded = {k: backend.asarray(state[k], dtype=dtype) for k in self.params if k in state}
+        self.params.update(loaded)
         return self
 
     # ------------------------------------------------------------ checks

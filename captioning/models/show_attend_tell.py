@@ -97,6 +97,7 @@ class ShowAttendTell(CaptionModel):
         config = {"wordvec_dim": 256, "hidden_dim": 512, "attention_dim": 256, "dropout": 0.0,
                   "doubly_stochastic": 1.0, **config, "model": self.name}
         super().__init__(config)
+        self._check_config(("vocab_size", "feature_dim", "wordvec_dim", "hidden_dim", "attention_dim"))
         V, D = config["vocab_size"], config["feature_dim"]
         E, H, A = config["wordvec_dim"], config["hidden_dim"], config["attention_dim"]
         self._init_params({

@@ -37,6 +37,7 @@ class ShowAndTell(CaptionModel):
         config = {"wordvec_dim": 256, "hidden_dim": 512, "dropout": 0.0, **config,
                   "model": self.name}
         super().__init__(config)
+        self._check_config(("vocab_size", "feature_dim", "wordvec_dim", "hidden_dim"))
         V, D = config["vocab_size"], config["feature_dim"]
         E, H = config["wordvec_dim"], config["hidden_dim"]
         self._init_params({
