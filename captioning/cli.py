@@ -18,7 +18,7 @@ class UsageError(Exception):
 # Errors of the file system, not of our code: no permission, a read-only disk, a full
 # disk, a folder where a file should be (or the reverse).
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                       errno.EISDIR, errno.ENOTDIR}
+                       errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
 
 
 def _user_errors():
@@ -35,6 +35,16 @@ def _user_errors():
 
 def _is_user_error(exc):
     return isinstance(exc, _user_errors()) or (isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS)
+
+
+def check_not_in_data(path, data_folder, option):
+    """Data folders are only read: refuse an output path inside one."""
+    if data_folder is None:
+        return
+    data = os.path.realpath(data_folder)
+    if os.path.realpath(os.path.abspath(path)).startswith(data + os.sep):
+        raise UsageError(f"{option} {path} lies inside the data folder {data_folder}, which is only read: "
+                         "write somewhere else")
 
 
 def check_output_file(path, option):

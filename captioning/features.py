@@ -116,9 +116,12 @@ class FeatureCache:
         """Row numbers of the given ids (FeatureCacheError listing the ones not cached)."""
         missing = [i for i in image_ids if i not in self._row_of]
         if missing:
+            made_by = self.index.get("rebuild", "python -m captioning features ...")
             raise FeatureCacheError(
                 f"feature cache {self.path} lacks {len(missing)} of the {len(image_ids)} images asked for "
-                f"(e.g. {missing[:3]}); rebuild it: {self.index.get('rebuild', 'python -m captioning features')}")
+                f"(e.g. {missing[:3]}): it was made for other images by `{made_by}`. Make one for these "
+                f"images (`python -m captioning features --data DIR` covers all three splits of DIR) "
+                f"with another --out, or with this --out and --overwrite")
         return np.array([self._row_of[i] for i in image_ids], dtype=np.int64)
 
     def for_images(self, image_ids):
@@ -139,6 +142,17 @@ def _read_index(index_path):
     if not isinstance(index, dict) or not needed <= set(index):
         raise FeatureCacheError(f"feature cache index {index_path} is not a feature cache index "
                                 f"(needs keys {sorted(needed)})")
+    # The types the code below relies on (a hand-edited index would otherwise give a TypeError).
+    types = {"encoder": dict, "image_ids": list, "grid_shape": list, "pooled_shape": list, "dtype": str,
+             "complete": int, "skipped": list, "rebuild": str}
+    wrong = [key for key, kind in types.items() if key in index and not isinstance(index[key], kind)]
+    try:
+        np.dtype(index["dtype"])
+    except TypeError:
+        wrong.append("dtype")
+    if wrong or not isinstance(index["encoder"].get("name", ""), str):
+        raise FeatureCacheError(f"feature cache index {index_path} is damaged: field(s) "
+                                f"{sorted(set(wrong)) or ['encoder']} have the wrong type")
     return index
 
 
@@ -183,9 +197,9 @@ def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode=
         except FileNotFoundError:
             raise FeatureCacheError(f"feature cache file {files[kind]} is missing; rebuild it: "
                                     f"{rebuild} --overwrite") from None
-        except ValueError as exc:
-            raise FeatureCacheError(f"feature cache file {files[kind]} is corrupt ({exc}); rebuild it: "
-                                    f"{rebuild} --overwrite") from exc
+        except (ValueError, EOFError) as exc:   # EOFError: an empty file
+            raise FeatureCacheError(f"feature cache file {files[kind]} is corrupt ({exc or 'empty'}); "
+                                    f"rebuild it: {rebuild} --overwrite") from exc
         expected = tuple(index[f"{kind}_shape"])
         if arrays[kind].shape != expected or arrays[kind].dtype != np.dtype(index["dtype"]):
             raise FeatureCacheError(

@@ -576,8 +576,19 @@ class Trainer:
         """
         cfg, p = self.config, self.progress
         if p.stopped_early or p.epoch >= cfg.epochs:
+            if p.stopped_early:
+                advice = "dev BLEU-4 had stopped improving; to train longer, start a new run (another --out)"
+            elif cfg.lr_decay_to < 1:
+                advice = ("its learning rate decayed over exactly these epochs; to train longer, start a "
+                          "new run (another --out) with more --epochs")
+            else:
+                advice = "raise --epochs to train further"
             self.log(f"nothing to do: this run {'stopped early' if p.stopped_early else 'finished'} "
-                     f"after epoch {p.epoch} (raise --epochs to train further)")
+                     f"after epoch {p.epoch} ({advice})")
+            return p.history
+        if cfg.max_minutes is not None and p.elapsed >= cfg.max_minutes * 60:
+            self.log(f"nothing to do: this run already trained its --max-minutes {cfg.max_minutes} "
+                     f"({format_duration(p.elapsed)}); give a larger --max-minutes to go on")
             return p.history
         self.model.train()
         self.encoder.train()

@@ -245,3 +245,57 @@ def test_features_and_train_refuse_an_empty_or_protected_data_set(tmp_path, caps
     assert "note: skipped 1 split-list ids with no image file (e.g. missing.jpg)" in capsys.readouterr().err
     assert main(["train", "--data", str(no_dev), "--features", str(cache), "--out", str(tmp_path / "run")]) == 2
     assert "the dev split is empty" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_train_and_evaluate_never_write_into_the_data_folder(tmp_path, capsys):
+    from data_fixtures import make_original, tiny_corpus
+    root = make_original(tmp_path / "flickr", *tiny_corpus())
+    cache = tmp_path / "features"
+    assert main(["features", "--data", str(root), "--out", str(cache), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(root), "--features", str(cache), "--out", str(root / "run")]) == 2
+    assert "lies inside the data folder" in capsys.readouterr().err and not (root / "run").exists()
+    a_file = tmp_path / "run_file"
+    a_file.write_text("x")
+    assert main(["train", "--data", str(root), "--features", str(cache), "--out", str(a_file)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--features", str(cache), "--epochs", "1", "--min-count", "1",
+                 *TINY_MODEL, "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    inside = root / "Flickr8k_text" / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(run / "best.npz"), "--out", str(inside)]) == 2
+    assert "lies inside the data folder" in capsys.readouterr().err and not inside.exists()
+
+
+def test_ctrl_c_during_train_saves_and_exits_130(tmp_path, capsys, monkeypatch):
+    import signal
+    from captioning.training import Trainer
+    real_step = Trainer.train_step
+
+    def train_step(self, epoch, batch):             # as if Ctrl-C came during the first step
+        result = real_step(self, epoch, batch)
+        if not self.interrupted:
+            self._request_stop(signal.SIGINT, None)
+        return result
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    out = tmp_path / "run"
+    assert main(["train", "--max-images", "12", "--epochs", "1", "--batch-size", "4", *TINY_MODEL,
+                 "--out", str(out)]) == 130
+    printed = capsys.readouterr().out
+    assert "resume with --resume" in printed and "next:" not in printed
+    assert (out / "last.npz").is_file()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--timeout", "-1"], "--timeout must be a number of seconds > 0"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds > 0"),
+    (["--url-base", "foo"], "--url-base must be an http"),
+])
+def test_download_checks_its_options_before_any_network(tmp_path, capsys, options, message):
+    assert main(["download", "--dest", str(tmp_path / "d"), *options]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "d").exists()
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert main(["download", "--dest", str(a_file)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err

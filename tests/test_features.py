@@ -162,3 +162,21 @@ def test_progress_bar_shows_rate_and_eta():
 def test_default_location_is_outside_the_data_folder():
     path = default_cache_path("flickr8k", "efficientnet_lite0", "test")
     assert str(path) == "outputs/features/flickr8k_efficientnet_lite0_test"
+
+
+def test_an_empty_or_hand_damaged_cache_is_a_cache_error_not_a_crash(tmp_path):
+    paths, ids = _photos(tmp_path, 2)
+    out = tmp_path / "c"
+    extract_features(QuadrantEncoder(), paths, ids, out, progress=False)
+    files = cache_paths(out)
+    index = json.loads(files["index"].read_text())
+    for field, value in (("dtype", "float99"), ("skipped", None), ("encoder", "x"), ("complete", "all")):
+        files["index"].write_text(json.dumps({**index, field: value}))
+        with pytest.raises(FeatureCacheError, match=f"damaged.*{field}"):
+            open_cache(out)
+    files["index"].write_text(json.dumps(index))
+    files["pooled"].write_bytes(b"")                       # an empty .npy file
+    with pytest.raises(FeatureCacheError, match="corrupt"):
+        open_cache(out)
+    cache = extract_features(QuadrantEncoder(), paths, ids, out, progress=False, overwrite=True)
+    assert cache.pooled.shape[0] == 2                      # --overwrite repairs it

@@ -220,3 +220,20 @@ def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
     plain = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
                     TrainConfig(batch_size=16, seed=3, length_buckets=0), tmp_path, log=lambda line: None)
     assert plain.steps_per_epoch == 63 and len(plain.epoch_batches(0)[-1]) == 1000 - 62 * 16
+
+
+def test_resuming_a_run_that_used_its_time_or_stopped_says_what_to_do(tmp_path):
+    first, _ = _tiny_run(tmp_path, "timed", max_minutes=1.0)
+    first.fit(stop_after_steps=1)
+    first.progress.elapsed = 61.0                  # as if the minute had been used
+    first.save(first.last_path)
+    second, lines = _tiny_run(tmp_path, "timed", max_minutes=1.0)
+    second.resume(second.last_path)
+    steps = second.progress.step
+    second.fit()
+    assert second.progress.step == steps           # not one step more
+    assert any("already trained its --max-minutes 1.0" in line for line in lines)
+    done, lines = _tiny_run(tmp_path, "decayed", epochs=1, lr_decay_to=0.1)
+    done.fit()
+    done.fit()
+    assert "its learning rate decayed over exactly these epochs" in lines[-1]

@@ -1,6 +1,8 @@
 """`python -m captioning download`: fetch Flickr8k into the original layout."""
+import os
 import sys
 
+from ..cli import UsageError
 from ..data.download import DEFAULT_URL_BASE, DownloadError, download_flickr8k
 from ..data.flickr8k import load_flickr8k
 
@@ -29,6 +31,15 @@ def add_arguments(parser):
 
 
 def run(args):
+    import math
+    from urllib.parse import urlparse
+
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    if urlparse(args.url_base).scheme not in ("http", "https", "file"):
+        raise UsageError(f"--url-base must be an http://, https:// or file:// address, got {args.url_base!r}")
+    if os.path.exists(args.dest) and not os.path.isdir(args.dest):
+        raise UsageError(f"--dest {args.dest} is a file; give a folder")
     try:
         download_flickr8k(args.dest, url_base=args.url_base, keep_archives=args.keep_archives,
                           timeout=args.timeout)

@@ -6,7 +6,7 @@ import time
 
 from nn.persist import atomic_write
 
-from ..cli import UsageError, check_output_file
+from ..cli import UsageError, check_not_in_data, check_output_file
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -81,6 +81,7 @@ def run(args):
                              f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
                              f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
                              "it was trained with (--features) or train on this one")
+    check_not_in_data(out, data.spec.get("root"), "--out" if args.out else "the captions file (--out)")
     split = data.splits[args.split].head(args.max_images)
     if len(split) == 0:
         raise UsageError(f"the {args.split} split of {data.describe()} has no images to caption")

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from ..cli import UsageError
+from ..cli import UsageError, check_not_in_data
 
 HELP = "encode every image with EfficientNet-Lite0 into an on-disk feature cache (resumable)"
 DESCRIPTION = """\
@@ -67,10 +67,7 @@ def run(args):
     out = args.out or default_cache_path("flickr8k", EfficientNetLite0.name, args.split)
     if args.limit and not args.out:
         out = f"{out}_first{args.limit}"
-    data_folder = os.path.realpath(root)
-    if os.path.realpath(os.path.abspath(out)).startswith(data_folder + os.sep):
-        raise UsageError(f"--out {out} lies inside the data folder {root}, which is only read: "
-                         "put the cache somewhere else")
+    check_not_in_data(out, root, "--out")
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
     encoder = EfficientNetLite0.from_pretrained()

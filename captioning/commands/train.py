@@ -5,7 +5,7 @@ import sys
 
 from nn import backend
 
-from ..cli import UsageError
+from ..cli import UsageError, check_not_in_data
 
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
@@ -163,6 +163,9 @@ def run(args):
                          f"{data.describe()}: training needs images in train, dev (to pick the best "
                          "checkpoint) and test; use a larger data set")
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
+    check_not_in_data(out, data.spec.get("root"), "--out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file; give a folder for the run")
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
     kind = "grid" if args.model == "attention" else "pooled"
     feature_dim = data.feature_dim if data.feature_dim else encoder.feature_dim(kind)
@@ -206,6 +209,8 @@ def run(args):
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if trainer.interrupted:     # last.npz is saved; do not go on as if training had finished
+        return 130
     p = trainer.progress
     if p.best_epoch > 0:
         best = max(history, key=lambda r: r["dev_bleu"][3])
