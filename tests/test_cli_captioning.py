@@ -91,6 +91,7 @@ def test_caption_errors_name_the_missing_image_and_the_bad_checkpoint(shapes_run
     (["--length-buckets", "-3"], "--length-buckets must be >= 0"),
     (["--features", "cache"], "--features needs --data"),
     (["--data", "somewhere", "--shapes-train", "10"], "--shapes-train is for the synthetic shapes set"),
+    (["--resume", "--max-images", "4"], "to resume from (give the same --out)"),
 ])
 def test_train_refuses_bad_options_before_training(tmp_path, capsys, options, message):
     assert main(["train", *options, "--out", str(tmp_path / "run")]) == 2

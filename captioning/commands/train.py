@@ -192,11 +192,11 @@ def run(args):
         def log(line):
             if not line.startswith("epoch ") or " done:" in line:
                 print(line)
+    if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):   # before the Trainer makes `out`
+        raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to resume from (give the same --out)")
     trainer = Trainer(model, vocabulary, encoder, data.splits["train"], data.splits["dev"], config, out,
                       log=lambda line: (log(line), sys.stdout.flush()), data_spec=data.spec)
     if args.resume:
-        if not os.path.isfile(trainer.last_path):
-            raise UsageError(f"--resume: no {trainer.last_path} to resume from (give the same --out)")
         trainer.resume(trainer.last_path)
         p = trainer.progress
         print(f"resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.batch} of {trainer.steps_per_epoch}")
