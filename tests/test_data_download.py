@@ -156,6 +156,7 @@ def test_no_network_gives_a_clear_message_from_the_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: cannot reach http://127.0.0.1:9/Flickr8k_Dataset.zip" in err
     assert "network" in err
+    assert not (tmp_path / "d").exists()          # nothing fetched: no empty folder left behind
 
 
 def test_the_command_reports_the_counts(server, tmp_path, capsys):

@@ -250,7 +250,17 @@ def download_flickr8k(dest, url_base=DEFAULT_URL_BASE, keep_archives=False, prog
     """
     stream = progress_stream if progress_stream is not None else sys.stderr
     dest = Path(dest)
+    made_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(dest, url_base, keep_archives, stream, timeout)
+    except BaseException:
+        if made_dest and not any(dest.iterdir()):   # nothing fetched (e.g. offline): leave no empty folder
+            dest.rmdir()
+        raise
+
+
+def _download_into(dest, url_base, keep_archives, stream, timeout):
     results = []
     for name, folder in ARCHIVES.items():
         target = dest / folder
