@@ -47,11 +47,8 @@ import time
 import traceback
 from pathlib import Path
 
-# As importing nn would (see nn/__init__.py), but numpy comes first here: idle
-# OpenBLAS workers sleep at once instead of spinning on nn.conv's cores.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-import numpy  # noqa: E402
+import nn  # noqa: F401  (before NumPy: it sets OPENBLAS_THREAD_TIMEOUT, see nn/__init__.py)
+import numpy
 
 ROOT = Path(__file__).resolve().parent
 LESSONS_DIR = ROOT / "lessons"

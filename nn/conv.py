@@ -247,8 +247,12 @@ def _batch_chunks(xp, n, bytes_per_image):
     CHUNK_BYTES (1 MB), so small maps stay in the CPU cache; CuPy: the whole
     batch (fewer, larger kernel launches) unless that needs over GPU_CHUNK_BYTES."""
     budget = CHUNK_BYTES if xp is numpy else GPU_CHUNK_BYTES
-    step = max(1, budget // max(1, bytes_per_image))
-    return [slice(first, min(first + step, n)) for first in range(0, n, step)]
+    return _slices(n, max(1, budget // max(1, bytes_per_image)))
+
+
+def _slices(size, step):
+    """slice(0, step), slice(step, 2 * step), ... covering range(size)."""
+    return [slice(first, min(first + step, size)) for first in range(0, size, step)]
 
 
 class _Stride1Columns:
@@ -608,8 +612,7 @@ def _on_threads(xp, work, size, work_bytes):
     if xp is not numpy or work_bytes < PARALLEL_BYTES:
         work(slice(0, size))
         return
-    step = -(-size // min(size, _cpu_threads()))
-    _run_blocks(work, [slice(first, min(first + step, size)) for first in range(0, size, step)])
+    _run_blocks(work, _slices(size, -(-size // min(size, _cpu_threads()))))
 
 
 def _for_each_block(xp, work, rows, bytes_per_row):
@@ -623,8 +626,8 @@ def _for_each_block(xp, work, rows, bytes_per_row):
     if xp is not numpy:
         work(slice(0, rows))
         return
-    step = max(1, BLOCK_BYTES // max(1, bytes_per_row))      # bytes_per_row is 0 for an empty batch
-    _run_blocks(work, [slice(first, min(first + step, rows)) for first in range(0, rows, step)])
+    # bytes_per_row is 0 for an empty batch
+    _run_blocks(work, _slices(rows, max(1, BLOCK_BYTES // max(1, bytes_per_row))))
 
 
 def _depthwise_backward(xp, dout, x, w, geometry):

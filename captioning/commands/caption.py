@@ -3,7 +3,7 @@ import os
 
 from nn import backend
 
-from ..cli import UsageError
+from ..cli import UsageError, check_output_file
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -41,10 +41,7 @@ BATCH_SIZE = 32
 
 def _png_paths(out, images):
     """The attention PNG of each image: NAME.png for one image, NAME-<image stem>.png for several."""
-    if os.path.isdir(out):
-        raise UsageError(f"--attention-png {out} is a folder; give a file name such as {out}/attention.png")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise UsageError(f"folder of --attention-png {out} does not exist")
+    check_output_file(out, "--attention-png")
     stem, ext = os.path.splitext(out)
     if ext.lower() not in ("", ".png"):
         raise UsageError(f"--attention-png writes PNG pictures: give a name ending in .png, not {out}")

@@ -59,7 +59,8 @@ def run(args):
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    f"captions_{args.split}_beam{args.beam}.json")
-    check_output_file(out, "--out" if args.out else "the captions file (--out)")
+    out_option = "--out" if args.out else "the captions file (--out)"
+    check_output_file(out, out_option)
     try:
         ckpt = load_checkpoint(args.checkpoint)
         encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
@@ -81,7 +82,7 @@ def run(args):
                              f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
                              f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
                              "it was trained with (--features) or train on this one")
-    check_not_in_data(out, data.spec.get("root"), "--out" if args.out else "the captions file (--out)")
+    check_not_in_data(out, data.spec.get("root"), out_option)
     split = data.splits[args.split].head(args.max_images)
     if len(split) == 0:
         raise UsageError(f"the {args.split} split of {data.describe()} has no images to caption")
