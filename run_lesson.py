@@ -22,6 +22,7 @@ How a lesson is written (a new lesson needs no change to this runner):
   (`ctx.model = ...`, read them in later steps). It also carries the run's
   options: `ctx.quick`, `ctx.backend`, `ctx.data` (the Flickr8k folder: --data,
   else $FLICKR8K_DIR, else ../shared/flickr8k when it exists, else None), `ctx.out_dir`,
+  `ctx.features` (--features: a feature cache to read, or None),
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
   `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data),
@@ -67,10 +68,11 @@ class StopLesson(Exception):
 class Context:
     """The object every step receives; steps share state through its attributes."""
 
-    def __init__(self, quick=False, backend="numpy", data=None, out_dir=OUTPUT_DIR):
+    def __init__(self, quick=False, backend="numpy", data=None, out_dir=OUTPUT_DIR, features=None):
         self.quick = quick
         self.backend = backend
         self.data = data
+        self.features = features
         self.out_dir = Path(out_dir)
 
     def check(self, condition, message="check failed"):
@@ -302,6 +304,9 @@ def build_parser():
                         help="array backend (default $NN_BACKEND or numpy)")
     parser.add_argument("--data", default=None, help="Flickr8k folder for the lessons that use it "
                         "(default $FLICKR8K_DIR, else ../shared/flickr8k)")
+    parser.add_argument("--features", default=None,
+                        help="a Flickr8k feature cache made by `python -m captioning features` (its --out) "
+                        "for lesson 13 to read instead of encoding the photos itself")
     parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for what lessons write: pictures, "
                         "training runs, lesson 13's feature cache (default %(default)s)")
     parser.add_argument("--lessons-dir", default=os.environ.get("LESSONS_DIR", str(LESSONS_DIR)),
@@ -342,7 +347,8 @@ def main(argv=None):
     except backend.BackendError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out)
+    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out,
+                  features=args.features)
     pause = not args.no_pause and sys.stdin is not None and sys.stdin.isatty()
     return run(path, ctx, pause)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy
 import pytest
 
+from captioning.checkpoint import load_checkpoint
 from captioning.encoders.efficientnet import EfficientNetLite0
 from captioning.features import extract_features
 from captioning.training import Trainer
@@ -316,3 +317,17 @@ def test_backend_flag_runs_a_lesson_on_cupy(tmp_path, capsys):
         pytest.skip("CuPy is not installed or no GPU is visible")
     assert run_lesson.main(["3", "--no-pause", "--backend", "cupy", "--out", str(tmp_path)]) == 0
     assert "Lesson done" in capsys.readouterr().out
+
+
+def test_flickr8k_lesson_runs_on_a_trimmed_copy_and_evaluates_best_npz(small_flickr8k, tmp_path, capsys):
+    """The whole lesson on 6 / 2 / 2 photos with the fake CNN; the model it evaluates is best.npz's,
+    not the trainer's last weights."""
+    ctx, _ = flickr8k_steps(small_flickr8k, tmp_path / "out", quick=True, steps=len(
+        run_lesson.lesson_steps(run_lesson.load_lesson(LESSONS[FLICKR8K_RUN]))))
+    best = load_checkpoint(tmp_path / "out" / "lesson13_run" / "best.npz").model
+    last = load_checkpoint(tmp_path / "out" / "lesson13_run" / "last.npz").model
+    evaluated = ctx.model.state_dict()
+    assert all(numpy.array_equal(evaluated[k], v) for k, v in best.state_dict().items())
+    assert not all(numpy.array_equal(evaluated[k], v) for k, v in last.state_dict().items())
+    assert "test photo 1: model:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "lesson13_attention.png").read_bytes()[:4] == b"\x89PNG"
