@@ -86,8 +86,13 @@ def step_4_encode_and_pad(ctx):
     """Encoding: <START> w1 ... wn <END> as ids, padded with <NULL> to one length.
 
     A mini-batch needs one array of shape (N, T), so shorter captions are
-    padded with <NULL> = 0; the mask (ids != <NULL>) later removes padding
-    from the loss. `decode` turns ids back into words and stops at <END>.
+    padded with <NULL> = 0. For training the array is shifted by one: the
+    decoder READS captions[:, :-1] (<START> w1 ... wn) and must PREDICT
+    captions[:, 1:] (w1 ... wn <END>), the next word at every position
+    (lessons 8-9). The loss mask is over the targets, captions[:, 1:] !=
+    <NULL>: <START> is never a target, padding never counts, and each caption
+    contributes its n words plus <END>. `decode` turns ids back into words
+    and stops at <END>.
     """
     captions = [ctx.splits["train"].tokens[i][0] for i in range(3)]
     encoded = [ctx.vocab.encode(tokens, max_length=20) for tokens in captions]
@@ -95,12 +100,18 @@ def step_4_encode_and_pad(ctx):
     batch = numpy.zeros((len(encoded), length), dtype=numpy.int64)
     for row, ids in enumerate(encoded):
         batch[row, :len(ids)] = ids
-    mask = batch != ctx.vocab.null_id
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    mask = targets != ctx.vocab.null_id                   # the loss mask: over the targets
     ctx.batch = batch
     ctx.check(ctx.vocab.decode(batch[0]) == [w if w in ctx.vocab else "<UNK>" for w in captions[0][:20]],
               "decode(encode(caption)) gives the caption back (rare words as <UNK>)")
-    return {"captions": [" ".join(c) for c in captions], "ids (N, T)": batch, "mask": mask.astype(int),
-            "decoded row 0": " ".join(ctx.vocab.decode(batch[0]))}
+    ctx.check(list(mask.sum(axis=1)) == [len(e) - 1 for e in encoded], "each caption's words + <END> count")
+    longest = int(mask.sum(axis=1).argmax())              # a row without padding shows the shift best
+    words = [ctx.vocab.id_to_word[i] for i in batch[longest]]
+    return {"captions": [" ".join(c) for c in captions], "ids (N, T)": batch,
+            f"row {longest} read (inputs)": " ".join(words[:-1]),
+            f"row {longest} to predict (targets)": " ".join(words[1:]),
+            "loss mask over the targets": mask.astype(int), "decoded row 0": " ".join(ctx.vocab.decode(batch[0]))}
 
 
 def step_5_embeddings(ctx):
