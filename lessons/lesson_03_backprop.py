@@ -65,8 +65,11 @@ def step_3_affine_backward(ctx):
         dx = dout @ w.T (reshaped like x),  dw = x.T @ dout,  db = dout summed over N.
     `eval_numerical_gradient_array(f, x, dout)` nudges each entry of x by
     +-h and measures how sum(f(x) * dout) changes. The relative error
-    max|a - b| / (|a| + |b|) of a correct float64 backward is around 1e-9 or
-    smaller; a bug gives something near 1.
+    max|a - b| / (|a| + |b|) of a correct float64 backward is tiny (below
+    1e-7 here; a bug gives something near 1). The finite difference itself
+    is only accurate to an ABSOLUTE 1e-10 or so (rounding of f divided by h,
+    plus h^2 terms), so on entries whose gradient is itself near 1e-5 the
+    relative error of a correct backward can reach 1e-6 (lesson 9 shows one).
     """
     dout = backend.rng(1).standard_normal((4, 5))
     dx, dw, db = affine_backward(dout, ctx.affine_cache)
