@@ -164,8 +164,8 @@ def step_6_caption_new_images(ctx):
     ctx.check(seen[3] > unseen[3], "training images are described better than new ones")
     for i in range(3):
         print(f"new image {i}: human: {ctx.unseen.captions[i][0]}\n             model: {' '.join(new_captions[i])}")
-    return {"BLEU-4 x100 on the 50 training images": round(100 * seen[3], 1),
-            "BLEU-4 x100 on 20 new images": round(100 * unseen[3], 1)}
+    return {f"BLEU-4 x100 on the {len(ctx.train.captions)} training images": round(100 * seen[3], 1),
+            f"BLEU-4 x100 on {len(ctx.unseen.captions)} new images": round(100 * unseen[3], 1)}
 
 
 if __name__ == "__main__":  # python lessons/lesson_09_show_and_tell.py [--no-pause] [--quick]
