@@ -27,8 +27,8 @@ from captioning.models import build
 from captioning.training import CaptionData, Trainer, TrainableEncoder, TrainConfig, generate_captions
 
 TITLE = "Describing images with words: the task, and a captioner trained in seconds"
-SECONDS = 20
-QUICK_SECONDS = 5
+SECONDS = 60
+QUICK_SECONDS = 12
 
 IMAGE_SIZE = 32
 

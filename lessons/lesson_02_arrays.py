@@ -13,7 +13,7 @@ import numpy
 from nn import backend
 
 TITLE = "Arrays on CPU or GPU: NumPy, CuPy and the one backend switch"
-SECONDS = 2
+SECONDS = 0.5
 
 
 def step_1_images_are_arrays(ctx):

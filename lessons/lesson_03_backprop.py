@@ -17,7 +17,7 @@ from nn.dense import affine_backward, affine_forward, relu_backward, relu_forwar
 from nn.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 
 TITLE = "Backpropagation by hand: affine and ReLU, and the numerical gradient check"
-SECONDS = 2
+SECONDS = 0.6
 
 
 def step_1_one_neuron(ctx):

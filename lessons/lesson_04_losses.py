@@ -15,7 +15,7 @@ from nn.gradcheck import eval_numerical_gradient, rel_error
 from nn.losses import softmax, softmax_loss, temporal_softmax_loss
 
 TITLE = "Losses: softmax, cross-entropy, and why captioning maximises log-likelihood"
-SECONDS = 2
+SECONDS = 0.7
 
 
 def step_1_softmax(ctx):

@@ -21,7 +21,7 @@ from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.pool import max_pool_backward, max_pool_forward
 
 TITLE = "Convolution and pooling: naive loops, im2col, feature maps you can look at"
-SECONDS = 3
+SECONDS = 0.7
 
 
 def draw_picture(size=48):

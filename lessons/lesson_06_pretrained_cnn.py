@@ -30,7 +30,7 @@ from captioning.encoders.imagenet_labels import short_label
 from nn import backend
 
 TITLE = "A pretrained CNN: EfficientNet-Lite0 in our layers, classifying a photo, the 7x7x1280 grid"
-SECONDS = 4
+SECONDS = 3
 
 
 def step_1_load_the_network(ctx):

@@ -20,7 +20,7 @@ from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.recurrent import word_embedding_backward, word_embedding_forward
 
 TITLE = "Words as vectors: tokenising captions, the vocabulary, embeddings"
-SECONDS = 4
+SECONDS = 2
 
 
 def step_1_tokenize(ctx):

@@ -22,7 +22,7 @@ from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_forward, rnn_ba
                           rnn_step_forward)
 
 TITLE = "Recurrent networks: vanilla RNN, LSTM, backpropagation through time, gradient checks"
-SECONDS = 3
+SECONDS = 1
 
 
 def step_1_rnn_step(ctx):

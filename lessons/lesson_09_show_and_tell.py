@@ -24,7 +24,7 @@ from nn.optim import adam
 from nn.pool import avg_pool_forward
 
 TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, then caption"
-SECONDS = 5
+SECONDS = 6
 
 
 def tiny_features(split):

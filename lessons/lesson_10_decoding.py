@@ -21,7 +21,7 @@ from captioning.decoding import beam_search, greedy_decode
 from nn import backend
 
 TITLE = "Decoding: greedy versus beam search, length normalisation, where greedy goes wrong"
-SECONDS = 2
+SECONDS = 0.7
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "the", "dog", "cat", "man", "big", "runs"]
 START, END = WORDS.index("<START>"), WORDS.index("<END>")
