@@ -32,6 +32,7 @@ checkpoints, the picture) goes under --out (default: outputs/lessons in
 the project folder).
 """
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy
@@ -179,9 +180,11 @@ def step_5_evaluate(ctx):
     human's caption"; the model's caption and that human's are both scored
     against the other FOUR (corpus BLEU-1..4 and CIDEr-D, lesson 12), so the
     two rows are comparable. Words seen fewer than 5 times in training are
-    all one word, <UNK>, for the model: it may say "<UNK>" where a rarer word
-    belongs, and BLEU counts that as a miss. How varied are the captions?
-    Count the distinct ones.
+    all one word, <UNK>, for the model. Together they are one of the most
+    common "words" of its training captions (the share is printed), so a
+    briefly trained model says "<UNK>" where a rarer word belongs, and BLEU
+    counts that as a miss. How varied are the captions? Count the distinct
+    ones.
     """
     test = ctx.data13["test"]
     captions, ctx.decoded = generate_captions(ctx.model, ctx.encoder, test, ctx.vocab, beam=3, max_length=20)
@@ -192,12 +195,17 @@ def step_5_evaluate(ctx):
     for i in range(1, min(4, len(captions))):           # photo 0 comes in step 7
         print(f"test photo {i}: model: {' '.join(captions[i])}\n              human: {' '.join(human[i])}")
     with_unk = sum(UNK in caption for caption in captions)
+    train_words = [word for tokens in ctx.splits["train"].all_tokens() for word in tokens]
+    unk_share = sum(word not in ctx.vocab for word in train_words) / max(len(train_words), 1)
+    counts = Counter(word if word in ctx.vocab else UNK for word in train_words)
+    unk_rank = [word for word, _ in counts.most_common()].index(UNK) + 1 if UNK in counts else None
     return {"model BLEU-1..4 x100 (4 references)": numpy.round(100 * numpy.array(bleu(four, captions)), 1),
             "human BLEU-1..4 x100 (the same 4)": numpy.round(100 * numpy.array(bleu(four, human)), 1),
             "model CIDEr-D x100": round(100 * cider_d(four, captions), 1),
             "human CIDEr-D x100": round(100 * cider_d(four, human), 1),
             "distinct captions": f"{len(set(map(tuple, captions)))} for {len(captions)} photos",
-            "captions with <UNK>": f"{with_unk} of {len(captions)}"}
+            "captions with <UNK>": f"{with_unk} of {len(captions)}",
+            "training words that are <UNK>": f"{100 * unk_share:.1f} % (rank {unk_rank} among its words)"}
 
 
 def step_6_decoding_choices(ctx):

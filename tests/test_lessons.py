@@ -331,3 +331,21 @@ def test_flickr8k_lesson_runs_on_a_trimmed_copy_and_evaluates_best_npz(small_fli
     assert not all(numpy.array_equal(evaluated[k], v) for k, v in last.state_dict().items())
     assert "test photo 1: model:" in capsys.readouterr().out
     assert (tmp_path / "out" / "lesson13_attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_flickr8k, tmp_path, capsys):
+    split = tiny_corpus(n_train=6, n_dev=2, n_test=2)[0]
+    ids = split["train"] + split["dev"] + split["test"]
+    given = tmp_path / "given" / "flickr8k_fake_cnn"
+    extract_features(FakeCNN(), [small_flickr8k / "Flicker8k_Dataset" / i for i in ids], ids, given, progress=False)
+    lesson = run_lesson.load_lesson(LESSONS[FLICKR8K_RUN])
+    ctx = run_lesson.Context(quick=True, data=small_flickr8k, out_dir=tmp_path / "out", features=str(given))
+    for step in run_lesson.lesson_steps(lesson)[:2]:
+        step(ctx)
+    assert run_lesson.lesson_steps(lesson)[2](ctx)["cache"] == f"{given} (reused)"
+    assert not (tmp_path / "out" / "features").exists()
+
+    status = run_lesson.main([str(FLICKR8K_RUN), "--no-pause", "--quick", "--data", str(small_flickr8k),
+                              "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")])
+    out = capsys.readouterr().out
+    assert status == 0 and f"--features {tmp_path / 'nope'} cannot be used" in out and "Lesson stopped at step 3" in out
