@@ -14,15 +14,19 @@ Shapes: N sequences, T time steps, D input features, H hidden units.
 """
 import numpy
 
-from nn import backend
+from nn import backend, recurrent
 from nn.dense import sigmoid
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.optim import clip_grad_norm
-from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_forward, rnn_backward, rnn_forward,
-                          rnn_step_forward)
+from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward, rnn_backward,
+                          rnn_forward, rnn_step_forward)
 
 TITLE = "Recurrent networks: vanilla RNN, LSTM, backpropagation through time, gradient checks"
 SECONDS = 1
+
+# `python run_lesson.py 8 --exercise`: write these yourself (graded by grade_<name> below and by step 5)
+EXERCISES = ["lstm_step_forward", "lstm_step_backward"]
+EXERCISE_IMPORTS = ["from nn import backend", "from nn.dense import sigmoid"]
 
 
 def step_1_rnn_step(ctx):
@@ -276,6 +280,43 @@ def step_9_exploding_and_clipping(ctx):
     ctx.check(abs(after - 5.0) < 1e-9 and abs(cosine - 1) < 1e-12, "clipped to norm 5, same direction")
     return {"T": ctx.lengths, "|dh0| (RNN, Wh x 4)": numpy.array(norms), "gradient norm before clipping": total,
             "after clipping": after, "cosine(before, after)": cosine}
+
+
+def exercise_inputs(seed=7, N=3, D=4, H=5):
+    """float64 inputs of one LSTM step, for grading."""
+    gen = backend.rng(seed)
+    return (gen.standard_normal((N, D)), gen.standard_normal((N, H)), gen.standard_normal((N, H)),
+            0.5 * gen.standard_normal((D, 4 * H)), 0.5 * gen.standard_normal((H, 4 * H)), gen.standard_normal(4 * H))
+
+
+def grade_lstm_step_forward(ctx, mine, reference):
+    """Your next_h and next_c against the library's, on random inputs."""
+    args = exercise_inputs()
+    yours, wanted = mine.lstm_step_forward(*args)[:2], reference(*args)[:2]
+    errors = [rel_error(y, w) for y, w in zip(yours, wanted)]
+    ctx.check(max(errors) < 1e-10, f"next_h, next_c differ from the reference: relative errors {errors}")
+    return f"next_h, next_c match the reference (relative errors {max(errors):.1e})"
+
+
+def grade_lstm_step_backward(ctx, mine, reference):
+    """Your six gradients (from the cache of YOUR forward) against finite differences of the reference forward."""
+    args = exercise_inputs()
+    gen = backend.rng(8)
+    dnext_h, dnext_c = gen.standard_normal(args[1].shape), gen.standard_normal(args[1].shape)
+    try:
+        cache = mine.lstm_step_forward(*args)[2]
+    except NotImplementedError:
+        raise NotImplementedError("it needs your lstm_step_forward (its cache) first") from None
+    grads = mine.lstm_step_backward(dnext_h, dnext_c, cache)
+    dout = backend.xp().concatenate([dnext_h, dnext_c], axis=1)
+    names, errors = ["dx", "dprev_h", "dprev_c", "dWx", "dWh", "db"], {}
+    for k, name in enumerate(names):
+        def both_outputs(value, k=k):
+            changed = list(args[:k]) + [value] + list(args[k + 1:])
+            return backend.xp().concatenate(recurrent.lstm_step_forward(*changed)[:2], axis=1)
+        errors[name] = rel_error(grads[k], eval_numerical_gradient_array(both_outputs, args[k], dout))
+    ctx.check(max(errors.values()) < 1e-6, f"gradients differ from finite differences: {errors}")
+    return f"all six gradients match finite differences (largest relative error {max(errors.values()):.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_08_recurrent.py [--no-pause]

@@ -28,6 +28,47 @@ SECONDS = 4
 
 REFERENCES = ["the cat is on the mat", "there is a cat on the mat"]   # Papineni et al.'s example
 
+# `python run_lesson.py 12 --exercise`: write these yourself (graded by grade_<name> below and steps 1-2)
+EXERCISES = ["modified_precision", "brevity_penalty"]
+EXERCISE_IMPORTS = ["import math", "from collections import Counter"]
+
+
+def modified_precision(hypothesis, references, n):
+    """Clipped n-gram matches of one hypothesis, and its number of n-grams.
+
+    Each n-gram of the hypothesis counts as a match at most as often as it
+    occurs in the ONE reference that has it most often.
+
+    Inputs:
+    - hypothesis: list of words
+    - references: list of reference captions, each a list of words
+    - n: the n-gram order (1 = words, 2 = pairs of neighbours, ...)
+    Returns (matches, total): ints; the precision is matches / total.
+    """
+    grams = Counter(tuple(hypothesis[i:i + n]) for i in range(len(hypothesis) - n + 1))
+    clip = Counter()
+    for ref in references:
+        clip |= Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))   # |= keeps the larger count
+    return sum(min(count, clip[gram]) for gram, count in grams.items()), sum(grams.values())
+
+
+def brevity_penalty(hypothesis_length, reference_lengths):
+    """BLEU's brevity penalty for one hypothesis.
+
+    r = the reference length closest to the hypothesis length c (a tie goes
+    to the SHORTER reference); BP = 1 if c > r, else exp(1 - r / c), and 0
+    for an empty hypothesis (c = 0).
+
+    Inputs:
+    - hypothesis_length: c, an int >= 0
+    - reference_lengths: list of ints, one per reference
+    Returns: BP, a float in [0, 1].
+    """
+    if hypothesis_length == 0:
+        return 0.0
+    r = min(reference_lengths, key=lambda length: (abs(length - hypothesis_length), length))
+    return 1.0 if hypothesis_length > r else math.exp(1 - r / hypothesis_length)
+
 
 def step_1_modified_precision(ctx):
     """Modified n-gram precision: count matches, but no more often than a reference has them.
@@ -35,13 +76,14 @@ def step_1_modified_precision(ctx):
     Plain precision would give the absurd candidate "the the the the the the
     the" 7/7 (every word occurs in a reference). BLEU clips each word's count
     by its largest count in any ONE reference: "the" appears at most twice,
-    so the modified unigram precision is 2/7.
+    so the modified unigram precision is 2/7. (`modified_precision` is at
+    the top of this lesson's file; `--exercise` lets you write it.)
     """
     candidate = "the the the the the the the".split()
     references = [r.split() for r in REFERENCES]
     plain = sum(word in references[0] or word in references[1] for word in candidate) / len(candidate)
-    clip = {word: max(ref.count(word) for ref in references) for word in set(candidate)}
-    clipped = sum(min(count, clip[word]) for word, count in Counter(candidate).items()) / len(candidate)
+    matches, total = modified_precision(candidate, references, 1)
+    clipped = matches / total
     bleu_1 = bleu([REFERENCES], [" ".join(candidate)], max_n=1)[0]
     ctx.check(abs(clipped - 2 / 7) < 1e-12 and abs(bleu_1 - clipped) < 1e-12, "BLEU-1 is 2/7 here")
     return {"plain precision": plain, "modified precision": clipped, "metrics.bleu, BLEU-1": bleu_1,
@@ -54,23 +96,15 @@ def step_2_bleu_by_hand(ctx):
     BLEU-N = BP * (p1 * p2 * ... * pN) ** (1/N). Precision alone would reward
     very short captions ("the cat" has p1 = 1), so BP = exp(1 - r/c) when the
     candidate (length c) is shorter than the closest reference length r,
-    and 1 otherwise.
+    and 1 otherwise (`brevity_penalty`, at the top of the file).
     """
     candidate = "the cat is on a mat".split()
     short = "the cat".split()
     references = [r.split() for r in REFERENCES]
 
-    def modified_precision(words, n):
-        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        clip = Counter()
-        for ref in references:
-            clip |= Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-        return sum(min(c, clip[g]) for g, c in grams.items()) / max(sum(grams.values()), 1)
-
     def bleu_by_hand(words, max_n):
-        r = min((len(ref) for ref in references), key=lambda length: (abs(length - len(words)), length))
-        bp = 1.0 if len(words) > r else math.exp(1 - r / len(words))
-        precisions = [modified_precision(words, n) for n in range(1, max_n + 1)]
+        bp = brevity_penalty(len(words), [len(ref) for ref in references])
+        precisions = [m / t for m, t in (modified_precision(words, references, n) for n in range(1, max_n + 1))]
         return bp * math.exp(sum(math.log(p) for p in precisions) / max_n), precisions, bp
 
     ours, precisions, bp = bleu_by_hand(candidate, 4)
@@ -213,6 +247,35 @@ def step_7_how_good_are_humans(ctx):
     return {"data": f"{source}, {len(test)} images",
             "human BLEU-1..4 x100": numpy.round(100 * numpy.array(human), 1),
             "human CIDEr-D x100": round(100 * human_cider, 1)}
+
+
+def random_sentences(seed, count=200):
+    """(hypothesis, references) pairs of random short sentences over a 6-word vocabulary, for grading."""
+    gen = numpy.random.default_rng(seed)
+    words = "a dog cat runs on grass".split()
+    def sentence(low):
+        return [str(w) for w in gen.choice(words, size=int(gen.integers(low, 9)))]
+    return [(sentence(0), [sentence(1) for _ in range(int(gen.integers(1, 4)))]) for _ in range(count)]
+
+
+def grade_modified_precision(ctx, mine, reference):
+    """Your (matches, total) against the reference on 200 random sentences, n = 1..4."""
+    for hypothesis, references in random_sentences(0):
+        for n in range(1, 5):
+            yours, wanted = mine.modified_precision(hypothesis, references, n), reference(hypothesis, references, n)
+            ctx.check(tuple(yours) == tuple(wanted), f"hypothesis {hypothesis}, references {references}, n={n}: "
+                                                     f"you return {yours}, the reference {wanted}")
+    return "all 800 cases match"
+
+
+def grade_brevity_penalty(ctx, mine, reference):
+    """Your BP against the reference on 200 random sentences (empty ones and ties included)."""
+    cases = [(len(h), [len(r) for r in refs]) for h, refs in random_sentences(1)] + [(0, [3]), (4, [3, 5]), (6, [6])]
+    for c, lengths in cases:
+        yours, wanted = mine.brevity_penalty(c, lengths), reference(c, lengths)
+        ctx.check(abs(yours - wanted) < 1e-12, f"c={c}, reference lengths {lengths}: you return {yours}, "
+                                               f"the reference {wanted}")
+    return f"all {len(cases)} cases match"
 
 
 if __name__ == "__main__":  # python lessons/lesson_12_metrics.py [--no-pause] [--data DIR]

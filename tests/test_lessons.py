@@ -5,6 +5,7 @@ start-up per lesson) and must finish cleanly; its own checks are the test.
 The runner's behaviour (list, unknown lesson, failing check, pauses) is
 tested on tiny fake lessons written to a temporary folder.
 """
+import inspect
 import os
 import signal
 import subprocess
@@ -349,3 +350,72 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
                               "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")])
     out = capsys.readouterr().out
     assert status == 0 and f"--features {tmp_path / 'nope'} cannot be used" in out and "Lesson stopped at step 3" in out
+
+
+# ------------------------------------------------------------------ exercises
+
+def reference_solution(number):
+    """An exercise file holding the reference functions of a lesson's EXERCISES."""
+    lesson = run_lesson.load_lesson(LESSONS[number])
+    if number == 8:                      # library functions: imported (their source uses nn's private checks)
+        return f"from nn.recurrent import {', '.join(lesson.EXERCISES)}\n"
+    sources = [inspect.getsource(getattr(lesson, name)) for name in lesson.EXERCISES]
+    return "\n".join(lesson.EXERCISE_IMPORTS) + "\n\n\n" + "\n\n".join(sources)
+
+
+WRONG = {   # one plausible mistake per exercise lesson: each must fail its grading
+    8: ("from nn.recurrent import lstm_step_backward\n"
+        "from nn.dense import sigmoid\n"
+        "import numpy\n"
+        "def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):\n"
+        "    H = prev_h.shape[1]\n"
+        "    a = x @ Wx + prev_h @ Wh + b\n"
+        "    f, i, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 2 * H:3 * H])  # i and f swapped\n"
+        "    g = numpy.tanh(a[:, 3 * H:])\n"
+        "    c = f * prev_c + i * g\n"
+        "    return o * numpy.tanh(c), c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, numpy.tanh(c))\n",
+        "lstm_step_forward: FAIL"),
+    12: (None, "brevity_penalty: FAIL"),
+}
+
+
+@pytest.mark.parametrize("number", [8, 12])
+def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
+    exercises = tmp_path / "exercises"
+    args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
+    lesson = run_lesson.load_lesson(LESSONS[number])
+    library_before = {name: getattr(lesson, name) for name in lesson.EXERCISES}
+
+    assert run_lesson.main(args) == 1                                  # the stubs: written, then failed
+    out = capsys.readouterr().out
+    mine = exercises / LESSONS[number].name
+    assert f"Wrote {mine}" in out and (exercises / ".gitignore").read_text().endswith("*\n")
+    for name in lesson.EXERCISES:
+        assert f"{name}: FAIL - not written yet" in out and f"def {name}(" in mine.read_text()
+
+    mine.write_text(reference_solution(number))
+    assert run_lesson.main(args) == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "the lesson's own checks with your functions: passed" in out
+    for name in lesson.EXERCISES:
+        assert f"{name}: PASS" in out
+    assert mine.read_text() == reference_solution(number)               # the learner's file is never overwritten
+
+    wrong, failure = WRONG[number]
+    if wrong is None:                    # lesson 12: ties going to the LONGER reference
+        wrong = reference_solution(number).replace("(abs(length - hypothesis_length), length)",
+                                                   "(abs(length - hypothesis_length), -length)")
+    mine.write_text(wrong)
+    assert run_lesson.main(args) == 1
+    assert failure in capsys.readouterr().out
+    relesson = run_lesson.load_lesson(LESSONS[number])                  # the library was never touched
+    for name, function in library_before.items():
+        assert getattr(relesson, name).__code__.co_code == function.__code__.co_code
+
+
+def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsys):
+    assert run_lesson.main(["8", "--solution"]) == 0
+    out = capsys.readouterr().out
+    assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
+    assert run_lesson.main(["3", "--exercise"]) == 2
+    assert "lesson 3 has no exercises (lessons with exercises: 8, 12)" in capsys.readouterr().err
