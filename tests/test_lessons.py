@@ -354,11 +354,14 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 # ------------------------------------------------------------------ exercises
 
+LIBRARY_EXERCISES = {3: "nn.dense", 8: "nn.recurrent"}
+
+
 def reference_solution(number):
     """An exercise file holding the reference functions of a lesson's EXERCISES."""
     lesson = run_lesson.load_lesson(LESSONS[number])
-    if number == 8:                      # library functions: imported (their source uses nn's private checks)
-        return f"from nn.recurrent import {', '.join(lesson.EXERCISES)}\n"
+    if number in LIBRARY_EXERCISES:      # library functions: imported (their source uses nn's private checks)
+        return f"from {LIBRARY_EXERCISES[number]} import {', '.join(lesson.EXERCISES)}\n"
     sources = [inspect.getsource(getattr(lesson, name)) for name in lesson.EXERCISES]
     return "\n".join(lesson.EXERCISE_IMPORTS) + "\n\n\n" + "\n\n".join(sources)
 
@@ -376,10 +379,15 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    return o * numpy.tanh(c), c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, numpy.tanh(c))\n",
         "lstm_step_forward: FAIL"),
     12: (None, "brevity_penalty: FAIL"),
+    3: ("from nn.dense import affine_forward, relu_backward\n"
+        "def affine_backward(dout, cache):\n"
+        "    x, w = cache\n"
+        "    return (dout @ w.T).reshape(x.shape), x.reshape(len(x), -1).T @ dout, dout.mean(axis=0)  # mean, not sum\n",
+        "affine_backward: FAIL"),
 }
 
 
-@pytest.mark.parametrize("number", [8, 12])
+@pytest.mark.parametrize("number", [3, 8, 12])
 def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
     exercises = tmp_path / "exercises"
     args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
@@ -417,5 +425,5 @@ def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsy
     assert run_lesson.main(["8", "--solution"]) == 0
     out = capsys.readouterr().out
     assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
-    assert run_lesson.main(["3", "--exercise"]) == 2
-    assert "lesson 3 has no exercises (lessons with exercises: 8, 12)" in capsys.readouterr().err
+    assert run_lesson.main(["2", "--exercise"]) == 2
+    assert "lesson 2 has no exercises (lessons with exercises: 3, 8, 12)" in capsys.readouterr().err
