@@ -219,7 +219,8 @@ def step_6_decoding_choices(ctx):
     test = ctx.data13["test"]
     rows = {}
     for name, beam, alpha in [("greedy", 1, 0.0), ("beam 3", 3, 0.0), ("beam 3, alpha 1", 3, 1.0)]:
-        captions = generate_captions(ctx.model, ctx.encoder, test, ctx.vocab, beam=beam, length_alpha=alpha)[0]
+        captions = ctx.captions if name == "beam 3" else generate_captions(      # step 5 decoded beam 3
+            ctx.model, ctx.encoder, test, ctx.vocab, beam=beam, length_alpha=alpha)[0]
         rows[name] = {"BLEU-4 x100": round(100 * bleu(test.references, captions)[3], 1),
                       "CIDEr-D x100": round(100 * cider_d(test.references, captions), 1),
                       "mean words": round(float(numpy.mean([len(c) for c in captions])), 1)}
