@@ -354,7 +354,7 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 # ------------------------------------------------------------------ exercises
 
-LIBRARY_EXERCISES = {3: "nn.dense", 8: "nn.recurrent"}
+LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 8: "nn.recurrent"}
 
 
 def reference_solution(number):
@@ -384,10 +384,16 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    x, w = cache\n"
         "    return (dout @ w.T).reshape(x.shape), x.reshape(len(x), -1).T @ dout, dout.mean(axis=0)  # mean, not sum\n",
         "affine_backward: FAIL"),
+    4: ("import numpy\n"
+        "from nn.losses import softmax_loss\n"
+        "def softmax(x, axis=-1):\n"
+        "    e = numpy.exp(x)                       # not shifted: overflows for large scores\n"
+        "    return e / e.sum(axis=axis, keepdims=True)\n",
+        "softmax: FAIL"),
 }
 
 
-@pytest.mark.parametrize("number", [3, 8, 12])
+@pytest.mark.parametrize("number", [3, 4, 8, 12])
 def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
     exercises = tmp_path / "exercises"
     args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
@@ -426,4 +432,4 @@ def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsy
     out = capsys.readouterr().out
     assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
     assert run_lesson.main(["2", "--exercise"]) == 2
-    assert "lesson 2 has no exercises (lessons with exercises: 3, 8, 12)" in capsys.readouterr().err
+    assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 8, 12)" in capsys.readouterr().err
