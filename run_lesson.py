@@ -343,7 +343,7 @@ def run_exercises(path, ctx, exercise_dir, number):
     """--exercise: make or read the learner's file, run the lesson with their functions, grade them."""
     module = load_lesson(path)
     if not getattr(module, "EXERCISES", None):
-        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons()})",
+        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons(path.parent)})",
               file=sys.stderr)
         return 2
     mine_path = exercise_path(path, exercise_dir)
@@ -384,7 +384,7 @@ def show_solution(path, number):
     """--solution: the reference source of each exercise of a lesson."""
     module = load_lesson(path)
     if not getattr(module, "EXERCISES", None):
-        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons()})",
+        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons(path.parent)})",
               file=sys.stderr)
         return 2
     for name in module.EXERCISES:
@@ -393,7 +393,7 @@ def show_solution(path, number):
     return 0
 
 
-def exercise_lessons(lessons_dir=LESSONS_DIR):
+def exercise_lessons(lessons_dir):
     """Numbers of the lessons that declare EXERCISES (read without importing them)."""
     found = []
     for number, path in lesson_files(lessons_dir).items():
