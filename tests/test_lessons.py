@@ -382,7 +382,8 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
     3: ("from nn.dense import affine_forward, relu_backward\n"
         "def affine_backward(dout, cache):\n"
         "    x, w = cache\n"
-        "    return (dout @ w.T).reshape(x.shape), x.reshape(len(x), -1).T @ dout, dout.mean(axis=0)  # mean, not sum\n",
+        "    dx, dw = (dout @ w.T).reshape(x.shape), x.reshape(len(x), -1).T @ dout\n"
+        "    return dx, dw, dout.mean(axis=0)           # mean instead of sum\n",
         "affine_backward: FAIL"),
     4: ("import numpy\n"
         "from nn.losses import softmax_loss\n"
