@@ -25,8 +25,8 @@ from nn.attention import attention_backward, attention_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
-SECONDS = 60
-QUICK_SECONDS = 15
+SECONDS = 40
+QUICK_SECONDS = 8
 
 IMAGE_SIZE = 32          # small pictures keep the lesson to seconds; the CLI default uses 64
 
