@@ -1,9 +1,11 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from captioning.data.flickr8k import find_flickr8k_dir, load_flickr8k, seeded_split
+from captioning.cli import main
+from captioning.data.flickr8k import CaptionFileError, find_flickr8k_dir, load_flickr8k, seeded_split
 from data_fixtures import make_kaggle, make_karpathy, make_original, tiny_corpus
 
 
@@ -157,3 +159,52 @@ def test_subset_slices_a_flickr8k_split(tmp_path):
     first = train.subset(range(3))
     assert first.image_ids == splits["train"][:3] and first.image_paths == train.image_paths[:3]
     assert first.tokens == train.tokens[:3] and first.num_captions == 15
+
+
+def one_image_karpathy(tmp_path, body):
+    """A karpathy-layout folder with one photo and `body` (bytes) as its JSON file."""
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Images" / "a.jpg").write_bytes(b"")
+    (tmp_path / "dataset_flickr8k.json").write_bytes(body)
+    return tmp_path
+
+
+GOOD_ENTRY = {"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a", "dog"], "raw": "A dog."}]}
+WRONG_KARPATHY_SCHEMAS = {
+    "top-level list": (b"[1, 2]", "expected a JSON object"),
+    "images null": (b'{"images": null}', '"images" is null, expected a list'),
+    "images a dict": (b'{"images": {"a.jpg": 1}}', '"images" is an object'),
+    "images of strings": (b'{"images": ["a.jpg"]}', "images[0] is a string"),
+    "sentences as strings": (json.dumps({"images": [{**GOOD_ENTRY, "sentences": ["a dog"]}]}).encode(),
+                             "images[0].sentences[0] is a string"),
+    "integer tokens": (json.dumps({"images": [{**GOOD_ENTRY, "sentences": [{"tokens": ["a", 7]}]}]}).encode(),
+                       "images[0].sentences[0].tokens[1] is a number (7), expected a word"),
+    "no images key": (b'{"dataset": "flickr8k"}', 'no "images" key'),
+    "invalid JSON": (b'{"images": [}', "not valid JSON"),
+    "empty file": (b"", "is empty"),
+    "latin-1 bytes": (json.dumps({"images": [GOOD_ENTRY]}).encode().replace(b"A dog", b"caf\xe9" * 5000),
+                      "not UTF-8"),
+    "split a list": (json.dumps({"images": [{**GOOD_ENTRY, "split": ["train"]}]}).encode(),
+                     "images[0].split is a list"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WRONG_KARPATHY_SCHEMAS))
+def test_karpathy_json_of_the_wrong_schema_is_a_short_caption_file_error(tmp_path, variant, capsys):
+    body, expected = WRONG_KARPATHY_SCHEMAS[variant]
+    root = one_image_karpathy(tmp_path, body)
+    with pytest.raises(CaptionFileError) as info:
+        load_flickr8k(root)
+    message = str(info.value)
+    assert expected in message and "dataset_flickr8k.json" in message
+    assert "\n" not in message and len(message) < 300
+    assert main(["features", "--data", str(root)]) == 2   # the CLI: one line, no traceback
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_karpathy_tokens_must_be_a_list_of_words(tmp_path):
+    entry = {**GOOD_ENTRY, "sentences": [{"tokens": "a dog runs", "raw": "A dog runs."}]}
+    root = one_image_karpathy(tmp_path, json.dumps({"images": [entry]}).encode())
+    with pytest.raises(CaptionFileError, match=r"images\[0\].sentences\[0\].tokens is a string "
+                                               r"\('a dog runs'\), expected a list of words"):
+        load_flickr8k(root)

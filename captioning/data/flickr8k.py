@@ -32,7 +32,7 @@ import numpy
 from .splits import SPLIT_NAMES, CaptionSplit, LoadReport
 from .text import tokenize
 
-__all__ = ["Flickr8k", "find_flickr8k_dir", "load_flickr8k", "seeded_split", "LAYOUTS"]
+__all__ = ["CaptionFileError", "Flickr8k", "find_flickr8k_dir", "load_flickr8k", "seeded_split", "LAYOUTS"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR_NAMES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images")
@@ -44,6 +44,11 @@ KARPATHY_FILE = "dataset_flickr8k.json"
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "dev": "dev", "test": "test"}
 LAYOUTS = ("original", "karpathy", "kaggle")
 DOWNLOAD_HINT = "get it with `python -m captioning download --dest DIR`"
+
+
+class CaptionFileError(ValueError):
+    """A caption file that is not in its layout's format: the one-line message names the
+    file, the line or entry, and what was expected there."""
 
 
 @dataclass
@@ -198,11 +203,15 @@ def seeded_split(image_ids, seed=0):
             "train": shuffled[n_test + n_dev:n_test + n_dev + n_train]}
 
 
+def _read_bytes(path):
+    """The bytes of a file, without a UTF-8 byte-order mark."""
+    data = Path(path).read_bytes()
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
 def _read_lines(path, report):
     """Decoded text lines of a file, any line ending; non-UTF-8 lines skipped."""
-    data = Path(path).read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
-        data = data[3:]
+    data = _read_bytes(path)
     lines = []
     for number, raw in enumerate(data.splitlines(), start=1):
         try:
@@ -263,25 +272,88 @@ def _read_kaggle_csv(path, report):
 
 
 def _read_karpathy_json(path, report):
-    """(image id -> captions, split -> ids) from Karpathy's dataset_flickr8k.json."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-        images = data["images"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a Karpathy dataset JSON ({exc!r})") from exc
-    captions, split_ids = {}, {name: [] for name in SPLIT_NAMES}
-    for entry in images:
-        image_id = entry.get("filename")
-        split = KARPATHY_SPLITS.get(entry.get("split"))
-        if not image_id or split is None:
-            report.skip("JSON images with no filename or an unknown split", str(entry)[:80])
+    """(image id -> captions, split -> ids) from Karpathy's dataset_flickr8k.json.
+
+    Schema: {"images": [{"filename": str, "split": str, "sentences":
+    [{"tokens": [str, ...], "raw": str}, ...]}, ...]}; a sentence's tokens are
+    used, its raw text when it has no tokens. Anything else is a
+    CaptionFileError naming the entry (never a guess at what was meant).
+    """
+    path = Path(path)
+    captions, split_ids, seen = {}, {name: [] for name in SPLIT_NAMES}, set()
+    for i, entry in enumerate(_karpathy_images(path)):
+        where = f"images[{i}]"
+        _expect(path, entry, dict, where, "an object with filename, split and sentences")
+        image_id, split, sentences = (entry.get(key) for key in ("filename", "split", "sentences"))
+        _expect(path, image_id, str, f"{where}.filename", "a file name")
+        _expect(path, split, str, f"{where}.split", 'a split name ("train", "val", "test", "restval")')
+        _expect(path, sentences, list, f"{where}.sentences", "a list of sentences")
+        texts = [_sentence_text(path, sentence, f"{where}.sentences[{j}]") for j, sentence in enumerate(sentences)]
+        if KARPATHY_SPLITS.get(split) is None or image_id in seen:
+            reason = "JSON images listed twice" if image_id in seen else "JSON images with an unknown split"
+            for _ in texts:
+                report.skip(f"captions of {reason}", f"{where}: {image_id} ({split})")
             continue
-        for sentence in entry.get("sentences", []):
-            tokens = sentence.get("tokens")
-            raw = " ".join(tokens) if tokens else sentence.get("raw", "")
-            _add_caption(captions, image_id, raw, report)
-        split_ids[split].append(image_id)
+        seen.add(image_id)
+        for text in texts:
+            _add_caption(captions, image_id, text, report)
+        split_ids[KARPATHY_SPLITS[split]].append(image_id)
     return captions, split_ids
+
+
+def _karpathy_images(path):
+    """The "images" list of a Karpathy JSON file, or a CaptionFileError saying what is wrong."""
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CaptionFileError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                               "save it as UTF-8") from None
+    if not text.strip():
+        raise CaptionFileError(f'{path} is empty: expected Karpathy\'s JSON object {{"images": [...]}}')
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CaptionFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                               ) from None
+    except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, nesting 10000 deep
+        raise CaptionFileError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+    _expect(path, document, dict, "the top level", 'a JSON object {"images": [...]}')
+    if "images" not in document:
+        raise CaptionFileError(f'{path}: no "images" key; expected Karpathy\'s JSON object {{"images": [...]}}')
+    _expect(path, document["images"], list, '"images"', "a list of image entries")
+    return document["images"]
+
+
+def _sentence_text(path, sentence, where):
+    """The caption text of one Karpathy sentence: its tokens joined, else its raw text."""
+    _expect(path, sentence, dict, where, "an object with tokens (a list of words) or raw (text)")
+    tokens, raw = sentence.get("tokens"), sentence.get("raw", "")
+    if tokens is not None:
+        _expect(path, tokens, list, f"{where}.tokens", "a list of words")
+        for k, token in enumerate(tokens):
+            _expect(path, token, str, f"{where}.tokens[{k}]", "a word")
+    _expect(path, raw, str, f"{where}.raw", "the caption text")
+    return " ".join(tokens) if tokens else raw
+
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+                    bool: "true/false", type(None): "null"}
+
+
+def _expect(path, value, kind, where, expected):
+    """Raise a one-line CaptionFileError unless `value` is a `kind` (a JSON type)."""
+    if isinstance(value, kind):
+        return
+    found = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    shown = "" if value is None else f" ({_short(value)})"
+    raise CaptionFileError(f"{path}: {where} is {found}{shown}, expected {expected}")
+
+
+def _short(value, limit=40):
+    """repr(value), cut to `limit` characters: error messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_split_list(path, report):
