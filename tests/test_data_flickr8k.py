@@ -208,3 +208,14 @@ def test_karpathy_tokens_must_be_a_list_of_words(tmp_path):
     with pytest.raises(CaptionFileError, match=r"images\[0\].sentences\[0\].tokens is a string "
                                                r"\('a dog runs'\), expected a list of words"):
         load_flickr8k(root)
+
+
+def test_token_lines_with_extra_tab_columns_are_skipped_and_named(tmp_path):
+    splits, captions = tiny_corpus()
+    first = splits["train"][0]
+    make_original(tmp_path, splits, captions, extra_token_lines=[f"{first}#5\ta dog\tx\t42", f"{first}#x\tbad key"])
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"malformed caption lines": 2}
+    assert "Flickr8k.token.txt:51: 4 tab-separated columns" in str(data.report)
+    assert not {"x", "42"} & {w for t in data["train"].all_tokens() for w in t}
+    assert [len(c) for c in data["train"].captions] == [5] * 6

@@ -210,12 +210,13 @@ def _read_bytes(path):
 
 
 def _read_lines(path, report):
-    """Decoded text lines of a file, any line ending; non-UTF-8 lines skipped."""
-    data = _read_bytes(path)
+    """(line number, text) of each line that is not blank, any line ending; non-UTF-8 lines skipped."""
     lines = []
-    for number, raw in enumerate(data.splitlines(), start=1):
+    for number, raw in enumerate(_read_bytes(path).splitlines(), start=1):
+        if not raw.strip():
+            continue
         try:
-            lines.append(raw.decode("utf-8"))
+            lines.append((number, raw.decode("utf-8")))
         except UnicodeDecodeError:
             report.skip("lines that are not UTF-8", f"{Path(path).name}:{number}")
     return lines
@@ -237,30 +238,41 @@ def _add_caption(captions, image_id, caption, report):
 def _read_token_file(path, report):
     """image id -> captions, from `<image>#<k><TAB><caption>` lines.
 
-    A repeated `<image>#<k>` key is a duplicate line: the first one is kept.
+    A line of another form is skipped and counted (its caption cannot be told
+    apart from the rest without a guess); a repeated `<image>#<k>` key is a
+    duplicate line: the first one is kept.
     """
     captions, seen_keys = {}, set()
-    for line in _read_lines(path, report):
-        if not line.strip():
-            continue
-        key, tab, caption = line.partition("\t")
-        key = key.strip()
-        image_id = key.rpartition("#")[0]
-        if not tab or not image_id:
-            report.skip("malformed caption lines", line)
-            continue
-        if key in seen_keys:
+    for number, line in _read_lines(path, report):
+        key, image_id, caption = _parse_token_line(line)
+        if image_id is None:
+            report.skip("malformed caption lines", f"{Path(path).name}:{number}: {caption}")
+        elif key in seen_keys:
             report.skip("duplicate caption lines", key)
-            continue
-        seen_keys.add(key)
-        _add_caption(captions, image_id, caption, report)
+        else:
+            seen_keys.add(key)
+            _add_caption(captions, image_id, caption, report)
     return captions
+
+
+def _parse_token_line(line):
+    """(key, image id, caption) of an `<image>#<k><TAB><caption>` line (k a number), else
+    (None, None, what is wrong)."""
+    columns = line.split("\t")
+    if len(columns) != 2:
+        found = "no tab" if len(columns) == 1 else f"{len(columns)} tab-separated columns"
+        return None, None, f"{found}, expected <image>#<k><TAB><caption>"
+    key = columns[0].strip()
+    image_id, _, k = key.rpartition("#")
+    if not image_id or not (k.isascii() and k.isdigit()):
+        return None, None, f"{_short(key)} is not <image>#<k> (k a number)"
+    return key, image_id, columns[1]
 
 
 def _read_kaggle_csv(path, report):
     """image id -> captions, from the `image,caption` CSV (quoted commas allowed)."""
     captions = {}
-    for row in csv.reader(_read_lines(path, report)):
+    for row in csv.reader(line for _, line in _read_lines(path, report)):
         if not row or row == ["image", "caption"]:
             continue
         if len(row) < 2:
@@ -357,7 +369,7 @@ def _short(value, limit=40):
 
 
 def _read_split_list(path, report):
-    return [line.strip() for line in _read_lines(path, report) if line.strip()]
+    return [line.strip() for _, line in _read_lines(path, report)]
 
 
 def _assemble_splits(split_ids, captions, image_dir, report):
