@@ -219,3 +219,50 @@ def test_token_lines_with_extra_tab_columns_are_skipped_and_named(tmp_path):
     assert "Flickr8k.token.txt:51: 4 tab-separated columns" in str(data.report)
     assert not {"x", "42"} & {w for t in data["train"].all_tokens() for w in t}
     assert [len(c) for c in data["train"].captions] == [5] * 6
+
+
+def test_kaggle_unclosed_quote_loses_only_its_line_and_says_so(tmp_path):
+    splits, captions = tiny_corpus(n_train=26, n_dev=2, n_test=2)
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    lines = (tmp_path / "captions.txt").read_text().splitlines()
+    broken = lines[3].split(",", 1)[0] + ',"a dog runs'   # a quote that never closes
+    lines[3] = broken
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"malformed caption lines": 1}
+    assert "captions.txt:4: a quote opens a field but does not close on this line" in str(data.report)
+    assert sum(data.report.images.values()) == 30 and sum(data.report.captions.values()) == 149
+    assert max(len(c) for s in data.splits.values() for cs in s.captions for c in cs) < 40
+
+
+def test_captions_with_odd_whitespace_are_one_line_and_long_ones_are_reported(tmp_path):
+    splits, captions = tiny_corpus()
+    first, second = splits["train"][:2]
+    captions[first][1] = "a dog\truns\u2028home"
+    captions[second][0] = "a dog " * 100       # 600 characters: no Flickr8k caption is that long
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    data = load_flickr8k(tmp_path)
+    assert data["train"].captions[0][1] == "a dog runs home"
+    assert data.report.skipped == {"implausibly long captions (over 500 characters)": 1}
+    assert "captions.txt:7: a dog a dog" in str(data.report)
+
+
+def test_kaggle_file_without_its_header_is_an_error_naming_the_line(tmp_path):
+    splits, captions = tiny_corpus()
+    make_kaggle(tmp_path, captions)
+    text = (tmp_path / "captions.txt").read_text()
+    (tmp_path / "captions.txt").write_text("caption,image\n" + text.split("\n", 1)[1])
+    with pytest.raises(CaptionFileError, match=r"captions.txt line 1: expected the header 'image,caption', "
+                                               r"found 'caption,image'"):
+        load_flickr8k(tmp_path)
+
+
+def test_a_reader_that_loses_lines_unreported_is_caught(tmp_path, monkeypatch):
+    import captioning.data.flickr8k as flickr8k
+    splits, captions = tiny_corpus()
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    monkeypatch.setattr(flickr8k, "_add_caption",   # one that silently drops each "caption 3"
+                        lambda captions, image_id, caption, report, where:
+                        "caption 3" in caption or captions.setdefault(image_id, []).append(caption))
+    with pytest.raises(CaptionFileError, match=r"captions.txt: holds 50 captions, but 40 were read and 0 skipped"):
+        load_flickr8k(tmp_path)

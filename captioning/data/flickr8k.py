@@ -18,8 +18,14 @@ detected from the folder given (first complete one wins, in this order):
 The real files have quirks, all skipped and counted in `report` (never a
 crash): the token file names `2258277193_586949ec62.jpg.1`, which is no file;
 line endings vary (LF, CRLF); empty captions, lines that are not UTF-8,
-duplicate lines, split-list ids with no image or no captions. Nothing is ever
-written into the data folder.
+duplicate lines, split-list ids with no image or no captions. A line that is
+not of its file's form (a tab column too many, a quote that does not close on
+its line) and a caption too long to be one are skipped and counted the same
+way: each caption is one line, never guessed from several. What cannot be
+read at all (an empty file, a wrong CSV header, JSON of another schema) is a
+CaptionFileError naming the file, the line or entry, and what was expected.
+Every caption a file holds is either read or counted as skipped (checked).
+Nothing is ever written into the data folder.
 """
 import csv
 import json
@@ -41,6 +47,7 @@ TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
                "test": "Flickr_8k.testImages.txt"}
 KARPATHY_FILE = "dataset_flickr8k.json"
+MAX_CAPTION_CHARS = 500  # the longest real Flickr8k caption has 199
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "dev": "dev", "test": "test"}
 LAYOUTS = ("original", "karpathy", "kaggle")
 DOWNLOAD_HINT = "get it with `python -m captioning download --dest DIR`"
@@ -222,17 +229,21 @@ def _read_lines(path, report):
     return lines
 
 
-def _add_caption(captions, image_id, caption, report):
-    """Append a caption to captions[image_id] unless it is empty.
+def _add_caption(captions, image_id, caption, report, where):
+    """Append a caption, its whitespace runs made single spaces, to captions[image_id].
 
-    Identical captions of one image are kept: in the real token file ten
-    images have two annotators who wrote the same sentence (different #k).
+    An empty caption, or one too long to be a single caption (`where` names
+    it), is skipped and counted. Identical captions of one image are kept: in
+    the real token file ten images have two annotators who wrote the same
+    sentence (different #k).
     """
-    caption = caption.strip()
+    caption = " ".join(caption.split())   # also tabs, line and paragraph separators
     if not tokenize(caption):
         report.skip("empty captions", image_id)
-        return
-    captions.setdefault(image_id, []).append(caption)
+    elif len(caption) > MAX_CAPTION_CHARS:
+        report.skip(f"implausibly long captions (over {MAX_CAPTION_CHARS} characters)", f"{where}: {caption[:40]}")
+    else:
+        captions.setdefault(image_id, []).append(caption)
 
 
 def _read_token_file(path, report):
@@ -242,7 +253,7 @@ def _read_token_file(path, report):
     apart from the rest without a guess); a repeated `<image>#<k>` key is a
     duplicate line: the first one is kept.
     """
-    captions, seen_keys = {}, set()
+    captions, seen_keys, skips_before = {}, set(), report.num_skipped()
     for number, line in _read_lines(path, report):
         key, image_id, caption = _parse_token_line(line)
         if image_id is None:
@@ -251,7 +262,8 @@ def _read_token_file(path, report):
             report.skip("duplicate caption lines", key)
         else:
             seen_keys.add(key)
-            _add_caption(captions, image_id, caption, report)
+            _add_caption(captions, image_id, caption, report, f"{Path(path).name}:{number}")
+    _check_accounted(path, _count_lines(path), captions, report, skips_before)
     return captions
 
 
@@ -270,17 +282,46 @@ def _parse_token_line(line):
 
 
 def _read_kaggle_csv(path, report):
-    """image id -> captions, from the `image,caption` CSV (quoted commas allowed)."""
+    """image id -> captions, from the `image,caption` CSV: a header, then one caption a line.
+
+    A caption may be quoted ("a dog, running"), and an unquoted one may hold
+    commas (the image name has none). A caption never spans lines, so a line
+    whose quote does not close on it is skipped and counted, never joined to
+    the lines after it.
+    """
+    path, skips_before = Path(path), report.num_skipped()
+    lines = _read_lines(path, report)
+    if not lines:
+        raise CaptionFileError(f"{path} is empty: expected the header line 'image,caption', then one "
+                               "'<image>,<caption>' line per caption")
+    number, header = lines[0]
+    if _parse_kaggle_line(header) != ("image", "caption"):
+        raise CaptionFileError(f"{path} line {number}: expected the header 'image,caption', found {_short(header)}")
     captions = {}
-    for row in csv.reader(line for _, line in _read_lines(path, report)):
-        if not row or row == ["image", "caption"]:
-            continue
-        if len(row) < 2:
-            report.skip("malformed caption lines", ",".join(row))
-            continue
-        # An unquoted caption with commas arrives as several fields: join them back.
-        _add_caption(captions, row[0].strip(), ",".join(row[1:]), report)
+    for number, line in lines[1:]:
+        image_id, caption = _parse_kaggle_line(line)
+        if image_id is None:
+            report.skip("malformed caption lines", f"{path.name}:{number}: {caption}")
+        elif (image_id, caption) == ("image", "caption"):
+            report.skip("repeated header lines", f"{path.name}:{number}")
+        else:
+            _add_caption(captions, image_id, caption, report, f"{path.name}:{number}")
+    _check_accounted(path, _count_lines(path) - 1, captions, report, skips_before)
     return captions
+
+
+def _parse_kaggle_line(line):
+    """(image id, caption) of one `<image>,<caption>` CSV line, else (None, what is wrong)."""
+    try:
+        row = next(csv.reader([line], strict=True))
+    except csv.Error as exc:
+        if "end of data" in str(exc):
+            return None, "a quote opens a field but does not close on this line"
+        return None, f"broken CSV quoting ({exc})"
+    if len(row) < 2 or not row[0].strip():
+        return None, "expected <image>,<caption>"
+    # An unquoted caption with commas arrives as several fields: join them back.
+    return row[0].strip(), ",".join(row[1:])
 
 
 def _read_karpathy_json(path, report):
@@ -291,7 +332,7 @@ def _read_karpathy_json(path, report):
     used, its raw text when it has no tokens. Anything else is a
     CaptionFileError naming the entry (never a guess at what was meant).
     """
-    path = Path(path)
+    path, skips_before, n_sentences = Path(path), report.num_skipped(), 0
     captions, split_ids, seen = {}, {name: [] for name in SPLIT_NAMES}, set()
     for i, entry in enumerate(_karpathy_images(path)):
         where = f"images[{i}]"
@@ -300,16 +341,19 @@ def _read_karpathy_json(path, report):
         _expect(path, image_id, str, f"{where}.filename", "a file name")
         _expect(path, split, str, f"{where}.split", 'a split name ("train", "val", "test", "restval")')
         _expect(path, sentences, list, f"{where}.sentences", "a list of sentences")
-        texts = [_sentence_text(path, sentence, f"{where}.sentences[{j}]") for j, sentence in enumerate(sentences)]
+        texts = [(f"{path.name} {where}.sentences[{j}]", _sentence_text(path, sentence, f"{where}.sentences[{j}]"))
+                 for j, sentence in enumerate(sentences)]
+        n_sentences += len(texts)
         if KARPATHY_SPLITS.get(split) is None or image_id in seen:
             reason = "JSON images listed twice" if image_id in seen else "JSON images with an unknown split"
             for _ in texts:
                 report.skip(f"captions of {reason}", f"{where}: {image_id} ({split})")
             continue
         seen.add(image_id)
-        for text in texts:
-            _add_caption(captions, image_id, text, report)
+        for place, text in texts:
+            _add_caption(captions, image_id, text, report, place)
         split_ids[KARPATHY_SPLITS[split]].append(image_id)
+    _check_accounted(path, n_sentences, captions, report, skips_before)
     return captions, split_ids
 
 
@@ -366,6 +410,25 @@ def _short(value, limit=40):
     """repr(value), cut to `limit` characters: error messages stay one short line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _count_lines(path):
+    """How many lines of a file are not blank (as _read_lines splits them)."""
+    return sum(1 for raw in _read_bytes(path).splitlines() if raw.strip())
+
+
+def _check_accounted(path, n_records, captions, report, skips_before):
+    """Check that each caption record of a file (a line, a JSON sentence) was read or skipped.
+
+    n_records: how many the file holds; skips_before: report.num_skipped()
+    before it was read. A parser that joins lines, or drops one unreported,
+    fails here instead of training on what it made of them.
+    """
+    kept = sum(len(texts) for texts in captions.values())
+    skipped = report.num_skipped() - skips_before
+    if kept + skipped != n_records:
+        raise CaptionFileError(f"{path}: holds {n_records} captions, but {kept} were read and {skipped} "
+                               "skipped: its lines were not read one caption each")
 
 
 def _read_split_list(path, report):

@@ -80,6 +80,10 @@ class LoadReport:
         if len(shown) < 3 and example not in shown:
             shown.append(example)
 
+    def num_skipped(self):
+        """How many entries were skipped, for every reason together."""
+        return sum(self.skipped.values())
+
     def skipped_lines(self):
         """One line per reason entries were skipped (e.g. photos listed but not in the folder)."""
         return [f"skipped {count} {reason} (e.g. {', '.join(self.examples[reason])})"
