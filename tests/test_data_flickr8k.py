@@ -266,3 +266,34 @@ def test_a_reader_that_loses_lines_unreported_is_caught(tmp_path, monkeypatch):
                         "caption 3" in caption or captions.setdefault(image_id, []).append(caption))
     with pytest.raises(CaptionFileError, match=r"captions.txt: holds 50 captions, but 40 were read and 0 skipped"):
         load_flickr8k(tmp_path)
+
+
+def test_a_caption_file_with_no_usable_caption_says_so_not_that_photos_are_missing(tmp_path, capsys):
+    splits, captions = tiny_corpus()
+    make_original(tmp_path, splits, captions)
+    token_file = tmp_path / "Flickr8k_text" / "Flickr8k.token.txt"
+    token_file.write_text("\n \n")
+    with pytest.raises(CaptionFileError, match=r"Flickr8k.token.txt holds no captions: expected one "
+                                               r"'<image>#<k><TAB><caption>' line per caption"):
+        load_flickr8k(tmp_path)
+    token_file.write_text("".join(f"{image_id}\t{c[0]}\n" for image_id, c in captions.items()))
+    assert main(["features", "--data", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "none of the photos" not in error and error.count("\n") == 1
+    assert "Flickr8k.token.txt has no usable caption: all 10 were skipped (10 malformed caption lines, e.g. " \
+           "Flickr8k.token.txt:1: '1000_abc0.jpg' is not <image>#<k>" in error
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "karpathy"])
+def test_kaggle_and_karpathy_files_with_no_caption_are_errors(tmp_path, layout):
+    splits, captions = tiny_corpus()
+    if layout == "kaggle":
+        make_kaggle(tmp_path, captions)
+        (tmp_path / "captions.txt").write_text("image,caption\n")
+    else:
+        make_karpathy(tmp_path, splits, captions)
+        (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": [
+            {"filename": i, "split": "train", "sentences": [{"raw": " . "}]} for i in captions]}))
+    with pytest.raises(CaptionFileError, match="holds no captions" if layout == "kaggle" else
+                       "no usable caption: all 10 were skipped \\(10 empty captions, e.g. 1000_abc0.jpg\\)"):
+        load_flickr8k(tmp_path)

@@ -263,7 +263,8 @@ def _read_token_file(path, report):
         else:
             seen_keys.add(key)
             _add_caption(captions, image_id, caption, report, f"{Path(path).name}:{number}")
-    _check_accounted(path, _count_lines(path), captions, report, skips_before)
+    _check_accounted(path, _count_lines(path), captions, report, skips_before,
+                     "one '<image>#<k><TAB><caption>' line per caption")
     return captions
 
 
@@ -306,7 +307,8 @@ def _read_kaggle_csv(path, report):
             report.skip("repeated header lines", f"{path.name}:{number}")
         else:
             _add_caption(captions, image_id, caption, report, f"{path.name}:{number}")
-    _check_accounted(path, _count_lines(path) - 1, captions, report, skips_before)
+    _check_accounted(path, _count_lines(path) - 1, captions, report, skips_before,
+                     "one '<image>,<caption>' line per caption after the header")
     return captions
 
 
@@ -353,7 +355,8 @@ def _read_karpathy_json(path, report):
         for place, text in texts:
             _add_caption(captions, image_id, text, report, place)
         split_ids[KARPATHY_SPLITS[split]].append(image_id)
-    _check_accounted(path, n_sentences, captions, report, skips_before)
+    _check_accounted(path, n_sentences, captions, report, skips_before,
+                     'images with "sentences" ({"tokens": [words], "raw": text})')
     return captions, split_ids
 
 
@@ -417,18 +420,26 @@ def _count_lines(path):
     return sum(1 for raw in _read_bytes(path).splitlines() if raw.strip())
 
 
-def _check_accounted(path, n_records, captions, report, skips_before):
-    """Check that each caption record of a file (a line, a JSON sentence) was read or skipped.
+def _check_accounted(path, n_records, captions, report, skips_before, form):
+    """Check that each caption record of a file (a line, a JSON sentence) was read or skipped,
+    and that at least one was read.
 
     n_records: how many the file holds; skips_before: report.num_skipped()
-    before it was read. A parser that joins lines, or drops one unreported,
-    fails here instead of training on what it made of them.
+    before it was read; form: what a caption record should look like. A
+    parser that joins lines, or drops one unreported, fails here instead of
+    training on what it made of them.
     """
     kept = sum(len(texts) for texts in captions.values())
     skipped = report.num_skipped() - skips_before
     if kept + skipped != n_records:
         raise CaptionFileError(f"{path}: holds {n_records} captions, but {kept} were read and {skipped} "
                                "skipped: its lines were not read one caption each")
+    if n_records == 0:
+        raise CaptionFileError(f"{path} holds no captions: expected {form}")
+    if kept == 0:
+        reasons = ", ".join(f"{count} {reason}, e.g. {report.examples[reason][0][:80]}"
+                            for reason, count in report.skipped.items())
+        raise CaptionFileError(f"{path} has no usable caption: all {skipped} were skipped ({reasons})")
 
 
 def _read_split_list(path, report):
