@@ -297,3 +297,14 @@ def test_kaggle_and_karpathy_files_with_no_caption_are_errors(tmp_path, layout):
     with pytest.raises(CaptionFileError, match="holds no captions" if layout == "kaggle" else
                        "no usable caption: all 10 were skipped \\(10 empty captions, e.g. 1000_abc0.jpg\\)"):
         load_flickr8k(tmp_path)
+
+
+def test_captions_with_control_characters_are_skipped_and_shown_escaped(tmp_path):
+    splits, captions = tiny_corpus()
+    first = splits["train"][0]
+    make_original(tmp_path, splits, captions, extra_token_lines=[f"{first}#5\ta dog\x1b[2J\x00 runs\x0b"])
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"captions with unprintable characters": 1}
+    assert [len(c) for c in data["train"].captions] == [5] * 6
+    assert "Flickr8k.token.txt:51: a dog\\x1b[2J\\x00 runs" in str(data.report)
+    assert all(line.isprintable() for line in str(data.report).splitlines())

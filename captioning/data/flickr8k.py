@@ -232,14 +232,16 @@ def _read_lines(path, report):
 def _add_caption(captions, image_id, caption, report, where):
     """Append a caption, its whitespace runs made single spaces, to captions[image_id].
 
-    An empty caption, or one too long to be a single caption (`where` names
-    it), is skipped and counted. Identical captions of one image are kept: in
+    An empty caption, one with unprintable characters and one too long to be
+    a single caption are skipped and counted (`where` names it). Identical captions of one image are kept: in
     the real token file ten images have two annotators who wrote the same
     sentence (different #k).
     """
     caption = " ".join(caption.split())   # also tabs, line and paragraph separators
     if not tokenize(caption):
         report.skip("empty captions", image_id)
+    elif not caption.isprintable():         # NUL, terminal escapes, a stray byte-order mark
+        report.skip("captions with unprintable characters", f"{where}: {caption[:40]}")
     elif len(caption) > MAX_CAPTION_CHARS:
         report.skip(f"implausibly long captions (over {MAX_CAPTION_CHARS} characters)", f"{where}: {caption[:40]}")
     else:
@@ -438,7 +440,7 @@ def _check_accounted(path, n_records, captions, report, skips_before, form):
         raise CaptionFileError(f"{path} holds no captions: expected {form}")
     if kept == 0:
         reasons = ", ".join(f"{count} {reason}, e.g. {report.examples[reason][0][:80]}"
-                            for reason, count in report.skipped.items())
+                            for reason, count in list(report.skipped.items())[:3])
         raise CaptionFileError(f"{path} has no usable caption: all {skipped} were skipped ({reasons})")
 
 

@@ -76,7 +76,10 @@ class LoadReport:
     def skip(self, reason, example):
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
-        example = str(example)[:120]
+        example = str(example)
+        if not example.isprintable():  # shown on one terminal line: escape tabs, line breaks, ESC
+            example = repr(example)[1:-1]
+        example = example[:120]
         if len(shown) < 3 and example not in shown:
             shown.append(example)
 
