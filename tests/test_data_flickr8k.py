@@ -308,3 +308,20 @@ def test_captions_with_control_characters_are_skipped_and_shown_escaped(tmp_path
     assert [len(c) for c in data["train"].captions] == [5] * 6
     assert "Flickr8k.token.txt:51: a dog\\x1b[2J\\x00 runs" in str(data.report)
     assert all(line.isprintable() for line in str(data.report).splitlines())
+
+
+def test_karpathy_images_listed_twice_or_of_unknown_split_are_skipped_and_counted(tmp_path):
+    splits, captions = tiny_corpus()
+    make_karpathy(tmp_path, splits, captions)
+    path = tmp_path / "dataset_flickr8k.json"
+    document = json.loads(path.read_text())
+    first = document["images"][0]
+    document["images"] += [{**first, "sentences": first["sentences"][:2]},
+                           {**document["images"][1], "filename": "1001_abc1.jpg", "split": "extra"}]
+    document["images"][1]["split"] = "holdout"
+    path.write_text(json.dumps(document))
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"captions of JSON images listed twice": 2,
+                                   "captions of JSON images with an unknown split": 10}
+    assert data["train"].image_ids == splits["train"][:1] + splits["train"][2:]
+    assert [len(c) for c in data["train"].captions] == [5] * 5   # the first entry of an image wins

@@ -47,9 +47,9 @@ TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
                "test": "Flickr_8k.testImages.txt"}
 KARPATHY_FILE = "dataset_flickr8k.json"
-MAX_CAPTION_CHARS = 500  # the longest real Flickr8k caption has 199
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "dev": "dev", "test": "test"}
 LAYOUTS = ("original", "karpathy", "kaggle")
+MAX_CAPTION_CHARS = 500  # the longest real Flickr8k caption has 199
 DOWNLOAD_HINT = "get it with `python -m captioning download --dest DIR`"
 
 
@@ -233,9 +233,9 @@ def _add_caption(captions, image_id, caption, report, where):
     """Append a caption, its whitespace runs made single spaces, to captions[image_id].
 
     An empty caption, one with unprintable characters and one too long to be
-    a single caption are skipped and counted (`where` names it). Identical captions of one image are kept: in
-    the real token file ten images have two annotators who wrote the same
-    sentence (different #k).
+    a single caption are skipped and counted (`where` names it). Identical
+    captions of one image are kept: in the real token file ten images have
+    two annotators who wrote the same sentence (different #k).
     """
     caption = " ".join(caption.split())   # also tabs, line and paragraph separators
     if not tokenize(caption):
@@ -298,14 +298,14 @@ def _read_kaggle_csv(path, report):
         raise CaptionFileError(f"{path} is empty: expected the header line 'image,caption', then one "
                                "'<image>,<caption>' line per caption")
     number, header = lines[0]
-    if _parse_kaggle_line(header) != ("image", "caption"):
+    if not _is_kaggle_header(*_parse_kaggle_line(header)):
         raise CaptionFileError(f"{path} line {number}: expected the header 'image,caption', found {_short(header)}")
     captions = {}
     for number, line in lines[1:]:
         image_id, caption = _parse_kaggle_line(line)
         if image_id is None:
             report.skip("malformed caption lines", f"{path.name}:{number}: {caption}")
-        elif (image_id, caption) == ("image", "caption"):
+        elif _is_kaggle_header(image_id, caption):
             report.skip("repeated header lines", f"{path.name}:{number}")
         else:
             _add_caption(captions, image_id, caption, report, f"{path.name}:{number}")
@@ -328,6 +328,10 @@ def _parse_kaggle_line(line):
     return row[0].strip(), ",".join(row[1:])
 
 
+def _is_kaggle_header(image_id, caption):
+    return image_id is not None and (image_id.lower(), caption.strip().lower()) == ("image", "caption")
+
+
 def _read_karpathy_json(path, report):
     """(image id -> captions, split -> ids) from Karpathy's dataset_flickr8k.json.
 
@@ -345,8 +349,9 @@ def _read_karpathy_json(path, report):
         _expect(path, image_id, str, f"{where}.filename", "a file name")
         _expect(path, split, str, f"{where}.split", 'a split name ("train", "val", "test", "restval")')
         _expect(path, sentences, list, f"{where}.sentences", "a list of sentences")
-        texts = [(f"{path.name} {where}.sentences[{j}]", _sentence_text(path, sentence, f"{where}.sentences[{j}]"))
-                 for j, sentence in enumerate(sentences)]
+        places = [f"{where}.sentences[{j}]" for j in range(len(sentences))]
+        texts = [(f"{path.name} {place}", _sentence_text(path, sentence, place))
+                 for place, sentence in zip(places, sentences)]
         n_sentences += len(texts)
         if KARPATHY_SPLITS.get(split) is None or image_id in seen:
             reason = "JSON images listed twice" if image_id in seen else "JSON images with an unknown split"
