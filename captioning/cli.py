@@ -25,11 +25,12 @@ def _user_errors():
     """Exceptions that mean bad input (an option, a file, a checkpoint, an image), each with a
     message naming it: reported as one line on stderr, exit status 2, no traceback."""
     from nn.persist import NpzFormatError
+    from .data.flickr8k import CaptionFileError
     from .data.images import ImageDecodeError
     from .features import FeatureCacheError
     from .models import ConfigMismatchError
     from .pth import CheckpointError
-    return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError,
+    return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError, CaptionFileError,
             FeatureCacheError, ConfigMismatchError, CheckpointError)
 
 
