@@ -5,7 +5,7 @@ import sys
 
 from nn import backend
 
-from ..cli import UsageError, check_not_in_data
+from ..cli import UsageError, check_outputs
 
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
@@ -41,6 +41,9 @@ examples:
   python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 60
   python -m captioning train --data ../shared/flickr8k --resume
 """
+
+# What a run writes into --out (see captioning.training.Trainer).
+RUN_FILES = ("best.npz", "last.npz", "curves.png")
 
 MODEL_CHOICES = {"attention": "attention", "show-tell": "show-tell"}
 
@@ -168,7 +171,8 @@ def run(args):
                          f"{data.describe()}: training needs images in train, dev (to pick the best "
                          "checkpoint) and test; use a larger data set")
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
-    check_not_in_data(out, data.spec.get("root"), "--out")
+    check_outputs([("--out", out)] + [("--out", os.path.join(out, name)) for name in RUN_FILES],
+                  data.files_read(), data.spec.get("root"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; give a folder for the run")
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
