@@ -88,6 +88,14 @@ def test_features_refuses_to_write_into_the_data_folder(flickr_run, capsys, tmp_
     assert not (link / "cache.json").exists()
 
 
+def test_train_refuses_a_negative_max_minutes(capsys, tmp_path):
+    for value in ("-1", "-0.5"):
+        _fails(capsys, ["train", "--max-minutes", value, "--max-images", "12", "--epochs", "1", *TINY,
+                        "--out", str(tmp_path / "run")],
+               f"--max-minutes must be >= 0, got {float(value)}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_caption_never_draws_over_an_image_or_the_checkpoint(shapes_run, capsys, tmp_path):
     from PIL import Image
     image = tmp_path / "photo.png"

@@ -144,7 +144,7 @@ def _defaults(args, synthetic):
     for key, value in chosen.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.max_minutes is not None and args.max_minutes <= 0:
+    if args.max_minutes == 0:      # "no limit"; a negative value is left for _check_options to refuse
         args.max_minutes = None
 
 
