@@ -111,7 +111,19 @@ def build_parser():
     return parser
 
 
+def _never_fail_to_print():
+    """Print any text, whatever the terminal's encoding: a character it cannot show (a file name
+    that is not UTF-8, Chinese on an ASCII terminal) comes out as a backslash escape instead of a
+    UnicodeEncodeError that would stop the command."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):    # not a TextIOWrapper (replaced, or closed)
+            pass
+
+
 def main(argv=None):
+    _never_fail_to_print()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

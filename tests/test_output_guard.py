@@ -108,3 +108,15 @@ def test_caption_never_draws_over_an_image_or_the_checkpoint(shapes_run, capsys,
            "would overwrite the checkpoint")
     _fails(capsys, ["caption", str(link), "--checkpoint", str(checkpoint), "--attention-png", str(image)],
            "would overwrite the input image")
+
+
+def test_printing_odd_file_names_never_fails(shapes_run, tmp_path, monkeypatch):
+    from PIL import Image
+    name = os.fsencode(tmp_path) + b"/\xff\xe9-\xc3\xa9.png"        # not UTF-8, then an accented letter
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(name, format="PNG")
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")    # as with PYTHONIOENCODING=ascii
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    assert main(["caption", os.fsdecode(name), "--checkpoint", str(shapes_run / "best.npz")]) == 0
+    ascii_out.flush()
+    printed = ascii_out.buffer.getvalue().decode("ascii")
+    assert "\\udcff\\udce9-\\xe9.png: " in printed
