@@ -125,9 +125,14 @@ def atomic_write(path, mode="wb", encoding=None):
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             _set_default_permissions(f.fileno())
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:   # e.g. a full disk: say which file could not be written
+                if exc.filename is not None or exc.errno is None:
+                    raise
+                raise OSError(exc.errno, f"cannot write it ({exc.strerror})", path) from None
         try:
             os.replace(tmp_path, path)
         except OSError as exc:

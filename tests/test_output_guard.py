@@ -34,11 +34,12 @@ def flickr_run(tmp_path_factory):
 
 
 def _fails(capsys, argv, message):
-    """The command exits 2 with `message` in its one-line error."""
+    """The command exits 2 with `message` in its one-line error (no traceback)."""
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
-    return err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and errors[0] == err.splitlines()[-1], err
+    return errors[0]
 
 
 def test_evaluate_never_overwrites_its_checkpoint(shapes_run, capsys, tmp_path, monkeypatch):
@@ -120,3 +121,69 @@ def test_printing_odd_file_names_never_fails(shapes_run, tmp_path, monkeypatch):
     ascii_out.flush()
     printed = ascii_out.buffer.getvalue().decode("ascii")
     assert "\\udcff\\udce9-\\xe9.png: " in printed
+
+
+def _tiny_flickr(tmp_path):
+    return make_original(tmp_path / "flickr", *tiny_corpus())
+
+
+def test_features_checks_free_disk_space_before_making_a_file(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 5000, 5000))
+    root, out = _tiny_flickr(tmp_path), tmp_path / "new" / "cache"
+    err = _fails(capsys, ["features", "--data", str(root), "--out", str(out), "--no-progress"],
+                 f"not enough disk space for the feature cache {out}.grid.npy")
+    assert "MB free" in err and not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_while_allocating_the_cache_names_the_file(tmp_path, capsys, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    root, out = _tiny_flickr(tmp_path), tmp_path / "cache"
+    _fails(capsys, ["features", "--data", str(root), "--out", str(out), "--no-progress"],
+           f"No space left on device): '{out}.grid.npy'")
+    assert not os.path.exists(f"{out}.grid.npy") and not os.path.exists(f"{out}.json")
+
+
+def test_resuming_a_cache_needs_space_only_for_what_it_does_not_hold(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    import numpy
+    from captioning.features import FeatureCacheError, extract_features, open_cache
+    from test_features import QuadrantEncoder, _photos
+
+    class WideEncoder(QuadrantEncoder):               # 60 kB of float16 features per image
+        def features(self, images):
+            grid, pooled = super().features(images)
+            return numpy.tile(grid, (1, 1, 2000)), numpy.tile(pooled, (1, 2000))
+
+    paths, ids = _photos(tmp_path, 6)
+    little = namedtuple("usage", "total used free")(10 ** 9, 10 ** 9, 200_000)   # 200 kB free
+
+    def stop_after_one_batch(out):
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(WideEncoder(fail_after_batches=2), paths, ids, out, batch_size=2, progress=False)
+        assert open_cache(out, allow_incomplete=True).complete == 2
+
+    stop_after_one_batch(tmp_path / "reserved")          # its files hold all their space already
+    with monkeypatch.context() as m:                     # a sparse cache (no posix_fallocate here)
+        m.delattr(os, "posix_fallocate", raising=False)
+        stop_after_one_batch(tmp_path / "sparse")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: little)
+    assert len(extract_features(WideEncoder(), paths, ids, tmp_path / "reserved", batch_size=2,
+                                progress=False)) == 6
+    with pytest.raises(FeatureCacheError, match="not enough disk space"):   # 240 kB of rows to come
+        extract_features(WideEncoder(), paths, ids, tmp_path / "sparse", batch_size=2, progress=False)
+
+
+def test_a_full_disk_while_saving_names_the_file(shapes_run, tmp_path, capsys, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    out = tmp_path / "captions.json"
+    monkeypatch.setattr(os, "fsync", no_space)
+    _fails(capsys, ["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--out", str(out)],
+           f"No space left on device): '{out}'")
+    assert os.listdir(tmp_path) == []
