@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nn import backend
-from nn.persist import atomic_write
+from nn.persist import atomic_write, remove_stale_temporaries
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
            "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
@@ -392,6 +392,7 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     identity = encoder_identity(encoder)
     rebuild = rebuild or f"python -m captioning features --out {files['index'].with_suffix('')}"
     dtype = np.dtype(dtype)
+    remove_stale_temporaries(files["index"])    # an index write cut short by a kill -9
 
     cache = _existing_cache(out_path, encoder, image_ids, dtype, overwrite)
     if cache is None:

@@ -187,3 +187,15 @@ def test_a_full_disk_while_saving_names_the_file(shapes_run, tmp_path, capsys, m
     _fails(capsys, ["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--out", str(out)],
            f"No space left on device): '{out}'")
     assert os.listdir(tmp_path) == []
+
+
+def test_train_removes_what_a_killed_save_left_behind(tmp_path, capsys):
+    from test_nn_persist import killed_during_write
+    run = tmp_path / "run"
+    argv = ["train", "--max-images", "12", "--epochs", "1", "--batch-size", "20", *TINY, "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    stale = [killed_during_write(run / name) for name in ("curves.png", "last.npz", "best.npz", "sample_0.png")]
+    assert all(os.path.exists(path) for path in stale)
+    assert main(argv + ["--resume"]) == 0
+    assert not any(os.path.exists(path) for path in stale)
+    assert not [name for name in os.listdir(run) if name.endswith(".tmp")]

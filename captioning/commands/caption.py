@@ -2,6 +2,7 @@
 import os
 
 from nn import backend
+from nn.persist import remove_stale_temporaries
 
 from ..cli import UsageError, check_output_file, check_outputs
 
@@ -120,6 +121,7 @@ def run(args):
     if args.attention_png and model.feature_kind != "grid":
         raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
     pngs = _png_paths(args.attention_png, args.images, args.checkpoint) if args.attention_png else [None] * len(args.images)
+    remove_stale_temporaries([png for png in pngs if png is not None])   # left by a killed run
     encode = image_encoder(ckpt)
     for first in range(0, len(args.images), BATCH_SIZE):
         paths = args.images[first:first + BATCH_SIZE]

@@ -4,7 +4,7 @@ import math
 import os
 import time
 
-from nn.persist import atomic_write
+from nn.persist import atomic_write, remove_stale_temporaries
 
 from ..cli import UsageError, check_output_file, check_outputs
 
@@ -116,5 +116,6 @@ def run(args):
 
 
 def _write_json(path, data):
+    remove_stale_temporaries(path)      # left by a run killed while writing it
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)

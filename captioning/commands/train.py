@@ -4,6 +4,7 @@ import os
 import sys
 
 from nn import backend
+from nn.persist import atomic_write, remove_stale_temporaries
 
 from ..cli import UsageError, check_outputs
 
@@ -253,8 +254,8 @@ def _show_samples(best_path, data, out, synthetic, count=4):
         if synthetic:
             from PIL import Image
             name = os.path.join(out, f"sample_{k}.png")
-            tmp = os.path.join(out, f".sample_{k}.png.tmp")
-            Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(tmp, format="PNG")
-            os.replace(tmp, name)
+            remove_stale_temporaries(name)
+            with atomic_write(name, "wb") as f:
+                Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(f, format="PNG")
         print(f"  {name}: {' '.join(words)}")
         print(f"  {' ' * len(name)}  (a reference: {' '.join(refs[0])})")
