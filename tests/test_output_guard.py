@@ -199,3 +199,14 @@ def test_train_removes_what_a_killed_save_left_behind(tmp_path, capsys):
     assert main(argv + ["--resume"]) == 0
     assert not any(os.path.exists(path) for path in stale)
     assert not [name for name in os.listdir(run) if name.endswith(".tmp")]
+
+
+def test_download_never_deletes_the_archives_of_a_local_mirror(tmp_path, capsys):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in ("Flickr8k_Dataset.zip", "Flickr8k_text.zip"):
+        (mirror / name).write_bytes(b"an archive")
+    for dest in (mirror, tmp_path / "." / "mirror"):
+        _fails(capsys, ["download", "--url-base", mirror.as_uri(), "--dest", str(dest)],
+               "would overwrite the archive of --url-base")
+    assert sorted(os.listdir(mirror)) == ["Flickr8k_Dataset.zip", "Flickr8k_text.zip"]
