@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nn import backend
-from nn.persist import atomic_write, remove_stale_temporaries
+from nn.persist import atomic_write, naming_the_file, remove_stale_temporaries
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
            "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
@@ -255,12 +255,11 @@ def _reserve_disk(path):
         return
     fd = os.open(path, os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        with naming_the_file(path, "cannot reserve disk space for the feature cache"):
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # a file system without it
-            return
-        raise OSError(exc.errno, f"cannot reserve disk space for the feature cache ({exc.strerror})",
-                      str(path)) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # a file system without it
+            raise
     finally:
         os.close(fd)
 
@@ -268,16 +267,15 @@ def _reserve_disk(path):
 def _create_array(path, shape, dtype):
     """An .npy file of `shape` with its disk space reserved (OSError naming `path` if it fails)."""
     try:
-        # open_memmap writes the .npy header and a sparse file of the full size
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        array.flush()
-        del array
+        with naming_the_file(path, "cannot write the feature cache"):
+            # open_memmap writes the .npy header and a sparse file of the full size
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            array.flush()
+            del array
         _reserve_disk(path)
-    except OSError as exc:
+    except OSError:
         path.unlink(missing_ok=True)     # a full disk: give back what the file took
-        if exc.filename is not None or exc.errno is None:
-            raise
-        raise OSError(exc.errno, f"cannot write the feature cache ({exc.strerror})", str(path)) from None
+        raise
 
 
 def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra):

@@ -31,7 +31,7 @@ import numpy
 from . import backend
 
 __all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
-           "NpzFormatError", "atomic_write", "remove_stale_temporaries"]
+           "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -130,14 +130,10 @@ def atomic_write(path, mode="wb", encoding=None):
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             _set_default_permissions(f.fileno())
-            try:
+            with naming_the_file(path):     # e.g. a full disk: say which file could not be written
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            except OSError as exc:   # e.g. a full disk: say which file could not be written
-                if exc.filename is not None or exc.errno is None:
-                    raise
-                raise OSError(exc.errno, f"cannot write it ({exc.strerror})", path) from None
         try:
             os.replace(tmp_path, path)
         except OSError as exc:
@@ -149,6 +145,21 @@ def atomic_write(path, mode="wb", encoding=None):
             pass
         raise
     _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def naming_the_file(path, doing="cannot write it"):
+    """`with naming_the_file(path): ...` re-raises an OSError that names no file (a write on a
+    full disk: "[Errno 28] No space left on device") as the same error naming `path`.
+
+    doing: what failed, put before the system's reason (e.g. "cannot write it (No space ...)").
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"{doing} ({exc.strerror})", os.fspath(path)) from None
 
 
 def remove_stale_temporaries(paths):

@@ -210,3 +210,20 @@ def test_download_never_deletes_the_archives_of_a_local_mirror(tmp_path, capsys)
         _fails(capsys, ["download", "--url-base", mirror.as_uri(), "--dest", str(dest)],
                "would overwrite the archive of --url-base")
     assert sorted(os.listdir(mirror)) == ["Flickr8k_Dataset.zip", "Flickr8k_text.zip"]
+
+
+def test_a_full_disk_while_unpacking_names_the_file(tmp_path, monkeypatch):
+    import shutil
+    import zipfile
+    from captioning.data import download
+    archive = tmp_path / "Flickr8k_text.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("Flickr8k_text/Flickr8k.token.txt", "a.jpg#0\ta dog .\n")
+
+    def no_space(source, out, length=0):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil, "copyfileobj", no_space)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        download.extract_archive(archive, tmp_path, "Flickr8k_text")
+    assert info.value.filename == str(tmp_path / "Flickr8k_text" / "Flickr8k.token.txt")
+    assert sorted(os.listdir(tmp_path)) == ["Flickr8k_text.zip"]          # no half-unpacked folder
