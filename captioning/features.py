@@ -241,8 +241,8 @@ def _check_free_space(files, n, grid_shape, dtype):
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needed > free:
-        def size(n):
-            return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+        def size(nbytes):
+            return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
         raise FeatureCacheError(f"not enough disk space for the feature cache {files['grid']}: it needs "
                                 f"{size(needed)} more, {folder} has {size(free)} free; "
                                 "free some space or choose another --out")
