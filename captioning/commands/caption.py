@@ -120,7 +120,9 @@ def run(args):
     model = ckpt.model
     if args.attention_png and model.feature_kind != "grid":
         raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
-    pngs = _png_paths(args.attention_png, args.images, args.checkpoint) if args.attention_png else [None] * len(args.images)
+    pngs = [None] * len(args.images)
+    if args.attention_png:
+        pngs = _png_paths(args.attention_png, args.images, args.checkpoint)
     remove_stale_temporaries([png for png in pngs if png is not None])   # left by a killed run
     encode = image_encoder(ckpt)
     for first in range(0, len(args.images), BATCH_SIZE):
