@@ -354,7 +354,7 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 # ------------------------------------------------------------------ exercises
 
-LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 8: "nn.recurrent"}
+LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 7: "nn.recurrent", 8: "nn.recurrent"}
 
 
 def reference_solution(number):
@@ -391,10 +391,18 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    e = numpy.exp(x)                       # not shifted: overflows for large scores\n"
         "    return e / e.sum(axis=axis, keepdims=True)\n",
         "softmax: FAIL"),
+    7: ("import numpy\n"
+        "from nn.recurrent import word_embedding_forward\n"
+        "def word_embedding_backward(dout, cache):\n"
+        "    x, W = cache\n"
+        "    dW = numpy.zeros_like(W)\n"
+        "    dW[x] = dout                           # assignment keeps only one use of a repeated word\n"
+        "    return dW\n",
+        "word_embedding_backward: FAIL"),
 }
 
 
-@pytest.mark.parametrize("number", [3, 4, 8, 12])
+@pytest.mark.parametrize("number", [3, 4, 7, 8, 12])
 def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
     exercises = tmp_path / "exercises"
     args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
@@ -433,4 +441,4 @@ def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsy
     out = capsys.readouterr().out
     assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
     assert run_lesson.main(["2", "--exercise"]) == 2
-    assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 8, 12)" in capsys.readouterr().err
+    assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 7, 8, 12)" in capsys.readouterr().err
