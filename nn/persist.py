@@ -27,8 +27,8 @@ import numpy
 
 from . import backend
 
-__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
-           "NpzFormatError", "atomic_write"]
+__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "check_parameter_values",
+           "META_KEY", "NpzFormatError", "atomic_write"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -61,6 +61,28 @@ def compare_named_shapes(expected, found):
                   for name in sorted(set(expected) & set(found))
                   if shape(expected[name]) != shape(found[name])]
     return missing, unexpected, mismatched
+
+
+def check_parameter_values(arrays):
+    """Refuse saved values no trained model holds: a non-float dtype, NaN or inf.
+
+    Inputs:
+    - arrays: dict name -> array (NumPy or CuPy), e.g. a state dict read from a file
+    Raises ValueError naming the first bad array. Why refuse rather than cast or
+    load: an integer array cast to float has lost its fractions (a damaged or
+    foreign file), and one NaN weight turns every output into NaN, so a model
+    would caption garbage (or training "diverge") with no word of the cause.
+    """
+    for name, value in arrays.items():
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or dtype.kind != "f":
+            raise ValueError(f"array {name!r} has dtype {dtype}, not a floating-point type: "
+                             "parameters are floats, so the file is damaged or not made for this model")
+        xp = backend.get_array_module(value)
+        bad = int(xp.count_nonzero(~xp.isfinite(value)))
+        if bad:
+            raise ValueError(f"array {name!r} holds {bad} non-finite value(s) (NaN or inf) among "
+                             f"{value.size}: the weights are damaged (saved from a diverged run?)")
 
 
 def save_npz(path, arrays, meta=None, compress=False):

@@ -15,7 +15,7 @@ import numbers
 import numpy
 
 from nn import backend
-from nn.persist import compare_named_shapes
+from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
@@ -149,7 +149,8 @@ class CaptionModel:
         """Check names and shapes of saved parameters without loading them.
 
         Wrong shapes always raise ConfigMismatchError; so do missing and
-        unexpected names when strict. Returns (missing, unexpected).
+        unexpected names when strict, and values that are not floats or hold
+        NaN/inf. Returns (missing, unexpected).
         """
         missing, unexpected, mismatched = compare_named_shapes(self.params, state)
         wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
@@ -162,6 +163,10 @@ class CaptionModel:
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
             raise ConfigMismatchError(f"{self.name}: parameters do not match this model ({', '.join(parts)})")
+        try:
+            check_parameter_values({k: state[k] for k in self.params if k in state})
+        except ValueError as exc:
+            raise ConfigMismatchError(f"{self.name}: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):
