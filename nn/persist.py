@@ -19,6 +19,7 @@ under "optim/<key>".
 import contextlib
 import errno
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -202,13 +203,11 @@ def load_npz(path):
     if not zipfile.is_zipfile(path):   # numpy.load would take any other file for a pickle
         raise NpzFormatError(f"load_npz: {path} is not an .npz file (not a zip archive)")
     try:
+        _check_npz_members(path)
         with numpy.load(path, allow_pickle=False) as data:
             if not isinstance(data, numpy.lib.npyio.NpzFile):
                 raise ValueError("it holds a single .npy array, not an .npz archive")
             arrays = {key: data[key] for key in data.files}
-        others = [key for key, value in arrays.items() if not isinstance(value, numpy.ndarray)]
-        if others:   # NpzFile gives the raw bytes of members that are no .npy arrays
-            raise ValueError(f"it holds files that are not arrays: {others[:3]}")
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
     meta = None
@@ -218,6 +217,45 @@ def load_npz(path):
         except ValueError as exc:
             raise NpzFormatError(f"load_npz: {path} has corrupt metadata: {exc}") from exc
     return arrays, meta
+
+
+# How far a member may expand beyond its compressed size (plus NPZ_EXPANSION_SLACK bytes,
+# for small members): real arrays compress little, and a "zip bomb" of a few megabytes
+# must not make load_npz allocate and fill gigabytes before it finds out.
+NPZ_MAX_EXPANSION = 16
+NPZ_EXPANSION_SLACK = 1 << 20
+
+
+def _check_npz_members(path):
+    """Read only the zip directory and each .npy header; raise ValueError, before any
+    array is allocated, for a member that is no .npy array, holds objects (pickles),
+    claims more bytes than it holds, or expands out of proportion to the file."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        others = [info.filename for info in infos if not info.filename.endswith(".npy")]
+        if others:   # numpy.load would hand out their raw bytes, whatever their size
+            raise ValueError(f"it holds files that are not arrays: {others[:3]}")
+        for info in infos:
+            if info.file_size > NPZ_MAX_EXPANSION * info.compress_size + NPZ_EXPANSION_SLACK:
+                raise ValueError(f"member {info.filename} would expand from {info.compress_size} to "
+                                 f"{info.file_size} bytes (a zip bomb?)")
+            with archive.open(info) as f:
+                version = numpy.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = numpy.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = numpy.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"member {info.filename} has .npy format {version}, not 1.0 or 2.0")
+                header = f.tell()
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename} holds Python objects, which need pickle")
+            if min(shape, default=0) < 0:
+                raise ValueError(f"member {info.filename} has a negative size in its shape {shape}")
+            need = header + dtype.itemsize * math.prod(shape)
+            if need > info.file_size:
+                raise ValueError(f"member {info.filename} claims a {dtype} array of shape {shape} "
+                                 f"({need} bytes) but holds {info.file_size} bytes")
 
 
 def save_model(path, module, optimizer=None, meta=None, compress=False):

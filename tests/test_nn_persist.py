@@ -206,3 +206,27 @@ def test_load_npz_refuses_members_that_are_not_arrays(tmp_path):
         archive.writestr("notes.txt", "hello")
     with pytest.raises(persist.NpzFormatError, match="not arrays: \\['notes.txt'\\]"):
         persist.load_npz(path)
+
+
+def test_load_npz_refuses_a_compressed_bomb_before_allocating_it(tmp_path):
+    path = tmp_path / "bomb.npz"
+    numpy.savez_compressed(path, w=numpy.zeros(64 * 2 ** 20 // 8 + 2 ** 20))   # 72 MiB of zeros
+    assert path.stat().st_size < 200_000
+    with pytest.raises(persist.NpzFormatError, match=r"member w.npy would expand from \d+ to \d+ bytes"):
+        persist.load_npz(path)
+    small = tmp_path / "small.npz"
+    numpy.savez_compressed(small, w=numpy.zeros(1000))          # compresses well, but is small: fine
+    assert persist.load_npz(small)[0]["w"].shape == (1000,)
+
+
+def test_load_npz_refuses_a_header_claiming_more_than_the_member_holds(tmp_path):
+    import io
+    member = io.BytesIO()
+    numpy.lib.format.write_array_header_1_0(
+        member, {"descr": "<f8", "fortran_order": False, "shape": (9999999999,)})
+    member.write(numpy.ones(4).tobytes())                      # 32 bytes, not 80 GB
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", member.getvalue())
+    with pytest.raises(persist.NpzFormatError, match=r"claims a float64 array of shape \(9999999999,\)"):
+        persist.load_npz(path)
