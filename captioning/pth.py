@@ -123,13 +123,47 @@ _ALLOWED_GLOBALS = {
 _ALLOWED_GLOBALS.update({("torch", name): st for name, st in _STORAGE_TYPES.items()})
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """An Unpickler that imports nothing: globals come from the allow-list only."""
+class _BoundedFile:
+    """A file whose read(n) never asks for more than what is left: a pickle opcode
+    claiming 2**40 bytes must not make the read allocate that much first."""
+
+    def __init__(self, file):
+        self.file, self.size = file, os.fstat(file.fileno()).st_size
+
+    def read(self, n=-1):
+        left = max(self.size - self.file.tell(), 0)
+        return self.file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self):
+        return self.file.readline()
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    """An Unpickler that imports nothing: globals come from the allow-list only.
+
+    The pure-Python unpickler (pickle._Unpickler), not the C one: the C one sizes
+    its memo table by the largest index a pickle names, so a four-byte
+    LONG_BINPUT of 2**30 allocated and zeroed gigabytes (a minute, from a
+    1.5 kB file); a state dict's pickle is small, so the slower parser costs
+    little.
+    """
 
     def __init__(self, file, path, storage_types):
         super().__init__(file)
         self.path = path
         self.storage_types = storage_types  # key -> _StorageType, filled as ids appear
+
+    def _load_build(self):
+        # BUILD sets attributes of the object below it. torch uses it on the state dict
+        # (an OrderedDict's _metadata); on anything else (our allow-listed functions and
+        # storage types) it would change them for every later load, e.g. a storage's dtype.
+        if len(self.stack) >= 2 and not isinstance(self.stack[-2], dict):
+            raise UnsafeCheckpointError(f"{self.path}: refusing to set attributes of "
+                                        f"{self.stack[-2]!r:.80} (pickle BUILD): a state dict does not")
+        pickle._Unpickler.load_build(self)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module, name):
         try:
@@ -271,7 +305,7 @@ def _load_zip(path):
 
 
 def _unpickle(data_or_file, path, storage_types):
-    file = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) else data_or_file
+    file = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) else _BoundedFile(data_or_file)
     try:
         return _SafeUnpickler(file, path, storage_types).load()
     except CheckpointError:
@@ -338,8 +372,8 @@ def load_pth(path):
     if zipfile.is_zipfile(path):
         try:
             return _load_zip(path)
-        except zipfile.BadZipFile as exc:
-            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc
+        except (zipfile.BadZipFile, NotImplementedError, EOFError) as exc:   # NotImplementedError:
+            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc   # an unknown zip method
     return _load_legacy(path)
 
 

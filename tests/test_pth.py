@@ -386,3 +386,33 @@ def test_a_zip_member_that_expands_far_beyond_the_file_is_refused(tmp_path):
     assert path.stat().st_size < 200_000
     with pytest.raises(CheckpointError, match="bomb.pth: .*expand"):
         load_pth(path)
+
+
+def test_a_huge_memo_index_allocates_nothing(tmp_path):
+    """LONG_BINPUT n: the C unpickler sized its memo table by n (2**30: 16 GB zeroed, a minute)."""
+    import tracemalloc
+    path = tmp_path / "memo.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02]r" + struct.pack("<I", 2 ** 24 + 7) + b".")
+    tracemalloc.start()
+    try:
+        assert load_pth(path) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2 ** 20
+
+
+def test_a_pickle_cannot_change_the_allow_listed_stand_ins(tmp_path):
+    """BUILD on an allow-listed global would set its attributes for every later load."""
+    storages, entries, expected = _example()
+    attack = (b"\x80\x02" + _global("torch", "FloatStorage") + b"}" + _str("dtype") + _str("<f8")
+              + b"sb0].")   # FloatStorage.dtype = "<f8"; then return []
+    path = tmp_path / "build.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", attack)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to set attributes"):
+        load_pth(path)
+    good = tmp_path / "good.pth"
+    write_zip(good, storages, entries)
+    _assert_same(load_pth(good), expected)
