@@ -208,7 +208,8 @@ def load_npz(path):
             if not isinstance(data, numpy.lib.npyio.NpzFile):
                 raise ValueError("it holds a single .npy array, not an .npz archive")
             arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        # NotImplementedError: zipfile's word for a compression method or flag it cannot read
         raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
     meta = None
     if META_KEY in arrays:
@@ -239,15 +240,7 @@ def _check_npz_members(path):
             if info.file_size > NPZ_MAX_EXPANSION * info.compress_size + NPZ_EXPANSION_SLACK:
                 raise ValueError(f"member {info.filename} would expand from {info.compress_size} to "
                                  f"{info.file_size} bytes (a zip bomb?)")
-            with archive.open(info) as f:
-                version = numpy.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = numpy.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = numpy.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"member {info.filename} has .npy format {version}, not 1.0 or 2.0")
-                header = f.tell()
+            shape, dtype, header = _read_npy_header(archive, info)
             if dtype.hasobject:
                 raise ValueError(f"member {info.filename} holds Python objects, which need pickle")
             if min(shape, default=0) < 0:
@@ -256,6 +249,24 @@ def _check_npz_members(path):
             if need > info.file_size:
                 raise ValueError(f"member {info.filename} claims a {dtype} array of shape {shape} "
                                  f"({need} bytes) but holds {info.file_size} bytes")
+
+
+def _read_npy_header(archive, info):
+    """(shape, dtype, header length in bytes) of one .npy member; ValueError when unreadable."""
+    with archive.open(info) as f:
+        try:
+            version = numpy.lib.format.read_magic(f)
+            readers = {(1, 0): numpy.lib.format.read_array_header_1_0,
+                       (2, 0): numpy.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f".npy format {version} is not 1.0 or 2.0")
+            shape, _, dtype = readers[version](f)
+        except (zipfile.BadZipFile, NotImplementedError, OSError):
+            raise
+        except Exception as exc:   # damaged header text: NumPy's parser raises SyntaxError, TokenError, ...
+            raise ValueError(f"member {info.filename} has no readable .npy header "
+                             f"({type(exc).__name__}: {exc})") from None
+        return shape, dtype, f.tell()
 
 
 def save_model(path, module, optimizer=None, meta=None, compress=False):
