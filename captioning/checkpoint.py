@@ -95,7 +95,13 @@ def load_checkpoint(path, dtype=None):
         if len(vocabulary) != config.get("vocab_size"):
             raise ConfigMismatchError(f"vocabulary of {len(vocabulary)} words but the model "
                                       f"expects vocab_size={config.get('vocab_size')}")
-        model = build(config, dtype=dtype)
+        # no more values than the file holds: a damaged size is an error, not a huge allocation
+        held = sum(int(v.size) for k, v in arrays.items() if k.startswith("decoder/"))
+        model = build(config, dtype=dtype, max_parameters=held)
+        records = {name: meta.get(name) or {} for name in ("encoder", "training")}
+        wrong = [name for name, record in records.items() if not isinstance(record, dict)]
+        if wrong:
+            raise ConfigMismatchError(f"its {' and '.join(wrong)} record is not a JSON object")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ConfigMismatchError included
         detail = f"no {exc} record" if isinstance(exc, KeyError) else str(exc)
         raise ConfigMismatchError(f"{path}: a damaged or incomplete checkpoint ({detail})") from None
@@ -105,8 +111,8 @@ def load_checkpoint(path, dtype=None):
     except ConfigMismatchError as exc:
         raise ConfigMismatchError(f"{path}: {exc}") from exc
     return Checkpoint(
-        path=path, model=model.eval(), vocabulary=vocabulary, encoder=meta.get("encoder") or {},
-        encoder_state=parts["encoder"], optimizer_state=parts["optim"], training=meta.get("training") or {})
+        path=path, model=model.eval(), vocabulary=vocabulary, encoder=records["encoder"],
+        encoder_state=parts["encoder"], optimizer_state=parts["optim"], training=records["training"])
 
 
 # Optimizer entries that are not floats (a step count, a flag); every other saved array is one.

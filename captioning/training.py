@@ -268,13 +268,16 @@ class TrainableEncoder:
 def make_encoder(spec, state=None, dtype=None):
     """The encoder a checkpoint's spec describes, trainable CNN weights loaded from `state`
     (all of them: a checkpoint lacking some is refused, never run with fresh weights)."""
-    name = (spec or {}).get("name")
+    name = spec.get("name") if isinstance(spec, dict) else None
     if name == "small_cnn":
         config = spec.get("config", {})
-        encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
-                                             image_size=config.get("image_size", 64),
-                                             seed=config.get("seed", 0), coords=config.get("coords", False),
-                                             dtype=dtype)
+        try:
+            encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
+                                                 image_size=config.get("image_size", 64),
+                                                 seed=config.get("seed", 0), coords=config.get("coords", False),
+                                                 dtype=dtype)
+        except (AttributeError, TypeError, ValueError) as exc:   # a damaged record, e.g. "channels": "x"
+            raise ConfigMismatchError(f"small_cnn encoder record {spec} is damaged ({exc})") from None
         encoder.load_state_dict(state)
         return encoder
     if name == "efficientnet_lite0":

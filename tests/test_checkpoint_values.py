@@ -136,3 +136,27 @@ def test_check_parameter_values_passes_finite_floats():
     check_parameter_values({"a": numpy.zeros(3, numpy.float16), "b": numpy.ones((2, 2))})
     with pytest.raises(ValueError, match="'b' has dtype bool"):
         check_parameter_values({"a": numpy.zeros(3), "b": numpy.ones(2, bool)})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_dim", 2 ** 40, "makes \\d+ parameter values but the saved parameters hold \\d+"),
+    ("feature_dim", 2 ** 33, "makes \\d+ parameter values"),
+])
+def test_a_damaged_size_is_refused_before_allocating(tmp_path, field, value, message):
+    good = tiny_checkpoint(tmp_path / "ok.npz")
+    arrays, meta = load_npz(good)
+    meta["model"][field] = value
+    save_npz(tmp_path / "big.npz", arrays, meta=meta)
+    with pytest.raises(ConfigMismatchError, match=message):
+        load_checkpoint(tmp_path / "big.npz")
+
+
+@pytest.mark.parametrize("record, value", [("encoder", 5), ("training", "x"), ("encoder", {"name": "small_cnn",
+                                                                                          "config": 3})])
+def test_damaged_records_are_refused(tmp_path, record, value):
+    good = tiny_checkpoint(tmp_path / "ok.npz")
+    arrays, meta = load_npz(good)
+    meta[record] = value
+    save_npz(tmp_path / "bad.npz", arrays, meta=meta)
+    with pytest.raises(ConfigMismatchError, match="damaged"):
+        _load_everything(tmp_path / "bad.npz")

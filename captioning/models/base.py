@@ -10,6 +10,8 @@ Two methods make the training and decoding interfaces:
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
 """
+import contextvars
+import math
 import numbers
 
 import numpy
@@ -22,6 +24,12 @@ __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
 class ConfigMismatchError(ValueError):
     """Parameters or a checkpoint that do not belong to this model configuration."""
+
+
+# The most parameter values a model being built may have (None: no limit); set by
+# `build(config, max_parameters=...)`, e.g. to what a checkpoint file holds, so that a
+# damaged configuration (hidden_dim 2**40) is refused before anything is allocated.
+PARAMETER_BUDGET = contextvars.ContextVar("PARAMETER_BUDGET", default=None)
 
 
 def log_softmax(scores):
@@ -79,6 +87,11 @@ class CaptionModel:
         model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
         "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
         """
+        budget = PARAMETER_BUDGET.get()
+        total = sum(math.prod(shape) for shape, _ in shapes.values())
+        if budget is not None and total > budget:
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
+                                      f"but the saved parameters hold {budget}")
         gen = numpy.random.default_rng(seed)
         dtype = dtype or backend.default_float()
         for pname, (shape, kind) in shapes.items():
