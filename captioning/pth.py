@@ -30,6 +30,7 @@ parameter rebuild functions, storage types, OrderedDict). Any other global
 before anything is called.
 """
 import collections
+import errno
 import io
 import os
 import pickle
@@ -208,7 +209,9 @@ def _tensor_to_array(ref, storages, path):
         raise CheckpointError(f"{path}: negative offset, size or stride in storage {ref.storage.key}")
     # A tensor of a state dict never holds more elements than its storage: a view that
     # repeats elements (stride 0) could make a tiny file allocate any amount of memory.
-    if int(np.prod(shape, dtype=object)) > len(flat) or len(shape) > 32 or max(shape, default=0) >= 2 ** 48:
+    # (and an empty tensor's other sizes stay small enough for NumPy to multiply them)
+    if (int(np.prod(shape, dtype=object)) > len(flat) or len(shape) > 32
+            or int(np.prod([n for n in shape if n], dtype=object)) > 2 ** 40):
         raise CheckpointError(f"{path}: tensor of size {shape} has more elements than its storage "
                               f"{ref.storage.key} ({len(flat)} elements)")
     if any(n == 0 for n in shape):
@@ -374,6 +377,10 @@ def load_pth(path):
             return _load_zip(path)
         except (zipfile.BadZipFile, NotImplementedError, EOFError) as exc:   # NotImplementedError:
             raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc   # an unknown zip method
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:   # EINVAL: a damaged offset sent a seek before the file's start
+                raise
+            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc
     return _load_legacy(path)
 
 

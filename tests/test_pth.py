@@ -351,7 +351,8 @@ def test_legacy_storage_count_beyond_the_file_is_refused(tmp_path, count):
 
 @pytest.mark.parametrize("writer", [write_legacy, write_zip])
 @pytest.mark.parametrize("size, stride", [((2 ** 40, 2 ** 40), (0, 0)), ((16384, 16384), (0, 0)),
-                                          ((2, -1), (1, 1)), ((4,), (-1,))])
+                                          ((2, -1), (1, 1)), ((4,), (-1,)),
+                                          ((2 ** 40, 0, 2 ** 40), (1, 1, 1))])   # empty, yet too big
 def test_a_view_larger_than_its_storage_is_refused_before_allocating(tmp_path, writer, size, stride):
     storages, entries = _one_tensor(size, stride)
     path = tmp_path / "view.pth"
