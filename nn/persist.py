@@ -195,7 +195,8 @@ def load_npz(path):
     Returns: (arrays, meta): dict str -> NumPy array, and the metadata (None
     when the file has none).
     Raises FileNotFoundError when missing, NpzFormatError (a ValueError) when
-    not a readable .npz or when it holds pickled objects.
+    not a readable .npz, when it holds pickled objects, or when a member
+    claims more than the file can hold (checked before allocating it).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -203,11 +204,7 @@ def load_npz(path):
     if not zipfile.is_zipfile(path):   # numpy.load would take any other file for a pickle
         raise NpzFormatError(f"load_npz: {path} is not an .npz file (not a zip archive)")
     try:
-        _check_npz_members(path)
-        with numpy.load(path, allow_pickle=False) as data:
-            if not isinstance(data, numpy.lib.npyio.NpzFile):
-                raise ValueError("it holds a single .npy array, not an .npz archive")
-            arrays = {key: data[key] for key in data.files}
+        arrays = _read_npz_members(path)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
         # NotImplementedError: zipfile's word for a compression method or flag it cannot read
         raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
@@ -225,48 +222,70 @@ def load_npz(path):
 # must not make load_npz allocate and fill gigabytes before it finds out.
 NPZ_MAX_EXPANSION = 16
 NPZ_EXPANSION_SLACK = 1 << 20
+_CHUNK = 1 << 24   # bytes read at a time into an array
 
 
-def _check_npz_members(path):
-    """Read only the zip directory and each .npy header; raise ValueError, before any
-    array is allocated, for a member that is no .npy array, holds objects (pickles),
-    claims more bytes than it holds, or expands out of proportion to the file."""
+def _read_npz_members(path):
+    """name -> array of every .npy member (what numpy.load(path, allow_pickle=False) gives).
+
+    Read by hand rather than with numpy.load, to check each member before its array
+    is allocated: ValueError for a member that is no .npy array, holds objects
+    (pickles), claims more bytes than it holds, or expands out of proportion to
+    its compressed size.
+    """
+    arrays = {}
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         others = [info.filename for info in infos if not info.filename.endswith(".npy")]
-        if others:   # numpy.load would hand out their raw bytes, whatever their size
+        if others:
             raise ValueError(f"it holds files that are not arrays: {others[:3]}")
         for info in infos:
             if info.file_size > NPZ_MAX_EXPANSION * info.compress_size + NPZ_EXPANSION_SLACK:
                 raise ValueError(f"member {info.filename} would expand from {info.compress_size} to "
                                  f"{info.file_size} bytes (a zip bomb?)")
-            shape, dtype, header = _read_npy_header(archive, info)
-            if dtype.hasobject:
-                raise ValueError(f"member {info.filename} holds Python objects, which need pickle")
-            if min(shape, default=0) < 0:
-                raise ValueError(f"member {info.filename} has a negative size in its shape {shape}")
-            need = header + dtype.itemsize * math.prod(shape)
-            if need > info.file_size:
-                raise ValueError(f"member {info.filename} claims a {dtype} array of shape {shape} "
-                                 f"({need} bytes) but holds {info.file_size} bytes")
+            with archive.open(info) as f:
+                shape, fortran, dtype = _read_npy_header(f, info.filename)
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename} holds Python objects, which need pickle")
+                if min(shape, default=0) < 0:
+                    raise ValueError(f"member {info.filename} has a negative size in its shape {shape}")
+                count = math.prod(shape)
+                need = f.tell() + dtype.itemsize * count
+                if need > info.file_size:
+                    raise ValueError(f"member {info.filename} claims a {dtype} array of shape {shape} "
+                                     f"({need} bytes) but holds {info.file_size} bytes")
+                flat = numpy.empty(count, dtype=dtype)
+                _read_into(f, flat.view(numpy.uint8) if flat.nbytes else flat[:0], info.filename)
+            # Fortran order: the bytes are the transpose's, in C order
+            arrays[info.filename[:-len(".npy")]] = (flat.reshape(shape[::-1]).transpose() if fortran
+                                                    else flat.reshape(shape))
+    return arrays
 
 
-def _read_npy_header(archive, info):
-    """(shape, dtype, header length in bytes) of one .npy member; ValueError when unreadable."""
-    with archive.open(info) as f:
-        try:
-            version = numpy.lib.format.read_magic(f)
-            readers = {(1, 0): numpy.lib.format.read_array_header_1_0,
-                       (2, 0): numpy.lib.format.read_array_header_2_0}
-            if version not in readers:
-                raise ValueError(f".npy format {version} is not 1.0 or 2.0")
-            shape, _, dtype = readers[version](f)
-        except (zipfile.BadZipFile, NotImplementedError, OSError):
-            raise
-        except Exception as exc:   # damaged header text: NumPy's parser raises SyntaxError, TokenError, ...
-            raise ValueError(f"member {info.filename} has no readable .npy header "
-                             f"({type(exc).__name__}: {exc})") from None
-        return shape, dtype, f.tell()
+def _read_npy_header(f, name):
+    """(shape, fortran_order, dtype) of the .npy file f; ValueError when unreadable."""
+    try:
+        version = numpy.lib.format.read_magic(f)
+        readers = {(1, 0): numpy.lib.format.read_array_header_1_0,
+                   (2, 0): numpy.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f".npy format {version} is not 1.0 or 2.0")
+        return readers[version](f)
+    except (zipfile.BadZipFile, NotImplementedError, OSError):
+        raise
+    except Exception as exc:   # damaged header text: NumPy's parser raises SyntaxError, TokenError, ...
+        raise ValueError(f"member {name} has no readable .npy header ({type(exc).__name__}: {exc})") from None
+
+
+def _read_into(f, out, name):
+    """Fill the uint8 array `out` from f, a chunk at a time (no second copy of a large array)."""
+    done = 0
+    while done < len(out):
+        chunk = f.read(min(_CHUNK, len(out) - done))
+        if not chunk:
+            raise ValueError(f"member {name} is truncated")
+        out[done:done + len(chunk)] = numpy.frombuffer(chunk, dtype=numpy.uint8)
+        done += len(chunk)
 
 
 def save_model(path, module, optimizer=None, meta=None, compress=False):
