@@ -275,6 +275,8 @@ _MAX_EXPANSION_SLACK = 1 << 20
 def _read_member(archive, name, path):
     """archive.read(name), refusing a member whose declared size is out of proportion."""
     info = archive.getinfo(name)
+    if info.flag_bits & 0x1:   # zipfile would ask for a password (RuntimeError)
+        raise CheckpointError(f"{path}: member {name} is encrypted: not a PyTorch checkpoint")
     if info.file_size > _MAX_EXPANSION * info.compress_size + _MAX_EXPANSION_SLACK:
         raise CheckpointError(f"{path}: member {name} would expand from {info.compress_size} to "
                               f"{info.file_size} bytes: not a PyTorch checkpoint (a zip bomb?)")
@@ -375,8 +377,9 @@ def load_pth(path):
     if zipfile.is_zipfile(path):
         try:
             return _load_zip(path)
-        except (zipfile.BadZipFile, NotImplementedError, EOFError) as exc:   # NotImplementedError:
-            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc   # an unknown zip method
+        # NotImplementedError: an unknown zip method; UnicodeDecodeError: a damaged member name
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc
         except OSError as exc:
             if exc.errno != errno.EINVAL:   # EINVAL: a damaged offset sent a seek before the file's start
                 raise

@@ -240,6 +240,8 @@ def _read_npz_members(path):
         if others:
             raise ValueError(f"it holds files that are not arrays: {others[:3]}")
         for info in infos:
+            if info.flag_bits & 0x1:   # zipfile would ask for a password (RuntimeError)
+                raise ValueError(f"member {info.filename} is encrypted")
             if info.file_size > NPZ_MAX_EXPANSION * info.compress_size + NPZ_EXPANSION_SLACK:
                 raise ValueError(f"member {info.filename} would expand from {info.compress_size} to "
                                  f"{info.file_size} bytes (a zip bomb?)")

@@ -230,3 +230,25 @@ def test_load_npz_refuses_a_header_claiming_more_than_the_member_holds(tmp_path)
         archive.writestr("w.npy", member.getvalue())
     with pytest.raises(persist.NpzFormatError, match=r"claims a float64 array of shape \(9999999999,\)"):
         persist.load_npz(path)
+
+
+def _set_encrypted_flag(path):
+    """Mark every member of the zip at `path` as encrypted (flag bit 0 of its directory entry)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + 8] |= 1
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_load_npz_calls_an_encrypted_or_damaged_header_member_a_format_error(tmp_path):
+    path = tmp_path / "locked.npz"
+    persist.save_npz(path, {"w": numpy.ones(2)})
+    _set_encrypted_flag(path)
+    with pytest.raises(persist.NpzFormatError, match="w.npy is encrypted"):
+        persist.load_npz(path)
+    with zipfile.ZipFile(tmp_path / "header.npz", "w") as archive:   # a header NumPy's parser chokes on
+        archive.writestr("w.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8',\n")
+    with pytest.raises(persist.NpzFormatError, match="no readable .npy header"):
+        persist.load_npz(tmp_path / "header.npz")

@@ -417,3 +417,13 @@ def test_a_pickle_cannot_change_the_allow_listed_stand_ins(tmp_path):
     good = tmp_path / "good.pth"
     write_zip(good, storages, entries)
     _assert_same(load_pth(good), expected)
+
+
+def test_an_encrypted_member_is_a_checkpoint_error(tmp_path):
+    from tests.test_nn_persist import _set_encrypted_flag
+    storages, entries, _ = _example()
+    path = tmp_path / "locked.pth"
+    write_zip(path, storages, entries)
+    _set_encrypted_flag(path)
+    with pytest.raises(CheckpointError, match="encrypted"):
+        load_pth(path)
