@@ -95,9 +95,10 @@ def load_checkpoint(path, dtype=None):
         if len(vocabulary) != config.get("vocab_size"):
             raise ConfigMismatchError(f"vocabulary of {len(vocabulary)} words but the model "
                                       f"expects vocab_size={config.get('vocab_size')}")
-        # no more values than the file holds: a damaged size is an error, not a huge allocation
+        # Not much more than the file holds: a damaged size (hidden_dim 2**40) is an error, not a
+        # huge allocation; a model a little off is built, for the shape check to say what differs.
         held = sum(int(v.size) for k, v in arrays.items() if k.startswith("decoder/"))
-        model = build(config, dtype=dtype, max_parameters=held)
+        model = build(config, dtype=dtype, max_parameters=2 * held + _SPARE_PARAMETERS)
         records = {name: meta.get(name) or {} for name in ("encoder", "training")}
         wrong = [name for name, record in records.items() if not isinstance(record, dict)]
         if wrong:
@@ -114,6 +115,9 @@ def load_checkpoint(path, dtype=None):
         path=path, model=model.eval(), vocabulary=vocabulary, encoder=records["encoder"],
         encoder_state=parts["encoder"], optimizer_state=parts["optim"], training=records["training"])
 
+
+# How many parameter values beyond twice what a file holds its configuration may ask for.
+_SPARE_PARAMETERS = 1 << 22
 
 # Optimizer entries that are not floats (a step count, a flag); every other saved array is one.
 _OPTIM_NON_FLOAT = ("t", "decoupled_weight_decay")
