@@ -34,8 +34,8 @@ def fragment_score_forward(v, s, mask):
     Returns:
     - S: (N, M) scores
     - cache: for fragment_score_backward (holds the best region of every
-      (image, sentence, word), (N, M, T) integers)
-    Memory: the (N, R, M, T) table of dot products.
+      (real word, image), W * N integers, W = number of real words)
+    Memory: the (W, N, R) table of dot products.
     """
     op = "fragment_score_forward"
     xp = backend.get_array_module(v, s, op=op)
@@ -46,11 +46,21 @@ def fragment_score_forward(v, s, mask):
     _check_shape(op, "s", s, (M, T, H))
     _check_shape(op, "mask", mask, (M, T))
     _check_float(op, v=v, s=s)
-    dots = (v.reshape(N * R, H) @ s.reshape(M * T, H).T).reshape(N, R, M, T)
-    best = dots.argmax(axis=1)                                         # (N, M, T)
-    weights = xp.asarray(mask, dtype=v.dtype)
-    S = (xp.take_along_axis(dots, best[:, None], axis=1)[:, 0] * weights[None]).sum(axis=2)
-    return S, (v, s, weights, best)
+    # Only the real words are scored (padding would cost up to half the time): the W real
+    # words of all sentences in one (W, H) matrix, word-major, so that each word's choice
+    # of region in an image is a contiguous run of R dot products.
+    flat_mask = xp.asarray(mask, dtype=v.dtype).reshape(M * T)
+    where = xp.flatnonzero(flat_mask)                                  # (W,) positions of real words
+    W = int(where.shape[0])
+    words = s.reshape(M * T, H)[where]                                 # (W, H)
+    owner = xp.zeros((W, M), dtype=v.dtype)                            # owner[w, m] = 1: word w is in m
+    owner[xp.arange(W), where // T] = 1
+    dots = (words @ v.reshape(N * R, H).T).reshape(W * N, R)
+    best = dots.argmax(axis=1)                                         # (W * N,)
+    chosen = dots[xp.arange(W * N), best].reshape(W, N)                # max_i v_i . s_w, every image
+    weights = flat_mask[where][:, None]
+    S = (chosen * weights).T @ owner                                   # (N, M)
+    return S, (v, words, where, owner, weights, best, s.shape)
 
 
 def fragment_score_backward(dS, cache):
@@ -59,21 +69,23 @@ def fragment_score_backward(dS, cache):
     Inputs:
     - dS: (N, M) upstream gradient
     - cache: from the forward pass
-    Returns: dv (N, R, H), ds (M, T, H)
+    Returns: dv (N, R, H), ds (M, T, H) (zero on padding)
     """
-    v, s, weights, best = cache
+    v, words, where, owner, weights, best, s_shape = cache
     xp = backend.get_array_module(dS, v, op="fragment_score_backward")
     N, R, H = v.shape
-    M, T, _ = s.shape
+    M, T, _ = s_shape
+    W = words.shape[0]
     _check_shape("fragment_score_backward", "dS", dS, (N, M))
-    # route[k, i, l, t] = dS[k, l] * mask[l, t] where i is word t's best region in image k
-    route = xp.zeros((N, R, M, T), dtype=v.dtype)
-    k, l, t = xp.meshgrid(xp.arange(N), xp.arange(M), xp.arange(T), indexing="ij")
-    route[k, best, l, t] = dS[:, :, None] * weights[None]
-    route = route.reshape(N * R, M * T)
-    dv = (route @ s.reshape(M * T, H)).reshape(N, R, H)
-    ds = (route.T @ v.reshape(N * R, H)).reshape(M, T, H)
-    return dv, ds
+    dchosen = (owner @ dS.T) * weights                                 # (W, N)
+    # route[w, k, i] = dchosen[w, k] where i is word w's best region in image k, else 0
+    route = xp.zeros((W * N, R), dtype=v.dtype)
+    route[xp.arange(W * N), best] = dchosen.ravel()
+    route = route.reshape(W, N * R)
+    ds = xp.zeros((M * T, H), dtype=v.dtype)
+    ds[where] = route @ v.reshape(N * R, H)
+    dv = (route.T @ words).reshape(N, R, H)
+    return dv, ds.reshape(M, T, H)
 
 
 def max_margin_ranking_forward(S, margin=1.0):
