@@ -95,15 +95,20 @@ def _train_options(args):
     options = dict(DEFAULTS[name])
     for key in list(options) + ["max_images"]:
         value = getattr(args, key)
-        if value is not None:
-            if not math.isfinite(value) or value < (0 if key == "max_minutes" else 1):
-                raise UsageError(f"--{key.replace('_', '-')} must be a number >= "
-                                 f"{0 if key == 'max_minutes' else 1}, got {value}")
-            options[key] = value
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+        if key == "lr" and value <= 0:
+            raise UsageError(f"--lr must be > 0, got {value}")
+        if key == "max_minutes" and value < 0:
+            raise UsageError(f"--max-minutes must be >= 0, got {value}")
+        if key not in ("lr", "max_minutes") and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+        options[key] = value
     if options["max_minutes"] == 0:
         options["max_minutes"] = None
-    if not options["lr"] > 0:
-        raise UsageError(f"--lr must be > 0, got {options['lr']}")
     return name, options
 
 
