@@ -43,3 +43,45 @@ def test_training_drives_the_loss_to_zero(xp):
         loss, _ = model.loss(grid, words, mask)
         optimizer.step()
     assert first > 1 and loss < 1e-3
+
+
+def test_frozen_features_skip_the_grid_gradient_but_not_the_weights(xp):
+    model, grid, words, mask = tiny(xp, seed=3)
+    loss, dgrid = model.loss(grid, words, mask)
+    grads = {name: g.copy() for name, g in model.grads.items()}
+    loss2, none = model.loss(grid, words, mask, need_dgrid=False)
+    assert none is None and loss2 == loss
+    for name, g in model.grads.items():
+        assert rel_error(g, grads[name]) < 1e-15, name
+
+
+def test_checkpoint_round_trip_in_float16(tmp_path):
+    from captioning.alignment.checkpoint import load_aligner, save_aligner
+    from captioning.data.text import Vocabulary
+    from captioning.training import FrozenFeatures
+    vocabulary = Vocabulary(["dog", "cat", "runs"])
+    model = AlignmentModel({"feature_dim": 5, "vocab_size": len(vocabulary), "embed_dim": 3, "hidden_dim": 4},
+                           dtype=numpy.float32)
+    encoder = FrozenFeatures({"name": "efficientnet_lite0"})
+    path = save_aligner(tmp_path / "a.npz", model, encoder, vocabulary, {"name": "flickr8k"},
+                        dtype=numpy.float16)
+    ckpt = load_aligner(path)
+    assert ckpt.vocabulary == vocabulary and ckpt.model.config == model.config
+    for name, p in model.params.items():
+        assert numpy.allclose(ckpt.model.params[name], p, rtol=1e-3, atol=1e-4), name
+
+
+def test_gradients_with_dropout(xp):
+    model, grid, words, mask = tiny(xp, seed=4)
+    model.config["dropout"] = 0.3
+    model.train()
+    model.dropout_seed = 7                      # the same masks on every call
+    loss, dgrid = model.loss(grid, words, mask)
+    analytic = {name: g.copy() for name, g in model.grads.items()}
+    for name in ("W_m", "W_w", "W_e"):
+        numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], model.params[name])
+        assert rel_error(analytic[name], numeric) < 1e-6, name
+    numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
+    assert rel_error(dgrid, numeric) < 1e-6
+    model.eval()                                # no dropout: another loss
+    assert model.loss(grid, words, mask)[0] != loss

@@ -84,3 +84,15 @@ def test_user_errors_are_one_line(argv, message, capsys):
 def test_a_query_of_unknown_words_is_a_user_error(align_run, capsys):
     assert main(["align", "search", "zebra giraffe", "--checkpoint", str(align_run / "best.npz")]) == 2
     assert "vocabulary" in capsys.readouterr().err
+
+
+def test_a_run_out_of_time_resumes_without_an_extra_step(tmp_path, capsys):
+    from nn.persist import load_npz
+    out = tmp_path / "timed"
+    argv = ["align", "train", *TINY, "--max-minutes", "0.00001", "--out", str(out)]
+    assert main(argv) == 0
+    assert "(time limit)" in capsys.readouterr().out
+    steps = load_npz(out / "last.npz")[1]["training"]["progress"]["step"]
+    assert steps == 1
+    assert main(argv + ["--resume"]) == 0
+    assert load_npz(out / "last.npz")[1]["training"]["progress"]["step"] == steps

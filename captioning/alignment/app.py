@@ -20,9 +20,9 @@ PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 # Per data set: the defaults of `align train` (the shapes set trains its small CNN end to end).
 DEFAULTS = {
     "shapes": {"hidden": 128, "embed": 64, "lr": 1e-3, "epochs": 8, "batch_size": 100, "min_count": 1,
-               "val_images": None, "max_minutes": 3.0, "patience": 3},
-    "flickr8k": {"hidden": 256, "embed": 200, "lr": 5e-4, "epochs": 15, "batch_size": 100, "min_count": 5,
-                 "val_images": 500, "max_minutes": None, "patience": 3},
+               "val_images": None, "max_minutes": 3.0, "patience": 3, "dropout": 0.0},
+    "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
+                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.5},
 }
 SHAPES_TRAIN = 3000
 
@@ -38,10 +38,10 @@ def load_training_data(data_arg, features_arg, seed=0, max_images=None):
     return data, data.encoder
 
 
-def build_model(data, encoder, vocabulary, hidden, embed, seed=0):
+def build_model(data, encoder, vocabulary, hidden, embed, seed=0, dropout=0.0):
     dim = encoder.feature_dim("grid") if encoder.trainable else data.feature_dim
     config = {"feature_dim": int(dim), "vocab_size": len(vocabulary), "embed_dim": embed,
-              "hidden_dim": hidden, "margin": 1.0}
+              "hidden_dim": hidden, "margin": 1.0, "dropout": dropout}
     return AlignmentModel(config, seed=seed, dtype=backend.default_float())
 
 

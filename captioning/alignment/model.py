@@ -22,7 +22,7 @@ import numpy
 
 from nn import backend
 from nn.bidirectional import birnn_relu_backward, birnn_relu_forward
-from nn.dense import relu_backward, relu_forward
+from nn.dense import dropout_backward, dropout_forward, relu_backward, relu_forward
 from nn.ranking import (fragment_score_backward, fragment_score_forward, max_margin_ranking_backward,
                         max_margin_ranking_forward)
 from nn.recurrent import (temporal_affine_backward, temporal_affine_forward, word_embedding_backward,
@@ -31,7 +31,7 @@ from nn.recurrent import (temporal_affine_backward, temporal_affine_forward, wor
 __all__ = ["AlignmentModel", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = {"feature_dim": 1280, "vocab_size": 100, "embed_dim": 256, "hidden_dim": 512,
-                  "margin": 1.0}
+                  "margin": 1.0, "dropout": 0.0}
 
 
 def _init_shapes(c):
@@ -43,9 +43,31 @@ def _init_shapes(c):
 class AlignmentModel:
     """Parameters, forward and backward of the alignment model (see the module docstring).
 
-    config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin.
+    config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin, and
+    dropout: the probability of dropping a region feature or word-vector entry while
+    training (Flickr8k's 6000 images are few: without it the training loss collapses
+    while the dev recall stalls).
     `params` and `grads` map names to arrays; `named_parameters` is what nn.optim reads.
+    `training` (train() / eval()) switches dropout; `dropout_seed` fixes its masks.
     """
+
+    training = False
+    dropout_seed = None
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def _dropout(self, x, salt):
+        p = self.config["dropout"]
+        seed = None if self.dropout_seed is None else [self.dropout_seed, salt]
+        return dropout_forward(x, {"p": p, "mode": "train" if self.training and p > 0 else "test",
+                                   "seed": None if seed is None else int(numpy.random.SeedSequence(seed)
+                                                                         .generate_state(1)[0])})
 
     def __init__(self, config, seed=0, dtype=None):
         self.config = {**DEFAULT_CONFIG, **config}
@@ -85,11 +107,13 @@ class AlignmentModel:
         """grid (N, L, D) CNN features -> v (N, L + 1, h): the L cells, then the whole image."""
         xp = backend.get_array_module(grid)
         fragments = xp.concatenate([grid, grid.mean(axis=1, keepdims=True)], axis=1)
-        v, cache = temporal_affine_forward(fragments, self.params["W_m"], self.params["b_m"])
-        return v, cache
+        dropped, c_drop = self._dropout(fragments, 0)
+        v, cache = temporal_affine_forward(dropped, self.params["W_m"], self.params["b_m"])
+        return v, (cache, c_drop)
 
     def regions_backward(self, dv, cache, need_dgrid=True):
         """dv (N, L + 1, h) -> d grid (N, L, D) (None unless need_dgrid); adds to grads W_m, b_m."""
+        cache, c_drop = cache
         fragments, W_m = cache
         H = W_m.shape[1]
         # d W_m = fragments^T dv, as temporal_affine_backward computes it; d fragments only on
@@ -98,7 +122,7 @@ class AlignmentModel:
         self.grads["b_m"] += dv.sum(axis=(0, 1))
         if not need_dgrid:
             return None
-        dfragments = temporal_affine_backward(dv, cache)[0]
+        dfragments = dropout_backward(temporal_affine_backward(dv, cache)[0], c_drop)
         L = dfragments.shape[1] - 1
         return dfragments[:, :L] + dfragments[:, L:] / L
 
@@ -107,16 +131,17 @@ class AlignmentModel:
         """words (M, T) int ids, mask (M, T) -> s (M, T, h), cache."""
         p = self.params
         x, c_embed = word_embedding_forward(words, p["W_w"])
+        x, c_drop = self._dropout(x, 1)
         a, c_e = temporal_affine_forward(x, p["W_e"], p["b_e"])
         e, c_relu_e = relu_forward(a)
         hf, hb, c_rnn = birnn_relu_forward(e, mask, p["W_f"], p["b_f"], p["W_b"], p["b_b"])
         d, c_d = temporal_affine_forward(hf + hb, p["W_d"], p["b_d"])
         s, c_relu_s = relu_forward(d)
-        return s, (c_embed, c_e, c_relu_e, c_rnn, c_d, c_relu_s)
+        return s, (c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s)
 
     def words_backward(self, ds, cache):
         """ds (M, T, h) -> adds to the grads of every sentence parameter."""
-        c_embed, c_e, c_relu_e, c_rnn, c_d, c_relu_s = cache
+        c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s = cache
         g = self.grads
         dh, dW, db = temporal_affine_backward(relu_backward(ds, c_relu_s), c_d)
         g["W_d"] += dW
@@ -127,7 +152,7 @@ class AlignmentModel:
         dx, dW, db = temporal_affine_backward(relu_backward(de, c_relu_e), c_e)
         g["W_e"] += dW
         g["b_e"] += db
-        g["W_w"] += word_embedding_backward(dx, c_embed)
+        g["W_w"] += word_embedding_backward(dropout_backward(dx, c_drop), c_embed)
 
     # ------------------------------------------------------------ loss
     def loss(self, grid, words, mask, need_dgrid=True):

@@ -29,6 +29,7 @@ class AlignConfig:
     clip: float = 5.0
     max_words: int = 20
     patience: int = 3                 # early stopping: epochs without a better dev recall sum
+    lr_factor: float = 0.5            # the learning rate is multiplied by this after such an epoch
     seed: int = 0
     max_minutes: Optional[float] = None
     val_images: Optional[int] = None  # dev recall on the first N dev images only
@@ -89,6 +90,8 @@ class AlignTrainer:
 
     # ------------------------------------------------------------ one step
     def step(self, rows):
+        self.model.train()
+        self.model.dropout_seed = self.config.seed * 1_000_003 + self.progress.step   # resumes exactly
         words, mask = self.sentences.batch(rows)
         images = self.sentences.image[rows]
         grid = self.encoder.encode(self.train.inputs[images], "grid", self.model.dtype)
@@ -104,16 +107,33 @@ class AlignTrainer:
 
     def validate(self):
         """Recall metrics on the dev images (the paper's protocol, see retrieval)."""
+        self.model.eval()
         return evaluate_retrieval(self.model, self.encoder, self.dev, self.dev_sentences)
 
     # ------------------------------------------------------------ the loop
     def fit(self):
+        """Train until the epochs, the time limit or early stopping end the run; a Ctrl-C
+        saves last.npz (resumable) before it propagates. Returns the progress."""
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self.progress.stopped = "interrupted"
+            self.save("last.npz")
+            raise
+        self.save("last.npz")
+        return self.progress
+
+    def _out_of_time(self):
+        limit = self.config.max_minutes
+        return limit is not None and self.progress.elapsed >= 60 * limit
+
+    def _loop(self):
         c, p = self.config, self.progress
         start = time.time() - p.elapsed
         last_log, losses = time.time(), []
         while p.epoch < c.epochs and not p.stopped:
             batches = epoch_batches(self.sentences, len(self.train), c.batch_size, c.seed, p.epoch)
-            while p.batch < len(batches):
+            while p.batch < len(batches) and not self._out_of_time():
                 losses.append(self.step(batches[p.batch]))
                 p.batch, p.step = p.batch + 1, p.step + 1
                 p.elapsed = time.time() - start
@@ -121,15 +141,14 @@ class AlignTrainer:
                     last_log = time.time()
                     self.log(f"epoch {p.epoch + 1}/{c.epochs} batch {p.batch}/{len(batches)} "
                              f"loss {numpy.mean(losses[-50:]):.3f} | {format_duration(p.elapsed)}")
-                if c.max_minutes is not None and p.elapsed >= 60 * c.max_minutes:
-                    p.stopped = "time"
+            if self._out_of_time():
+                p.stopped = "time"
+                if not losses:          # resumed after the limit: nothing new to validate
                     break
             if p.batch >= len(batches):
                 p.epoch, p.batch = p.epoch + 1, 0
             self._end_of_epoch(losses)
             losses = []
-        self.save("last.npz")
-        return p
 
     def _end_of_epoch(self, losses):
         p = self.progress
@@ -142,6 +161,8 @@ class AlignTrainer:
             p.best_rsum, p.best_epoch, p.epochs_since_best = rsum, p.epoch, 0
         elif p.batch == 0:
             p.epochs_since_best += 1
+            self.optimizer.lr *= self.config.lr_factor     # a plateau: take smaller steps
+            self.log(f"no better dev recall: learning rate now {self.optimizer.lr:.2g}")
         a, s = metrics["annotation"], metrics["search"]
         self.log(f"after epoch {p.epoch}{' (part)' if p.batch else ''}: dev annotation R@1/5/10 "
                  f"{a['R@1']:.1f}/{a['R@5']:.1f}/{a['R@10']:.1f} med {a['median_rank']:g}, search "

@@ -48,7 +48,7 @@ def add_arguments(parser):
     _common(t, checkpoint=False)
     for name, kind, text in (("epochs", int, "epochs (default 8 shapes / 15 Flickr8k)"),
                              ("batch-size", int, "image-sentence pairs per step (default 100)"),
-                             ("lr", float, "Adam learning rate (default 1e-3 shapes / 5e-4 Flickr8k)"),
+                             ("lr", float, "Adam learning rate (default 1e-3)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
                              ("embed", int, "word-vector size (default 64 / 200)"),
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
@@ -56,6 +56,8 @@ def add_arguments(parser):
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
                              ("max-minutes", float, "stop after this many minutes of training (default 3 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
+                             ("dropout", float, "drop probability of region features and word vectors "
+                                                "while training (default 0 shapes / 0.5 Flickr8k)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -104,7 +106,9 @@ def _train_options(args):
             raise UsageError(f"--lr must be > 0, got {value}")
         if key == "max_minutes" and value < 0:
             raise UsageError(f"--max-minutes must be >= 0, got {value}")
-        if key not in ("lr", "max_minutes") and value < 1:
+        if key == "dropout" and not 0 <= value < 1:
+            raise UsageError(f"--dropout must be in [0, 1), got {value}")
+        if key not in ("lr", "max_minutes", "dropout") and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
         options[key] = value
     if options["max_minutes"] == 0:
@@ -127,11 +131,12 @@ def _train(args):
         raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to continue from")
     data, encoder = app.load_training_data(args.data, args.features, seed=args.seed, max_images=args.max_images)
     vocabulary = app.vocabulary_from(data, o["min_count"])
-    model = app.build_model(data, encoder, vocabulary, o["hidden"], o["embed"], seed=args.seed)
+    model = app.build_model(data, encoder, vocabulary, o["hidden"], o["embed"], seed=args.seed,
+                            dropout=o["dropout"])
     config = AlignConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], patience=o["patience"],
                          seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"])
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
-    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, regions: the feature grid + the whole image")
+    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g}, regions: the feature grid + the whole image")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
     if args.resume:
         trainer.resume(os.path.join(out, "last.npz"))
