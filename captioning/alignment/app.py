@@ -22,7 +22,7 @@ DEFAULTS = {
     "shapes": {"hidden": 128, "embed": 64, "lr": 1e-3, "epochs": 8, "batch_size": 100, "min_count": 1,
                "val_images": None, "max_minutes": 3.0, "patience": 3, "dropout": 0.0},
     "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
-                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.5},
+                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0},
 }
 SHAPES_TRAIN = 3000
 

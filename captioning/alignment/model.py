@@ -45,8 +45,8 @@ class AlignmentModel:
 
     config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin, and
     dropout: the probability of dropping a region feature or word-vector entry while
-    training (Flickr8k's 6000 images are few: without it the training loss collapses
-    while the dev recall stalls).
+    training (default 0: on Flickr8k, 0.5 learned much slower than none within a
+    30-minute budget, dev R@1 5.2 against 12.2 after two epochs).
     `params` and `grads` map names to arrays; `named_parameters` is what nn.optim reads.
     `training` (train() / eval()) switches dropout; `dropout_seed` fixes its masks.
     """

@@ -57,7 +57,7 @@ def add_arguments(parser):
                              ("max-minutes", float, "stop after this many minutes of training (default 3 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
                              ("dropout", float, "drop probability of region features and word vectors "
-                                                "while training (default 0 shapes / 0.5 Flickr8k)"),
+                                                "while training (default 0)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
