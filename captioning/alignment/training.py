@@ -159,15 +159,15 @@ class AlignTrainer:
         better = rsum > p.best_rsum
         if better:
             p.best_rsum, p.best_epoch, p.epochs_since_best = rsum, p.epoch, 0
-        elif p.batch == 0:
-            p.epochs_since_best += 1
-            self.optimizer.lr *= self.config.lr_factor     # a plateau: take smaller steps
-            self.log(f"no better dev recall: learning rate now {self.optimizer.lr:.2g}")
         a, s = metrics["annotation"], metrics["search"]
         self.log(f"after epoch {p.epoch}{' (part)' if p.batch else ''}: dev annotation R@1/5/10 "
                  f"{a['R@1']:.1f}/{a['R@5']:.1f}/{a['R@10']:.1f} med {a['median_rank']:g}, search "
                  f"{s['R@1']:.1f}/{s['R@5']:.1f}/{s['R@10']:.1f} med {s['median_rank']:g}"
                  f"{' (best)' if better else ''} | {format_duration(p.elapsed)}")
+        if not better and p.batch == 0:
+            p.epochs_since_best += 1
+            self.optimizer.lr *= self.config.lr_factor     # a plateau: take smaller steps
+            self.log(f"no better dev recall: learning rate now {self.optimizer.lr:.2g}")
         if p.epochs_since_best >= self.config.patience and not p.stopped:
             p.stopped = "early"
             self.log(f"early stop: no better dev recall in {self.config.patience} epochs")

@@ -23,11 +23,11 @@ bidirectional max-margin ranking loss (margin 1).
   annotate   a picture: each region's best words, and each word's best region
 
 examples:
-  python -m captioning align train                               # shapes, about 3 minutes
+  python -m captioning align train                               # shapes, 5 minutes
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
-  python -m captioning align search "a dog jumps into the water" --top 5
-  python -m captioning align annotate photo.jpg --sentence "a dog runs on the grass" --png out.png
+  python -m captioning align search "a dog jumps into the water" --checkpoint CKPT --top 5
+  python -m captioning align annotate photo.jpg --checkpoint CKPT --sentence "a dog runs" --png out.png
 """
 
 
@@ -37,7 +37,8 @@ def _common(p, checkpoint=True):
                    help="array backend (also accepted before the subcommand)")
     if checkpoint:
         p.add_argument("--checkpoint", default=None,
-                       help="an aligner best.npz (default: the packaged Flickr8k aligner)")
+                       help="an aligner best.npz written by `align train` (the default, "
+                            "captioning/pretrained/aligner_flickr8k.npz, is not packaged yet)")
     p.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data / shapes)")
     p.add_argument("--features", default=None, help="EfficientNet-Lite0 feature cache of the Flickr8k folder")
 
@@ -46,7 +47,7 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", required=True)
     t = sub.add_parser("train", help="train an aligner")
     _common(t, checkpoint=False)
-    for name, kind, text in (("epochs", int, "epochs (default 8 shapes / 15 Flickr8k)"),
+    for name, kind, text in (("epochs", int, "epochs (default 12 shapes / 15 Flickr8k)"),
                              ("batch-size", int, "image-sentence pairs per step (default 100)"),
                              ("lr", float, "Adam learning rate (default 1e-3)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
@@ -54,7 +55,7 @@ def add_arguments(parser):
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
                              ("val-images", int, "dev recall on the first N dev images (default all / 500)"),
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
-                             ("max-minutes", float, "stop after this many minutes of training (default 3 "
+                             ("max-minutes", float, "stop after this many minutes of training (default 5 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
                              ("dropout", float, "drop probability of region features and word vectors "
                                                 "while training (default 0)"),
