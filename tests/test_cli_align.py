@@ -96,3 +96,20 @@ def test_a_run_out_of_time_resumes_without_an_extra_step(tmp_path, capsys):
     assert steps == 1
     assert main(argv + ["--resume"]) == 0
     assert load_npz(out / "last.npz")[1]["training"]["progress"]["step"] == steps
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
+    from captioning.alignment.training import AlignTrainer
+    from nn.persist import load_npz
+    original, calls = AlignTrainer.step, []
+
+    def interrupted_step(self, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, rows)
+    monkeypatch.setattr(AlignTrainer, "step", interrupted_step)
+    out = tmp_path / "stopped"
+    assert main(["align", "train", *TINY, "--out", str(out)]) == 130
+    progress = load_npz(out / "last.npz")[1]["training"]["progress"]
+    assert progress["step"] == 2 and progress["stopped"] == "interrupted"
