@@ -126,6 +126,17 @@ def _never_fail_to_print():
             pass
 
 
+def _reader_went_away():
+    """stdout was a pipe whose reader closed it (`... | head -1`): stop quietly, as Unix tools do,
+    with the status a SIGPIPE death gives (128 + 13). Python would print a second BrokenPipeError
+    when it flushes stdout at exit, so stdout now points at /dev/null."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):       # stdout has no file descriptor (replaced, e.g. in tests)
+        pass
+    return 141
+
+
 def main(argv=None):
     _never_fail_to_print()
     parser = build_parser()
@@ -137,6 +148,8 @@ def main(argv=None):
         if args.backend:
             backend.use(args.backend)
         return int(args._run(args) or 0)
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as exc:
         if not _is_user_error(exc):
             raise                       # a bug: keep the traceback
