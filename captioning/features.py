@@ -21,7 +21,6 @@ the encoder you use, and refuses a mismatch with the command to rebuild.
 """
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,8 +29,10 @@ import numpy as np
 from nn import backend
 from nn.persist import atomic_write
 
+from .progress import ProgressBar
+
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
-           "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
+           "default_cache_path", "encoder_identity", "flickr8k_image_list"]
 
 FORMAT_VERSION = 1
 COMMIT_SECONDS = 2.0  # how often the index's "complete" count is brought up to date
@@ -75,7 +76,7 @@ def _write_json_atomic(path, data):
 
 
 class _Rows:
-    """`array[rows[i]]` for i in a split's order: what data.batches indexes."""
+    """`array[rows[i]]` for i in a split's order: what CaptionSplit.inputs holds for cached features."""
 
     def __init__(self, array, rows):
         self.array, self.rows = array, rows
@@ -227,37 +228,6 @@ def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra)
     return index
 
 
-def _format_seconds(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr: done/total, images/s and ETA."""
-
-    def __init__(self, total, label="features", stream=None, width=24):
-        self.total, self.label, self.width = total, label, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-        self.first = None
-
-    def update(self, done, new_this_run):
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = new_this_run / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        eta_text = _format_seconds(eta) if eta != float("inf") else "?"
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {rate:.1f} img/s ETA {eta_text}  ")
-        self.stream.flush()
-
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def _probe_grid_shape(encoder, image_paths, skip_bad):
     """(L, D) of the encoder's grid, from the first image that decodes."""
     from .data.images import ImageDecodeError, load_images
@@ -293,8 +263,6 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     Returns the FeatureCache (complete). An existing complete cache for the same
     ids and encoder is returned as is; a partial one is resumed.
     """
-    from .data.images import load_images
-
     image_paths, image_ids = [str(p) for p in image_paths], [str(i) for i in image_ids]
     if len(image_paths) != len(image_ids):
         raise ValueError(f"extract_features: {len(image_paths)} paths but {len(image_ids)} ids")
@@ -303,10 +271,16 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     if batch_size < 1:
         raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
     files = cache_paths(out_path)
-    identity = encoder_identity(encoder)
     rebuild = rebuild or f"python -m captioning features --out {files['index'].with_suffix('')}"
-    dtype = np.dtype(dtype)
+    cache = _open_for_writing(files, out_path, encoder, image_paths, image_ids, np.dtype(dtype),
+                              overwrite, skip_bad, rebuild, extra_index)
+    _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_bad, workers, progress)
+    return open_cache(out_path, encoder=encoder)
 
+
+def _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, overwrite, skip_bad,
+                      rebuild, extra_index):
+    """The cache to fill: the existing one when it is for these ids, encoder and dtype, else a new one."""
     cache = None
     if files["index"].exists():
         try:
@@ -325,12 +299,19 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
             os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
         # the grid size: encode one image to learn (L, D) before allocating
         grid_shape = _probe_grid_shape(encoder, image_paths, skip_bad)
-        _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra_index or {})
+        _create_cache(files, image_ids, encoder_identity(encoder), grid_shape, dtype, rebuild,
+                      extra_index or {})
         cache = open_cache(out_path, allow_incomplete=True, mode="r+")
+    return cache
 
-    index = cache.index
+
+def _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_bad, workers, progress):
+    """Encode the rows from cache.complete on, committing the index every COMMIT_SECONDS."""
+    from .data.images import load_images
+
+    index, dtype = cache.index, cache.grid.dtype
     n, start = len(image_ids), cache.complete
-    bar = ProgressBar(n) if progress else None
+    bar = ProgressBar("features", n, start=start) if progress else None
     done = committed = start
     last_commit = time.monotonic()
 
@@ -363,13 +344,12 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
                 commit(done)
                 committed, last_commit = done, time.monotonic()
             if bar:
-                bar.update(end, end - start)
+                bar.update(end)
     finally:
         if bar:
-            bar.close()
+            bar.finish()
         if done > committed:
             commit(done)  # interrupted: keep the batches that did finish
-    return open_cache(out_path, encoder=encoder)
 
 
 def flickr8k_image_list(root, split="all", limit=None, skipped=None):
