@@ -85,6 +85,18 @@ class DecodeResult:
     finished: numpy.ndarray
     attention: list = None
 
+    @classmethod
+    def concat(cls, parts):
+        """One DecodeResult for the images of `parts` (results of consecutive batches), in order."""
+        parts = list(parts)
+        if not parts:
+            return cls(sequences=[], scores=numpy.zeros(0), finished=numpy.zeros(0, dtype=bool))
+        return cls(sequences=[seq for part in parts for seq in part.sequences],
+                   scores=numpy.concatenate([part.scores for part in parts]),
+                   finished=numpy.concatenate([part.finished for part in parts]),
+                   attention=None if parts[0].attention is None
+                   else [a for part in parts for a in part.attention])
+
 
 def _check_positive_int(value, name, op):
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
@@ -123,13 +135,8 @@ def _in_chunks(decode, features, batch_size):
     """Run `decode(features_chunk)` on slices of at most batch_size images; merge results."""
     if batch_size is None or len(features) <= batch_size:
         return decode(features)
-    parts = [decode(features[start:start + batch_size]) for start in range(0, len(features), batch_size)]
-    return DecodeResult(
-        sequences=[seq for part in parts for seq in part.sequences],
-        scores=numpy.concatenate([part.scores for part in parts]),
-        finished=numpy.concatenate([part.finished for part in parts]),
-        attention=None if parts[0].attention is None
-        else [a for part in parts for a in part.attention])
+    return DecodeResult.concat(decode(features[start:start + batch_size])
+                               for start in range(0, len(features), batch_size))
 
 
 def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None):

@@ -7,8 +7,41 @@
 Both expose `name`, `version`, `preprocess` ({size, resize, mean, std} for
 captioning.data.images) and `features(images) -> (grid, pooled)`, which is all
 that captioning.features needs to cache their outputs.
+
+What the trainer and the commands hold is one of two wrappers, built from the
+JSON spec a checkpoint stores by `make_encoder`, through the registry ENCODERS:
+- `FrozenFeatures` (frozen.py): cached outputs of a pretrained CNN, nothing to train;
+- `TrainableEncoder` (trainable.py): a CNN whose weights train with the decoder.
+Both have encode(inputs, kind, dtype), backward(d features), file_encoder(kind,
+dtype) (image files -> features, for `caption`), named_parameters, state_dict,
+train/eval. A new encoder is a module here plus one line in ENCODERS (a
+fine-tuned EfficientNet: a TrainableEncoder over a trainable copy of it).
 """
 from .efficientnet import EfficientNetLite0, classify_files
+from .frozen import FrozenFeatures
 from .small_cnn import SmallCNN
+from .trainable import TrainableEncoder
 
-__all__ = ["EfficientNetLite0", "SmallCNN", "classify_files"]
+__all__ = ["EfficientNetLite0", "SmallCNN", "classify_files", "FrozenFeatures", "TrainableEncoder",
+           "ENCODERS", "make_encoder"]
+
+
+def _frozen(network):
+    return lambda spec, state=None, dtype=None: FrozenFeatures(spec, network)
+
+
+# name -> function(spec, state=None, dtype=None) building the encoder a checkpoint's spec describes
+ENCODERS = {
+    "small_cnn": TrainableEncoder.small_cnn_from_spec,
+    EfficientNetLite0.name: _frozen(EfficientNetLite0.from_pretrained),
+}
+
+
+def make_encoder(spec, state=None, dtype=None):
+    """The encoder a checkpoint's (or a data set's) spec describes, trainable weights from `state`."""
+    from ..models import ConfigMismatchError
+
+    name = (spec or {}).get("name")
+    if name not in ENCODERS:
+        raise ConfigMismatchError(f"unknown image encoder {spec!r} (expected one of {sorted(ENCODERS)})")
+    return ENCODERS[name](spec, state, dtype)
