@@ -32,7 +32,7 @@ from nn.persist import atomic_write
 from .progress import ProgressBar
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
-           "default_cache_path", "encoder_identity", "flickr8k_image_list"]
+           "default_cache_path", "encoder_identity"]
 
 FORMAT_VERSION = 1
 COMMIT_SECONDS = 2.0  # how often the index's "complete" count is brought up to date
@@ -350,24 +350,3 @@ def _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_
             bar.finish()
         if done > committed:
             commit(done)  # interrupted: keep the batches that did finish
-
-
-def flickr8k_image_list(root, split="all", limit=None, skipped=None):
-    """(image ids, image paths) of a Flickr8k split, or of train+dev+test for "all".
-
-    skipped: a list to extend with lines about entries of the caption and
-    split files that were left out (e.g. photos listed but not in the folder).
-    """
-    from .data.flickr8k import load_flickr8k
-
-    data = load_flickr8k(root)
-    if skipped is not None:
-        skipped.extend(data.report.skipped_lines())
-    names = ("train", "dev", "test") if split == "all" else (split,)
-    ids, paths = [], []
-    for name in names:
-        ids += list(data[name].image_ids)
-        paths += list(data[name].image_paths)
-    if limit is not None:
-        ids, paths = ids[:limit], paths[:limit]
-    return ids, paths

@@ -99,9 +99,29 @@ class Flickr8kDataset:
                           attention_dim=256, dropout=0.5, alpha_reg=1.0, min_count=5, beam=1, max_minutes=0)
 
     @classmethod
-    def default_features_path(cls):
+    def default_features_path(cls, split="all"):
+        """Where the `features` command puts the cache of a split ("all": train + dev + test)."""
         from ..features import default_cache_path
-        return str(default_cache_path(cls.name, cls.ENCODER))
+        return str(default_cache_path(cls.name, cls.ENCODER, split))
+
+    @classmethod
+    def image_list(cls, data_arg, split="all", limit=None):
+        """(root, image ids, image paths, skipped) of a split, or of train + dev + test for "all".
+
+        skipped: lines about entries of the caption and split files that were
+        left out (e.g. photos listed but not in the folder).
+        """
+        from .flickr8k import find_flickr8k_dir, load_flickr8k
+
+        root = find_flickr8k_dir(data_arg)
+        data = load_flickr8k(root)
+        ids, paths = [], []
+        for name in (SPLIT_NAMES if split == "all" else (split,)):
+            ids += list(data[name].image_ids)
+            paths += list(data[name].image_paths)
+        if limit is not None:
+            ids, paths = ids[:limit], paths[:limit]
+        return root, ids, paths, data.report.skipped_lines()
 
     @classmethod
     def load(cls, data_arg, features_arg=None, max_images=None, kind="grid", splits=SPLIT_NAMES,

@@ -9,7 +9,8 @@ captioning.data.images) and `features(images) -> (grid, pooled)`, which is all
 that captioning.features needs to cache their outputs.
 
 What the trainer and the commands hold is one of two wrappers, built from the
-JSON spec a checkpoint stores by `make_encoder`, through the registry ENCODERS:
+JSON spec a checkpoint stores by `make_encoder`, through the registry ENCODERS
+(PRETRAINED lists the frozen networks whose outputs `features` can cache):
 - `FrozenFeatures` (frozen.py): cached outputs of a pretrained CNN, nothing to train;
 - `TrainableEncoder` (trainable.py): a CNN whose weights train with the decoder.
 Both have encode(inputs, kind, dtype), backward(d features), file_encoder(kind,
@@ -23,7 +24,11 @@ from .small_cnn import SmallCNN
 from .trainable import TrainableEncoder
 
 __all__ = ["EfficientNetLite0", "SmallCNN", "classify_files", "FrozenFeatures", "TrainableEncoder",
-           "ENCODERS", "make_encoder"]
+           "ENCODERS", "PRETRAINED", "make_encoder"]
+
+
+# name -> function returning the pretrained network (what `features` caches the outputs of)
+PRETRAINED = {EfficientNetLite0.name: EfficientNetLite0.from_pretrained}
 
 
 def _frozen(network):
@@ -33,7 +38,7 @@ def _frozen(network):
 # name -> function(spec, state=None, dtype=None) building the encoder a checkpoint's spec describes
 ENCODERS = {
     "small_cnn": TrainableEncoder.small_cnn_from_spec,
-    EfficientNetLite0.name: _frozen(EfficientNetLite0.from_pretrained),
+    **{name: _frozen(network) for name, network in PRETRAINED.items()},
 }
 
 
