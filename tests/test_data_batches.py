@@ -74,3 +74,9 @@ def test_a_split_gives_its_inputs_and_references_and_keeps_them_aligned_when_cut
     head = with_pixels.head(2)
     assert head.image_ids == ["x.jpg", "y.jpg"] and head.inputs.tolist() == [[0, 1], [2, 3]]
     assert head.references == split.tokens[:2] and with_pixels.head(None) is with_pixels
+
+
+def test_cutting_a_two_image_shapes_split_keeps_its_seed():
+    from captioning.data.shapes import make_shapes_dataset
+    split = make_shapes_dataset(2, seed=[7, 1])
+    assert split.head(1).seed == [7, 1] and split.head(1).image_ids == split.image_ids[:1]

@@ -70,11 +70,14 @@ class CaptionSplit:
     def subset(self, indices):
         """A split of the same kind with only the given images (e.g. a 100-image slice).
 
-        Every per-image field (a list or array of len(self) entries) is picked.
+        Every per-image field (a list or array of len(self) entries) is picked;
+        a field with metadata {"per_image": False} is kept as it is.
         """
         indices = [int(i) for i in indices]
         picked = {}
         for f in fields(self):
+            if not f.metadata.get("per_image", True):
+                continue
             values = getattr(self, f.name)
             if isinstance(values, list) and len(values) == len(self):
                 picked[f.name] = [values[i] for i in indices]
