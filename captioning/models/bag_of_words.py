@@ -27,7 +27,7 @@ class BagOfWords(CaptionModel):
     config keys: vocab_size V, feature_dim D, wordvec_dim E, null_id/start_id/end_id.
     """
     name = "bag-of-words"
-    title = "a toy: the pooled image vector plus the sum of the words so far (word order ignored)"
+    title = "a toy, the pooled image vector plus the sum of the words so far (word order ignored)"
     feature_kind = "pooled"
     config_keys = ("wordvec_dim",)
 

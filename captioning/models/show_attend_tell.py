@@ -92,7 +92,7 @@ class ShowAttendTell(CaptionModel):
     """
     name = "attention"
     feature_kind = "grid"
-    title = "Show, Attend and Tell: soft attention over a feature grid"
+    title = "Show, Attend and Tell, soft attention over a feature grid"
     config_keys = ("wordvec_dim", "hidden_dim", "attention_dim", "dropout", "doubly_stochastic")   # set by the train options (commands/train.py)
 
     def __init__(self, config, seed=0, dtype=None):

@@ -32,7 +32,7 @@ class ShowAndTell(CaptionModel):
     """
     name = "show-tell"
     feature_kind = "pooled"
-    title = "Show and Tell: the pooled image vector starts an LSTM"
+    title = "Show and Tell, the pooled image vector starts an LSTM"
     config_keys = ("wordvec_dim", "hidden_dim", "dropout")   # set by the train options (commands/train.py)
 
     def __init__(self, config, seed=0, dtype=None):
