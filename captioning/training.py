@@ -119,8 +119,9 @@ class _Progress:
 class Trainer:
     """Trains `model` (with `encoder`) on `train` and validates on `dev` by BLEU-4.
 
-    out_dir gets best.npz, last.npz and curves.png. `log` is a print-like
-    function for progress lines.
+    train, dev: CaptionSplits whose `inputs` the encoder reads (pixels or cached
+    features). out_dir gets best.npz, last.npz and curves.png. `log` is a
+    print-like function for progress lines.
     """
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print,
