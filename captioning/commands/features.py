@@ -2,7 +2,7 @@
 import os
 import sys
 
-from ..cli import UsageError, check_not_in_data
+from ..cli import UsageError, check_outputs
 
 HELP = "encode every image with EfficientNet-Lite0 into an on-disk feature cache (resumable)"
 DESCRIPTION = """\
@@ -46,7 +46,7 @@ def run(args):
     from ..data.datasets import DATASETS, FOLDER_DATASET
     from ..data.images import ImageDecodeError
     from ..encoders import PRETRAINED
-    from ..features import FeatureCacheError, extract_features
+    from ..features import FeatureCacheError, cache_paths, extract_features
 
     from nn import backend
 
@@ -66,7 +66,7 @@ def run(args):
     out = args.out or dataset.default_features_path(args.split)
     if args.limit and not args.out:
         out = f"{out}_first{args.limit}"
-    check_not_in_data(out, root, "--out")
+    check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
     encoder = PRETRAINED[dataset.ENCODER]()
