@@ -185,12 +185,12 @@ def _new_model(args, model_class, vocabulary, feature_dim):
 def _make_trainer(args, data, out):
     """Vocabulary, encoder, model and the Trainer of this run (resumed with --resume)."""
     from ..data.text import Vocabulary
-    from ..encoders import make_encoder
+    from ..encoders import new_encoder
     from ..models import MODELS
     from ..training import TrainConfig, Trainer
 
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
-    encoder = make_encoder(data.encoder_spec)
+    encoder = new_encoder(data.encoder_spec)
     model_class = MODELS[args.model]
     model = _new_model(args, model_class, vocabulary, data.feature_dim or encoder.feature_dim(model_class.feature_kind))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

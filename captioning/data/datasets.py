@@ -6,7 +6,7 @@ sized for it (`train_defaults`, used by `train` for options not given). Both
 loaders return a `TrainingData`: the train / dev / test `CaptionSplit`s, the
 JSON `spec` saved in checkpoints (so `evaluate` can rebuild the same splits
 without being told), and the spec of the image encoder its inputs need
-(`captioning.encoders.make_encoder` builds it).
+(`captioning.encoders.new_encoder` builds it).
 
 - "shapes": the built-in synthetic set (no download), pixels in memory, a
   small CNN trained end to end with the decoder.
@@ -151,7 +151,7 @@ class Flickr8kDataset:
             chosen = {name: split.subset([i for i, image_id in enumerate(split.image_ids) if image_id not in skipped])
                       for name, split in chosen.items()}
         for name, split in chosen.items():
-            grid, pooled = cache.for_images(split.image_ids)
+            grid, pooled = cache.for_images(split.image_ids, check=(kind,))
             chosen[name] = split.with_features(grid if kind == "grid" else pooled)
         spec = {"name": cls.name, "root": os.path.abspath(root), "features": os.path.abspath(str(cache.path)),
                 "max_images": max_images}

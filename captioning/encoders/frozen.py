@@ -18,6 +18,16 @@ class FrozenFeatures:
         self.spec = dict(spec)
         self._network = network
 
+    @classmethod
+    def from_spec(cls, spec, state=None, network=None):
+        """The frozen encoder of a checkpoint (whose `state` must hold no encoder weights) or of a new run."""
+        from ..models import ConfigMismatchError
+
+        if state:
+            raise ConfigMismatchError(f"the checkpoint holds encoder/* arrays ({', '.join(sorted(state)[:3])}, "
+                                      f"...) but its encoder {spec.get('name')} is frozen: it is damaged")
+        return cls(spec, network)
+
     def encode(self, inputs, kind, dtype):
         """inputs (B, L, D) or (B, D) -> features of `kind` ("grid"/"pooled") on the backend."""
         features = backend.asarray(inputs, dtype=dtype)

@@ -37,17 +37,23 @@ class TrainableEncoder:
 
     @classmethod
     def small_cnn_from_spec(cls, spec, state=None, dtype=None):
-        """The small CNN a spec ({"name": "small_cnn", "config": {...}}) describes, weights from `state`."""
+        """The small CNN a spec ({"name": "small_cnn", "config": {...}}) describes.
+
+        state: the checkpoint's weights, all of them (a checkpoint lacking some
+        is refused, never run with fresh weights); None for a new run, whose
+        weights come from the spec's seed.
+        """
         from ..models import ConfigMismatchError
 
         config = spec.get("config", {})
-        encoder = cls.small_cnn(channels=config.get("channels", (16, 32, 64)), image_size=config.get("image_size", 64),
-                                seed=config.get("seed", 0), coords=config.get("coords", False), dtype=dtype)
-        if state:
-            try:
-                encoder.load_state_dict(state)
-            except ValueError as exc:
-                raise ConfigMismatchError(f"small_cnn encoder weights do not fit its configuration: {exc}")
+        try:
+            encoder = cls.small_cnn(channels=config.get("channels", (16, 32, 64)),
+                                    image_size=config.get("image_size", 64), seed=config.get("seed", 0),
+                                    coords=config.get("coords", False), dtype=dtype)
+        except (AttributeError, TypeError, ValueError) as exc:   # a damaged record, e.g. "channels": "x"
+            raise ConfigMismatchError(f"small_cnn encoder record {spec} is damaged ({exc})") from None
+        if state is not None:
+            encoder.load_state_dict(state)
         return encoder
 
     def feature_dim(self, kind):
@@ -112,7 +118,17 @@ class TrainableEncoder:
         return {k: backend.to_numpy(v) for k, v in self.cnn.state_dict().items()}
 
     def load_state_dict(self, state):
-        self.cnn.load_state_dict(state)
+        """Load saved CNN weights: every array present, none unexpected, floats without NaN/inf
+        (ConfigMismatchError naming what is wrong; nothing changes then)."""
+        from ..models import ConfigMismatchError
+
+        if not state:
+            raise ConfigMismatchError("the checkpoint holds none of its small_cnn encoder's weights "
+                                      "(no encoder/* arrays): it is damaged or incomplete")
+        try:
+            self.cnn.load_state_dict(state)
+        except ValueError as exc:
+            raise ConfigMismatchError(f"small_cnn encoder weights do not fit its configuration: {exc}") from None
 
     def train(self):
         self.cnn.train()

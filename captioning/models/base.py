@@ -10,18 +10,26 @@ Two methods make the training and decoding interfaces:
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
 """
+import contextvars
+import math
 import numbers
 
 import numpy
 
 from nn import backend
-from nn.persist import compare_named_shapes
+from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
 
 class ConfigMismatchError(ValueError):
     """Parameters or a checkpoint that do not belong to this model configuration."""
+
+
+# The most parameter values a model being built may have (None: no limit); set by
+# `build(config, max_parameters=...)`, e.g. to what a checkpoint file holds, so that a
+# damaged configuration (hidden_dim 2**40) is refused before anything is allocated.
+PARAMETER_BUDGET = contextvars.ContextVar("PARAMETER_BUDGET", default=None)
 
 
 def log_softmax(scores):
@@ -83,6 +91,11 @@ class CaptionModel:
         model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
         "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
         """
+        budget = PARAMETER_BUDGET.get()
+        total = sum(math.prod(shape) for shape, _ in shapes.values())
+        if budget is not None and total > budget:
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
+                                      f"but the saved parameters hold {budget}")
         gen = numpy.random.default_rng(seed)
         dtype = dtype or backend.default_float()
         for pname, (shape, kind) in shapes.items():
@@ -153,7 +166,8 @@ class CaptionModel:
         """Check names and shapes of saved parameters without loading them.
 
         Wrong shapes always raise ConfigMismatchError; so do missing and
-        unexpected names when strict. Returns (missing, unexpected).
+        unexpected names when strict, and values that are not floats or hold
+        NaN/inf. Returns (missing, unexpected).
         """
         missing, unexpected, mismatched = compare_named_shapes(self.params, state)
         wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
@@ -166,6 +180,10 @@ class CaptionModel:
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
             raise ConfigMismatchError(f"{self.name}: parameters do not match this model ({', '.join(parts)})")
+        try:
+            check_parameter_values({k: state[k] for k in self.params if k in state})
+        except ValueError as exc:
+            raise ConfigMismatchError(f"{self.name}: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):
