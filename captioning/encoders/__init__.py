@@ -48,7 +48,7 @@ def _lookup(spec):
     from ..models import ConfigMismatchError
 
     name = spec.get("name") if isinstance(spec, dict) else None
-    if name not in ENCODERS:
+    if not isinstance(name, str) or name not in ENCODERS:
         raise ConfigMismatchError(f"unknown image encoder {spec!r} (expected one of {sorted(ENCODERS)})")
     return ENCODERS[name]
 
