@@ -20,10 +20,9 @@ from there. Opening checks the index against the data you ask for (ids) and
 the encoder you use, and refuses a mismatch with the command to rebuild.
 A full disk is an error naming the file, never a crash: the free space is
 checked before any file is made, and the arrays' space is reserved on disk
-(posix_fallocate) before rows are written through the memory map (a write
+(posix_fallocate, captioning.disk) before rows are written through the memory map (a write
 there into space the disk lacks would kill the process with SIGBUS).
 """
-import errno
 import json
 import os
 import shutil
@@ -33,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from nn import backend
-from nn.persist import atomic_write, naming_the_file, remove_stale_temporaries
+from nn.persist import atomic_write, remove_stale_temporaries
 
+from .disk import allocated_bytes, create_npy, reserve_disk
 from .progress import ProgressBar
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
@@ -250,14 +250,6 @@ def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode=
     return cache
 
 
-def _allocated_bytes(path):
-    """Disk space a file holds now (a sparse file holds less than its size); 0 if absent."""
-    try:
-        return os.stat(path).st_blocks * 512
-    except (OSError, AttributeError):   # absent, or no st_blocks (Windows)
-        return 0
-
-
 def _check_free_space(files, n, grid_shape, dtype):
     """Refuse, before a file is made or grown, a cache the disk has no room for.
 
@@ -268,7 +260,7 @@ def _check_free_space(files, n, grid_shape, dtype):
     l, d = grid_shape
     index_bytes = 2 ** 16 + 100 * n     # the index (JSON: ids and settings), rewritten as rows finish
     total = n * (l + 1) * d * np.dtype(dtype).itemsize + index_bytes
-    needed = total - _allocated_bytes(files["grid"]) - _allocated_bytes(files["pooled"])
+    needed = total - allocated_bytes(files["grid"]) - allocated_bytes(files["pooled"])
     folder = files["index"].absolute().parent
     while not folder.exists():                                      # made later by _create_cache
         folder = folder.parent
@@ -281,42 +273,12 @@ def _check_free_space(files, n, grid_shape, dtype):
                                 "free some space or choose another --out")
 
 
-def _reserve_disk(path):
-    """Allocate the whole file on disk now (posix_fallocate), so that rows written later through
-    the memmap cannot hit a full disk (SIGBUS); a full disk is an OSError naming `path` instead."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        with naming_the_file(path, "cannot reserve disk space for the feature cache"):
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # a file system without it
-            raise
-    finally:
-        os.close(fd)
-
-
-def _create_array(path, shape, dtype):
-    """An .npy file of `shape` with its disk space reserved (OSError naming `path` if it fails)."""
-    try:
-        with naming_the_file(path, "cannot write the feature cache"):
-            # open_memmap writes the .npy header and a sparse file of the full size
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-            array.flush()
-            del array
-        _reserve_disk(path)
-    except OSError:
-        path.unlink(missing_ok=True)     # a full disk: give back what the file took
-        raise
-
-
 def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra):
     """Allocate the two .npy files, then commit an index with complete = 0."""
     files["index"].parent.mkdir(parents=True, exist_ok=True)
     n, (l, d) = len(image_ids), grid_shape
     for kind, shape in (("grid", (n, l, d)), ("pooled", (n, d))):
-        _create_array(files[kind], shape, dtype)
+        create_npy(files[kind], shape, dtype, "the feature cache")
     index = {"format": FORMAT_VERSION, "encoder": identity, "image_ids": list(image_ids),
              "grid_shape": [n, l, d], "pooled_shape": [n, d], "dtype": np.dtype(dtype).name,
              "complete": 0, "skipped": [], "rebuild": rebuild, **extra}
@@ -413,7 +375,7 @@ def _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, o
     elif cache.complete < len(image_ids):   # resuming (a cache made sparse may still need space)
         _check_free_space(files, len(image_ids), cache.grid.shape[1:], dtype)
         for kind in ("grid", "pooled"):
-            _reserve_disk(files[kind])
+            reserve_disk(files[kind], "the feature cache")
     return cache
 
 
