@@ -3,6 +3,7 @@
 - text:     tokenize(), Vocabulary (<NULL>=0, <START>, <END>, <UNK>)
 - splits:   CaptionSplit (one of train/dev/test, the one split type everywhere), LoadReport
 - flickr8k: find_flickr8k_dir(), load_flickr8k() for the three real layouts
+- caption_files: the readers of their caption files (CaptionFileError)
 - shapes:   the built-in synthetic data set (the default when none is given)
 - images:   load_image(s): any Pillow mode -> float NCHW on the current backend
 - batches:  encode_captions(), the seeded (optionally length-bucketed) batches of an epoch
