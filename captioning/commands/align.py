@@ -7,7 +7,7 @@ import time
 
 from nn.persist import atomic_write
 
-from ..cli import UsageError, check_not_in_data, check_output_file
+from ..cli import UsageError, check_output_file, check_outputs
 
 HELP = "image-sentence retrieval and word-region alignment (Karpathy & Fei-Fei 2015)"
 DESCRIPTION = """\
@@ -121,13 +121,13 @@ def _train(args):
     from ..alignment import app
     from ..alignment.training import AlignConfig, AlignTrainer, evaluate_retrieval
     from ..alignment.data import encode_sentences
-    from ..training import format_duration
+    from ..progress import format_duration
 
     name, o = _train_options(args)
     out = args.out or os.path.join("outputs", f"align_{name}")
     if os.path.isfile(out):
         raise UsageError(f"--out {out} is a file; give a folder")
-    check_not_in_data(out, args.data, "--out")
+    check_outputs([("--out", out)], data_folder=args.data)
     if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):
         raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to continue from")
     data, encoder = app.load_training_data(args.data, args.features, seed=args.seed, max_images=args.max_images)
@@ -176,7 +176,7 @@ def _evaluate(args):
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
     if args.json:
         check_output_file(args.json, "--json")
-        check_not_in_data(args.json, args.data, "--json")
+        check_outputs([("--json", args.json)], data_folder=args.data)
     metrics = _report(app.open_checkpoint(args.checkpoint), args.split, args.data, args.features,
                       args.max_images)
     if args.json:
