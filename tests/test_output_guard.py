@@ -54,6 +54,15 @@ def test_evaluate_never_overwrites_its_checkpoint(shapes_run, capsys, tmp_path, 
     assert checkpoint.read_bytes() == before
 
 
+def test_evaluate_refuses_a_device_or_pipe_as_out_before_decoding(shapes_run, capsys, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out in ("/dev/null", str(fifo)):
+        _fails(capsys, ["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--out", out],
+               f"--out {out} is a device, pipe or socket, not a file")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null") and fifo.is_fifo()
+
+
 def test_evaluate_never_overwrites_its_feature_cache(flickr_run, capsys):
     root, cache, run = flickr_run
     for name in ("features.json", "features.grid.npy", "features.pooled.npy"):

@@ -127,7 +127,7 @@ def _train(args):
     out = args.out or os.path.join("outputs", f"align_{name}")
     if os.path.isfile(out):
         raise UsageError(f"--out {out} is a file; give a folder")
-    check_outputs([("--out", out)], data_folder=args.data)
+    check_outputs([("--out", out)], [("the feature cache", args.features)], data_folder=args.data)
     if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):
         raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to continue from")
     data, encoder = app.load_training_data(args.data, args.features, seed=args.seed, max_images=args.max_images)
@@ -176,7 +176,7 @@ def _evaluate(args):
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
     if args.json:
         check_output_file(args.json, "--json")
-        check_outputs([("--json", args.json)], data_folder=args.data)
+        check_outputs([("--json", args.json)], [("the checkpoint", args.checkpoint)], data_folder=args.data)
     metrics = _report(app.open_checkpoint(args.checkpoint), args.split, args.data, args.features,
                       args.max_images)
     if args.json:
@@ -203,8 +203,7 @@ def _annotate(args):
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"image not found: {args.image}")
     check_output_file(args.png, "--png")
-    if os.path.abspath(args.png) == os.path.abspath(args.image):
-        raise UsageError("--png would overwrite the input image; choose another name")
+    check_outputs([("--png", args.png)], [("the input image", args.image), ("the checkpoint", args.checkpoint)])
     ckpt = app.open_checkpoint(args.checkpoint)
     lines = annotate_image(ckpt, args.image, args.sentence, args.png)
     for line in lines:
