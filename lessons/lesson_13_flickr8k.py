@@ -40,7 +40,9 @@ from captioning.encoders.efficientnet import EfficientNetLite0, WeightsNotInstal
 from captioning.features import FeatureCacheError, default_cache_path, extract_features, open_cache
 from captioning.metrics import bleu, cider_d
 from captioning.models import build
-from captioning.training import CaptionData, FrozenFeatures, Trainer, TrainConfig, generate_captions
+from captioning.encoders import FrozenFeatures
+from captioning.generation import generate_captions
+from captioning.training import Trainer, TrainConfig
 
 TITLE = "A small Flickr8k run: cached features, a few minutes of training, evaluation, a test photo"
 SECONDS = 480
@@ -134,8 +136,7 @@ def step_4_train(ctx):
     checkpoint (best.npz) and lowers the learning rate on a plateau. The
     progress lines show loss and speed.
     """
-    data = {name: CaptionData(ctx.inputs[name], split.tokens, list(split.image_ids))
-            for name, split in ctx.splits.items()}
+    data = {name: split.with_features(ctx.inputs[name]) for name, split in ctx.splits.items()}
     ctx.data13 = data
     config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": 1280, "wordvec_dim": 128,
               "hidden_dim": 256, "attention_dim": 128, "dropout": 0.5, "doubly_stochastic": 1.0,

@@ -43,11 +43,15 @@ class CaptionModel:
     """Base class: parameter bookkeeping, train/eval mode, input checks.
 
     Subclasses set `name` (the registry key), `feature_kind` ("pooled" for an
-    (N, D) vector per image or "grid" for (N, L, D) locations), and fill
-    `self.params` in `__init__` via `_init_params`.
+    (N, D) vector per image or "grid" for (N, L, D) locations), `config_keys`
+    (the hyperparameters of their own that training sets, beyond vocab_size,
+    feature_dim and the word ids), and fill `self.params` in `__init__` via
+    `_init_params`.
     """
     name = None
+    title = None          # one line for --help
     feature_kind = None
+    config_keys = ()
 
     def __init__(self, config):
         self.config = dict(config)
