@@ -24,7 +24,9 @@ from PIL import Image, ImageDraw
 from captioning.data import Vocabulary, shapes_splits
 from captioning.metrics import bleu
 from captioning.models import build
-from captioning.training import CaptionData, Trainer, TrainableEncoder, TrainConfig, generate_captions
+from captioning.encoders import TrainableEncoder
+from captioning.generation import generate_captions
+from captioning.training import Trainer, TrainConfig
 
 TITLE = "Describing images with words: the task, and a captioner trained in under a minute"
 SECONDS = 40
@@ -46,7 +48,7 @@ def step_1_the_data(ctx):
     ctx.epochs = sizes[1]
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.splits = splits
-    ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
+    ctx.data = splits                   # each split: images (inputs of the CNN) and their captions
     ctx.vocab = Vocabulary.build(splits["train"].all_tokens(), min_count=1)
     return {"pictures (train, dev, test)": tuple(len(s) for s in splits.values()),
             "one picture": splits["train"].images[0].shape,

@@ -19,7 +19,9 @@ from captioning.data import Vocabulary, shapes_splits
 from captioning.data.shapes import COLORS, SHAPES
 from captioning.metrics import bleu
 from captioning.models import build
-from captioning.training import CaptionData, Trainer, TrainableEncoder, TrainConfig, generate_captions
+from captioning.encoders import TrainableEncoder
+from captioning.generation import generate_captions
+from captioning.training import Trainer, TrainConfig
 from nn import backend
 from nn.attention import attention_backward, attention_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
@@ -103,7 +105,7 @@ def step_3_data_and_model(ctx):
     sizes = (300, 2) if ctx.quick else (1000, 3)                        # training images, epochs
     splits = shapes_splits(n_train=sizes[0], n_val=100, n_test=100, seed=0, image_size=IMAGE_SIZE)
     ctx.test = splits["test"]
-    ctx.data = {name: CaptionData(split.images, split.tokens, list(split.image_ids)) for name, split in splits.items()}
+    ctx.data = splits                   # each split: images (inputs of the CNN) and their captions
     ctx.vocab = Vocabulary.build(splits["train"].all_tokens(), min_count=1)
     ctx.encoder = TrainableEncoder.small_cnn(channels=(16, 32), image_size=IMAGE_SIZE, seed=0)
     config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": ctx.encoder.feature_dim("grid"),

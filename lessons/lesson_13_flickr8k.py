@@ -46,7 +46,9 @@ from captioning.features import FeatureCacheError, default_cache_path, extract_f
 from captioning.data.text import UNK
 from captioning.metrics import bleu, cider_d
 from captioning.models import build
-from captioning.training import CaptionData, FrozenFeatures, Trainer, TrainConfig, generate_captions
+from captioning.encoders import FrozenFeatures
+from captioning.generation import generate_captions
+from captioning.training import Trainer, TrainConfig
 
 TITLE = "A small Flickr8k run: cached features, a few minutes of training, evaluation, a test photo"
 SECONDS = 480
@@ -145,8 +147,7 @@ def step_4_train(ctx):
     trainer's model ends with the LAST weights; the rest of the lesson uses
     best.npz, loaded back, and checks that it reproduces its dev score.
     """
-    data = {name: CaptionData(ctx.inputs[name], split.tokens, list(split.image_ids))
-            for name, split in ctx.splits.items()}
+    data = {name: split.with_features(ctx.inputs[name]) for name, split in ctx.splits.items()}
     ctx.data13 = data
     config = {"model": "attention", "vocab_size": len(ctx.vocab), "feature_dim": 1280, "wordvec_dim": 128,
               "hidden_dim": 256, "attention_dim": 128, "dropout": 0.5, "doubly_stochastic": 1.0,

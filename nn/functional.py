@@ -11,3 +11,5 @@ from .normalization import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .recurrent import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .bidirectional import *  # noqa: F401,F403
+from .ranking import *  # noqa: F401,F403

@@ -37,7 +37,7 @@ import numpy
 
 from . import backend
 from . import functional as F
-from .persist import compare_named_shapes
+from .persist import check_parameter_values, compare_named_shapes
 
 __all__ = [
     "Module", "Sequential", "Affine", "ReLU", "ReLU6", "Sigmoid", "Tanh", "Dropout",
@@ -193,9 +193,11 @@ class Module:
 
         Returns (missing, unexpected): sorted lists of names. Raises ValueError
         listing every difference when a shape differs, or when strict and any
-        name is missing or unexpected.
+        name is missing or unexpected; and naming a value that is not a float
+        or holds NaN/inf (nn.persist.check_parameter_values).
         """
-        missing, unexpected, wrong = compare_named_shapes(self._state_targets(), state)
+        targets = self._state_targets()
+        missing, unexpected, wrong = compare_named_shapes(targets, state)
         mismatched = [f"{name}: saved {saved}, model {model}" for name, model, saved in wrong]
         problems = []
         if strict and missing:
@@ -207,6 +209,10 @@ class Module:
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model; "
                              + " | ".join(problems))
+        try:
+            check_parameter_values({name: state[name] for name in targets if name in state})
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):

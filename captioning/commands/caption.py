@@ -65,35 +65,15 @@ def _png_paths(out, images, checkpoint):
 def image_encoder(ckpt):
     """The checkpoint's image encoder as a function: image files -> (features for the
     checkpoint's model, display images (N, 3, H, W) in [0, 1]). Built once, called per batch."""
-    from ..data.images import load_images
-    from ..training import make_encoder
+    from ..encoders import make_encoder
+    from ..models import ConfigMismatchError
 
-    model, spec = ckpt.model, ckpt.encoder
-    if spec.get("name") == "small_cnn":
-        encoder = make_encoder(spec, ckpt.encoder_state, dtype=model.dtype).eval()
-        size = spec.get("config", {}).get("image_size", 64)
-
-        def encode_small_cnn(paths):
-            pixels, _, _ = load_images(paths, size=size, resize="squash", dtype=model.dtype)
-            return encoder.encode(pixels, model.feature_kind, model.dtype), pixels
-        return encode_small_cnn
-    if spec.get("name") == "efficientnet_lite0":
-        from ..encoders.efficientnet import EfficientNetLite0
-        net = EfficientNetLite0.from_pretrained()
-        pre = net.preprocess
-        wanted = spec.get("input", {})
-        if wanted and (wanted.get("size") != pre["size"] or wanted.get("resize") != pre["resize"]):
-            raise UsageError(f"{ckpt.path}: trained on EfficientNet inputs {wanted}, this encoder uses {pre}")
-
-        def encode_efficientnet(paths):
-            batch, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"], mean=pre["mean"],
-                                      std=pre["std"])
-            grid, pooled = net.features(batch.astype(backend.default_float()))
-            features = (grid if model.feature_kind == "grid" else pooled).astype(model.dtype)
-            display, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"])
-            return features, display
-        return encode_efficientnet
-    raise UsageError(f"{ckpt.path}: unknown image encoder {spec!r}")
+    model = ckpt.model
+    try:
+        encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=model.dtype)
+        return encoder.file_encoder(model.feature_kind, model.dtype)
+    except ConfigMismatchError as exc:
+        raise UsageError(f"{ckpt.path}: {exc}") from None
 
 
 def run(args):

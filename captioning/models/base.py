@@ -10,18 +10,26 @@ Two methods make the training and decoding interfaces:
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
 """
+import contextvars
+import math
 import numbers
 
 import numpy
 
 from nn import backend
-from nn.persist import compare_named_shapes
+from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
 
 class ConfigMismatchError(ValueError):
     """Parameters or a checkpoint that do not belong to this model configuration."""
+
+
+# The most parameter values a model being built may have (None: no limit); set by
+# `build(config, max_parameters=...)`, e.g. to what a checkpoint file holds, so that a
+# damaged configuration (hidden_dim 2**40) is refused before anything is allocated.
+PARAMETER_BUDGET = contextvars.ContextVar("PARAMETER_BUDGET", default=None)
 
 
 def log_softmax(scores):
@@ -35,11 +43,15 @@ class CaptionModel:
     """Base class: parameter bookkeeping, train/eval mode, input checks.
 
     Subclasses set `name` (the registry key), `feature_kind` ("pooled" for an
-    (N, D) vector per image or "grid" for (N, L, D) locations), and fill
-    `self.params` in `__init__` via `_init_params`.
+    (N, D) vector per image or "grid" for (N, L, D) locations), `config_keys`
+    (the hyperparameters of their own that training sets, beyond vocab_size,
+    feature_dim and the word ids), and fill `self.params` in `__init__` via
+    `_init_params`.
     """
     name = None
+    title = None          # one line for --help
     feature_kind = None
+    config_keys = ()
 
     def __init__(self, config):
         self.config = dict(config)
@@ -79,6 +91,11 @@ class CaptionModel:
         model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
         "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
         """
+        budget = PARAMETER_BUDGET.get()
+        total = sum(math.prod(shape) for shape, _ in shapes.values())
+        if budget is not None and total > budget:
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
+                                      f"but the saved parameters hold {budget}")
         gen = numpy.random.default_rng(seed)
         dtype = dtype or backend.default_float()
         for pname, (shape, kind) in shapes.items():
@@ -149,7 +166,8 @@ class CaptionModel:
         """Check names and shapes of saved parameters without loading them.
 
         Wrong shapes always raise ConfigMismatchError; so do missing and
-        unexpected names when strict. Returns (missing, unexpected).
+        unexpected names when strict, and values that are not floats or hold
+        NaN/inf. Returns (missing, unexpected).
         """
         missing, unexpected, mismatched = compare_named_shapes(self.params, state)
         wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
@@ -162,6 +180,10 @@ class CaptionModel:
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
             raise ConfigMismatchError(f"{self.name}: parameters do not match this model ({', '.join(parts)})")
+        try:
+            check_parameter_values({k: state[k] for k in self.params if k in state})
+        except ValueError as exc:
+            raise ConfigMismatchError(f"{self.name}: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):
