@@ -2,6 +2,7 @@
 import argparse
 import errno
 import importlib
+import math
 import os
 import pkgutil
 import sys
@@ -81,6 +82,24 @@ def check_outputs(outputs, reads=(), data_folder=None):
         if data is not None and keys[0].startswith(data + os.sep):
             raise UsageError(f"{option} {path} lies inside the data folder {data_folder}, which is only read: "
                              "write somewhere else")
+
+
+# Above this a length normalisation ranks by length alone (and length ** alpha overflows).
+MAX_LENGTH_ALPHA = 10.0
+
+
+def check_decoding_options(beam, max_length, length_alpha=0.0, vocab_size=None):
+    """Refuse decoding settings before any work: --beam and --max-length >= 1, --length-alpha in
+    [0, MAX_LENGTH_ALPHA], and (once the vocabulary is known) no more beams than words, since a
+    beam keeps distinct words after its first step and only allocates the rest."""
+    for option, value in (("--beam", beam), ("--max-length", max_length)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    if not (math.isfinite(length_alpha) and 0 <= length_alpha <= MAX_LENGTH_ALPHA):
+        raise UsageError(f"--length-alpha must be a number in [0, {MAX_LENGTH_ALPHA:g}], got {length_alpha}")
+    if vocab_size is not None and beam > vocab_size:
+        raise UsageError(f"--beam {beam} is more than the {vocab_size} words of the vocabulary; "
+                         "beams of 3 to 5 are usual")
 
 
 def check_output_file(path, option):

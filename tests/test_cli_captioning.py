@@ -190,7 +190,7 @@ def test_caption_refuses_attention_pngs_that_overwrite(shapes_run, capsys, tmp_p
     assert f"is a folder: give a file in it, e.g. {shapes_run / 'best.npz'}" in capsys.readouterr().err
     for alpha in ("nan", "-5"):
         assert main(["caption", str(first), "--checkpoint", checkpoint, "--length-alpha", alpha]) == 2
-        assert "--length-alpha must be a number >= 0" in capsys.readouterr().err
+        assert "--length-alpha must be a number in [0, 10]" in capsys.readouterr().err
 
 
 def test_evaluate_checks_its_output_and_options_before_decoding(shapes_run, capsys, tmp_path):

@@ -4,7 +4,7 @@ import os
 from nn import backend
 from nn.persist import remove_stale_temporaries
 
-from ..cli import UsageError, check_output_file, check_outputs
+from ..cli import UsageError, check_decoding_options, check_output_file, check_outputs
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -77,17 +77,13 @@ def image_encoder(ckpt):
 
 
 def run(args):
-    import math
 
     from ..attention_png import save_attention_png
     from ..checkpoint import load_checkpoint
     from ..decoding import beam_search, greedy_decode
     from ..models import ConfigMismatchError
 
-    if args.beam < 1 or args.max_length < 1:
-        raise UsageError("--beam and --max-length must be >= 1")
-    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
-        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
+    check_decoding_options(args.beam, args.max_length, args.length_alpha)
     for path in args.images:
         if os.path.isdir(path):
             raise UsageError(f"{path} is a folder, not an image file (for all its images: {path}/*.jpg)")
@@ -98,6 +94,7 @@ def run(args):
     except ConfigMismatchError as exc:
         raise UsageError(str(exc)) from None
     model = ckpt.model
+    check_decoding_options(args.beam, args.max_length, args.length_alpha, len(ckpt.vocabulary))
     if args.attention_png and model.feature_kind != "grid":
         raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
     pngs = [None] * len(args.images)
