@@ -271,3 +271,11 @@ def test_train_refuses_settings_that_would_fail_late_or_train_nothing(argv, mess
 def test_decoding_settings_are_checked_before_decoding(command, argv, message, shapes_run, capsys):
     images = [str(shapes_run / "sample_0.png")] if command == "caption" else []
     _fails(capsys, [command, *images, "--checkpoint", str(shapes_run / "best.npz"), *argv], message)
+
+
+def test_train_never_saves_weights_that_became_non_finite(capsys, tmp_path):
+    # lr 1e12 blows up the small CNN's batchnorm running variance (no gradient sees it) while the
+    # training loss stays finite: the checkpoint must not be written.
+    _fails(capsys, ["train", "--shapes-train", "20", "--epochs", "1", "--lr", "1e12", "--out", str(tmp_path)],
+           "became non-finite (NaN or inf)")
+    assert not (tmp_path / "best.npz").exists() and not (tmp_path / "last.npz").exists()
