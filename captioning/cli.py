@@ -145,6 +145,16 @@ def _never_fail_to_print():
             pass
 
 
+def _refuse_empty_strings(args):
+    """An empty file or folder name (--out "") would quietly mean "the default"; say so instead."""
+    for name, value in vars(args).items():
+        if isinstance(value, list) and "" in value:
+            raise UsageError(f"one of the {name} given is an empty name")
+        if value == "":
+            raise UsageError(f"--{name.replace('_', '-')} is empty: give a name, or leave the option out "
+                             "for its default")
+
+
 def _reader_went_away():
     """stdout was a pipe whose reader closed it (`... | head -1`): stop quietly, as Unix tools do,
     with the status a SIGPIPE death gives (128 + 13). Python would print a second BrokenPipeError
@@ -164,6 +174,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        _refuse_empty_strings(args)
         if args.backend:
             backend.use(args.backend)
         return int(args._run(args) or 0)

@@ -280,3 +280,12 @@ def test_train_never_saves_weights_that_became_non_finite(capsys, tmp_path):
     assert main(["train", "--shapes-train", "20", "--epochs", "1", "--lr", "1e12", "--out", str(tmp_path)]) == 1
     assert "became non-finite (NaN or inf)" in capsys.readouterr().err     # diverged: exit 1, as for a NaN loss
     assert not (tmp_path / "best.npz").exists() and not (tmp_path / "last.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["features", "--out", ""], "--out is empty"),
+    (["evaluate", "--checkpoint", "x.npz", "--features", ""], "--features is empty"),
+    (["caption", "", "--checkpoint", "x.npz"], "one of the images given is an empty name"),
+])
+def test_an_empty_name_is_refused_not_taken_for_the_default(argv, message, capsys):
+    _fails(capsys, argv, message)
