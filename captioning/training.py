@@ -177,6 +177,17 @@ class Trainer:
                                   "dropout of step s: SeedSequence([seed, 1, s])"}}
 
     def save(self, path):
+        """Write a checkpoint; a model whose weights or buffers (e.g. a batchnorm's running variance,
+        which no gradient checks) stopped being finite has diverged, and is not saved."""
+        arrays = {**{"decoder/" + k: v for k, v in self.model.params.items()},
+                  **{"encoder/" + k: v for k, v in self.encoder.state_dict().items()}}
+        broken = [name for name, value in arrays.items()
+                  if not bool(backend.get_array_module(value).isfinite(value).all())]
+        if broken:
+            raise TrainingDiverged(
+                f"{broken[0]} became non-finite (NaN or inf) by step {self.progress.step}"
+                f"{f' (and {len(broken) - 1} more arrays)' if len(broken) > 1 else ''}; it was not saved, and "
+                f"the last good checkpoints are untouched in {self.out_dir}. Try a lower --lr or a smaller --clip.")
         return save_checkpoint(path, self.model, self.vocabulary, self.encoder.spec,
                                encoder_state=self.encoder.state_dict(), optimizer=self.optimizer,
                                training=self._training_state())

@@ -1,12 +1,11 @@
 """`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
 import json
-import math
 import os
 import time
 
 from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_output_file, check_outputs
+from ..cli import UsageError, check_decoding_options, check_output_file, check_outputs
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -45,11 +44,9 @@ def add_arguments(parser):
 
 
 def _check_options(args):
-    for name in ("beam", "max_length", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
-        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
+    check_decoding_options(args.beam, args.max_length, args.length_alpha)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
 
@@ -95,6 +92,7 @@ def run(args):
         encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
     except ConfigMismatchError as exc:
         raise UsageError(str(exc)) from None
+    check_decoding_options(args.beam, args.max_length, args.length_alpha, len(ckpt.vocabulary))
     data = _load_data(args, ckpt)
     check_outputs([(out_option, out)], data.files_read(), data.spec.get("root"))
     split = data.splits[args.split].head(args.max_images)

@@ -6,7 +6,7 @@ import sys
 from nn import backend
 from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_outputs
+from ..cli import UsageError, check_decoding_options, check_outputs
 
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
@@ -46,6 +46,9 @@ examples:
 
 # What a run writes into --out (see captioning.training.Trainer).
 RUN_FILES = ("best.npz", "last.npz", "curves.png")
+# A model of more parameter values is refused before anything is allocated: with Adam's two
+# moments and the gradients, 200 M float32 values already take 3.2 GB.
+MAX_PARAMETERS = 200_000_000
 
 # model config key -> the option that sets it (a model lists the keys it uses in `config_keys`)
 MODEL_OPTIONS = {"wordvec_dim": "embed", "hidden_dim": "hidden", "attention_dim": "attention_dim",
@@ -126,6 +129,8 @@ def _check_options(args, synthetic):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if synthetic and args.features:
         raise UsageError("--features needs --data: the built-in shapes set has no feature cache")
 
@@ -174,22 +179,29 @@ def _output_folder(args, data):
 
 def _new_model(args, model_class, vocabulary, feature_dim):
     """A fresh model of the chosen kind: its own config keys come from their options."""
-    from ..models import build
+    from ..models import ConfigMismatchError, build
 
     config = {"model": args.model, "vocab_size": len(vocabulary), "feature_dim": feature_dim,
               **{key: getattr(args, MODEL_OPTIONS[key]) for key in model_class.config_keys},
               "null_id": vocabulary.null_id, "start_id": vocabulary.start_id, "end_id": vocabulary.end_id}
-    return build(config, seed=args.seed)
+    try:
+        return build(config, seed=args.seed, max_parameters=MAX_PARAMETERS)
+    except ConfigMismatchError as exc:
+        raise UsageError(f"{exc}: lower --hidden, --embed or --attention-dim") from None
 
 
 def _make_trainer(args, data, out):
     """Vocabulary, encoder, model and the Trainer of this run (resumed with --resume)."""
-    from ..data.text import Vocabulary
+    from ..data.text import SPECIAL_TOKENS, Vocabulary
     from ..encoders import new_encoder
     from ..models import MODELS
     from ..training import TrainConfig, Trainer
 
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
+    if len(vocabulary) == len(SPECIAL_TOKENS):
+        raise UsageError(f"--min-count {args.min_count}: no word of the training captions occurs that often, "
+                         "so the vocabulary would hold only the special tokens; lower --min-count")
+    check_decoding_options(args.beam, 1, vocab_size=len(vocabulary))
     encoder = new_encoder(data.encoder_spec)
     model_class = MODELS[args.model]
     model = _new_model(args, model_class, vocabulary, data.feature_dim or encoder.feature_dim(model_class.feature_kind))

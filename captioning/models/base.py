@@ -94,8 +94,8 @@ class CaptionModel:
         budget = PARAMETER_BUDGET.get()
         total = sum(math.prod(shape) for shape, _ in shapes.values())
         if budget is not None and total > budget:
-            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
-                                      f"but the saved parameters hold {budget}")
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total:,} parameter values, "
+                                      f"more than the {budget:,} allowed here")
         gen = numpy.random.default_rng(seed)
         dtype = dtype or backend.default_float()
         for pname, (shape, kind) in shapes.items():
