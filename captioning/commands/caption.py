@@ -90,14 +90,8 @@ def _open_checkpoint(path):
     from ..checkpoint import load_checkpoint
     from ..models import ConfigMismatchError
 
-    if path is None:
-        path = pretrained.shipped_path(pretrained.CAPTIONER)
-        if path is None:
-            raise UsageError("no --checkpoint given, and this install has no shipped captioner: give a "
-                             "checkpoint written by `python -m captioning train`")
-        print(pretrained.describe(pretrained.CAPTIONER), file=sys.stderr)
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(pretrained.checkpoint_or_shipped(path))
     except ConfigMismatchError as exc:
         raise UsageError(str(exc)) from None
 

@@ -1,6 +1,7 @@
 """`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
 import json
 import os
+import sys
 import time
 
 from nn.persist import atomic_write, remove_stale_temporaries
@@ -15,11 +16,16 @@ words, out-of-vocabulary ones included) with corpus BLEU-1..4 (as
 coco-caption / nltk compute it) and CIDEr-D, both printed x100. Every
 generated caption is written to a JSON file with the settings and scores.
 
-Without --data, the data the checkpoint was trained on is used (the synthetic
-shapes set is regenerated from its seed; Flickr8k from the recorded folder
-and feature cache).
+Without --checkpoint the captioner shipped with the package is used. Without
+--data, the data the checkpoint was trained on is used (the synthetic shapes
+set is regenerated from its seed; Flickr8k from the recorded folder and
+feature cache, or for the shipped model $FLICKR8K_DIR or ../shared/flickr8k).
+When no feature cache is given or found, the photos of the evaluated split
+are encoded first into outputs/features/ (once; a few minutes for the 1000
+test photos on a CPU; interrupt and rerun to resume).
 
 examples:
+  python -m captioning evaluate --data ../shared/flickr8k --split test   # the shipped captioner
   python -m captioning evaluate --checkpoint outputs/shapes_attention/best.npz
   python -m captioning evaluate --checkpoint outputs/flickr8k_attention/best.npz \\
       --data ../shared/flickr8k --split test --beam 3
@@ -27,7 +33,8 @@ examples:
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", required=True, help="a best.npz / last.npz written by train")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a best.npz / last.npz written by train (default: the shipped Flickr8k captioner)")
     parser.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data)")
     parser.add_argument("--features", default=None,
                         help="feature cache of a Flickr8k checkpoint (default: the checkpoint's own; with "
@@ -53,11 +60,18 @@ def _check_options(args):
 
 def _load_data(args, ckpt):
     """The split to caption: the checkpoint's data (or --data), checked against what the model expects."""
-    from ..data.datasets import DatasetError, dataset_from_spec
+    from ..data.datasets import DatasetError, MissingFeatureCache, dataset_from_spec
 
-    try:
-        data = dataset_from_spec(ckpt.training.get("data"), args.data, args.features, kind=ckpt.model.feature_kind,
+    def load(features):
+        return dataset_from_spec(ckpt.training.get("data"), args.data, features, kind=ckpt.model.feature_kind,
                                  max_images=args.max_images, splits=(args.split,))
+    try:
+        try:
+            data = load(args.features)
+        except MissingFeatureCache:
+            if args.features is not None:
+                raise
+            data = load(_split_cache(args, ckpt))
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
     if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
@@ -75,16 +89,41 @@ def _load_data(args, ckpt):
     return data
 
 
+def _split_cache(args, ckpt):
+    """No feature cache was given and there is none at the default place: the default cache of the
+    evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take a few minutes on a CPU, once; resumable) into
+    the default cache of that split, as `features --split SPLIT` would. Returns the cache name."""
+    from ..data.datasets import DATASETS, FOLDER_DATASET
+    from ..features import cache_paths
+
+    dataset = DATASETS[FOLDER_DATASET]
+    spec = ckpt.training.get("data") or {}
+    data_arg = args.data or (spec.get("root") if spec.get("name") == dataset.name else None)
+    root, ids, paths, _ = dataset.image_list(data_arg, args.split, args.max_images)
+    out = dataset.default_features_path(args.split) + (f"_first{args.max_images}" if args.max_images else "")
+    if cache_paths(out)["index"].is_file():      # made by an earlier evaluate (or features --split)
+        return out
+    check_outputs([("the feature cache", out)], data_folder=root)
+    print(f"no feature cache given or found: encoding the {len(ids)} photos of the {args.split} split "
+          f"into {out} (once; interrupt and rerun to resume)", file=sys.stderr)
+    dataset.encode(root, ids, paths, out, split=args.split, limit=args.max_images)
+    return out
+
+
 def run(args):
+    from .. import pretrained
     from ..checkpoint import load_checkpoint
     from ..encoders import make_encoder
     from ..generation import evaluate_captions, generate_captions
     from ..models import ConfigMismatchError
 
     _check_options(args)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                   f"captions_{args.split}_beam{args.beam}.json")
+    args.checkpoint = pretrained.checkpoint_or_shipped(args.checkpoint)
+    folder = "outputs" if pretrained.is_shipped(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))
+    out = args.out or os.path.join(folder, f"captions_{args.split}_beam{args.beam}.json")
     out_option = "--out" if args.out else "the captions file (--out)"
+    if not args.out:
+        os.makedirs(folder, exist_ok=True)
     check_output_file(out, out_option)
     check_outputs([(out_option, out)], [("the checkpoint", args.checkpoint)])
     try:

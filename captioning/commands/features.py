@@ -1,5 +1,4 @@
 """`python -m captioning features`: encode a data set's images once into a feature cache."""
-import os
 import sys
 
 from ..cli import UsageError, check_outputs
@@ -45,8 +44,7 @@ def add_arguments(parser):
 def run(args):
     from ..data.datasets import DATASETS, FOLDER_DATASET
     from ..data.images import ImageDecodeError
-    from ..encoders import PRETRAINED
-    from ..features import FeatureCacheError, cache_paths, extract_features
+    from ..features import FeatureCacheError, cache_paths
 
     from nn import backend
 
@@ -69,13 +67,11 @@ def run(args):
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
-    encoder = PRETRAINED[dataset.ENCODER]()
     print(f"encoding {len(ids)} images from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
-        cache = extract_features(encoder, paths, ids, out, batch_size=args.batch_size,
-                                 progress=not args.no_progress, dtype=args.dtype, overwrite=args.overwrite,
-                                 skip_bad=args.skip_bad, rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
-                                 extra_index={"data": str(root), "split": args.split})
+        cache = dataset.encode(root, ids, paths, out, split=args.split, limit=args.limit,
+                               batch_size=args.batch_size, progress=not args.no_progress, dtype=args.dtype,
+                               overwrite=args.overwrite, skip_bad=args.skip_bad)
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
     except ImageDecodeError as exc:

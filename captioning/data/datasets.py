@@ -30,6 +30,10 @@ class DatasetError(ValueError):
     """Data that cannot be used as asked (an empty split, a missing feature cache, ...)."""
 
 
+class MissingFeatureCache(DatasetError):
+    """No feature cache where one was looked for (the message says how to make it)."""
+
+
 @dataclass
 class TrainingData:
     name: str                        # a key of DATASETS
@@ -131,6 +135,21 @@ class Flickr8kDataset:
         return root, ids, paths, data.report.skipped_lines()
 
     @classmethod
+    def encode(cls, root, ids, paths, out, split="all", limit=None, batch_size=8, progress=True,
+               dtype="float16", overwrite=False, skip_bad=False):
+        """Run the frozen encoder over the photos (ids, paths) of `root` into the feature cache `out`
+        (resumable: an interrupted run continues where it stopped). Returns the FeatureCache."""
+        from ..encoders import PRETRAINED
+        from ..features import extract_features
+
+        rebuild = (f"python -m captioning features --data {root} --split {split} --out {out}"
+                   + (f" --limit {limit}" if limit else ""))
+        return extract_features(PRETRAINED[cls.ENCODER](), paths, ids, out, batch_size=batch_size,
+                                progress=progress, dtype=dtype, overwrite=overwrite, skip_bad=skip_bad,
+                                rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
+                                extra_index={"data": str(root), "split": split})
+
+    @classmethod
     def load(cls, data_arg, features_arg=None, max_images=None, kind="grid", splits=SPLIT_NAMES,
              again="run train again"):
         """Splits whose inputs are rows of the feature cache (`kind`: "grid" or "pooled").
@@ -169,7 +188,7 @@ class Flickr8kDataset:
         try:
             cache = open_cache(features_path, image_ids=wanted)
         except FileNotFoundError:
-            raise DatasetError(
+            raise MissingFeatureCache(
                 f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
                 f"  python -m captioning features --data {root}" +
                 (f" --out {features_path}" if features_arg else "") +
@@ -185,8 +204,13 @@ class Flickr8kDataset:
     def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
         """The recorded folder and cache, or another folder (`data_arg`) with its own cache."""
         recorded = spec.get("name") == cls.name
-        same_data = data_arg is None or (recorded and os.path.abspath(data_arg) == spec["root"])
-        if data_arg is None:
+        same_data = data_arg is None or (recorded and os.path.abspath(data_arg) == spec.get("root"))
+        if data_arg is None and spec.get("root") is None:
+            # a shipped model records no folder of the machine it was trained on: --data, else
+            # $FLICKR8K_DIR, else ../shared/flickr8k
+            from .flickr8k import find_flickr8k_dir
+            data_arg = str(find_flickr8k_dir(None))
+        elif data_arg is None:
             data_arg = spec["root"]
             if not os.path.isdir(data_arg):
                 raise DatasetError(f"the checkpoint was trained on the Flickr8k folder {data_arg}, which does "

@@ -12,13 +12,15 @@ weights, no optimizer state, and no paths of the machine it was trained on.
 """
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy
 
 from nn.persist import atomic_write, load_npz, save_npz
 
-__all__ = ["PRETRAINED_DIR", "CAPTIONER", "shipped_path", "load_card", "describe", "export_checkpoint"]
+__all__ = ["PRETRAINED_DIR", "CAPTIONER", "shipped_path", "load_card", "describe", "checkpoint_or_shipped",
+           "is_shipped", "export_checkpoint"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 CAPTIONER = "captioner_flickr8k"
@@ -46,6 +48,24 @@ def describe(name):
     score = ", ".join(f"{k} {v:.1f}" for k, v in scores.items() if k in ("BLEU-4", "CIDEr-D", "R@1"))
     return (f"using the shipped model {name}: {card.get('model', 'a pretrained model')}, trained on "
             f"{card.get('data', '?')}" + (f" (test {score})" if score else ""))
+
+
+def checkpoint_or_shipped(given, name=CAPTIONER):
+    """`given` (a --checkpoint), or the path of shipped model `name` when it is None, saying on
+    stderr which model that is. Raises FileNotFoundError when there is neither."""
+    if given is not None:
+        return os.fspath(given)
+    path = shipped_path(name)
+    if path is None:
+        raise FileNotFoundError(f"no --checkpoint given, and this install has no shipped {name}: give a "
+                                "checkpoint written by `python -m captioning train`")
+    print(describe(name), file=sys.stderr)
+    return str(path)
+
+
+def is_shipped(path):
+    """True when `path` is one of the shipped models (outputs then go to ./outputs, not beside it)."""
+    return os.path.dirname(os.path.abspath(path)) == str(PRETRAINED_DIR)
 
 
 def _portable_training_record(training):
