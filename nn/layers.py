@@ -50,14 +50,6 @@ def _module_of(array):
     return backend.get_array_module(array)
 
 
-def _on_device_of(value, like):
-    """`value` as an array of the same module (NumPy/CuPy) as `like`."""
-    xp = _module_of(like)
-    if _module_of(value) is xp:
-        return value
-    return xp.asarray(backend.to_numpy(value))
-
-
 class Module:
     """Base class of every layer and model. See the module docstring."""
 
@@ -225,7 +217,7 @@ class Module:
         for name, target in targets.items():
             if name in state:
                 try:
-                    values[name] = _on_device_of(state[name], target).astype(target.dtype, copy=False)
+                    values[name] = backend.on_device_of(state[name], target).astype(target.dtype, copy=False)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{name}: cannot load a {getattr(state[name], 'dtype', type(state[name]))} "
                                      f"value into a {target.dtype} array ({exc})") from None

@@ -158,14 +158,6 @@ def _named_parameters(params):
     return triples
 
 
-def _on_device_of(array, like):
-    """`array` moved to the array module of `like` (no copy when already there)."""
-    xp = backend.get_array_module(like)
-    if backend.get_array_module(array) is xp:
-        return array
-    return xp.asarray(backend.to_numpy(array))
-
-
 class Optimizer:
     """Base class: holds the parameters, learning rate, step count and state.
 
@@ -206,7 +198,7 @@ class Optimizer:
         if value is None or value.shape != param.shape:
             value = backend.get_array_module(param).zeros_like(param)
         else:   # e.g. after the model moved to another backend or dtype
-            value = _on_device_of(value, param).astype(param.dtype, copy=False)
+            value = backend.on_device_of(value, param).astype(param.dtype, copy=False)
         store[name] = value
         return value
 
@@ -284,7 +276,7 @@ class Optimizer:
             setattr(self, hyper, float(backend.to_numpy(state[hyper])))
         for buffer, store in buffers.items():
             self.state[buffer] = {
-                name: _on_device_of(value, params[name]).astype(params[name].dtype, copy=True)
+                name: backend.on_device_of(value, params[name]).astype(params[name].dtype, copy=True)
                 for name, value in store.items()
             }
 

@@ -15,6 +15,7 @@ import numbers
 import numpy
 
 from nn import backend
+from nn.losses import log_softmax  # also captioning.models.log_softmax
 from nn.persist import compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
@@ -22,13 +23,6 @@ __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
 class ConfigMismatchError(ValueError):
     """Parameters or a checkpoint that do not belong to this model configuration."""
-
-
-def log_softmax(scores):
-    """Row-wise log-softmax of scores (N, V), computed stably; keeps dtype."""
-    xp = backend.get_array_module(scores, op="log_softmax")
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
 class CaptionModel:

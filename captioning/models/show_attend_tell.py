@@ -34,10 +34,10 @@ GEMM after the loop. Only what truly depends on h_{t-1} runs per step.
 from nn import backend
 from nn import functional as F
 
-from .base import CaptionModel, log_softmax
+from .base import CaptionModel
 
 from nn.attention import attention_project_backward, attention_project_forward, attention_step_forward
-from nn.losses import temporal_softmax_loss
+from nn.losses import log_softmax, temporal_softmax_loss
 from nn.recurrent import (lstm_step_backward_from_projection,
                           lstm_step_forward_from_projection, temporal_affine_backward,
                           temporal_affine_forward, word_embedding_backward,
