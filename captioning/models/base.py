@@ -2,7 +2,8 @@
 
 A model holds its parameters in one flat dict `params` of named arrays (and
 `grads` with the same names after a backward pass), plus a plain-JSON
-`config` that is enough to rebuild it (`captioning.models.build(config)`).
+`config` that is enough to rebuild it (`captioning.models.build(config)`);
+why a flat dict and not a tree of `nn.layers` Modules: see `nn.layers`.
 Two methods make the training and decoding interfaces:
 
 - `forward_backward(features, captions, ...) -> (loss, grads, dfeatures)`:
@@ -12,9 +13,7 @@ Two methods make the training and decoding interfaces:
 """
 import numbers
 
-import numpy
-
-from nn import backend
+from nn import backend, init
 from nn.losses import log_softmax  # also captioning.models.log_softmax
 from nn.persist import compare_named_shapes
 
@@ -67,24 +66,25 @@ class CaptionModel:
 
     # ------------------------------------------------------------ parameters
     def _init_params(self, shapes, seed, dtype=None):
-        """Create parameters from {name: (shape, kind)} with a NumPy generator.
+        """Create parameters from {name: (shape, kind)} with a NumPy generator (see `nn.init`).
 
-        Drawn with NumPy whatever the backend, so that one seed gives the same
-        model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
-        "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
+        kinds: "weight" ~ N(0, 1/fan_in) (`nn.init.fan_in_normal`), "embedding"
+        ~ N(0, EMBEDDING_STD^2) (`nn.init.embedding_normal`, as `nn.layers.Embedding`),
+        "zeros". Drawn with NumPy whatever the backend, so that one seed gives
+        the same model on the CPU and the GPU.
         """
-        gen = numpy.random.default_rng(seed)
-        dtype = dtype or backend.default_float()
+        gen = init.generator(seed, None)
+        dtype = init.float_dtype(dtype)
         for pname, (shape, kind) in shapes.items():
             if kind == "weight":
-                value = gen.standard_normal(shape) / numpy.sqrt(shape[0])
+                value = init.fan_in_normal(gen, shape, dtype)
             elif kind == "embedding":
-                value = gen.standard_normal(shape) * 0.1
+                value = init.embedding_normal(gen, shape, dtype)
             elif kind == "zeros":
-                value = numpy.zeros(shape)
+                value = init.constant(shape, 0, dtype)
             else:
                 raise ValueError(f"unknown parameter kind {kind!r}")
-            self.params[pname] = backend.asarray(value, dtype=dtype)
+            self.params[pname] = value
 
     def train(self):
         """Training mode: dropout on."""
