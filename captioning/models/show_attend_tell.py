@@ -40,11 +40,10 @@ from nn import backend
 from nn import functional as F
 from nn.attention import (attention_project_backward, attention_project_forward,
                           attention_step_backward, attention_step_forward)
+from nn.dense import temporal_affine_backward, temporal_affine_forward
+from nn.embedding import word_embedding_backward, word_embedding_forward
 from nn.losses import log_softmax, temporal_softmax_loss
-from nn.recurrent import (lstm_step_backward_from_projection,
-                          lstm_step_forward_from_projection, temporal_affine_backward,
-                          temporal_affine_forward, word_embedding_backward,
-                          word_embedding_forward)
+from nn.recurrent import lstm_step_backward_from_projection, lstm_step_forward_from_projection
 
 from .base import CaptionModel
 

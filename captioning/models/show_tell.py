@@ -13,13 +13,12 @@ and this way every step's input is a word, so the LSTM is one `lstm_forward`.
 """
 from nn import backend
 from nn import functional as F
+from nn.dense import temporal_affine_backward, temporal_affine_forward
+from nn.embedding import word_embedding_backward, word_embedding_forward
+from nn.losses import log_softmax, temporal_softmax_loss
+from nn.recurrent import lstm_backward, lstm_forward, lstm_step_forward_from_projection
 
 from .base import CaptionModel
-
-from nn.losses import log_softmax, temporal_softmax_loss
-from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_forward_from_projection,
-                          temporal_affine_backward, temporal_affine_forward,
-                          word_embedding_backward, word_embedding_forward)
 
 __all__ = ["ShowAndTell"]
 
