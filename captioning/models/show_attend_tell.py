@@ -148,8 +148,9 @@ class ShowAttendTell(CaptionModel):
             step_caches.append(step_cache)
         dropped, drop_cache = F.dropout_forward(hidden, self._dropout_param(dropout_seed))
         scores, out_cache = temporal_affine_forward(dropped, p["W_out"], p["b_out"])
-        cache = (features, init_cache, feat_proj, words_tm, embed_cache, gated_contexts, alphas,
-                 step_caches, drop_cache, out_cache)
+        cache = {"features": features, "initial": init_cache, "feat_proj": feat_proj, "words_tm": words_tm,
+                 "embed": embed_cache, "gated_contexts": gated_contexts, "alphas": alphas,
+                 "steps": step_caches, "dropout": drop_cache, "output": out_cache}
         return scores, alphas, cache
 
     def _step_forward(self, features, feat_proj, prev_h, prev_c, xw, gated_context):
@@ -188,11 +189,10 @@ class ShowAttendTell(CaptionModel):
 
     def _backward(self, dscores, dalphas, cache, feature_grad):
         """Backward pass of `_forward`: (grads, dfeatures or None)."""
-        drop_cache, out_cache = cache[-2:]
         xp = backend.get_array_module(dscores)
         grads = {name: xp.zeros_like(value) for name, value in self.params.items()}
-        ddropped, grads["W_out"], grads["b_out"] = temporal_affine_backward(dscores, out_cache)
-        dhidden = F.dropout_backward(ddropped, drop_cache)
+        ddropped, grads["W_out"], grads["b_out"] = temporal_affine_backward(dscores, cache["output"])
+        dhidden = F.dropout_backward(ddropped, cache["dropout"])
         through_time = self._backward_through_time(dhidden, dalphas, cache, grads, feature_grad)
         dfeatures = self._backward_inputs(through_time, cache, grads, feature_grad)
         return grads, dfeatures
@@ -206,15 +206,15 @@ class ShowAttendTell(CaptionModel):
         """
         xp = backend.get_array_module(dhidden)
         N, T, H = dhidden.shape
-        features, feat_proj, step_caches = cache[0], cache[2], cache[7]
+        D = cache["features"].shape[2]
         dgates = xp.empty((T, N, 4 * H), dtype=dhidden.dtype)    # d(LSTM pre-activations) of every step
-        dfeat_proj = xp.zeros_like(feat_proj)
-        dcontexts = xp.empty((N, T, features.shape[2]), dtype=dhidden.dtype) if feature_grad else None
+        dfeat_proj = xp.zeros_like(cache["feat_proj"])
+        dcontexts = xp.empty((N, T, D), dtype=dhidden.dtype) if feature_grad else None
         dh = xp.zeros((N, H), dtype=dhidden.dtype)
         dc = xp.zeros((N, H), dtype=dhidden.dtype)
         for t in reversed(range(T)):
             dgates[t], dh, dc, dcontext, dproj = self._step_backward(dhidden[:, t] + dh, dc, dalphas[:, t],
-                                                                    step_caches[t], grads)
+                                                                    cache["steps"][t], grads)
             dfeat_proj += dproj
             if feature_grad:
                 dcontexts[:, t] = dcontext
@@ -256,26 +256,26 @@ class ShowAttendTell(CaptionModel):
 
         One large product each, over all steps. Returns dfeatures (N, L, D) or None.
         """
-        features, (h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache) = cache[0], cache[1]
-        words_tm, embed_cache, gated_contexts, alphas = cache[3:7]
+        features, words_tm = cache["features"], cache["words_tm"]
+        h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache = cache["initial"]
         dgates, dfeat_proj, dcontexts, dh0, dc0 = through_time
         N, L, D = features.shape
         T, E = dgates.shape[0], words_tm.shape[1]
         dgates_flat = dgates.reshape(T * N, -1)
         grads["Wx"][:E] = words_tm.T @ dgates_flat
-        grads["Wx"][E:] = gated_contexts.reshape(T * N, D).T @ dgates_flat
+        grads["Wx"][E:] = cache["gated_contexts"].reshape(T * N, D).T @ dgates_flat
         grads["b"] = dgates_flat.sum(axis=0)
         dwords = (dgates_flat @ self.params["Wx"][:E].T).reshape(T, N, E).transpose(1, 0, 2)
-        grads["W_embed"] = word_embedding_backward(dwords, embed_cache)
+        grads["W_embed"] = word_embedding_backward(dwords, cache["embed"])
         dmean_h, grads["W_h0"], grads["b_h0"] = F.affine_backward(F.tanh_backward(dh0, h0_tanh), h0_cache)
         dmean_c, grads["W_c0"], grads["b_c0"] = F.affine_backward(F.tanh_backward(dc0, c0_tanh), c0_cache)
-        if not feature_grad:   # frozen features: the weight gradients only, skipping an (N*L, A) x (A, D) product
+        if not feature_grad:   # frozen features: weight gradients only, no (N*L, A) x (A, D) product
             dfeat_proj_flat = dfeat_proj.reshape(N * L, -1)
             grads["W_att_feat"] = features.reshape(N * L, D).T @ dfeat_proj_flat
             grads["b_att"] = dfeat_proj_flat.sum(axis=0)
             return None
         dfeatures, grads["W_att_feat"], grads["b_att"] = attention_project_backward(dfeat_proj, proj_cache)
-        dfeatures += alphas.transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
+        dfeatures += cache["alphas"].transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
         dfeatures += ((dmean_h + dmean_c) / L)[:, None, :]
         return dfeatures
 
