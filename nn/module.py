@@ -28,7 +28,7 @@ __all__ = ["Module", "Sequential"]
 
 
 class Module:
-    """Base class of every layer and model. See the module docstring."""
+    """Base class of every layer, and of models built from layers (e.g. SmallCNN). See the module docstring."""
 
     def __init__(self):
         self.params = {}
