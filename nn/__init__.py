@@ -13,6 +13,7 @@
 - `nn.gradcheck`: numerical gradient checks.
 """
 import os
+import sys
 
 # NumPy's OpenBLAS keeps its idle worker threads spinning for about 0.1 s
 # after every matrix product. nn.conv runs elementwise work on threads of its
@@ -21,5 +22,11 @@ import os
 # cores took 1.14 s by default and 0.92 s with this (batch 32). It only takes
 # effect when NumPy is not imported yet, and a value you set yourself wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # 2^4 cycles of spinning, then sleep
+
+# On a busy machine, one BLAS thread per free core only (see nn/_threads.py);
+# like the setting above, this only works before NumPy is imported.
+if "numpy" not in sys.modules:
+    from ._threads import choose_blas_threads
+    choose_blas_threads()
 
 from . import backend  # noqa: E402,F401

@@ -200,7 +200,9 @@ def conv_forward(x, w, b, conv_param):
     f, c_per_group = w.shape[:2]
     # The stride-1 and depthwise paths add the bias themselves, chunk by chunk
     # while the output is still in the CPU cache (one pass less over memory).
-    if groups == x.shape[1] == f and c_per_group == 1:
+    if x.shape[0] == 0:     # an empty batch: nothing to compute on any path, on either backend
+        out, saved, path = xp.zeros((0, f, h_out, w_out), dtype=x.dtype), None, "empty"
+    elif groups == x.shape[1] == f and c_per_group == 1:
         out, saved = _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out)
         path = "depthwise"
     elif stride == 1:
@@ -235,7 +237,9 @@ def conv_backward(dout, cache):
     if tuple(dout.shape) != expected:
         raise ValueError(f"conv_backward: dout must have shape {expected}, got {tuple(dout.shape)}")
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    if path == "depthwise":
+    if path == "empty":
+        dx, dw = xp.zeros(x_shape, dtype=dout.dtype), xp.zeros(w.shape, dtype=dout.dtype)
+    elif path == "depthwise":
         dx, dw = _depthwise_backward(xp, dout, saved, w, geometry)
     elif path == "shifted":
         dx, dw = _shifted_backward(xp, dout, saved, w, geometry)

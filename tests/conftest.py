@@ -92,6 +92,28 @@ def pytest_runtest_call(item):
     _current_test["id"] = None
 
 
+# ---- one line per reason for what was skipped, instead of one line per test
+#
+# setup.cfg's addopts use -rfE (failures and errors only); this hook prints the
+# skips grouped by reason, e.g. "217 skipped: CuPy is not installed or no GPU is visible".
+def skip_summary(reports):
+    """Lines 'N skipped: reason', most frequent first, from pytest's skipped reports."""
+    counts = {}
+    for report in reports:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+        counts[reason] = counts.get(reason, 0) + 1
+    return [f"{n} skipped: {reason}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = skip_summary(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.write_sep("-", "what was skipped, and why")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session):
     path = os.environ.get("GRADCHECK_REPORT")
     if not path or not _worst_errors:

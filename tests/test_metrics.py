@@ -182,3 +182,32 @@ def test_cider_d_single_image_is_zero_and_bad_input():
         metrics.cider_d([["a"], ["b"]], ["a", "b"], sigma=0)
     with pytest.raises(ValueError, match="empty corpus"):
         metrics.cider_d([], [])
+
+
+# ROUGE-L values computed by pycocoevalcap 1.2's rouge.Rouge().calc_score on the same captions.
+ROUGE_CASES = [
+    ("a dog runs on the grass", ["a dog is running on the grass", "the dog runs"], 0.7587064676616916),
+    ("a man in a red shirt climbs a rock",
+     ["a man climbs a rock", "a person in red is climbing", "man on rock wall"], 0.7530864197530864),
+    ("two children play in the snow", ["a girl and a boy are playing in snow", "two kids in the snow"],
+     0.7393939393939394),
+    ("a cat", ["a dog runs"], 0.3860759493670886),
+    ("a b c d e f", ["f e d c b a"], 0.16666666666666666),
+]
+
+
+def test_rouge_l_matches_coco_caption_on_hand_cases():
+    from captioning.metrics import rouge_l, rouge_l_per_image
+    references = [refs for _, refs, _ in ROUGE_CASES]
+    hypotheses = [hyp for hyp, _, _ in ROUGE_CASES]
+    expected = [value for _, _, value in ROUGE_CASES]
+    numpy.testing.assert_allclose(rouge_l_per_image(references, hypotheses), expected, rtol=1e-12)
+    assert rouge_l(references, hypotheses) == pytest.approx(numpy.mean(expected), rel=1e-12)
+
+
+def test_rouge_l_edge_cases():
+    from captioning.metrics import longest_common_subsequence, rouge_l_per_image
+    assert longest_common_subsequence(list("abcbdab"), list("bdcaba")) == 4
+    assert longest_common_subsequence([], ["a"]) == 0
+    assert rouge_l_per_image([["a dog"], ["a dog"]], ["", "the cat"]).tolist() == [0.0, 0.0]
+    assert rouge_l_per_image([["A dog."]], ["a dog"]).tolist() == [1.0]

@@ -1,0 +1,87 @@
+"""Pretrained models shipped inside the package, so a fresh install can caption a photo.
+
+Each model is one float16 `.npz` checkpoint (no pickles; read by the same
+checked loader as any checkpoint, its weights cast back to float32 when
+loaded) and a JSON card beside it that says what it is: the data and split it
+was trained on, the command that trained it, its test scores, its size.
+
+    captioner_flickr8k.npz / .json   Show, Attend and Tell on Flickr8k (EfficientNet-Lite0 grid)
+
+`export_checkpoint` makes such a file from a training checkpoint: float16
+weights, no optimizer state, and no paths of the machine it was trained on.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy
+
+from nn.persist import atomic_write, load_npz, save_npz
+
+__all__ = ["PRETRAINED_DIR", "CAPTIONER", "shipped_path", "load_card", "describe", "export_checkpoint"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent
+CAPTIONER = "captioner_flickr8k"
+
+
+def shipped_path(name):
+    """The path of shipped model `name` (e.g. CAPTIONER), or None when this install has none."""
+    path = PRETRAINED_DIR / f"{name}.npz"
+    return path if path.is_file() else None
+
+
+def load_card(name):
+    """The JSON card of shipped model `name` as a dict ({} when it has none)."""
+    path = PRETRAINED_DIR / f"{name}.json"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def describe(name):
+    """One line for the user: which shipped model this is and how good it is."""
+    card = load_card(name)
+    scores = card.get("test_scores", {})
+    score = ", ".join(f"{k} {v:.1f}" for k, v in scores.items() if k in ("BLEU-4", "CIDEr-D", "R@1"))
+    return (f"using the shipped model {name}: {card.get('model', 'a pretrained model')}, trained on "
+            f"{card.get('data', '?')}" + (f" (test {score})" if score else ""))
+
+
+def _portable_training_record(training):
+    """The training record without paths of the machine that trained the model."""
+    record = dict(training or {})
+    data = dict(record.get("data") or {})
+    for key in ("root", "features"):
+        if key in data:
+            data[key] = None
+    record["data"] = data
+    record.pop("config_paths", None)
+    return record
+
+
+def export_checkpoint(source, target, card=None):
+    """Write a shippable copy of checkpoint `source` to `target` (and its card beside it).
+
+    Inputs:
+    - source: a best.npz / last.npz written by `python -m captioning train`
+    - target: the .npz to write (float16 weights, no optimizer state)
+    - card: dict for the JSON card (model, data, command, test_scores, ...), or None
+    Returns: the Path written. The card gets "size_mb" and "parameters" added.
+    """
+    arrays, meta = load_npz(source)
+    kept = {}
+    for key, value in arrays.items():
+        if key.startswith("optim/"):
+            continue
+        kept[key] = value.astype(numpy.float16) if numpy.issubdtype(value.dtype, numpy.floating) else value
+    meta = dict(meta or {})
+    meta["training"] = _portable_training_record(meta.get("training"))
+    meta["exported_from"] = os.path.basename(os.fspath(source))
+    target = Path(save_npz(target, kept, meta=meta, compress=True))
+    if card is not None:
+        card = dict(card, size_mb=round(target.stat().st_size / 2**20, 2),
+                    parameters=int(sum(v.size for k, v in kept.items() if k.startswith("decoder/"))))
+        with atomic_write(target.with_suffix(".json"), "w", encoding="utf-8") as stream:
+            json.dump(card, stream, indent=1)
+    return target
