@@ -10,6 +10,12 @@ Two methods make the training and decoding interfaces:
   teacher-forced loss and every gradient, written out by hand;
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
+
+Both models split `forward_backward` the same way: `_forward` (returns the
+scores and a cache), the loss, `_backward`. A decoder whose every step
+needs more than an LSTM step (attention) also has `_step_forward` /
+`_step_backward`, laid out like `nn.recurrent.lstm_step_forward/backward`:
+ShowAttendTell is the template.
 """
 import numbers
 
