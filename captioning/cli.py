@@ -25,11 +25,12 @@ def _user_errors():
     """Exceptions that mean bad input (an option, a file, a checkpoint, an image), each with a
     message naming it: reported as one line on stderr, exit status 2, no traceback."""
     from nn.persist import NpzFormatError
+    from .data.flickr8k import CaptionFileError
     from .data.images import ImageDecodeError
     from .features import FeatureCacheError
     from .models import ConfigMismatchError
     from .pth import CheckpointError
-    return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError,
+    return (UsageError, backend.BackendError, FileNotFoundError, NpzFormatError, ImageDecodeError, CaptionFileError,
             FeatureCacheError, ConfigMismatchError, CheckpointError)
 
 
@@ -37,14 +38,46 @@ def _is_user_error(exc):
     return isinstance(exc, _user_errors()) or (isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS)
 
 
-def check_not_in_data(path, data_folder, option):
-    """Data folders are only read: refuse an output path inside one."""
-    if data_folder is None:
-        return
-    data = os.path.realpath(data_folder)
-    if os.path.realpath(os.path.abspath(path)).startswith(data + os.sep):
-        raise UsageError(f"{option} {path} lies inside the data folder {data_folder}, which is only read: "
-                         "write somewhere else")
+def _file_keys(path):
+    """What identifies the file `path` names: its real path (symlinks and ./ or ../ spellings
+    resolved) and, when it exists, its device and inode (hard links)."""
+    keys = [os.path.realpath(os.path.abspath(path))]
+    try:
+        stat = os.stat(path)
+        keys.append((stat.st_dev, stat.st_ino))
+    except OSError:     # it does not exist (yet)
+        pass
+    return keys
+
+
+def check_outputs(outputs, reads=(), data_folder=None):
+    """Never overwrite an input of the same run: the one guard every command runs on what it writes.
+
+    Inputs:
+    - outputs: (option, path) pairs, the files or folders the command will write, named as the
+      user gave them, e.g. [("--out", "run/captions.json")]
+    - reads: (what, path) pairs, the files the command reads, e.g. [("the checkpoint", ckpt)];
+      a path of None is skipped
+    - data_folder: the data set's folder, which is only read (None: no data folder)
+    Raises UsageError when an output is one of the files read, is the data folder, or lies inside
+    it. Paths are compared as real paths (and inodes), so a symlink, a hard link or a `./x`
+    spelling is caught too.
+    """
+    read = {key: (what, path) for what, path in reads if path is not None for key in _file_keys(path)}
+    data = None if data_folder is None else os.path.realpath(os.path.abspath(data_folder))
+    for option, path in outputs:
+        keys = _file_keys(path)
+        for key in keys:
+            if key in read:
+                what, original = read[key]
+                raise UsageError(f"{option} {path} would overwrite {what} {original}, which this command "
+                                 "reads: write somewhere else")
+        if data is not None and keys[0] == data:
+            raise UsageError(f"{option} {path} is the data folder {data_folder}, which is only read: "
+                             "write somewhere else")
+        if data is not None and keys[0].startswith(data + os.sep):
+            raise UsageError(f"{option} {path} lies inside the data folder {data_folder}, which is only read: "
+                             "write somewhere else")
 
 
 def check_output_file(path, option):
@@ -79,7 +112,19 @@ def build_parser():
     return parser
 
 
+def _never_fail_to_print():
+    """Print any text, whatever the terminal's encoding: a character it cannot show (a file name
+    that is not UTF-8, Chinese on an ASCII terminal) comes out as a backslash escape instead of a
+    UnicodeEncodeError that would stop the command."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):    # not a TextIOWrapper (replaced, or closed)
+            pass
+
+
 def main(argv=None):
+    _never_fail_to_print()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

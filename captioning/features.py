@@ -18,9 +18,15 @@ written and flushed, so a crash at any moment leaves a cache whose first
 `complete` rows are valid; `extract_features` on the same arguments resumes
 from there. Opening checks the index against the data you ask for (ids) and
 the encoder you use, and refuses a mismatch with the command to rebuild.
+A full disk is an error naming the file, never a crash: the free space is
+checked before any file is made, and the arrays' space is reserved on disk
+(posix_fallocate) before rows are written through the memory map (a write
+there into space the disk lacks would kill the process with SIGBUS).
 """
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nn import backend
-from nn.persist import atomic_write
+from nn.persist import atomic_write, naming_the_file, remove_stale_temporaries
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
            "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
@@ -211,15 +217,73 @@ def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode=
     return cache
 
 
+def _allocated_bytes(path):
+    """Disk space a file holds now (a sparse file holds less than its size); 0 if absent."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except (OSError, AttributeError):   # absent, or no st_blocks (Windows)
+        return 0
+
+
+def _check_free_space(files, n, grid_shape, dtype):
+    """Refuse, before a file is made or grown, a cache the disk has no room for.
+
+    The arrays are memory-mapped: writing rows into space the disk does not have kills the
+    process with SIGBUS, no message. Needed: the full size of both arrays, less what their
+    files already hold on disk (a cache being resumed, or the old files an --overwrite replaces).
+    """
+    l, d = grid_shape
+    index_bytes = 2 ** 16 + 100 * n     # the index (JSON: ids and settings), rewritten as rows finish
+    total = n * (l + 1) * d * np.dtype(dtype).itemsize + index_bytes
+    needed = total - _allocated_bytes(files["grid"]) - _allocated_bytes(files["pooled"])
+    folder = files["index"].absolute().parent
+    while not folder.exists():                                      # made later by _create_cache
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        def size(nbytes):
+            return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+        raise FeatureCacheError(f"not enough disk space for the feature cache {files['grid']}: it needs "
+                                f"{size(needed)} more, {folder} has {size(free)} free; "
+                                "free some space or choose another --out")
+
+
+def _reserve_disk(path):
+    """Allocate the whole file on disk now (posix_fallocate), so that rows written later through
+    the memmap cannot hit a full disk (SIGBUS); a full disk is an OSError naming `path` instead."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with naming_the_file(path, "cannot reserve disk space for the feature cache"):
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # a file system without it
+            raise
+    finally:
+        os.close(fd)
+
+
+def _create_array(path, shape, dtype):
+    """An .npy file of `shape` with its disk space reserved (OSError naming `path` if it fails)."""
+    try:
+        with naming_the_file(path, "cannot write the feature cache"):
+            # open_memmap writes the .npy header and a sparse file of the full size
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            array.flush()
+            del array
+        _reserve_disk(path)
+    except OSError:
+        path.unlink(missing_ok=True)     # a full disk: give back what the file took
+        raise
+
+
 def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra):
     """Allocate the two .npy files, then commit an index with complete = 0."""
     files["index"].parent.mkdir(parents=True, exist_ok=True)
     n, (l, d) = len(image_ids), grid_shape
     for kind, shape in (("grid", (n, l, d)), ("pooled", (n, d))):
-        # open_memmap writes the .npy header and a sparse file of the full size
-        array = np.lib.format.open_memmap(files[kind], mode="w+", dtype=dtype, shape=shape)
-        array.flush()
-        del array
+        _create_array(files[kind], shape, dtype)
     index = {"format": FORMAT_VERSION, "encoder": identity, "image_ids": list(image_ids),
              "grid_shape": [n, l, d], "pooled_shape": [n, d], "dtype": np.dtype(dtype).name,
              "complete": 0, "skipped": [], "rebuild": rebuild, **extra}
@@ -273,6 +337,26 @@ def _probe_grid_shape(encoder, image_paths, skip_bad):
     raise FeatureCacheError("extract_features: none of the images could be decoded")
 
 
+def _existing_cache(out_path, encoder, image_ids, dtype, overwrite):
+    """The cache at `out_path` opened for resuming, if it is one for these ids, encoder and dtype;
+    None if there is none, or if it is another one and `overwrite` is set (else FeatureCacheError)."""
+    files = cache_paths(out_path)
+    if not files["index"].exists():
+        return None
+    try:
+        cache = open_cache(out_path, encoder=encoder, allow_incomplete=True, mode="r+")
+        if cache.image_ids != image_ids or cache.grid.dtype != dtype:
+            raise FeatureCacheError(
+                f"feature cache {files['index']} holds other images ({len(cache.image_ids)} ids) "
+                f"or another dtype ({cache.grid.dtype})")
+    except FeatureCacheError as exc:
+        if not overwrite:
+            raise FeatureCacheError(f"{exc}. Use --overwrite (overwrite=True) to replace it, "
+                                    "or choose another --out") from None
+        return None
+    return cache
+
+
 def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, progress=True,
                      dtype=np.float16, overwrite=False, skip_bad=False, rebuild=None, workers=2,
                      extra_index=None):
@@ -306,27 +390,21 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     identity = encoder_identity(encoder)
     rebuild = rebuild or f"python -m captioning features --out {files['index'].with_suffix('')}"
     dtype = np.dtype(dtype)
+    remove_stale_temporaries(files["index"])    # an index write cut short by a kill -9
 
-    cache = None
-    if files["index"].exists():
-        try:
-            cache = open_cache(out_path, encoder=encoder, allow_incomplete=True, mode="r+")
-            if cache.image_ids != image_ids or cache.grid.dtype != dtype:
-                raise FeatureCacheError(
-                    f"feature cache {files['index']} holds other images ({len(cache.image_ids)} ids) "
-                    f"or another dtype ({cache.grid.dtype})")
-        except FeatureCacheError as exc:
-            if not overwrite:
-                raise FeatureCacheError(f"{exc}. Use --overwrite (overwrite=True) to replace it, "
-                                        "or choose another --out") from None
-            cache = None
+    cache = _existing_cache(out_path, encoder, image_ids, dtype, overwrite)
     if cache is None:
-        if files["index"].exists():
-            os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
         # the grid size: encode one image to learn (L, D) before allocating
         grid_shape = _probe_grid_shape(encoder, image_paths, skip_bad)
+        _check_free_space(files, len(image_ids), grid_shape, dtype)
+        if files["index"].exists():
+            os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
         _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra_index or {})
         cache = open_cache(out_path, allow_incomplete=True, mode="r+")
+    elif cache.complete < len(image_ids):   # resuming (a cache made sparse may still need space)
+        _check_free_space(files, len(image_ids), cache.grid.shape[1:], dtype)
+        for kind in ("grid", "pooled"):
+            _reserve_disk(files[kind])
 
     index = cache.index
     n, start = len(image_ids), cache.complete

@@ -40,7 +40,7 @@ import numpy
 
 from nn import backend
 from nn.optim import Adam, ReduceOnPlateau, clip_grad_norm
-from nn.persist import atomic_write
+from nn.persist import atomic_write, remove_stale_temporaries
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decoding import DecodeResult, beam_search, greedy_decode
@@ -390,6 +390,8 @@ class Trainer:
         # How to go on after a Ctrl-C, printed when fit() stops for one (None: no advice).
         self.resume_hint = "resume with --resume"
         os.makedirs(self.out_dir, exist_ok=True)
+        # the temporary file of a save that a kill -9 cut short (atomic_write's .<name>.*.tmp)
+        remove_stale_temporaries([self.best_path, self.last_path, os.path.join(self.out_dir, "curves.png")])
 
     @property
     def interrupted(self):

@@ -10,7 +10,9 @@ Writes are atomic (`atomic_write`, also used for the project's JSON and PNG
 files): the file is written under a temporary name in the same folder,
 flushed to disk (fsync), then renamed over the target with `os.replace`. A
 crash or error at any point before the rename leaves the previous file
-untouched; a reader never sees a half-written file.
+untouched; a reader never sees a half-written file. Only a process killed
+outright (kill -9, power loss) leaves its temporary file behind:
+`remove_stale_temporaries`, run when a program starts, removes those.
 
 A model file made by `save_model` holds the module's `state_dict()` under
 keys "param/<dotted name>" and, when given, the optimizer's `state_dict()`
@@ -20,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -28,7 +31,7 @@ import numpy
 from . import backend
 
 __all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
-           "NpzFormatError", "atomic_write"]
+           "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -118,16 +121,19 @@ def atomic_write(path, mode="wb", encoding=None):
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "a folder is where the file should go", path)
     try:
-        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+        # .<name>.<pid>.<random>.tmp: the process id tells remove_stale_temporaries whether
+        # the writer is still alive
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.",
                                         suffix=".tmp")
     except OSError as exc:   # name the file the caller asked for, not our temporary one
         raise OSError(exc.errno, f"cannot write in {folder} ({exc.strerror})", path) from None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             _set_default_permissions(f.fileno())
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+            with naming_the_file(path):     # e.g. a full disk: say which file could not be written
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
         try:
             os.replace(tmp_path, path)
         except OSError as exc:
@@ -139,6 +145,67 @@ def atomic_write(path, mode="wb", encoding=None):
             pass
         raise
     _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def naming_the_file(path, doing="cannot write it"):
+    """`with naming_the_file(path): ...` re-raises an OSError that names no file (a write on a
+    full disk: "[Errno 28] No space left on device") as the same error naming `path`.
+
+    doing: what failed, put before the system's reason (e.g. "cannot write it (No space ...)").
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"{doing} ({exc.strerror})", os.fspath(path)) from None
+
+
+def remove_stale_temporaries(paths):
+    """Remove the temporary files that `atomic_write` of `paths` left behind when its process
+    was killed before the rename; those of another process still running are kept. Call it
+    before this process writes `paths` (a temporary file with its own process id counts as
+    stale: in a container a restarted program often gets the id of the killed one).
+
+    Inputs:
+    - paths: the files written with atomic_write (a path, or a list of them)
+    Returns: the list of removed files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    removed = []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+        pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[^.]+\.tmp")
+        try:
+            entries = os.listdir(folder)
+        except OSError:   # no folder: nothing left behind
+            continue
+        for entry in entries:
+            match = pattern.fullmatch(entry)
+            if match and not _process_alive(int(match.group(1))):
+                try:
+                    os.unlink(os.path.join(folder, entry))
+                    removed.append(os.path.join(folder, entry))
+                except OSError:
+                    pass
+    return removed
+
+
+def _process_alive(pid):
+    """Whether another process `pid` runs (True when unsure: a live writer's file must stay)."""
+    if pid == os.getpid():
+        return False
+    if os.name == "nt":                          # there os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)                          # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:                              # e.g. another user's process
+        return True
+    return True
 
 
 def _set_default_permissions(fd):

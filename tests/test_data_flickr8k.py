@@ -1,9 +1,11 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from captioning.data.flickr8k import find_flickr8k_dir, load_flickr8k, seeded_split
+from captioning.cli import main
+from captioning.data.flickr8k import CaptionFileError, find_flickr8k_dir, load_flickr8k, seeded_split
 from data_fixtures import make_kaggle, make_karpathy, make_original, tiny_corpus
 
 
@@ -157,3 +159,169 @@ def test_subset_slices_a_flickr8k_split(tmp_path):
     first = train.subset(range(3))
     assert first.image_ids == splits["train"][:3] and first.image_paths == train.image_paths[:3]
     assert first.tokens == train.tokens[:3] and first.num_captions == 15
+
+
+def one_image_karpathy(tmp_path, body):
+    """A karpathy-layout folder with one photo and `body` (bytes) as its JSON file."""
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Images" / "a.jpg").write_bytes(b"")
+    (tmp_path / "dataset_flickr8k.json").write_bytes(body)
+    return tmp_path
+
+
+GOOD_ENTRY = {"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a", "dog"], "raw": "A dog."}]}
+WRONG_KARPATHY_SCHEMAS = {
+    "top-level list": (b"[1, 2]", "expected a JSON object"),
+    "images null": (b'{"images": null}', '"images" is null, expected a list'),
+    "images a dict": (b'{"images": {"a.jpg": 1}}', '"images" is an object'),
+    "images of strings": (b'{"images": ["a.jpg"]}', "images[0] is a string"),
+    "sentences as strings": (json.dumps({"images": [{**GOOD_ENTRY, "sentences": ["a dog"]}]}).encode(),
+                             "images[0].sentences[0] is a string"),
+    "integer tokens": (json.dumps({"images": [{**GOOD_ENTRY, "sentences": [{"tokens": ["a", 7]}]}]}).encode(),
+                       "images[0].sentences[0].tokens[1] is a number (7), expected a word"),
+    "no images key": (b'{"dataset": "flickr8k"}', 'no "images" key'),
+    "invalid JSON": (b'{"images": [}', "not valid JSON"),
+    "empty file": (b"", "is empty"),
+    "latin-1 bytes": (json.dumps({"images": [GOOD_ENTRY]}).encode().replace(b"A dog", b"caf\xe9" * 5000),
+                      "not UTF-8"),
+    "split a list": (json.dumps({"images": [{**GOOD_ENTRY, "split": ["train"]}]}).encode(),
+                     "images[0].split is a list"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WRONG_KARPATHY_SCHEMAS))
+def test_karpathy_json_of_the_wrong_schema_is_a_short_caption_file_error(tmp_path, variant, capsys):
+    body, expected = WRONG_KARPATHY_SCHEMAS[variant]
+    root = one_image_karpathy(tmp_path, body)
+    with pytest.raises(CaptionFileError) as info:
+        load_flickr8k(root)
+    message = str(info.value)
+    assert expected in message and "dataset_flickr8k.json" in message
+    assert "\n" not in message and len(message) < 300
+    assert main(["features", "--data", str(root)]) == 2   # the CLI: one line, no traceback
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_karpathy_tokens_must_be_a_list_of_words(tmp_path):
+    entry = {**GOOD_ENTRY, "sentences": [{"tokens": "a dog runs", "raw": "A dog runs."}]}
+    root = one_image_karpathy(tmp_path, json.dumps({"images": [entry]}).encode())
+    with pytest.raises(CaptionFileError, match=r"images\[0\].sentences\[0\].tokens is a string "
+                                               r"\('a dog runs'\), expected a list of words"):
+        load_flickr8k(root)
+
+
+def test_token_lines_with_extra_tab_columns_are_skipped_and_named(tmp_path):
+    splits, captions = tiny_corpus()
+    first = splits["train"][0]
+    make_original(tmp_path, splits, captions, extra_token_lines=[f"{first}#5\ta dog\tx\t42", f"{first}#x\tbad key"])
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"malformed caption lines": 2}
+    assert "Flickr8k.token.txt:51: 4 tab-separated columns" in str(data.report)
+    assert not {"x", "42"} & {w for t in data["train"].all_tokens() for w in t}
+    assert [len(c) for c in data["train"].captions] == [5] * 6
+
+
+def test_kaggle_unclosed_quote_loses_only_its_line_and_says_so(tmp_path):
+    splits, captions = tiny_corpus(n_train=26, n_dev=2, n_test=2)
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    lines = (tmp_path / "captions.txt").read_text().splitlines()
+    broken = lines[3].split(",", 1)[0] + ',"a dog runs'   # a quote that never closes
+    lines[3] = broken
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"malformed caption lines": 1}
+    assert "captions.txt:4: a quote opens a field but does not close on this line" in str(data.report)
+    assert sum(data.report.images.values()) == 30 and sum(data.report.captions.values()) == 149
+    assert max(len(c) for s in data.splits.values() for cs in s.captions for c in cs) < 40
+
+
+def test_captions_with_odd_whitespace_are_one_line_and_long_ones_are_reported(tmp_path):
+    splits, captions = tiny_corpus()
+    first, second = splits["train"][:2]
+    captions[first][1] = "a dog\truns\u2028home"
+    captions[second][0] = "a dog " * 100       # 600 characters: no Flickr8k caption is that long
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    data = load_flickr8k(tmp_path)
+    assert data["train"].captions[0][1] == "a dog runs home"
+    assert data.report.skipped == {"implausibly long captions (over 500 characters)": 1}
+    assert "captions.txt:7: a dog a dog" in str(data.report)
+
+
+def test_kaggle_file_without_its_header_is_an_error_naming_the_line(tmp_path):
+    splits, captions = tiny_corpus()
+    make_kaggle(tmp_path, captions)
+    text = (tmp_path / "captions.txt").read_text()
+    (tmp_path / "captions.txt").write_text("caption,image\n" + text.split("\n", 1)[1])
+    with pytest.raises(CaptionFileError, match=r"captions.txt line 1: expected the header 'image,caption', "
+                                               r"found 'caption,image'"):
+        load_flickr8k(tmp_path)
+
+
+def test_a_reader_that_loses_lines_unreported_is_caught(tmp_path, monkeypatch):
+    import captioning.data.flickr8k as flickr8k
+    splits, captions = tiny_corpus()
+    make_kaggle(tmp_path, captions, split_lists=splits)
+    monkeypatch.setattr(flickr8k, "_add_caption",   # one that silently drops each "caption 3"
+                        lambda captions, image_id, caption, report, where:
+                        "caption 3" in caption or captions.setdefault(image_id, []).append(caption))
+    with pytest.raises(CaptionFileError, match=r"captions.txt: holds 50 captions, but 40 were read and 0 skipped"):
+        load_flickr8k(tmp_path)
+
+
+def test_a_caption_file_with_no_usable_caption_says_so_not_that_photos_are_missing(tmp_path, capsys):
+    splits, captions = tiny_corpus()
+    make_original(tmp_path, splits, captions)
+    token_file = tmp_path / "Flickr8k_text" / "Flickr8k.token.txt"
+    token_file.write_text("\n \n")
+    with pytest.raises(CaptionFileError, match=r"Flickr8k.token.txt holds no captions: expected one "
+                                               r"'<image>#<k><TAB><caption>' line per caption"):
+        load_flickr8k(tmp_path)
+    token_file.write_text("".join(f"{image_id}\t{c[0]}\n" for image_id, c in captions.items()))
+    assert main(["features", "--data", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "none of the photos" not in error and error.count("\n") == 1
+    assert "Flickr8k.token.txt has no usable caption: all 10 were skipped (10 malformed caption lines, e.g. " \
+           "Flickr8k.token.txt:1: '1000_abc0.jpg' is not <image>#<k>" in error
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "karpathy"])
+def test_kaggle_and_karpathy_files_with_no_caption_are_errors(tmp_path, layout):
+    splits, captions = tiny_corpus()
+    if layout == "kaggle":
+        make_kaggle(tmp_path, captions)
+        (tmp_path / "captions.txt").write_text("image,caption\n")
+    else:
+        make_karpathy(tmp_path, splits, captions)
+        (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": [
+            {"filename": i, "split": "train", "sentences": [{"raw": " . "}]} for i in captions]}))
+    with pytest.raises(CaptionFileError, match="holds no captions" if layout == "kaggle" else
+                       "no usable caption: all 10 were skipped \\(10 empty captions, e.g. 1000_abc0.jpg\\)"):
+        load_flickr8k(tmp_path)
+
+
+def test_captions_with_control_characters_are_skipped_and_shown_escaped(tmp_path):
+    splits, captions = tiny_corpus()
+    first = splits["train"][0]
+    make_original(tmp_path, splits, captions, extra_token_lines=[f"{first}#5\ta dog\x1b[2J\x00 runs\x0b"])
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"captions with unprintable characters": 1}
+    assert [len(c) for c in data["train"].captions] == [5] * 6
+    assert "Flickr8k.token.txt:51: a dog\\x1b[2J\\x00 runs" in str(data.report)
+    assert all(line.isprintable() for line in str(data.report).splitlines())
+
+
+def test_karpathy_images_listed_twice_or_of_unknown_split_are_skipped_and_counted(tmp_path):
+    splits, captions = tiny_corpus()
+    make_karpathy(tmp_path, splits, captions)
+    path = tmp_path / "dataset_flickr8k.json"
+    document = json.loads(path.read_text())
+    first = document["images"][0]
+    document["images"] += [{**first, "sentences": first["sentences"][:2]},
+                           {**document["images"][1], "filename": "1001_abc1.jpg", "split": "extra"}]
+    document["images"][1]["split"] = "holdout"
+    path.write_text(json.dumps(document))
+    data = load_flickr8k(tmp_path)
+    assert data.report.skipped == {"captions of JSON images listed twice": 2,
+                                   "captions of JSON images with an unknown split": 10}
+    assert data["train"].image_ids == splits["train"][:1] + splits["train"][2:]
+    assert [len(c) for c in data["train"].captions] == [5] * 5   # the first entry of an image wins

@@ -206,3 +206,33 @@ def test_load_npz_refuses_members_that_are_not_arrays(tmp_path):
         archive.writestr("notes.txt", "hello")
     with pytest.raises(persist.NpzFormatError, match="not arrays: \\['notes.txt'\\]"):
         persist.load_npz(path)
+
+
+def killed_during_write(path):
+    """Run atomic_write(path) in a process killed half way (as by kill -9); returns its leftover."""
+    import subprocess
+    import sys
+    code = ("import os, sys\nfrom nn.persist import atomic_write\n"
+            "with atomic_write(sys.argv[1]) as f:\n    f.write(b'half')\n    f.flush()\n    os._exit(9)\n")
+    before = set(os.listdir(os.path.dirname(os.path.abspath(path))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # where nn/ is
+    assert subprocess.run([sys.executable, "-c", code, str(path)], cwd=root).returncode == 9
+    left = set(os.listdir(os.path.dirname(os.path.abspath(path)))) - before
+    assert len(left) == 1
+    return os.path.join(os.path.dirname(os.path.abspath(path)), left.pop())
+
+
+def test_remove_stale_temporaries_removes_only_those_of_dead_writers(tmp_path):
+    target = tmp_path / "curves.png"
+    target.write_bytes(b"previous")
+    stale = killed_during_write(target)
+    assert os.path.basename(stale).startswith(".curves.png.") and stale.endswith(".tmp")
+    alive = tmp_path / f".curves.png.{os.getppid()}.abcd1234.tmp"    # a writer still running
+    others = [tmp_path / f".curves.png.x.{os.getppid() + 10 ** 7}.ab.tmp", tmp_path / ".last.npz.1.ab.tmp",
+              tmp_path / ".curves.png.tmp", tmp_path / "notes.txt"]
+    for path in [alive] + others:
+        path.write_bytes(b"")
+    assert persist.remove_stale_temporaries(target) == [stale]
+    assert not os.path.exists(stale) and target.read_bytes() == b"previous"
+    assert alive.exists() and all(path.exists() for path in others)
+    assert persist.remove_stale_temporaries(tmp_path / "no" / "such.json") == []

@@ -27,6 +27,13 @@ class TrainingData:
     def train_tokens(self):
         return [tokens for refs in self.splits["train"].references for tokens in refs]
 
+    def files_read(self):
+        """(what, path) pairs of the files read besides the data folder: the feature cache's three."""
+        if "features" not in self.spec:
+            return []
+        from ..features import cache_paths
+        return [("the feature cache", str(path)) for path in cache_paths(self.spec["features"]).values()]
+
     def describe(self):
         sizes = ", ".join(f"{name} {len(split)} images" for name, split in self.splits.items())
         return f"{self.name} ({sizes})" + "".join(f"; {note}" for note in self.notes)

@@ -2,8 +2,9 @@
 import os
 
 from nn import backend
+from nn.persist import remove_stale_temporaries
 
-from ..cli import UsageError, check_output_file
+from ..cli import UsageError, check_output_file, check_outputs
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -39,8 +40,9 @@ def add_arguments(parser):
 BATCH_SIZE = 32
 
 
-def _png_paths(out, images):
-    """The attention PNG of each image: NAME.png for one image, NAME-<image stem>.png for several."""
+def _png_paths(out, images, checkpoint):
+    """The attention PNG of each image: NAME.png for one image, NAME-<image stem>.png for several
+    (none of them one of the files read: an image or the checkpoint)."""
     check_output_file(out, "--attention-png")
     stem, ext = os.path.splitext(out)
     if ext.lower() not in ("", ".png"):
@@ -55,10 +57,8 @@ def _png_paths(out, images):
             raise UsageError(f"{first_image[png]} and {image} would both write their attention picture to "
                              f"{png}; caption them in separate runs")
         first_image[png] = image
-    inputs = {os.path.abspath(p) for p in images}
-    for png in paths:
-        if os.path.abspath(png) in inputs:
-            raise UsageError(f"--attention-png would overwrite the input image {png}; choose another name")
+    check_outputs([("--attention-png", png) for png in paths],
+                  [("the input image", image) for image in images] + [("the checkpoint", checkpoint)])
     return paths
 
 
@@ -120,7 +120,10 @@ def run(args):
     model = ckpt.model
     if args.attention_png and model.feature_kind != "grid":
         raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
-    pngs = _png_paths(args.attention_png, args.images) if args.attention_png else [None] * len(args.images)
+    pngs = [None] * len(args.images)
+    if args.attention_png:
+        pngs = _png_paths(args.attention_png, args.images, args.checkpoint)
+    remove_stale_temporaries([png for png in pngs if png is not None])   # left by a killed run
     encode = image_encoder(ckpt)
     for first in range(0, len(args.images), BATCH_SIZE):
         paths = args.images[first:first + BATCH_SIZE]

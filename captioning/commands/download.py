@@ -2,8 +2,8 @@
 import os
 import sys
 
-from ..cli import UsageError
-from ..data.download import DEFAULT_URL_BASE, DownloadError, download_flickr8k
+from ..cli import UsageError, check_outputs
+from ..data.download import ARCHIVES, DEFAULT_URL_BASE, DownloadError, download_flickr8k
 from ..data.flickr8k import load_flickr8k
 
 HELP = "download Flickr8k (images and captions) and unpack it"
@@ -30,6 +30,20 @@ def add_arguments(parser):
     parser.add_argument("--timeout", type=float, default=30, help="network timeout in seconds (default 30)")
 
 
+def _check_not_the_mirror(dest, url_base):
+    """A file:// mirror is read: its archives must not be the ones downloaded into (and, once
+    unpacked, deleted from) --dest."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    url = urlparse(url_base)
+    if url.scheme != "file":
+        return
+    mirror = url2pathname(url.path)
+    check_outputs([("--dest", os.path.join(dest, name)) for name in ARCHIVES],
+                  [("the archive of --url-base", os.path.join(mirror, name)) for name in ARCHIVES])
+
+
 def run(args):
     import math
     from urllib.parse import urlparse
@@ -40,6 +54,7 @@ def run(args):
         raise UsageError(f"--url-base must be an http://, https:// or file:// address, got {args.url_base!r}")
     if os.path.exists(args.dest) and not os.path.isdir(args.dest):
         raise UsageError(f"--dest {args.dest} is a file; give a folder")
+    _check_not_the_mirror(args.dest, args.url_base)
     try:
         download_flickr8k(args.dest, url_base=args.url_base, keep_archives=args.keep_archives,
                           timeout=args.timeout)

@@ -4,9 +4,9 @@ import math
 import os
 import time
 
-from nn.persist import atomic_write
+from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_not_in_data, check_output_file
+from ..cli import UsageError, check_output_file, check_outputs
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -61,6 +61,7 @@ def run(args):
                                    f"captions_{args.split}_beam{args.beam}.json")
     out_option = "--out" if args.out else "the captions file (--out)"
     check_output_file(out, out_option)
+    check_outputs([(out_option, out)], [("the checkpoint", args.checkpoint)])
     try:
         ckpt = load_checkpoint(args.checkpoint)
         encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
@@ -82,7 +83,7 @@ def run(args):
                              f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
                              f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
                              "it was trained with (--features) or train on this one")
-    check_not_in_data(out, data.spec.get("root"), out_option)
+    check_outputs([(out_option, out)], data.files_read(), data.spec.get("root"))
     split = data.splits[args.split].head(args.max_images)
     if len(split) == 0:
         raise UsageError(f"the {args.split} split of {data.describe()} has no images to caption")
@@ -115,5 +116,6 @@ def run(args):
 
 
 def _write_json(path, data):
+    remove_stale_temporaries(path)      # left by a run killed while writing it
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from ..cli import UsageError, check_not_in_data
+from ..cli import UsageError, check_outputs
 
 HELP = "encode every image with EfficientNet-Lite0 into an on-disk feature cache (resumable)"
 DESCRIPTION = """\
@@ -46,7 +46,8 @@ def run(args):
     from ..data.flickr8k import find_flickr8k_dir
     from ..encoders.efficientnet import EfficientNetLite0
     from ..data.images import ImageDecodeError
-    from ..features import FeatureCacheError, default_cache_path, flickr8k_image_list, extract_features
+    from ..features import (FeatureCacheError, cache_paths, default_cache_path, extract_features,
+                            flickr8k_image_list)
 
     from nn import backend
 
@@ -67,7 +68,7 @@ def run(args):
     out = args.out or default_cache_path("flickr8k", EfficientNetLite0.name, args.split)
     if args.limit and not args.out:
         out = f"{out}_first{args.limit}"
-    check_not_in_data(out, root, "--out")
+    check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
     encoder = EfficientNetLite0.from_pretrained()

@@ -4,8 +4,9 @@ import os
 import sys
 
 from nn import backend
+from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_not_in_data
+from ..cli import UsageError, check_outputs
 
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
@@ -41,6 +42,9 @@ examples:
   python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 60
   python -m captioning train --data ../shared/flickr8k --resume
 """
+
+# What a run writes into --out (see captioning.training.Trainer).
+RUN_FILES = ("best.npz", "last.npz", "curves.png")
 
 MODEL_CHOICES = {"attention": "attention", "show-tell": "show-tell"}
 
@@ -141,7 +145,7 @@ def _defaults(args, synthetic):
     for key, value in chosen.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.max_minutes is not None and args.max_minutes <= 0:
+    if args.max_minutes == 0:      # "no limit"; a negative value is left for _check_options to refuse
         args.max_minutes = None
 
 
@@ -168,7 +172,8 @@ def run(args):
                          f"{data.describe()}: training needs images in train, dev (to pick the best "
                          "checkpoint) and test; use a larger data set")
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
-    check_not_in_data(out, data.spec.get("root"), "--out")
+    check_outputs([("--out", out)] + [("--out", os.path.join(out, name)) for name in RUN_FILES],
+                  data.files_read(), data.spec.get("root"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; give a folder for the run")
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
@@ -249,8 +254,8 @@ def _show_samples(best_path, data, out, synthetic, count=4):
         if synthetic:
             from PIL import Image
             name = os.path.join(out, f"sample_{k}.png")
-            tmp = os.path.join(out, f".sample_{k}.png.tmp")
-            Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(tmp, format="PNG")
-            os.replace(tmp, name)
+            remove_stale_temporaries(name)
+            with atomic_write(name, "wb") as f:
+                Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(f, format="PNG")
         print(f"  {name}: {' '.join(words)}")
         print(f"  {' ' * len(name)}  (a reference: {' '.join(refs[0])})")

@@ -11,7 +11,7 @@
 """
 from .splits import SPLIT_NAMES, CaptionSplit, LoadReport
 from .text import Vocabulary, tokenize
-from .flickr8k import Flickr8k, find_flickr8k_dir, load_flickr8k
+from .flickr8k import CaptionFileError, Flickr8k, find_flickr8k_dir, load_flickr8k
 from .shapes import ShapesSplit, make_shapes_dataset, shapes_splits
 from .images import ImageDecodeError, load_image, load_images, normalize_images
 from .batches import (CaptionBatch, CaptionTable, ImageBatch, encode_split, epoch_order,

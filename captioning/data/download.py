@@ -33,6 +33,8 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from nn.persist import naming_the_file
+
 __all__ = ["DownloadError", "DEFAULT_URL_BASE", "ARCHIVES", "download_flickr8k", "fetch",
            "verify_zip", "extract_archive", "ProgressBar"]
 
@@ -231,7 +233,8 @@ def extract_archive(zip_path, dest, folder):
             for name, relative in _member_targets(archive.namelist()).items():
                 out_path = staging.joinpath(*relative.parts)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(name) as source, open(out_path, "wb") as out:
+                with archive.open(name) as source, open(out_path, "wb") as out, \
+                        naming_the_file(target.joinpath(*relative.parts), f"cannot unpack {name}"):
                     shutil.copyfileobj(source, out, CHUNK_BYTES)
         os.replace(staging, target)
     except BaseException:

@@ -76,9 +76,16 @@ class LoadReport:
     def skip(self, reason, example):
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
-        example = str(example)[:120]
+        example = str(example)
+        if not example.isprintable():  # shown on one terminal line: escape tabs, line breaks, ESC
+            example = repr(example)[1:-1]
+        example = example[:120]
         if len(shown) < 3 and example not in shown:
             shown.append(example)
+
+    def num_skipped(self):
+        """How many entries were skipped, for every reason together."""
+        return sum(self.skipped.values())
 
     def skipped_lines(self):
         """One line per reason entries were skipped (e.g. photos listed but not in the folder)."""
