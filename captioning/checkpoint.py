@@ -25,7 +25,7 @@ side by side in the output folder.
 import os
 from dataclasses import dataclass, field
 
-from nn.persist import load_npz, save_npz
+from nn.persist import check_parameter_values, load_npz, save_npz
 
 from .data.text import Vocabulary
 from .models import ConfigMismatchError, build
@@ -75,8 +75,9 @@ def load_checkpoint(path, dtype=None):
     """Read a checkpoint and rebuild its model (in eval mode) on the current backend.
 
     Raises FileNotFoundError for a missing file and ConfigMismatchError (a
-    ValueError) for a file that is not a captioning checkpoint or whose
-    parameters do not fit the configuration it records.
+    ValueError) for a file that is not a captioning checkpoint, whose
+    parameters do not fit the configuration it records, or that holds an
+    array of a non-float dtype or with NaN/inf values (named).
     """
     path = os.fspath(path)
     if os.path.isdir(path):   # e.g. the --out folder of train
@@ -94,20 +95,58 @@ def load_checkpoint(path, dtype=None):
         if len(vocabulary) != config.get("vocab_size"):
             raise ConfigMismatchError(f"vocabulary of {len(vocabulary)} words but the model "
                                       f"expects vocab_size={config.get('vocab_size')}")
-        model = build(config, dtype=dtype)
+        # Not much more than the file holds: a damaged size (hidden_dim 2**40) is an error, not a
+        # huge allocation; a model a little off is built, for the shape check to say what differs.
+        held = sum(int(v.size) for k, v in arrays.items() if k.startswith("decoder/"))
+        model = build(config, dtype=dtype, max_parameters=2 * held + _SPARE_PARAMETERS)
+        records = {name: meta.get(name) or {} for name in ("encoder", "training")}
+        wrong = [name for name, record in records.items() if not isinstance(record, dict)]
+        if wrong:
+            raise ConfigMismatchError(f"its {' and '.join(wrong)} record is not a JSON object")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ConfigMismatchError included
         detail = f"no {exc} record" if isinstance(exc, KeyError) else str(exc)
         raise ConfigMismatchError(f"{path}: a damaged or incomplete checkpoint ({detail})") from None
-    decoder = {k[len("decoder/"):]: v for k, v in arrays.items() if k.startswith("decoder/")}
+    parts = _check_arrays(path, arrays)
     try:
-        model.load_state_dict(decoder)
+        model.load_state_dict(parts["decoder"])
     except ConfigMismatchError as exc:
         raise ConfigMismatchError(f"{path}: {exc}") from exc
     return Checkpoint(
-        path=path, model=model.eval(), vocabulary=vocabulary, encoder=meta.get("encoder") or {},
-        encoder_state={k[len("encoder/"):]: v for k, v in arrays.items() if k.startswith("encoder/")},
-        optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
-        training=meta.get("training") or {})
+        path=path, model=model.eval(), vocabulary=vocabulary, encoder=records["encoder"],
+        encoder_state=parts["encoder"], optimizer_state=parts["optim"], training=records["training"])
+
+
+# How many parameter values beyond twice what a file holds its configuration may ask for.
+_SPARE_PARAMETERS = 1 << 22
+
+# Optimizer entries that are not floats (a step count, a flag); every other saved array is one.
+_OPTIM_NON_FLOAT = ("t", "decoupled_weight_decay")
+
+
+def _check_arrays(path, arrays):
+    """Split a checkpoint's arrays into {"decoder", "encoder", "optim"} dicts (prefix removed).
+
+    Refuses, naming the array, any outside those three groups and any float
+    that should be a float but is not, or is NaN/inf
+    (nn.persist.check_parameter_values): a damaged checkpoint is an error when
+    it is read, not garbage captions or a "diverged" training later. Which
+    names each group must hold is checked by what loads it (the model, the
+    encoder, the optimizer).
+    """
+    parts = {"decoder": {}, "encoder": {}, "optim": {}}
+    for key, value in arrays.items():
+        group, _, name = key.partition("/")
+        if group not in parts or not name:
+            raise ConfigMismatchError(f"{path}: unexpected array {key!r} (a checkpoint holds only "
+                                      "decoder/, encoder/ and optim/ arrays): it is damaged")
+        parts[group][name] = value
+    floats = {key: value for key, value in arrays.items()
+              if not (key.startswith("optim/") and key[len("optim/"):] in _OPTIM_NON_FLOAT)}
+    try:
+        check_parameter_values(floats)
+    except ValueError as exc:
+        raise ConfigMismatchError(f"{path}: {exc}") from None
+    return parts
 
 
 def check_vocabulary(checkpoint, vocabulary, what="the data"):

@@ -30,6 +30,7 @@ parameter rebuild functions, storage types, OrderedDict). Any other global
 before anything is called.
 """
 import collections
+import errno
 import io
 import os
 import pickle
@@ -123,13 +124,47 @@ _ALLOWED_GLOBALS = {
 _ALLOWED_GLOBALS.update({("torch", name): st for name, st in _STORAGE_TYPES.items()})
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """An Unpickler that imports nothing: globals come from the allow-list only."""
+class _BoundedFile:
+    """A file whose read(n) never asks for more than what is left: a pickle opcode
+    claiming 2**40 bytes must not make the read allocate that much first."""
+
+    def __init__(self, file):
+        self.file, self.size = file, os.fstat(file.fileno()).st_size
+
+    def read(self, n=-1):
+        left = max(self.size - self.file.tell(), 0)
+        return self.file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self):
+        return self.file.readline()
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    """An Unpickler that imports nothing: globals come from the allow-list only.
+
+    The pure-Python unpickler (pickle._Unpickler), not the C one: the C one sizes
+    its memo table by the largest index a pickle names, so a four-byte
+    LONG_BINPUT of 2**30 allocated and zeroed gigabytes (a minute, from a
+    1.5 kB file); a state dict's pickle is small, so the slower parser costs
+    little.
+    """
 
     def __init__(self, file, path, storage_types):
         super().__init__(file)
         self.path = path
         self.storage_types = storage_types  # key -> _StorageType, filled as ids appear
+
+    def _load_build(self):
+        # BUILD sets attributes of the object below it. torch uses it on the state dict
+        # (an OrderedDict's _metadata); on anything else (our allow-listed functions and
+        # storage types) it would change them for every later load, e.g. a storage's dtype.
+        if len(self.stack) >= 2 and not isinstance(self.stack[-2], dict):
+            raise UnsafeCheckpointError(f"{self.path}: refusing to set attributes of "
+                                        f"{self.stack[-2]!r:.80} (pickle BUILD): a state dict does not")
+        pickle._Unpickler.load_build(self)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module, name):
         try:
@@ -145,7 +180,7 @@ class _SafeUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
             raise CheckpointError(f"{self.path}: unsupported persistent id {pid!r}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int):
+        if not isinstance(storage_type, _StorageType) or not _is_count(numel):
             raise CheckpointError(f"{self.path}: bad storage record {pid!r}")
         key = str(key)
         self.storage_types[key] = storage_type
@@ -153,8 +188,14 @@ class _SafeUnpickler(pickle.Unpickler):
         if view is None:
             return _StorageRef(storage_type, key, numel)
         # legacy view of a larger storage: (view_key, offset, view_size)
+        if not (isinstance(view, tuple) and len(view) == 3 and _is_count(view[1]) and _is_count(view[2])):
+            raise CheckpointError(f"{self.path}: bad storage view record {pid!r}")
         _view_key, view_offset, view_size = view
         return _StorageRef(storage_type, key, view_size, view_offset=view_offset)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # --- turning raw bytes into arrays -------------------------------------------
@@ -164,11 +205,18 @@ def _tensor_to_array(ref, storages, path):
     start = ref.storage.view_offset
     flat = storages[ref.storage.key][start:start + ref.storage.numel]
     shape, strides = ref.size, ref.stride
+    if min(shape + strides, default=0) < 0 or ref.offset < 0:
+        raise CheckpointError(f"{path}: negative offset, size or stride in storage {ref.storage.key}")
+    # A tensor of a state dict never holds more elements than its storage: a view that
+    # repeats elements (stride 0) could make a tiny file allocate any amount of memory.
+    # (and an empty tensor's other sizes stay small enough for NumPy to multiply them)
+    if (int(np.prod(shape, dtype=object)) > len(flat) or len(shape) > 32
+            or int(np.prod([n for n in shape if n], dtype=object)) > 2 ** 40):
+        raise CheckpointError(f"{path}: tensor of size {shape} has more elements than its storage "
+                              f"{ref.storage.key} ({len(flat)} elements)")
     if any(n == 0 for n in shape):
         out = np.zeros(shape, dtype=flat.dtype)
     else:
-        if min(strides, default=0) < 0 or ref.offset < 0:
-            raise CheckpointError(f"{path}: negative offset or stride in storage {ref.storage.key}")
         last = ref.offset + sum((n - 1) * s for n, s in zip(shape, strides))
         if last >= len(flat):
             raise CheckpointError(
@@ -208,7 +256,32 @@ def _materialise(obj, make_array):
     return obj
 
 
+def _materialise_all(obj, storages, path):
+    try:
+        return _materialise(obj, lambda t: _tensor_to_array(t, storages, path))
+    except RecursionError:   # containers nested thousands deep: no state dict looks like that
+        raise CheckpointError(f"{path}: the saved object is nested too deeply to be a state dict") from None
+
+
 # --- the two file layouts -----------------------------------------------------
+
+# A member may expand this much beyond its compressed size (plus _MAX_EXPANSION_SLACK
+# bytes for small ones): torch.save stores members uncompressed, and a "zip bomb" of a
+# few kilobytes must not make us allocate gigabytes.
+_MAX_EXPANSION = 16
+_MAX_EXPANSION_SLACK = 1 << 20
+
+
+def _read_member(archive, name, path):
+    """archive.read(name), refusing a member whose declared size is out of proportion."""
+    info = archive.getinfo(name)
+    if info.flag_bits & 0x1:   # zipfile would ask for a password (RuntimeError)
+        raise CheckpointError(f"{path}: member {name} is encrypted: not a PyTorch checkpoint")
+    if info.file_size > _MAX_EXPANSION * info.compress_size + _MAX_EXPANSION_SLACK:
+        raise CheckpointError(f"{path}: member {name} would expand from {info.compress_size} to "
+                              f"{info.file_size} bytes: not a PyTorch checkpoint (a zip bomb?)")
+    return archive.read(name)
+
 
 def _load_zip(path):
     with zipfile.ZipFile(path) as archive:
@@ -220,24 +293,24 @@ def _load_zip(path):
         prefix = pickles[0][:-len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            byteorder = _read_member(archive, prefix + "byteorder", path).decode("ascii", "replace").strip()
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"{path}: unknown byteorder {byteorder!r}")
         storage_types = {}
-        obj = _unpickle(archive.read(pickles[0]), path, storage_types)
+        obj = _unpickle(_read_member(archive, pickles[0], path), path, storage_types)
         storages = {}
         for key, storage_type in storage_types.items():
             member = f"{prefix}data/{key}"
             if member not in names:
                 raise CheckpointError(f"{path}: storage {member} is missing from the archive")
-            raw = archive.read(member)
+            raw = _read_member(archive, member, path)
             storages[key] = _storage_array(storage_type, raw, len(raw) // storage_type.dtype.itemsize,
                                            byteorder == "big", path, key)
-    return _materialise(obj, lambda t: _tensor_to_array(t, storages, path))
+    return _materialise_all(obj, storages, path)
 
 
 def _unpickle(data_or_file, path, storage_types):
-    file = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) else data_or_file
+    file = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) else _BoundedFile(data_or_file)
     try:
         return _SafeUnpickler(file, path, storage_types).load()
     except CheckpointError:
@@ -274,12 +347,17 @@ def _load_legacy(path):
                 raise CheckpointError(f"{path}: truncated before storage {key}")
             (numel,) = struct.unpack(count_format, header)
             storage_type = storage_types[key]
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if not 0 <= numel * storage_type.dtype.itemsize <= left:   # before reading that much
+                raise CheckpointError(f"{path}: storage {key} claims {numel} elements of "
+                                      f"{storage_type.dtype.itemsize} bytes but {left} bytes are left "
+                                      "in the file (truncated or corrupt)")
             raw = f.read(numel * storage_type.dtype.itemsize)
             storages[key] = _storage_array(storage_type, raw, numel, big_endian, path, key)
         missing = sorted(set(storage_types) - set(storages))
         if missing:
             raise CheckpointError(f"{path}: truncated: storages {missing[:5]} have no data")
-    return _materialise(obj, lambda t: _tensor_to_array(t, storages, path))
+    return _materialise_all(obj, storages, path)
 
 
 def load_pth(path):
@@ -299,7 +377,12 @@ def load_pth(path):
     if zipfile.is_zipfile(path):
         try:
             return _load_zip(path)
-        except zipfile.BadZipFile as exc:
+        # NotImplementedError: an unknown zip method; UnicodeDecodeError: a damaged member name
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:   # EINVAL: a damaged offset sent a seek before the file's start
+                raise
             raise CheckpointError(f"{path}: corrupt zip checkpoint ({exc})") from exc
     return _load_legacy(path)
 

@@ -246,7 +246,15 @@ class TrainableEncoder:
         return {k: backend.to_numpy(v) for k, v in self.cnn.state_dict().items()}
 
     def load_state_dict(self, state):
-        self.cnn.load_state_dict(state)
+        """Load saved CNN weights: every array present, none unexpected, floats without NaN/inf
+        (ConfigMismatchError naming what is wrong; nothing changes then)."""
+        if not state:
+            raise ConfigMismatchError("the checkpoint holds none of its small_cnn encoder's weights "
+                                      "(no encoder/* arrays): it is damaged or incomplete")
+        try:
+            self.cnn.load_state_dict(state)
+        except ValueError as exc:
+            raise ConfigMismatchError(f"small_cnn encoder weights do not fit its configuration: {exc}") from None
 
     def train(self):
         self.cnn.train()
@@ -258,21 +266,24 @@ class TrainableEncoder:
 
 
 def make_encoder(spec, state=None, dtype=None):
-    """The encoder a checkpoint's spec describes (trainable CNN weights from `state`)."""
-    name = (spec or {}).get("name")
+    """The encoder a checkpoint's spec describes, trainable CNN weights loaded from `state`
+    (all of them: a checkpoint lacking some is refused, never run with fresh weights)."""
+    name = spec.get("name") if isinstance(spec, dict) else None
     if name == "small_cnn":
         config = spec.get("config", {})
-        encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
-                                             image_size=config.get("image_size", 64),
-                                             seed=config.get("seed", 0), coords=config.get("coords", False),
-                                             dtype=dtype)
-        if state:
-            try:
-                encoder.load_state_dict(state)
-            except ValueError as exc:
-                raise ConfigMismatchError(f"small_cnn encoder weights do not fit its configuration: {exc}")
+        try:
+            encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
+                                                 image_size=config.get("image_size", 64),
+                                                 seed=config.get("seed", 0), coords=config.get("coords", False),
+                                                 dtype=dtype)
+        except (AttributeError, TypeError, ValueError) as exc:   # a damaged record, e.g. "channels": "x"
+            raise ConfigMismatchError(f"small_cnn encoder record {spec} is damaged ({exc})") from None
+        encoder.load_state_dict(state)
         return encoder
     if name == "efficientnet_lite0":
+        if state:   # a frozen encoder has no weights in a checkpoint
+            raise ConfigMismatchError(f"the checkpoint holds encoder/* arrays ({', '.join(sorted(state)[:3])}, ...) "
+                                      "but its encoder efficientnet_lite0 is frozen: it is damaged")
         return FrozenFeatures(spec)
     raise ConfigMismatchError(f"unknown image encoder {spec!r} (expected small_cnn or efficientnet_lite0)")
 

@@ -22,7 +22,7 @@ step at a time in a decoder loop) calls the functional ops itself with
 `layer.params[...]` and writes the SUM of the gradients into `layer.grads`.
 """
 from . import backend
-from .persist import compare_named_shapes
+from .persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["Module", "Sequential"]
 
@@ -162,9 +162,11 @@ class Module:
 
         Returns (missing, unexpected): sorted lists of names. Raises ValueError
         listing every difference when a shape differs, or when strict and any
-        name is missing or unexpected.
+        name is missing or unexpected; and naming a value that is not a float
+        or holds NaN/inf (nn.persist.check_parameter_values).
         """
-        missing, unexpected, wrong = compare_named_shapes(self._state_targets(), state)
+        targets = self._state_targets()
+        missing, unexpected, wrong = compare_named_shapes(targets, state)
         mismatched = [f"{name}: saved {saved}, model {model}" for name, model, saved in wrong]
         problems = []
         if strict and missing:
@@ -176,6 +178,10 @@ class Module:
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model; "
                              + " | ".join(problems))
+        try:
+            check_parameter_values({name: state[name] for name in targets if name in state})
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):

@@ -21,6 +21,7 @@ under "optim/<key>".
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -30,8 +31,8 @@ import numpy
 
 from . import backend
 
-__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "META_KEY",
-           "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
+__all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "check_parameter_values",
+           "META_KEY", "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -64,6 +65,28 @@ def compare_named_shapes(expected, found):
                   for name in sorted(set(expected) & set(found))
                   if shape(expected[name]) != shape(found[name])]
     return missing, unexpected, mismatched
+
+
+def check_parameter_values(arrays):
+    """Refuse saved values no trained model holds: a non-float dtype, NaN or inf.
+
+    Inputs:
+    - arrays: dict name -> array (NumPy or CuPy), e.g. a state dict read from a file
+    Raises ValueError naming the first bad array. Why refuse rather than cast or
+    load: an integer array cast to float has lost its fractions (a damaged or
+    foreign file), and one NaN weight turns every output into NaN, so a model
+    would caption garbage (or training "diverge") with no word of the cause.
+    """
+    for name, value in arrays.items():
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or dtype.kind != "f":
+            raise ValueError(f"array {name!r} has dtype {dtype}, not a floating-point type: "
+                             "parameters are floats, so the file is damaged or not made for this model")
+        xp = backend.get_array_module(value)
+        bad = int(xp.count_nonzero(~xp.isfinite(value)))
+        if bad:
+            raise ValueError(f"array {name!r} holds {bad} non-finite value(s) (NaN or inf) among "
+                             f"{value.size}: the weights are damaged (saved from a diverged run?)")
 
 
 def save_npz(path, arrays, meta=None, compress=False):
@@ -239,7 +262,8 @@ def load_npz(path):
     Returns: (arrays, meta): dict str -> NumPy array, and the metadata (None
     when the file has none).
     Raises FileNotFoundError when missing, NpzFormatError (a ValueError) when
-    not a readable .npz or when it holds pickled objects.
+    not a readable .npz, when it holds pickled objects, or when a member
+    claims more than the file can hold (checked before allocating it).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -247,14 +271,9 @@ def load_npz(path):
     if not zipfile.is_zipfile(path):   # numpy.load would take any other file for a pickle
         raise NpzFormatError(f"load_npz: {path} is not an .npz file (not a zip archive)")
     try:
-        with numpy.load(path, allow_pickle=False) as data:
-            if not isinstance(data, numpy.lib.npyio.NpzFile):
-                raise ValueError("it holds a single .npy array, not an .npz archive")
-            arrays = {key: data[key] for key in data.files}
-        others = [key for key, value in arrays.items() if not isinstance(value, numpy.ndarray)]
-        if others:   # NpzFile gives the raw bytes of members that are no .npy arrays
-            raise ValueError(f"it holds files that are not arrays: {others[:3]}")
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        arrays = _read_npz_members(path)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        # NotImplementedError: zipfile's word for a compression method or flag it cannot read
         raise NpzFormatError(f"load_npz: {path} is not a readable .npz file without pickles: {exc}") from exc
     meta = None
     if META_KEY in arrays:
@@ -263,6 +282,79 @@ def load_npz(path):
         except ValueError as exc:
             raise NpzFormatError(f"load_npz: {path} has corrupt metadata: {exc}") from exc
     return arrays, meta
+
+
+# How far a member may expand beyond its compressed size (plus NPZ_EXPANSION_SLACK bytes,
+# for small members): real arrays compress little, and a "zip bomb" of a few megabytes
+# must not make load_npz allocate and fill gigabytes before it finds out.
+NPZ_MAX_EXPANSION = 16
+NPZ_EXPANSION_SLACK = 1 << 20
+_CHUNK = 1 << 24   # bytes read at a time into an array
+
+
+def _read_npz_members(path):
+    """name -> array of every .npy member (what numpy.load(path, allow_pickle=False) gives).
+
+    Read by hand rather than with numpy.load, to check each member before its array
+    is allocated: ValueError for a member that is no .npy array, holds objects
+    (pickles), claims more bytes than it holds, or expands out of proportion to
+    its compressed size.
+    """
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        others = [info.filename for info in infos if not info.filename.endswith(".npy")]
+        if others:
+            raise ValueError(f"it holds files that are not arrays: {others[:3]}")
+        for info in infos:
+            if info.flag_bits & 0x1:   # zipfile would ask for a password (RuntimeError)
+                raise ValueError(f"member {info.filename} is encrypted")
+            if info.file_size > NPZ_MAX_EXPANSION * info.compress_size + NPZ_EXPANSION_SLACK:
+                raise ValueError(f"member {info.filename} would expand from {info.compress_size} to "
+                                 f"{info.file_size} bytes (a zip bomb?)")
+            with archive.open(info) as f:
+                shape, fortran, dtype = _read_npy_header(f, info.filename)
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename} holds Python objects, which need pickle")
+                if min(shape, default=0) < 0:
+                    raise ValueError(f"member {info.filename} has a negative size in its shape {shape}")
+                count = math.prod(shape)
+                need = f.tell() + dtype.itemsize * count
+                if need > info.file_size:
+                    raise ValueError(f"member {info.filename} claims a {dtype} array of shape {shape} "
+                                     f"({need} bytes) but holds {info.file_size} bytes")
+                flat = numpy.empty(count, dtype=dtype)
+                _read_into(f, flat.view(numpy.uint8) if flat.nbytes else flat[:0], info.filename)
+            # Fortran order: the bytes are the transpose's, in C order
+            arrays[info.filename[:-len(".npy")]] = (flat.reshape(shape[::-1]).transpose() if fortran
+                                                    else flat.reshape(shape))
+    return arrays
+
+
+def _read_npy_header(f, name):
+    """(shape, fortran_order, dtype) of the .npy file f; ValueError when unreadable."""
+    try:
+        version = numpy.lib.format.read_magic(f)
+        readers = {(1, 0): numpy.lib.format.read_array_header_1_0,
+                   (2, 0): numpy.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f".npy format {version} is not 1.0 or 2.0")
+        return readers[version](f)
+    except (zipfile.BadZipFile, NotImplementedError, OSError):
+        raise
+    except Exception as exc:   # damaged header text: NumPy's parser raises SyntaxError, TokenError, ...
+        raise ValueError(f"member {name} has no readable .npy header ({type(exc).__name__}: {exc})") from None
+
+
+def _read_into(f, out, name):
+    """Fill the uint8 array `out` from f, a chunk at a time (no second copy of a large array)."""
+    done = 0
+    while done < len(out):
+        chunk = f.read(min(_CHUNK, len(out) - done))
+        if not chunk:
+            raise ValueError(f"member {name} is truncated")
+        out[done:done + len(chunk)] = numpy.frombuffer(chunk, dtype=numpy.uint8)
+        done += len(chunk)
 
 
 def save_model(path, module, optimizer=None, meta=None, compress=False):

@@ -180,3 +180,53 @@ def test_an_empty_or_hand_damaged_cache_is_a_cache_error_not_a_crash(tmp_path):
         open_cache(out)
     cache = extract_features(QuadrantEncoder(), paths, ids, out, progress=False, overwrite=True)
     assert cache.pooled.shape[0] == 2                      # --overwrite repairs it
+
+
+def _poison_row(out, kind, row):
+    array = np.load(cache_paths(out)[kind], mmap_mode="r+")
+    array[row].flat[0] = np.nan
+    array.flush()
+    del array
+
+
+def test_a_row_of_nan_is_refused_naming_its_image_and_each_row_is_checked_once(tmp_path, monkeypatch):
+    paths, ids = _photos(tmp_path, 5)
+    out = tmp_path / "c"
+    extract_features(QuadrantEncoder(), paths, ids, out, progress=False)
+    _poison_row(out, "grid", 3)
+    cache = open_cache(out)
+    grid, pooled = cache.for_images(ids[:3])                 # the damaged row is not among them
+    with pytest.raises(FeatureCacheError, match=rf"grid features of image {ids[3]} \(row 3\) hold NaN or inf"):
+        cache.for_images(ids[2:])
+    cache.for_images(ids, check=("pooled",))                 # the pooled rows are intact
+    reads = []
+    monkeypatch.setattr(np, "isfinite", lambda values: reads.append(len(values)) or np.ones_like(values, bool))
+    cache.for_images(ids[:3])
+    cache.for_images(ids, check=("pooled",))
+    assert reads == []                                       # checked once, not at every call
+
+
+def test_train_and_evaluate_refuse_a_cache_row_of_nan(tmp_path, capsys):
+    from captioning.cli import main
+    from data_fixtures import make_original, tiny_corpus
+    splits, captions = tiny_corpus()
+    root = make_original(tmp_path / "flickr", splits, captions)
+    cache = tmp_path / "features"
+    assert main(["features", "--data", str(root), "--out", str(cache), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--features", str(cache), "--epochs", "1", "--min-count", "1",
+                 "--hidden", "24", "--embed", "16", "--attention-dim", "16", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    index = json.loads(cache_paths(cache)["index"].read_text())
+    test_id = splits["test"][1]
+    _poison_row(cache, "grid", index["image_ids"].index(test_id))
+    assert main(["evaluate", "--checkpoint", str(run / "best.npz"), "--features", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: feature cache") and f"features of image {test_id}" in err
+    assert err.count("\n") == 1
+    train_id = splits["train"][0]
+    _poison_row(cache, "grid", index["image_ids"].index(train_id))
+    assert main(["train", "--data", str(root), "--features", str(cache), "--epochs", "1", "--min-count", "1",
+                 "--quiet", "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert f"features of image {train_id}" in err and "--lr" not in err

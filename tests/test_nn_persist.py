@@ -236,3 +236,49 @@ def test_remove_stale_temporaries_removes_only_those_of_dead_writers(tmp_path):
     assert not os.path.exists(stale) and target.read_bytes() == b"previous"
     assert alive.exists() and all(path.exists() for path in others)
     assert persist.remove_stale_temporaries(tmp_path / "no" / "such.json") == []
+
+
+def test_load_npz_refuses_a_compressed_bomb_before_allocating_it(tmp_path):
+    path = tmp_path / "bomb.npz"
+    numpy.savez_compressed(path, w=numpy.zeros(64 * 2 ** 20 // 8 + 2 ** 20))   # 72 MiB of zeros
+    assert path.stat().st_size < 200_000
+    with pytest.raises(persist.NpzFormatError, match=r"member w.npy would expand from \d+ to \d+ bytes"):
+        persist.load_npz(path)
+    small = tmp_path / "small.npz"
+    numpy.savez_compressed(small, w=numpy.zeros(1000))          # compresses well, but is small: fine
+    assert persist.load_npz(small)[0]["w"].shape == (1000,)
+
+
+def test_load_npz_refuses_a_header_claiming_more_than_the_member_holds(tmp_path):
+    import io
+    member = io.BytesIO()
+    numpy.lib.format.write_array_header_1_0(
+        member, {"descr": "<f8", "fortran_order": False, "shape": (9999999999,)})
+    member.write(numpy.ones(4).tobytes())                      # 32 bytes, not 80 GB
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", member.getvalue())
+    with pytest.raises(persist.NpzFormatError, match=r"claims a float64 array of shape \(9999999999,\)"):
+        persist.load_npz(path)
+
+
+def _set_encrypted_flag(path):
+    """Mark every member of the zip at `path` as encrypted (flag bit 0 of its directory entry)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + 8] |= 1
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_load_npz_calls_an_encrypted_or_damaged_header_member_a_format_error(tmp_path):
+    path = tmp_path / "locked.npz"
+    persist.save_npz(path, {"w": numpy.ones(2)})
+    _set_encrypted_flag(path)
+    with pytest.raises(persist.NpzFormatError, match="w.npy is encrypted"):
+        persist.load_npz(path)
+    with zipfile.ZipFile(tmp_path / "header.npz", "w") as archive:   # a header NumPy's parser chokes on
+        archive.writestr("w.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8',\n")
+    with pytest.raises(persist.NpzFormatError, match="no readable .npy header"):
+        persist.load_npz(tmp_path / "header.npz")

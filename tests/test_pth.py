@@ -24,7 +24,10 @@ def _global(module, name):
 
 
 def _int(value):
-    return b"J" + struct.pack("<i", value)  # BININT
+    if -2 ** 31 <= value < 2 ** 31:
+        return b"J" + struct.pack("<i", value)  # BININT
+    data = value.to_bytes(16, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data  # LONG1
 
 
 def _str(text):
@@ -323,3 +326,104 @@ def test_matches_torch_save(tmp_path, zip_format):
         assert loaded[name].shape == tuple(tensor.shape), name
         assert loaded[name].dtype == want.dtype, name
         np.testing.assert_array_equal(loaded[name], want, err_msg=name)
+
+
+# --- hostile sizes: the reader's own error, before any large allocation ------
+
+def _one_tensor(size, stride, numel=4):
+    storages = {"0": np.arange(numel, dtype=np.float32)}
+    return storages, [("w", "FloatStorage", "0", numel, 0, size, stride)]
+
+
+@pytest.mark.parametrize("count", [2 ** 60, 2 ** 33, -5])
+def test_legacy_storage_count_beyond_the_file_is_refused(tmp_path, count):
+    storages, entries = _one_tensor((4,), (1,))
+    path = tmp_path / "count.pth"
+    write_legacy(path, storages, entries)
+    data = bytearray(path.read_bytes())
+    at = len(data) - 4 * 4 - 8                      # the 8-byte element count of the one storage
+    assert struct.unpack("<q", data[at:at + 8]) == (4,)
+    data[at:at + 8] = struct.pack("<q", count)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="count.pth: .*storage 0"):
+        load_pth(path)
+
+
+@pytest.mark.parametrize("writer", [write_legacy, write_zip])
+@pytest.mark.parametrize("size, stride", [((2 ** 40, 2 ** 40), (0, 0)), ((16384, 16384), (0, 0)),
+                                          ((2, -1), (1, 1)), ((4,), (-1,)),
+                                          ((2 ** 40, 0, 2 ** 40), (1, 1, 1))])   # empty, yet too big
+def test_a_view_larger_than_its_storage_is_refused_before_allocating(tmp_path, writer, size, stride):
+    storages, entries = _one_tensor(size, stride)
+    path = tmp_path / "view.pth"
+    writer(path, storages, entries)
+    assert path.stat().st_size < 1000
+    with pytest.raises(CheckpointError, match="view.pth"):
+        load_pth(path)
+
+
+def test_a_stride_zero_view_within_its_storage_still_loads(tmp_path):
+    storages, entries = _one_tensor((2, 2), (0, 1))   # 4 elements from a storage of 4: allowed
+    path = tmp_path / "ok.pth"
+    write_zip(path, storages, entries)
+    np.testing.assert_array_equal(load_pth(path)["w"], [[0, 1], [0, 1]])
+
+
+def test_a_deeply_nested_pickle_is_refused(tmp_path):
+    path = tmp_path / "deep.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b".")
+    with pytest.raises(CheckpointError, match="deep.pth"):
+        load_pth(path)
+
+
+def test_a_zip_member_that_expands_far_beyond_the_file_is_refused(tmp_path):
+    storages = {"0": np.zeros(64 * 2 ** 20 // 4 + 2 ** 20, dtype=np.float32)}   # 68 MiB of zeros
+    entries = [("w", "FloatStorage", "0", storages["0"].size, 0, (4,), (1,))]
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", _state_dict_pickle(entries, legacy=False))
+        zf.writestr("archive/data/0", storages["0"].tobytes())
+    assert path.stat().st_size < 200_000
+    with pytest.raises(CheckpointError, match="bomb.pth: .*expand"):
+        load_pth(path)
+
+
+def test_a_huge_memo_index_allocates_nothing(tmp_path):
+    """LONG_BINPUT n: the C unpickler sized its memo table by n (2**30: 16 GB zeroed, a minute)."""
+    import tracemalloc
+    path = tmp_path / "memo.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02]r" + struct.pack("<I", 2 ** 24 + 7) + b".")
+    tracemalloc.start()
+    try:
+        assert load_pth(path) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2 ** 20
+
+
+def test_a_pickle_cannot_change_the_allow_listed_stand_ins(tmp_path):
+    """BUILD on an allow-listed global would set its attributes for every later load."""
+    storages, entries, expected = _example()
+    attack = (b"\x80\x02" + _global("torch", "FloatStorage") + b"}" + _str("dtype") + _str("<f8")
+              + b"sb0].")   # FloatStorage.dtype = "<f8"; then return []
+    path = tmp_path / "build.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", attack)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to set attributes"):
+        load_pth(path)
+    good = tmp_path / "good.pth"
+    write_zip(good, storages, entries)
+    _assert_same(load_pth(good), expected)
+
+
+def test_an_encrypted_member_is_a_checkpoint_error(tmp_path):
+    from tests.test_nn_persist import _set_encrypted_flag
+    storages, entries, _ = _example()
+    path = tmp_path / "locked.pth"
+    write_zip(path, storages, entries)
+    _set_encrypted_flag(path)
+    with pytest.raises(CheckpointError, match="encrypted"):
+        load_pth(path)

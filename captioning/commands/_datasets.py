@@ -112,7 +112,7 @@ def flickr8k_data(data_arg, features_arg=None, max_images=None, kind="grid", spl
                   for name, split in splits.items()}
     data = {}
     for name, split in splits.items():
-        grid, pooled = cache.for_images(split.image_ids)
+        grid, pooled = cache.for_images(split.image_ids, check=(kind,))
         data[name] = _caption_data(split, grid if kind == "grid" else pooled)
     spec = {"name": "flickr8k", "root": os.path.abspath(root), "features": os.path.abspath(str(cache.path)),
             "max_images": max_images}

@@ -3,7 +3,7 @@
 - "show-tell": Show and Tell (Vinyals et al. 2015), pooled feature -> LSTM.
 - "attention": Show, Attend and Tell (Xu et al. 2015), soft attention over a feature grid.
 """
-from .base import CaptionModel, ConfigMismatchError, log_softmax
+from .base import PARAMETER_BUDGET, CaptionModel, ConfigMismatchError, log_softmax
 from .show_attend_tell import ShowAttendTell
 from .show_tell import ShowAndTell
 
@@ -13,9 +13,17 @@ __all__ = ["CaptionModel", "ConfigMismatchError", "ShowAndTell", "ShowAttendTell
 MODELS = {ShowAndTell.name: ShowAndTell, ShowAttendTell.name: ShowAttendTell}
 
 
-def build(config, seed=0, dtype=None):
-    """A new model of the kind config["model"] names ("show-tell" or "attention")."""
+def build(config, seed=0, dtype=None, max_parameters=None):
+    """A new model of the kind config["model"] names ("show-tell" or "attention").
+
+    max_parameters: refuse (ConfigMismatchError, before allocating) a configuration
+    that makes more parameter values than this, e.g. than a checkpoint holds.
+    """
     kind = config.get("model")
     if kind not in MODELS:
         raise ConfigMismatchError(f"unknown model {kind!r}: choose one of {sorted(MODELS)}")
-    return MODELS[kind](config, seed=seed, dtype=dtype)
+    token = PARAMETER_BUDGET.set(max_parameters)
+    try:
+        return MODELS[kind](config, seed=seed, dtype=dtype)
+    finally:
+        PARAMETER_BUDGET.reset(token)

@@ -17,17 +17,25 @@ needs more than an LSTM step (attention) also has `_step_forward` /
 `_step_backward`, laid out like `nn.recurrent.lstm_step_forward/backward`:
 ShowAttendTell is the template.
 """
+import contextvars
+import math
 import numbers
 
 from nn import backend, init
 from nn.losses import log_softmax  # also captioning.models.log_softmax
-from nn.persist import compare_named_shapes
+from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
 
 
 class ConfigMismatchError(ValueError):
     """Parameters or a checkpoint that do not belong to this model configuration."""
+
+
+# The most parameter values a model being built may have (None: no limit); set by
+# `build(config, max_parameters=...)`, e.g. to what a checkpoint file holds, so that a
+# damaged configuration (hidden_dim 2**40) is refused before anything is allocated.
+PARAMETER_BUDGET = contextvars.ContextVar("PARAMETER_BUDGET", default=None)
 
 
 class CaptionModel:
@@ -79,6 +87,11 @@ class CaptionModel:
         "zeros". Drawn with NumPy whatever the backend, so that one seed gives
         the same model on the CPU and the GPU.
         """
+        budget = PARAMETER_BUDGET.get()
+        total = sum(math.prod(shape) for shape, _ in shapes.values())
+        if budget is not None and total > budget:
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
+                                      f"but the saved parameters hold {budget}")
         gen = init.generator(seed, None)
         dtype = init.float_dtype(dtype)
         for pname, (shape, kind) in shapes.items():
@@ -149,7 +162,8 @@ class CaptionModel:
         """Check names and shapes of saved parameters without loading them.
 
         Wrong shapes always raise ConfigMismatchError; so do missing and
-        unexpected names when strict. Returns (missing, unexpected).
+        unexpected names when strict, and values that are not floats or hold
+        NaN/inf. Returns (missing, unexpected).
         """
         missing, unexpected, mismatched = compare_named_shapes(self.params, state)
         wrong = [f"{k}: checkpoint {saved} vs model {model}" for k, model, saved in mismatched]
@@ -162,6 +176,10 @@ class CaptionModel:
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
             raise ConfigMismatchError(f"{self.name}: parameters do not match this model ({', '.join(parts)})")
+        try:
+            check_parameter_values({k: state[k] for k in self.params if k in state})
+        except ValueError as exc:
+            raise ConfigMismatchError(f"{self.name}: {exc}") from None
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):
