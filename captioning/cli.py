@@ -60,12 +60,15 @@ def check_outputs(outputs, reads=(), data_folder=None):
       a path of None is skipped
     - data_folder: the data set's folder, which is only read (None: no data folder)
     Raises UsageError when an output is one of the files read, is the data folder, or lies inside
-    it. Paths are compared as real paths (and inodes), so a symlink, a hard link or a `./x`
+    it, or is a device, pipe or socket (e.g. /dev/null, which a file would replace). Paths are compared as real paths (and inodes), so a symlink, a hard link or a `./x`
     spelling is caught too.
     """
     read = {key: (what, path) for what, path in reads if path is not None for key in _file_keys(path)}
     data = None if data_folder is None else os.path.realpath(os.path.abspath(data_folder))
     for option, path in outputs:
+        if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            raise UsageError(f"{option} {path} is a device, pipe or socket, not a file: give the name of a "
+                             "file to write")
         keys = _file_keys(path)
         for key in keys:
             if key in read:
@@ -123,6 +126,17 @@ def _never_fail_to_print():
             pass
 
 
+def _reader_went_away():
+    """stdout was a pipe whose reader closed it (`... | head -1`): stop quietly, as Unix tools do,
+    with the status a SIGPIPE death gives (128 + 13). Python would print a second BrokenPipeError
+    when it flushes stdout at exit, so stdout now points at /dev/null."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):       # stdout has no file descriptor (replaced, e.g. in tests)
+        pass
+    return 141
+
+
 def main(argv=None):
     _never_fail_to_print()
     parser = build_parser()
@@ -134,6 +148,8 @@ def main(argv=None):
         if args.backend:
             backend.use(args.backend)
         return int(args._run(args) or 0)
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as exc:
         if not _is_user_error(exc):
             raise                       # a bug: keep the traceback

@@ -12,3 +12,5 @@ from .losses import *  # noqa: F401,F403
 from .embedding import *  # noqa: F401,F403
 from .recurrent import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .bidirectional import *  # noqa: F401,F403
+from .ranking import *  # noqa: F401,F403

@@ -136,13 +136,21 @@ def atomic_write(path, mode="wb", encoding=None):
     is removed and `path` stays as it was. Permissions are the usual
     rw-r--r-- (minus umask), not the owner-only ones of a temporary file.
     mode: "wb" or "w" (text, then give an encoding).
+    A symlink at `path` is followed (its target is replaced); a device, pipe or
+    socket at `path` is refused (FileExistsError), never replaced by a file.
     """
     path = os.fspath(path)
+    # A symlink is followed: its target is what gets replaced, and the link stays a link.
+    path = os.path.realpath(path) if os.path.islink(path) else path
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder {folder} does not exist (writing {path})")
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "a folder is where the file should go", path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        # os.replace would put a plain file in place of a device such as /dev/null, a pipe or a socket
+        raise FileExistsError(errno.EEXIST, "not a regular file (a device, pipe or socket): "
+                                            "give the name of a file to write", path)
     try:
         # .<name>.<pid>.<random>.tmp: the process id tells remove_stale_temporaries whether
         # the writer is still alive

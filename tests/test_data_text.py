@@ -91,3 +91,14 @@ def test_constructor_refuses_duplicates_and_specials():
         Vocabulary(["a", "a"])
     with pytest.raises(ValueError, match="special"):
         Vocabulary(["<END>"])
+
+
+@pytest.mark.parametrize("words", [
+    "<NULL> <START> <END> <UNK> dog",                     # a string, not a list
+    ["<NULL>", "<START>", "<END>", "<UNK>", 7],            # a number for a word
+    ["<NULL>", "<START>", "<END>", "<UNK>", ""],           # an empty word
+    ["<NULL>", "<START>", "<END>", "<UNK>", "dog", "dog"],  # a word twice
+])
+def test_vocabulary_from_dict_refuses_damaged_word_lists(words):
+    with pytest.raises(ValueError, match="id_to_word"):
+        Vocabulary.from_dict({"format": "captioning-vocabulary", "id_to_word": words})

@@ -282,3 +282,19 @@ def test_load_npz_calls_an_encrypted_or_damaged_header_member_a_format_error(tmp
         archive.writestr("w.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8',\n")
     with pytest.raises(persist.NpzFormatError, match="no readable .npy header"):
         persist.load_npz(tmp_path / "header.npz")
+
+
+def test_atomic_write_follows_a_symlink_and_refuses_a_device(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with persist.atomic_write(link, "w", encoding="utf-8") as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        with persist.atomic_write(fifo) as f:
+            f.write(b"x")
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]

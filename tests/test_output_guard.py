@@ -54,6 +54,15 @@ def test_evaluate_never_overwrites_its_checkpoint(shapes_run, capsys, tmp_path, 
     assert checkpoint.read_bytes() == before
 
 
+def test_evaluate_refuses_a_device_or_pipe_as_out_before_decoding(shapes_run, capsys, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out in ("/dev/null", str(fifo)):
+        _fails(capsys, ["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--out", out],
+               f"--out {out} is a device, pipe or socket, not a file")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null") and fifo.is_fifo()
+
+
 def test_evaluate_never_overwrites_its_feature_cache(flickr_run, capsys):
     root, cache, run = flickr_run
     for name in ("features.json", "features.grid.npy", "features.pooled.npy"):
@@ -227,3 +236,16 @@ def test_a_full_disk_while_unpacking_names_the_file(tmp_path, monkeypatch):
         download.extract_archive(archive, tmp_path, "Flickr8k_text")
     assert info.value.filename == str(tmp_path / "Flickr8k_text" / "Flickr8k.token.txt")
     assert sorted(os.listdir(tmp_path)) == ["Flickr8k_text.zip"]          # no half-unpacked folder
+
+
+def test_a_reader_that_closes_the_pipe_stops_caption_quietly(shapes_run):
+    import subprocess
+    images = sorted(str(p) for p in shapes_run.glob("sample_*.png")) * 40      # more than a pipe buffer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "captioning", "caption", *images, "--beam", "1",
+               "--checkpoint", str(shapes_run / "best.npz")]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.readline()
+    process.stdout.close()                  # as `| head -1` does
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

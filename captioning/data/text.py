@@ -136,7 +136,11 @@ class Vocabulary:
         if not isinstance(data, dict) or data.get("format") != "captioning-vocabulary":
             raise ValueError("Vocabulary.from_dict: not a captioning vocabulary "
                              "(missing 'format': 'captioning-vocabulary')")
-        words = list(data["id_to_word"])
+        words = data.get("id_to_word")
+        if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+            raise ValueError("Vocabulary.from_dict: 'id_to_word' must be a list of non-empty words")
+        if len(set(words)) != len(words):
+            raise ValueError("Vocabulary.from_dict: 'id_to_word' lists a word twice")
         if tuple(words[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"Vocabulary.from_dict: the first ids must be {list(SPECIAL_TOKENS)}, "
                              f"got {words[:len(SPECIAL_TOKENS)]}")

@@ -1,0 +1,121 @@
+"""What `python -m captioning align ...` does, as importable functions (the command only
+parses options): build the data and the model, train, evaluate, search."""
+import os
+from dataclasses import dataclass
+
+import numpy
+
+from nn import backend
+
+from ..cli import UsageError
+from ..data.text import Vocabulary, tokenize
+from .checkpoint import load_aligner
+from .data import encode_sentences
+from .model import AlignmentModel
+from .retrieval import PAPER_FLICKR8K, encode_regions, encode_words, recall_metrics, score_matrix
+
+PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "pretrained", "aligner_flickr8k.npz")
+
+# Per data set: the defaults of `align train` (the shapes set trains its small CNN end to end).
+DEFAULTS = {
+    "shapes": {"hidden": 128, "embed": 64, "lr": 1e-3, "epochs": 12, "batch_size": 100, "min_count": 1,
+               "val_images": None, "max_minutes": 5.0, "patience": 3, "dropout": 0.0},
+    "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
+                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0},
+}
+SHAPES_TRAIN = 3000
+
+
+def load_training_data(data_arg, features_arg, seed=0, max_images=None):
+    """(TrainingData with train and dev splits, the image encoder) for `align train`."""
+    from ..commands import _datasets
+    if data_arg is None:
+        data = _datasets.shapes_data(n_train=SHAPES_TRAIN, seed=seed, max_images=max_images)
+        return data, _datasets.small_cnn_encoder(seed=seed)
+    data = _datasets.flickr8k_data(data_arg, features_arg, max_images=max_images, splits=("train", "dev"),
+                                   again="run align train again")
+    return data, data.encoder
+
+
+def build_model(data, encoder, vocabulary, hidden, embed, seed=0, dropout=0.0):
+    dim = encoder.feature_dim("grid") if encoder.trainable else data.feature_dim
+    config = {"feature_dim": int(dim), "vocab_size": len(vocabulary), "embed_dim": embed,
+              "hidden_dim": hidden, "margin": 1.0, "dropout": dropout}
+    return AlignmentModel(config, seed=seed, dtype=backend.default_float())
+
+
+def open_checkpoint(path):
+    """The checkpoint to use: `path`, else the packaged Flickr8k aligner."""
+    if path is None:
+        if not os.path.isfile(PRETRAINED):
+            raise UsageError("give --checkpoint (a best.npz written by `align train`): no pretrained "
+                             "aligner is installed")
+        path = PRETRAINED
+    return load_aligner(path, dtype=backend.default_float())
+
+
+def split_of(ckpt, split, data_arg=None, features_arg=None, max_images=None):
+    """CaptionData of one split of the checkpoint's data (or of --data / --features)."""
+    from ..commands import _datasets
+    data = _datasets.data_from_spec(ckpt.data, data_arg, features_arg, max_images=max_images, splits=(split,))
+    return data.splits[split]
+
+
+def evaluate_split(ckpt, split_data, max_words=20):
+    """Recall metrics of a checkpoint on a split (the paper's protocol)."""
+    sentences = encode_sentences(split_data.references, ckpt.vocabulary, max_words)
+    regions = encode_regions(ckpt.model, ckpt.encoder, split_data.inputs)
+    words, offsets = encode_words(ckpt.model, sentences)
+    return recall_metrics(score_matrix(regions, words, offsets), sentences.image)
+
+
+def format_table(metrics, paper=PAPER_FLICKR8K):
+    """The recall table, ours next to the paper's BRNN row (Flickr8k) when given."""
+    lines = ["                 annotation (image -> text)     search (text -> image)",
+             "                 R@1    R@5    R@10   Med r    R@1    R@5    R@10   Med r"]
+    rows = [("ours", metrics)] + ([("paper (BRNN)", paper)] if paper else [])
+    for name, m in rows:
+        cells = [m[d][k] for d in ("annotation", "search") for k in ("R@1", "R@5", "R@10", "median_rank")]
+        lines.append(f"{name:<16}" + "".join(f"{v:7.1f}" for v in cells))
+    return "\n".join(lines)
+
+
+@dataclass
+class SearchHit:
+    image_id: str
+    score: float
+    caption: str
+
+
+def search(ckpt, split_data, query, top=5):
+    """The `top` images of the split that best match the text `query`."""
+    tokens = tokenize(query)
+    if not tokens:
+        raise UsageError("the query has no words")
+    known = [t for t in tokens if t in ckpt.vocabulary]
+    if not known:
+        raise UsageError(f"none of the words of {query!r} is in the model's vocabulary")
+    sentences = encode_sentences([[tokens]], ckpt.vocabulary)
+    regions = encode_regions(ckpt.model, ckpt.encoder, split_data.inputs)
+    words, offsets = encode_words(ckpt.model, sentences)
+    scores = score_matrix(regions, words, offsets)[:, 0]
+    order = numpy.argsort(-scores, kind="stable")[:top]
+    return [SearchHit(split_data.image_ids[i], float(scores[i]), " ".join(split_data.references[i][0]))
+            for i in order]
+
+
+def vocabulary_from(data, min_count):
+    return Vocabulary.build(data.train_tokens(), min_count=min_count)
+
+
+def shapes_split(spec, split, max_images=None):
+    """The ShapesSplit (with objects and word_objects) of a shapes checkpoint's data."""
+    from ..commands._datasets import SHAPES_IMAGE_SIZE
+    from ..data.shapes import make_shapes_dataset
+    sizes = {"train": spec["n_train"], "dev": spec["n_dev"], "test": spec["n_test"]}
+    k = list(sizes).index(split)           # shapes_splits seeds split k with (seed, k)
+    max_images = spec.get("max_images") if max_images is None else max_images
+    n = sizes[split] if max_images is None else min(max_images, sizes[split])
+    full = make_shapes_dataset(sizes[split], seed=[spec["seed"], k], image_size=SHAPES_IMAGE_SIZE, name=split)
+    return full.subset(range(n)) if n < sizes[split] else full

@@ -1,0 +1,96 @@
+"""Image-sentence retrieval with the alignment model: score matrices, Recall@K, median rank.
+
+The protocol of Karpathy & Fei-Fei (2015), Table 1: on N test images and their
+5N sentences,
+- image annotation (image -> sentences): rank all 5N sentences by score for an
+  image; the image's rank is the BEST rank of its own sentences;
+- image search (sentence -> images): rank the N images for a sentence; the rank
+  of its own image.
+R@K is the percentage of queries whose rank is <= K; Med r the median rank.
+A rank is 1 + the number of wrong items scoring STRICTLY higher (ties do not
+count against the query: the shapes set has identical captions of different images).
+"""
+import numpy
+
+from nn import backend
+
+__all__ = ["encode_regions", "encode_words", "score_matrix", "ranks", "recall_metrics", "PAPER_FLICKR8K"]
+
+# Karpathy & Fei-Fei (2015), Table 1, Flickr8k, "Our model: BRNN".
+PAPER_FLICKR8K = {"annotation": {"R@1": 16.5, "R@5": 40.6, "R@10": 54.2, "median_rank": 7.6},
+                  "search": {"R@1": 11.8, "R@5": 32.1, "R@10": 44.7, "median_rank": 12.4}}
+
+
+def encode_regions(model, encoder, inputs, batch_size=100):
+    """Region vectors of every image: (N, R, h) on the backend (encoder in eval mode)."""
+    encoder.eval()
+    parts = []
+    for start in range(0, len(inputs), batch_size):
+        grid = encoder.encode(inputs[start:start + batch_size], "grid", model.dtype)
+        parts.append(model.regions_forward(grid)[0])
+    encoder.train()
+    return backend.xp().concatenate(parts, axis=0)
+
+
+def encode_words(model, sentences, batch_size=500):
+    """Word vectors of every sentence, the sentences one after another: (W, h), and the
+    (P + 1,) offsets: sentence p owns rows offsets[p]:offsets[p + 1]."""
+    xp = backend.xp()
+    parts = []
+    for start in range(0, len(sentences), batch_size):
+        rows = numpy.arange(start, min(start + batch_size, len(sentences)))
+        words, mask = sentences.batch(rows)
+        s = model.words_forward(xp.asarray(words), backend.asarray(mask, dtype=model.dtype))[0]
+        parts.append(s[xp.asarray(mask > 0)])           # (real words of the batch, h), in order
+    offsets = numpy.concatenate([[0], numpy.cumsum(sentences.lengths)])
+    return xp.concatenate(parts, axis=0), offsets
+
+
+def score_matrix(regions, word_vectors, offsets, chunk=20):
+    """S (N, P) NumPy float64: S[k, p] = sum over the words of sentence p of max_i v_ki . s_t.
+
+    Chunks of `chunk` images keep the (chunk * R, W) table of dot products small.
+    """
+    xp = backend.get_array_module(regions)
+    N, R, H = regions.shape
+    ends = xp.asarray(offsets[1:])
+    starts = xp.asarray(offsets[:-1])
+    out = numpy.empty((N, len(offsets) - 1))
+    for k in range(0, N, chunk):
+        v = regions[k:k + chunk]
+        best = (v.reshape(-1, H) @ word_vectors.T).reshape(len(v), R, -1).max(axis=1)   # (n, W)
+        total = xp.concatenate([xp.zeros((len(v), 1), dtype=xp.float64),
+                                xp.cumsum(best, axis=1, dtype=xp.float64)], axis=1)
+        out[k:k + len(v)] = backend.to_numpy(total[:, ends] - total[:, starts])
+    return out
+
+
+def ranks(S, sentence_image):
+    """Ranks of both directions from S (N images, P sentences) and each sentence's image.
+
+    Returns: annotation (N,) the best rank of an image's own sentences among all P,
+    search (P,) the rank of each sentence's own image among all N. 1 = first.
+    """
+    S = numpy.asarray(S)
+    sentence_image = numpy.asarray(sentence_image)
+    own = S[sentence_image, numpy.arange(S.shape[1])]                  # (P,) score of the true pair
+    search = 1 + (S > own[None, :]).sum(axis=0)
+    annotation = numpy.full(S.shape[0], S.shape[1] + 1)
+    for p, image in enumerate(sentence_image):
+        wrong = numpy.delete(S[image], numpy.flatnonzero(sentence_image == image))
+        annotation[image] = min(annotation[image], 1 + int((wrong > own[p]).sum()))
+    return annotation, search
+
+
+def recall_metrics(S, sentence_image, ks=(1, 5, 10)):
+    """{"annotation": {...}, "search": {...}} with R@K in percent and median_rank."""
+    result = {}
+    for name, r in zip(("annotation", "search"), ranks(S, sentence_image)):
+        result[name] = {f"R@{k}": float(100.0 * (r <= k).mean()) for k in ks}
+        result[name]["median_rank"] = float(numpy.median(r))
+    return result
+
+
+def recall_sum(metrics):
+    """R@1 + R@5 + R@10 of both directions: one number for model selection."""
+    return sum(v for d in metrics.values() for k, v in d.items() if k.startswith("R@"))

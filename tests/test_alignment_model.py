@@ -1,0 +1,87 @@
+"""The alignment model: float64 gradient check of the whole loss (every parameter and the
+image features), and training lowers the loss on a tiny batch."""
+import numpy
+
+from captioning.alignment.model import AlignmentModel
+from nn import backend
+from nn.gradcheck import eval_numerical_gradient, rel_error
+from nn.optim import Adam
+from tests.conftest import as_xp
+
+
+def tiny(xp, seed=0, N=3, L=4, D=5, T=4, V=7):
+    backend.set_default_float(numpy.float64)
+    model = AlignmentModel({"feature_dim": D, "vocab_size": V, "embed_dim": 3, "hidden_dim": 6}, seed=seed,
+                           dtype=numpy.float64)
+    gen = numpy.random.default_rng(seed)
+    for name, p in model.params.items():       # nonzero biases: ReLUs both on and off
+        if name.startswith("b_"):
+            p[...] = as_xp(xp, gen.standard_normal(p.shape) * 0.3)
+    grid = as_xp(xp, gen.standard_normal((N, L, D)))
+    words = xp.asarray(gen.integers(1, V, size=(N, T)))
+    mask = as_xp(xp, (numpy.arange(T)[None] < numpy.array([4, 2, 3])[:, None]).astype(float))
+    return model, grid, words, mask
+
+
+def test_whole_model_gradients(xp):
+    model, grid, words, mask = tiny(xp, seed=1)
+    loss, dgrid = model.loss(grid, words, mask)
+    assert loss > 0
+    analytic = {name: g.copy() for name, g in model.grads.items()}
+    for name, param in model.params.items():
+        numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], param)
+        assert rel_error(analytic[name], numeric) < 1e-6, name
+    numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
+    assert rel_error(dgrid, numeric) < 1e-6
+
+
+def test_training_drives_the_loss_to_zero(xp):
+    model, grid, words, mask = tiny(xp, seed=2)
+    optimizer = Adam(list(model.named_parameters()), lr=1e-2)
+    first = model.loss(grid, words, mask)[0]
+    for _ in range(200):
+        loss, _ = model.loss(grid, words, mask)
+        optimizer.step()
+    assert first > 1 and loss < 1e-3
+
+
+def test_frozen_features_skip_the_grid_gradient_but_not_the_weights(xp):
+    model, grid, words, mask = tiny(xp, seed=3)
+    loss, dgrid = model.loss(grid, words, mask)
+    grads = {name: g.copy() for name, g in model.grads.items()}
+    loss2, none = model.loss(grid, words, mask, need_dgrid=False)
+    assert none is None and loss2 == loss
+    for name, g in model.grads.items():
+        assert rel_error(g, grads[name]) < 1e-15, name
+
+
+def test_checkpoint_round_trip_in_float16(tmp_path):
+    from captioning.alignment.checkpoint import load_aligner, save_aligner
+    from captioning.data.text import Vocabulary
+    from captioning.training import FrozenFeatures
+    vocabulary = Vocabulary(["dog", "cat", "runs"])
+    model = AlignmentModel({"feature_dim": 5, "vocab_size": len(vocabulary), "embed_dim": 3, "hidden_dim": 4},
+                           dtype=numpy.float32)
+    encoder = FrozenFeatures({"name": "efficientnet_lite0"})
+    path = save_aligner(tmp_path / "a.npz", model, encoder, vocabulary, {"name": "flickr8k"},
+                        dtype=numpy.float16)
+    ckpt = load_aligner(path)
+    assert ckpt.vocabulary == vocabulary and ckpt.model.config == model.config
+    for name, p in model.params.items():
+        assert numpy.allclose(ckpt.model.params[name], p, rtol=1e-3, atol=1e-4), name
+
+
+def test_gradients_with_dropout(xp):
+    model, grid, words, mask = tiny(xp, seed=4)
+    model.config["dropout"] = 0.3
+    model.train()
+    model.dropout_seed = 7                      # the same masks on every call
+    loss, dgrid = model.loss(grid, words, mask)
+    analytic = {name: g.copy() for name, g in model.grads.items()}
+    for name in ("W_m", "W_w", "W_e"):
+        numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], model.params[name])
+        assert rel_error(analytic[name], numeric) < 1e-6, name
+    numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
+    assert rel_error(dgrid, numeric) < 1e-6
+    model.eval()                                # no dropout: another loss
+    assert model.loss(grid, words, mask)[0] != loss

@@ -1,0 +1,66 @@
+"""Retrieval metrics (Recall@K, median rank) on a hand-computed case, the chunked score
+matrix against nn.ranking's score, the epoch batches, and the shapes word-region check."""
+import numpy
+import pytest
+
+from captioning.alignment.data import Sentences, epoch_batches
+from captioning.alignment.regions import _cell_on_box
+from captioning.alignment.retrieval import ranks, recall_metrics, score_matrix
+from nn import ranking
+from nn.gradcheck import rel_error
+from tests.conftest import as_xp
+
+# 2 images with 2 sentences each: sentences 0, 1 describe image 0, sentences 2, 3 image 1.
+S = numpy.array([[3.0, 1.0, 2.0, 0.5],
+                 [2.5, 3.0, 1.0, 2.0]])
+OWNER = numpy.array([0, 0, 1, 1])
+
+
+def test_ranks_by_hand():
+    annotation, search = ranks(S, OWNER)
+    # image 0: its sentence 0 (3.0) beats every other -> 1; image 1: its best sentence (2.0)
+    # is beaten by the wrong 2.5 and 3.0 -> 3.
+    assert annotation.tolist() == [1, 3]
+    # sentence 0: column (3, 2.5), own image 0 first; sentence 1: (1, 3) -> 2;
+    # sentence 2: (2, 1) -> 2; sentence 3: (0.5, 2) -> 1.
+    assert search.tolist() == [1, 2, 2, 1]
+
+
+def test_recall_and_median_rank_by_hand():
+    m = recall_metrics(S, OWNER, ks=(1, 2))
+    assert m["annotation"] == {"R@1": 50.0, "R@2": 50.0, "median_rank": 2.0}
+    assert m["search"] == {"R@1": 50.0, "R@2": 100.0, "median_rank": 1.5}
+
+
+def test_ties_do_not_count_against_the_query():
+    # Two images with identical captions (the shapes set has such): both rank 1.
+    annotation, search = ranks(numpy.array([[1.0, 1.0], [1.0, 1.0]]), numpy.array([0, 1]))
+    assert annotation.tolist() == [1, 1] and search.tolist() == [1, 1]
+
+
+def test_score_matrix_equals_the_training_score(xp):
+    gen = numpy.random.default_rng(0)
+    regions = as_xp(xp, gen.standard_normal((5, 3, 4)))
+    lengths = numpy.array([2, 4, 1])
+    s = gen.standard_normal((3, 4, 4))
+    mask = (numpy.arange(4)[None] < lengths[:, None]).astype(float)
+    expected, _ = ranking.fragment_score_forward(regions, as_xp(xp, s), as_xp(xp, mask))
+    flat = as_xp(xp, numpy.concatenate([s[m, :n] for m, n in enumerate(lengths)]))
+    offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])
+    assert rel_error(score_matrix(regions, flat, offsets, chunk=2), expected) < 1e-12
+
+
+def test_epoch_batches_use_every_caption_once_with_distinct_images():
+    owner = numpy.repeat(numpy.arange(7), 3)
+    sentences = Sentences(numpy.ones((21, 2), dtype=numpy.int64), numpy.full(21, 2), owner)
+    batches = epoch_batches(sentences, 7, 4, seed=0, epoch=0)
+    assert sorted(numpy.concatenate(batches).tolist()) == list(range(21))
+    assert all(len(set(owner[b].tolist())) == len(b) for b in batches)
+    again = epoch_batches(sentences, 7, 4, seed=0, epoch=0)
+    assert all((a == b).all() for a, b in zip(batches, again))
+
+
+@pytest.mark.parametrize("cell, on", [(0, True), (1, True), (2, False), (8, True), (9, True), (16, False)])
+def test_cell_on_box(cell, on):
+    # 8 x 8 grid on a 64-pixel image: 8-pixel cells; the box spans pixels 3..12 both ways.
+    assert _cell_on_box(cell, 8, 64, (3, 3, 12, 12)) is on

@@ -1,0 +1,115 @@
+"""End-to-end runs of `python -m captioning align train / evaluate / search / annotate`
+(in process, a tiny shapes run of a few seconds), and their one-line user errors."""
+import json
+
+import pytest
+from PIL import Image
+
+from captioning.cli import main
+from captioning.data.shapes import make_shapes_dataset
+
+TINY = ["--max-images", "30", "--epochs", "1", "--batch-size", "10", "--hidden", "16", "--embed", "8",
+        "--lr", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def align_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("align_run")
+    assert main(["align", "train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_checkpoints_and_reports_test_recall(align_run, capsys):
+    assert (align_run / "best.npz").is_file() and (align_run / "last.npz").is_file()
+
+
+def test_resume_continues_the_run(align_run, capsys):
+    assert main(["align", "train", *TINY[:2], "--epochs", "2", *TINY[4:], "--out", str(align_run),
+                 "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed at epoch 2" in printed and "after epoch 2" in printed and "after epoch 1" not in printed
+
+
+def test_evaluate_prints_and_writes_recalls(align_run, capsys, tmp_path):
+    out = tmp_path / "metrics.json"
+    assert main(["align", "evaluate", "--checkpoint", str(align_run / "best.npz"), "--split", "test",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test: 30 images, 150 sentences" in printed and "annotation" in printed
+    assert "colour and shape words whose best region lies on their shape" in printed
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"annotation", "search"}
+    for direction in metrics.values():
+        assert set(direction) == {"R@1", "R@5", "R@10", "median_rank"}
+        assert 0 <= direction["R@1"] <= direction["R@5"] <= direction["R@10"] <= 100
+
+
+def test_search_lists_the_top_images(align_run, capsys):
+    assert main(["align", "search", "a red circle", "--checkpoint", str(align_run / "best.npz"),
+                 "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(".")[0] for line in lines] == ["1", "2", "3"]
+    assert all("shapes-test-" in line and "score" in line for line in lines)
+
+
+def test_annotate_writes_a_png(align_run, capsys, tmp_path):
+    shapes = make_shapes_dataset(1, seed=5)
+    image = tmp_path / "shape.png"
+    Image.fromarray(shapes.images[0].transpose(1, 2, 0)).save(image)
+    png = tmp_path / "words.png"
+    assert main(["align", "annotate", str(image), "--checkpoint", str(align_run / "best.npz"),
+                 "--sentence", "a red circle", "--png", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "red: " in printed and "circle: " in printed
+    with Image.open(png) as picture:
+        assert picture.width >= 8 * 72
+    assert main(["align", "annotate", str(image), "--checkpoint", str(align_run / "best.npz"),
+                 "--png", str(tmp_path / "cells.png")]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["align", "train", "--features", "x"], "--features needs --data"),
+    (["align", "train", "--lr", "0"], "--lr must be > 0"),
+    (["align", "train", "--max-minutes", "-1"], "--max-minutes must be >= 0"),
+    (["align", "train", "--epochs", "0"], "--epochs must be >= 1"),
+    (["align", "search", "zzz", "--checkpoint", "missing.npz"], "checkpoint not found"),
+    (["align", "annotate", "missing.png", "--png", "out.png"], "image not found"),
+])
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_query_of_unknown_words_is_a_user_error(align_run, capsys):
+    assert main(["align", "search", "zebra giraffe", "--checkpoint", str(align_run / "best.npz")]) == 2
+    assert "vocabulary" in capsys.readouterr().err
+
+
+def test_a_run_out_of_time_resumes_without_an_extra_step(tmp_path, capsys):
+    from nn.persist import load_npz
+    out = tmp_path / "timed"
+    argv = ["align", "train", *TINY, "--max-minutes", "0.00001", "--out", str(out)]
+    assert main(argv) == 0
+    assert "(time limit)" in capsys.readouterr().out
+    steps = load_npz(out / "last.npz")[1]["training"]["progress"]["step"]
+    assert steps == 1
+    assert main(argv + ["--resume"]) == 0
+    assert load_npz(out / "last.npz")[1]["training"]["progress"]["step"] == steps
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
+    from captioning.alignment.training import AlignTrainer
+    from nn.persist import load_npz
+    original, calls = AlignTrainer.step, []
+
+    def interrupted_step(self, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, rows)
+    monkeypatch.setattr(AlignTrainer, "step", interrupted_step)
+    out = tmp_path / "stopped"
+    assert main(["align", "train", *TINY, "--out", str(out)]) == 130
+    progress = load_npz(out / "last.npz")[1]["training"]["progress"]
+    assert progress["step"] == 2 and progress["stopped"] == "interrupted"

@@ -1,0 +1,92 @@
+"""Fragment scores and the max-margin ranking loss (nn.ranking): values by brute force,
+float64 gradient checks, bad input."""
+import numpy
+import pytest
+
+from nn import ranking
+from nn.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from tests.conftest import as_xp
+
+
+def make_inputs(xp, seed, N=3, R=4, M=2, T=5, H=6):
+    gen = numpy.random.default_rng(seed)
+    v = as_xp(xp, gen.standard_normal((N, R, H)))
+    s = as_xp(xp, gen.standard_normal((M, T, H)))
+    mask = as_xp(xp, (numpy.arange(T)[None] < numpy.array([T, 3])[:M, None]).astype(float))
+    return gen, v, s, mask
+
+
+def brute_force_scores(v, s, mask):
+    v, s, mask = (numpy.asarray(a.get() if hasattr(a, "get") else a) for a in (v, s, mask))
+    S = numpy.zeros((v.shape[0], s.shape[0]))
+    for k in range(v.shape[0]):
+        for l in range(s.shape[0]):
+            S[k, l] = sum(max(float(v[k, i] @ s[l, t]) for i in range(v.shape[1]))
+                          for t in range(s.shape[1]) if mask[l, t])
+    return S
+
+
+def brute_force_loss(S, margin):
+    S = numpy.asarray(S.get() if hasattr(S, "get") else S)
+    N, total = S.shape[0], 0.0
+    for k in range(N):
+        for l in range(N):
+            if l != k:
+                total += max(0.0, S[k, l] - S[k, k] + margin) + max(0.0, S[l, k] - S[k, k] + margin)
+    return total / N
+
+
+def test_scores_equal_brute_force(xp):
+    _, v, s, mask = make_inputs(xp, 0)
+    S, _ = ranking.fragment_score_forward(v, s, mask)
+    assert rel_error(S, brute_force_scores(v, s, mask)) < 1e-12
+
+
+def test_padding_words_do_not_count(xp):
+    _, v, s, mask = make_inputs(xp, 1)
+    S, _ = ranking.fragment_score_forward(v, s, mask)
+    s2 = s.copy()
+    s2[1, 3:] = 100.0                       # sentence 1 has 3 real words
+    S2, _ = ranking.fragment_score_forward(v, s2, mask)
+    assert rel_error(S, S2) < 1e-15
+
+
+def test_score_gradients(xp):
+    gen, v, s, mask = make_inputs(xp, 2)
+    S, cache = ranking.fragment_score_forward(v, s, mask)
+    dS = as_xp(xp, gen.standard_normal(S.shape))
+    dv, ds = ranking.fragment_score_backward(dS, cache)
+    num_v = eval_numerical_gradient_array(lambda _: ranking.fragment_score_forward(v, s, mask)[0], v, dS)
+    num_s = eval_numerical_gradient_array(lambda _: ranking.fragment_score_forward(v, s, mask)[0], s, dS)
+    assert rel_error(dv, num_v) < 1e-7
+    assert rel_error(ds, num_s) < 1e-7
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.3])
+def test_ranking_loss_equals_brute_force_and_its_gradient(xp, margin):
+    gen = numpy.random.default_rng(3)
+    S = as_xp(xp, gen.standard_normal((4, 4)))
+    loss, cache = ranking.max_margin_ranking_forward(S, margin)
+    assert abs(loss - brute_force_loss(S, margin)) < 1e-12
+    dS = ranking.max_margin_ranking_backward(cache)
+    numeric = eval_numerical_gradient(lambda: ranking.max_margin_ranking_forward(S, margin)[0], S)
+    assert rel_error(dS, numeric) < 1e-7
+
+
+def test_ranking_loss_by_hand(xp):
+    # True pairs beat every wrong one by more than the margin: no loss, no gradient.
+    S = as_xp(xp, [[3.0, 1.0], [0.5, 2.5]])
+    loss, cache = ranking.max_margin_ranking_forward(S, 1.0)
+    assert loss == 0.0 and float(abs(ranking.max_margin_ranking_backward(cache)).sum()) == 0.0
+    # One violation in each direction: S01 - S00 + 1 = 0.5 (row 0), S01 - S11 + 1 = 0.5 (column 1).
+    S = as_xp(xp, [[3.0, 2.5], [0.0, 3.0]])
+    loss, _ = ranking.max_margin_ranking_forward(S, 1.0)
+    assert abs(loss - (0.5 + 0.5) / 2) < 1e-15
+
+
+def test_bad_input(xp):
+    _, v, s, mask = make_inputs(xp, 4)
+    with pytest.raises(ValueError, match="mask"):
+        ranking.fragment_score_forward(v, s, mask[:, :2])
+    with pytest.raises(ValueError, match="shape"):
+        ranking.max_margin_ranking_forward(as_xp(xp, numpy.zeros((2, 3))))
