@@ -3,7 +3,8 @@
 - `nn.backend`: the one NumPy/CuPy switch and array helpers.
 - `nn.functional`: every op as a CS231n-style pair `*_forward -> (out, cache)`,
   `*_backward(dout, cache) -> grads` (grouped in dense, conv, pool,
-  normalization, losses, embedding, recurrent, attention).
+  normalization, losses, embedding, recurrent, attention, bidirectional,
+  ranking).
 - `nn.layers`: thin classes holding `params` and `grads` for building models
   (grouped in module, dense_layers, conv_layers, sequence_layers; initial
   values from `nn.init`).
