@@ -22,6 +22,7 @@ How a lesson is written (a new lesson needs no change to this runner):
   (`ctx.model = ...`, read them in later steps). It also carries the run's
   options: `ctx.quick`, `ctx.backend`, `ctx.data` (the Flickr8k folder: --data,
   else $FLICKR8K_DIR, else ../shared/flickr8k when it exists, else None), `ctx.out_dir`,
+  `ctx.features` (--features: a feature cache to read, or None),
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
   `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data),
@@ -31,6 +32,13 @@ How a lesson is written (a new lesson needs no change to this runner):
   name -> value, printed one per line;
 - the file ends with `if __name__ == "__main__": ...run_lesson.main([__file__] + ...)`
   so that `python lessons/lesson_05_convolution.py` runs it on its own.
+
+Exercises: `python run_lesson.py 8 --exercise` writes exercises/lesson_08_*.py,
+the learner's own file with stubs (signature and docstring) of the functions
+the lesson's EXERCISES list names; run again after filling them in, and the
+lesson runs with the learner's functions in place of its own (in the lesson's
+namespace only, never in the library), then each `grade_<name>(ctx, mine,
+reference)` of the lesson grades one. `--solution` prints the reference code.
 
 Exit status: 0 when the lesson ran (or stopped cleanly), 1 when a step failed
 (its number and title are printed), 2 for an unknown lesson or bad option,
@@ -67,10 +75,11 @@ class StopLesson(Exception):
 class Context:
     """The object every step receives; steps share state through its attributes."""
 
-    def __init__(self, quick=False, backend="numpy", data=None, out_dir=OUTPUT_DIR):
+    def __init__(self, quick=False, backend="numpy", data=None, out_dir=OUTPUT_DIR, features=None):
         self.quick = quick
         self.backend = backend
         self.data = data
+        self.features = features
         self.out_dir = Path(out_dir)
 
     def check(self, condition, message="check failed"):
@@ -231,8 +240,12 @@ def ask(prompt):
 
 # ------------------------------------------------------------------ running
 
-def run(path, ctx, pause):
-    """Run one lesson file step by step; returns the exit status."""
+def run(path, ctx, pause, patch=None):
+    """Run one lesson file step by step; returns the exit status.
+
+    patch: None, or a function called with the loaded lesson module before
+    its steps run (--exercise puts the learner's functions in it).
+    """
     title = lesson_info(path)[0]
     print(f"{'=' * 72}\n{title}\n{'=' * 72}")
     started = time.perf_counter()
@@ -242,6 +255,8 @@ def run(path, ctx, pause):
         traceback.print_exc()
         print(f"\nFAILED: lesson {path.name} could not be loaded", file=sys.stderr)
         return 1
+    if patch is not None:
+        patch(module)
     if module.__doc__:
         print(inspect.cleandoc(module.__doc__) + "\n")
     steps = lesson_steps(module)
@@ -262,7 +277,7 @@ def run(path, ctx, pause):
             print(f"\nInterrupted at step {index} ({step_title}).", file=sys.stderr)
             return 130
         except Exception as exc:
-            if not isinstance(exc, AssertionError):
+            if not isinstance(exc, (AssertionError, NotImplementedError)):   # those explain themselves
                 traceback.print_exc()
             print(f"\nFAILED at step {index} ({step.__name__}: {step_title}): "
                   f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -277,6 +292,119 @@ def run(path, ctx, pause):
         print()
     print(f"{RULE}\nLesson done: {len(steps)} steps in {time.perf_counter() - started:.1f} s.")
     return 0
+
+
+# ------------------------------------------------------------------ exercises
+
+def exercise_path(lesson_path, exercise_dir):
+    """The learner's own file for a lesson's exercises: exercises/lesson_NN_name.py."""
+    return Path(exercise_dir) / lesson_path.name
+
+
+def stub_source(module, lesson_number):
+    """The text of a fresh exercise file: each exercise's signature and docstring, and no body."""
+    header = (f'"""Exercises of lesson {lesson_number}: write the body of each function below.\n\n'
+              f"Grade them:          python run_lesson.py {lesson_number} --exercise\n"
+              f"See the reference:   python run_lesson.py {lesson_number} --solution\n"
+              "This file is yours: the runner never overwrites it (delete it to start over).\n"
+              '"""\n')
+    parts = [header + "\n".join(getattr(module, "EXERCISE_IMPORTS", [])) + "\n"]
+    for name in module.EXERCISES:
+        reference = getattr(module, name)
+        doc = textwrap.indent('"""' + (inspect.getdoc(reference) or name) + '\n"""', "    ")
+        parts.append(f"\ndef {name}{inspect.signature(reference)}:\n{doc}\n"
+                     f"    raise NotImplementedError(\"write {name}\")\n")
+    return "\n".join(parts)
+
+
+def load_exercise_file(path):
+    """Import the learner's exercise file (a fresh module each time)."""
+    spec = importlib.util.spec_from_file_location(f"_exercises_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grade(module, ctx, mine):
+    """Run the lesson's grade_<name>(ctx, mine, reference) for every exercise; returns {name: (ok, message)}."""
+    results = {}
+    for name in module.EXERCISES:
+        grader = getattr(module, f"grade_{name}")
+        try:
+            results[name] = (True, grader(ctx, mine, getattr(module, name)) or "passed")
+        except NotImplementedError as exc:
+            results[name] = (False, f"not written yet ({exc})")
+        except Exception as exc:  # the learner's code may fail in any way
+            results[name] = (False, f"{type(exc).__name__}: {exc}")
+    return results
+
+
+def run_exercises(path, ctx, exercise_dir, number):
+    """--exercise: make or read the learner's file, run the lesson with their functions, grade them."""
+    module = load_lesson(path)
+    if not getattr(module, "EXERCISES", None):
+        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons(path.parent)})",
+              file=sys.stderr)
+        return 2
+    mine_path = exercise_path(path, exercise_dir)
+    if not mine_path.exists():
+        mine_path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = mine_path.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# the learner's own exercise files\n*\n")
+        mine_path.write_text(stub_source(module, number), encoding="utf-8")
+        print(f"Wrote {mine_path}: write the bodies of {', '.join(module.EXERCISES)} there, then run "
+              f"`python run_lesson.py {number} --exercise` again.\n")
+    try:
+        mine = load_exercise_file(mine_path)
+        missing = [name for name in module.EXERCISES if not callable(getattr(mine, name, None))]
+        if missing:
+            raise AttributeError(f"it has no function {', '.join(missing)}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"\nFAILED: your exercise file {mine_path} cannot be used: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+
+    def use_mine(lesson_module):
+        for name in module.EXERCISES:          # only in the lesson's namespace, never in the library
+            setattr(lesson_module, name, getattr(mine, name))
+    status = run(path, ctx, pause=False, patch=use_mine)
+    if status == 130:
+        return status
+    results = grade(module, ctx, mine)
+    print(f"{RULE}\nExercises of lesson {number} ({mine_path}):")
+    print(f"  the lesson's own checks with your functions: {'passed' if status == 0 else 'FAILED (see above)'}")
+    for name, (ok, message) in results.items():
+        print(f"  {name}: {'PASS' if ok else 'FAIL'} - {message}")
+    return 0 if status == 0 and all(ok for ok, _ in results.values()) else 1
+
+
+def show_solution(path, number):
+    """--solution: the reference source of each exercise of a lesson."""
+    module = load_lesson(path)
+    if not getattr(module, "EXERCISES", None):
+        print(f"error: lesson {number} has no exercises (lessons with exercises: {exercise_lessons(path.parent)})",
+              file=sys.stderr)
+        return 2
+    for name in module.EXERCISES:
+        reference = getattr(module, name)
+        print(f"# {name}, from {inspect.getsourcefile(reference)}\n{textwrap.dedent(inspect.getsource(reference))}")
+    return 0
+
+
+def exercise_lessons(lessons_dir):
+    """Numbers of the lessons that declare EXERCISES (read without importing them)."""
+    found = []
+    for number, path in lesson_files(lessons_dir).items():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXERCISES" for t in node.targets)
+               for node in tree.body):
+            found.append(number)
+    return ", ".join(map(str, found)) or "none"
 
 
 def data_folder(given):
@@ -302,8 +430,17 @@ def build_parser():
                         help="array backend (default $NN_BACKEND or numpy)")
     parser.add_argument("--data", default=None, help="Flickr8k folder for the lessons that use it "
                         "(default $FLICKR8K_DIR, else ../shared/flickr8k)")
+    parser.add_argument("--features", default=None,
+                        help="a Flickr8k feature cache made by `python -m captioning features` (its --out) "
+                        "for lesson 13 to read instead of encoding the photos itself")
     parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for what lessons write: pictures, "
                         "training runs, lesson 13's feature cache (default %(default)s)")
+    parser.add_argument("--exercise", action="store_true",
+                        help="write the lesson's exercises yourself: makes exercises/lesson_NN_*.py (your "
+                        "file), runs the lesson with your functions and grades them")
+    parser.add_argument("--solution", action="store_true", help="show the reference code of the lesson's exercises")
+    parser.add_argument("--exercise-dir", default=str(ROOT / "exercises"),
+                        help="folder of your exercise files (default %(default)s)")
     parser.add_argument("--lessons-dir", default=os.environ.get("LESSONS_DIR", str(LESSONS_DIR)),
                         help="folder holding lesson_NN_*.py files (default $LESSONS_DIR or ./lessons)")
     return parser
@@ -342,7 +479,12 @@ def main(argv=None):
     except backend.BackendError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out)
+    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out,
+                  features=args.features)
+    if args.solution:
+        return show_solution(path, args.lesson)
+    if args.exercise:
+        return run_exercises(path, ctx, args.exercise_dir, args.lesson)
     pause = not args.no_pause and sys.stdin is not None and sys.stdin.isatty()
     return run(path, ctx, pause)
 

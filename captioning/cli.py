@@ -2,6 +2,7 @@
 import argparse
 import errno
 import importlib
+import math
 import os
 import pkgutil
 import sys
@@ -83,6 +84,24 @@ def check_outputs(outputs, reads=(), data_folder=None):
                              "write somewhere else")
 
 
+# Above this a length normalisation ranks by length alone (and length ** alpha overflows).
+MAX_LENGTH_ALPHA = 10.0
+
+
+def check_decoding_options(beam, max_length, length_alpha=0.0, vocab_size=None):
+    """Refuse decoding settings before any work: --beam and --max-length >= 1, --length-alpha in
+    [0, MAX_LENGTH_ALPHA], and (once the vocabulary is known) no more beams than words, since a
+    beam keeps distinct words after its first step and only allocates the rest."""
+    for option, value in (("--beam", beam), ("--max-length", max_length)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    if not (math.isfinite(length_alpha) and 0 <= length_alpha <= MAX_LENGTH_ALPHA):
+        raise UsageError(f"--length-alpha must be a number in [0, {MAX_LENGTH_ALPHA:g}], got {length_alpha}")
+    if vocab_size is not None and beam > vocab_size:
+        raise UsageError(f"--beam {beam} is more than the {vocab_size} words of the vocabulary; "
+                         "beams of 3 to 5 are usual")
+
+
 def check_output_file(path, option):
     """Fail before the work, not after it, when `path` (given with `option`) cannot be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -126,6 +145,16 @@ def _never_fail_to_print():
             pass
 
 
+def _refuse_empty_strings(args):
+    """An empty file or folder name (--out "") would quietly mean "the default"; say so instead."""
+    for name, value in vars(args).items():
+        if isinstance(value, list) and "" in value:
+            raise UsageError(f"one of the {name} given is an empty name")
+        if value == "":
+            raise UsageError(f"--{name.replace('_', '-')} is empty: give a name, or leave the option out "
+                             "for its default")
+
+
 def _reader_went_away():
     """stdout was a pipe whose reader closed it (`... | head -1`): stop quietly, as Unix tools do,
     with the status a SIGPIPE death gives (128 + 13). Python would print a second BrokenPipeError
@@ -145,6 +174,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        _refuse_empty_strings(args)
         if args.backend:
             backend.use(args.backend)
         return int(args._run(args) or 0)

@@ -85,6 +85,18 @@ class DecodeResult:
     finished: numpy.ndarray
     attention: list = None
 
+    @classmethod
+    def concat(cls, parts):
+        """One DecodeResult for the images of `parts` (results of consecutive batches), in order."""
+        parts = list(parts)
+        if not parts:
+            return cls(sequences=[], scores=numpy.zeros(0), finished=numpy.zeros(0, dtype=bool))
+        return cls(sequences=[seq for part in parts for seq in part.sequences],
+                   scores=numpy.concatenate([part.scores for part in parts]),
+                   finished=numpy.concatenate([part.finished for part in parts]),
+                   attention=None if parts[0].attention is None
+                   else [a for part in parts for a in part.attention])
+
 
 def _check_positive_int(value, name, op):
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
@@ -123,13 +135,8 @@ def _in_chunks(decode, features, batch_size):
     """Run `decode(features_chunk)` on slices of at most batch_size images; merge results."""
     if batch_size is None or len(features) <= batch_size:
         return decode(features)
-    parts = [decode(features[start:start + batch_size]) for start in range(0, len(features), batch_size)]
-    return DecodeResult(
-        sequences=[seq for part in parts for seq in part.sequences],
-        scores=numpy.concatenate([part.scores for part in parts]),
-        finished=numpy.concatenate([part.finished for part in parts]),
-        attention=None if parts[0].attention is None
-        else [a for part in parts for a in part.attention])
+    return DecodeResult.concat(decode(features[start:start + batch_size])
+                               for start in range(0, len(features), batch_size))
 
 
 def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None):
@@ -294,20 +301,7 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
                  for key, value in new_state.items()}
         history.append((active, words.reshape(n, beam_size), parents, attention))
 
-        # A live beam's <END> extension is a finished caption of step + 1 tokens
-        # when it ranks among the image's beam_size best extensions (the usual
-        # rule; it makes beam_size 1 exactly greedy). Those best extensions are
-        # among the new live beams and the <END> extensions, so the beam_size-th
-        # best score overall is found in these 2 * beam_size numbers.
-        kth_best = xp.sort(xp.concatenate([beam_scores, end_raw], axis=1), axis=1)[:, beam_size]
-        end_score = xp.where(end_raw >= kth_best[:, None], end_raw / (step + 1) ** alpha, -numpy.inf)
-        end_beam = end_score.argmax(axis=1)
-        end_best = end_score[xp.arange(n), end_beam]
-        previous = best_score[active]
-        better = end_best > previous
-        best_score[active] = xp.where(better, end_best, previous)
-        best_step[active] = xp.where(better, step, best_step[active])
-        best_beam[active] = xp.where(better, end_beam, best_beam[active])
+        _keep_best_finished(end_raw, beam_scores, step, alpha, active, (best_score, best_step, best_beam), xp)
 
         # An image is done when nothing alive can still beat its best finished
         # caption; done images leave the batch (in groups, see _worth_dropping).
@@ -324,6 +318,30 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
     final_live_score[active] = beam_scores[:, 0]
     return _trace_back(history, num_images, beam_size, best_score, best_step, best_beam,
                        final_live_score, alpha)
+
+
+def _keep_best_finished(end_raw, beam_scores, step, alpha, active, best, xp):
+    """Record, per active image, its best caption finished at this step if it beats the one kept.
+
+    A live beam's <END> extension is a finished caption of step + 1 tokens
+    when it ranks among the image's beam_size best extensions (the usual
+    rule; it makes beam_size 1 exactly greedy). Those best extensions are
+    among the new live beams (beam_scores (n, beam)) and the <END> extensions
+    (end_raw (n, beam)), so the beam_size-th best score overall is found in
+    these 2 * beam_size numbers. best: (score, step, beam) arrays over all
+    images, updated in place at `active`.
+    """
+    best_score, best_step, best_beam = best
+    beam_size = beam_scores.shape[1]
+    kth_best = xp.sort(xp.concatenate([beam_scores, end_raw], axis=1), axis=1)[:, beam_size]
+    end_score = xp.where(end_raw >= kth_best[:, None], end_raw / (step + 1) ** alpha, -numpy.inf)
+    end_beam = end_score.argmax(axis=1)
+    end_best = end_score[xp.arange(len(end_beam)), end_beam]
+    previous = best_score[active]
+    better = end_best > previous
+    best_score[active] = xp.where(better, end_best, previous)
+    best_step[active] = xp.where(better, step, best_step[active])
+    best_beam[active] = xp.where(better, end_beam, best_beam[active])
 
 
 def _trace_back(history, num_images, beam_size, best_score, best_step, best_beam,

@@ -20,24 +20,25 @@ from there. Opening checks the index against the data you ask for (ids) and
 the encoder you use, and refuses a mismatch with the command to rebuild.
 A full disk is an error naming the file, never a crash: the free space is
 checked before any file is made, and the arrays' space is reserved on disk
-(posix_fallocate) before rows are written through the memory map (a write
+(posix_fallocate, captioning.disk) before rows are written through the memory map (a write
 there into space the disk lacks would kill the process with SIGBUS).
 """
-import errno
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nn import backend
-from nn.persist import atomic_write, naming_the_file, remove_stale_temporaries
+from nn.persist import atomic_write, remove_stale_temporaries
+
+from .disk import allocated_bytes, create_npy, reserve_disk
+from .progress import ProgressBar
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
-           "default_cache_path", "encoder_identity", "ProgressBar", "flickr8k_image_list"]
+           "default_cache_path", "encoder_identity"]
 
 FORMAT_VERSION = 1
 COMMIT_SECONDS = 2.0  # how often the index's "complete" count is brought up to date
@@ -249,14 +250,6 @@ def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode=
     return cache
 
 
-def _allocated_bytes(path):
-    """Disk space a file holds now (a sparse file holds less than its size); 0 if absent."""
-    try:
-        return os.stat(path).st_blocks * 512
-    except (OSError, AttributeError):   # absent, or no st_blocks (Windows)
-        return 0
-
-
 def _check_free_space(files, n, grid_shape, dtype):
     """Refuse, before a file is made or grown, a cache the disk has no room for.
 
@@ -267,7 +260,7 @@ def _check_free_space(files, n, grid_shape, dtype):
     l, d = grid_shape
     index_bytes = 2 ** 16 + 100 * n     # the index (JSON: ids and settings), rewritten as rows finish
     total = n * (l + 1) * d * np.dtype(dtype).itemsize + index_bytes
-    needed = total - _allocated_bytes(files["grid"]) - _allocated_bytes(files["pooled"])
+    needed = total - allocated_bytes(files["grid"]) - allocated_bytes(files["pooled"])
     folder = files["index"].absolute().parent
     while not folder.exists():                                      # made later by _create_cache
         folder = folder.parent
@@ -280,78 +273,17 @@ def _check_free_space(files, n, grid_shape, dtype):
                                 "free some space or choose another --out")
 
 
-def _reserve_disk(path):
-    """Allocate the whole file on disk now (posix_fallocate), so that rows written later through
-    the memmap cannot hit a full disk (SIGBUS); a full disk is an OSError naming `path` instead."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        with naming_the_file(path, "cannot reserve disk space for the feature cache"):
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # a file system without it
-            raise
-    finally:
-        os.close(fd)
-
-
-def _create_array(path, shape, dtype):
-    """An .npy file of `shape` with its disk space reserved (OSError naming `path` if it fails)."""
-    try:
-        with naming_the_file(path, "cannot write the feature cache"):
-            # open_memmap writes the .npy header and a sparse file of the full size
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-            array.flush()
-            del array
-        _reserve_disk(path)
-    except OSError:
-        path.unlink(missing_ok=True)     # a full disk: give back what the file took
-        raise
-
-
 def _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra):
     """Allocate the two .npy files, then commit an index with complete = 0."""
     files["index"].parent.mkdir(parents=True, exist_ok=True)
     n, (l, d) = len(image_ids), grid_shape
     for kind, shape in (("grid", (n, l, d)), ("pooled", (n, d))):
-        _create_array(files[kind], shape, dtype)
+        create_npy(files[kind], shape, dtype, "the feature cache")
     index = {"format": FORMAT_VERSION, "encoder": identity, "image_ids": list(image_ids),
              "grid_shape": [n, l, d], "pooled_shape": [n, d], "dtype": np.dtype(dtype).name,
              "complete": 0, "skipped": [], "rebuild": rebuild, **extra}
     _write_json_atomic(files["index"], index)
     return index
-
-
-def _format_seconds(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr: done/total, images/s and ETA."""
-
-    def __init__(self, total, label="features", stream=None, width=24):
-        self.total, self.label, self.width = total, label, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-        self.first = None
-
-    def update(self, done, new_this_run):
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = new_this_run / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        eta_text = _format_seconds(eta) if eta != float("inf") else "?"
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {rate:.1f} img/s ETA {eta_text}  ")
-        self.stream.flush()
-
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
 
 
 def _probe_grid_shape(encoder, image_paths, skip_bad):
@@ -409,8 +341,6 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     Returns the FeatureCache (complete). An existing complete cache for the same
     ids and encoder is returned as is; a partial one is resumed.
     """
-    from .data.images import load_images
-
     image_paths, image_ids = [str(p) for p in image_paths], [str(i) for i in image_ids]
     if len(image_paths) != len(image_ids):
         raise ValueError(f"extract_features: {len(image_paths)} paths but {len(image_ids)} ids")
@@ -419,11 +349,20 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     if batch_size < 1:
         raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
     files = cache_paths(out_path)
-    identity = encoder_identity(encoder)
     rebuild = rebuild or f"python -m captioning features --out {files['index'].with_suffix('')}"
     dtype = np.dtype(dtype)
     remove_stale_temporaries(files["index"])    # an index write cut short by a kill -9
 
+    cache = _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, overwrite, skip_bad,
+                              rebuild, extra_index)
+    _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_bad, workers, progress)
+    return open_cache(out_path, encoder=encoder)
+
+
+def _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, overwrite, skip_bad, rebuild,
+                      extra_index):
+    """The cache to fill: the existing one for these ids, encoder and dtype (its disk space reserved
+    when rows are missing), else a new one, made after checking the free space."""
     cache = _existing_cache(out_path, encoder, image_ids, dtype, overwrite)
     if cache is None:
         # the grid size: encode one image to learn (L, D) before allocating
@@ -431,16 +370,22 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
         _check_free_space(files, len(image_ids), grid_shape, dtype)
         if files["index"].exists():
             os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
-        _create_cache(files, image_ids, identity, grid_shape, dtype, rebuild, extra_index or {})
+        _create_cache(files, image_ids, encoder_identity(encoder), grid_shape, dtype, rebuild, extra_index or {})
         cache = open_cache(out_path, allow_incomplete=True, mode="r+")
     elif cache.complete < len(image_ids):   # resuming (a cache made sparse may still need space)
         _check_free_space(files, len(image_ids), cache.grid.shape[1:], dtype)
         for kind in ("grid", "pooled"):
-            _reserve_disk(files[kind])
+            reserve_disk(files[kind], "the feature cache")
+    return cache
 
-    index = cache.index
+
+def _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_bad, workers, progress):
+    """Encode the rows from cache.complete on, committing the index every COMMIT_SECONDS."""
+    from .data.images import load_images
+
+    index, dtype = cache.index, cache.grid.dtype
     n, start = len(image_ids), cache.complete
-    bar = ProgressBar(n) if progress else None
+    bar = ProgressBar("features", n, start=start) if progress else None
     done = committed = start
     last_commit = time.monotonic()
 
@@ -473,31 +418,9 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
                 commit(done)
                 committed, last_commit = done, time.monotonic()
             if bar:
-                bar.update(end, end - start)
+                bar.update(end)
     finally:
         if bar:
-            bar.close()
+            bar.finish()
         if done > committed:
             commit(done)  # interrupted: keep the batches that did finish
-    return open_cache(out_path, encoder=encoder)
-
-
-def flickr8k_image_list(root, split="all", limit=None, skipped=None):
-    """(image ids, image paths) of a Flickr8k split, or of train+dev+test for "all".
-
-    skipped: a list to extend with lines about entries of the caption and
-    split files that were left out (e.g. photos listed but not in the folder).
-    """
-    from .data.flickr8k import load_flickr8k
-
-    data = load_flickr8k(root)
-    if skipped is not None:
-        skipped.extend(data.report.skipped_lines())
-    names = ("train", "dev", "test") if split == "all" else (split,)
-    ids, paths = [], []
-    for name in names:
-        ids += list(data[name].image_ids)
-        paths += list(data[name].image_paths)
-    if limit is not None:
-        ids, paths = ids[:limit], paths[:limit]
-    return ids, paths

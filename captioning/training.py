@@ -1,7 +1,7 @@
 """Training a captioner: teacher forcing, Adam, clipping, validation by BLEU-4, checkpoints.
 
 One epoch visits every (image, caption) pair of the train split once, in an
-order drawn from the seed. Each step:
+order drawn from the seed (captioning.data.batches). Each step:
 
     features = encoder(images of the batch)          # cached features, or a small CNN
     loss, grads = model.forward_backward(features, captions)   # teacher forcing
@@ -16,9 +16,7 @@ of `best.npz`. `last.npz` holds the latest state.
 
 Reproducibility and exact resume: every random number of a run comes from the
 seed and a counter, never from a generator that runs on in the background:
-- the order of the pairs in epoch e: numpy default_rng([seed, e]) (a permutation;
-  with length_buckets k > 0, batches of similar caption length, shuffled: see
-  Trainer.epoch_batches);
+- the batches of epoch e: numpy default_rng([seed, e]) (data.batches.epoch_batches);
 - the dropout mask of step s: a seed from SeedSequence([seed, 1, s]).
 A checkpoint stores epoch, step and the position inside the epoch, so
 `--resume` recreates exactly the random numbers the uninterrupted run would
@@ -28,28 +26,30 @@ A non-finite loss or gradient norm stops training with a clear message; the
 checkpoints on disk are then the last good ones (nothing is written after
 the bad step).
 """
+import contextlib
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional
+from typing import Optional
 
 import numpy
 
 from nn import backend
 from nn.optim import Adam, ReduceOnPlateau, clip_grad_norm
-from nn.persist import atomic_write, remove_stale_temporaries
+from nn.persist import remove_stale_temporaries
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .decoding import DecodeResult, beam_search, greedy_decode
-from .metrics import bleu, cider_d
+from .curves_png import save_training_curves
+from .data.batches import encode_captions, epoch_batches, num_batches, take_batch
+from .generation import evaluate_captions, generate_captions
 from .models import ConfigMismatchError
+from .progress import StepMeter, format_duration
 
-__all__ = ["TrainConfig", "CaptionData", "FrozenFeatures", "TrainableEncoder", "make_encoder", "Trainer",
-           "TrainingDiverged", "encode_captions", "generate_captions", "evaluate_captions",
-           "format_duration"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,210 +84,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-# ---------------------------------------------------------------- data
-
-@dataclass
-class CaptionData:
-    """One split ready for training or evaluation.
-
-    inputs:     what the encoder reads, leading axis N images: cached features
-                (N, L, D) / (N, D) (NumPy array or memmap), or uint8 pixels (N, 3, H, W)
-    references: per image, its reference captions as token lists (raw words:
-                out-of-vocabulary words stay, BLEU needs them)
-    image_ids:  per image, its id (file name)
-    """
-    inputs: object
-    references: List[List[List[str]]]
-    image_ids: List[str]
-
-    def __len__(self):
-        return len(self.image_ids)
-
-    def head(self, n):
-        """The first n images (e.g. a quick validation subset)."""
-        if n is None or n >= len(self):
-            return self
-        return CaptionData(self.inputs[:n], self.references[:n], self.image_ids[:n])
-
-
-def encode_captions(data, vocabulary, max_words):
-    """Every (image, caption) pair as ids.
-
-    Returns:
-    - image_index: (P,) int64, the image of each caption
-    - captions: (P, max_words + 2) int64, <START> w1 .. wn <END> then <NULL> (0) padding;
-      out-of-vocabulary words become <UNK>
-    """
-    rows, owners = [], []
-    for i, refs in enumerate(data.references):
-        for tokens in refs:
-            rows.append(vocabulary.encode(tokens, max_length=max_words))
-            owners.append(i)
-    captions = numpy.zeros((len(rows), max_words + 2), dtype=numpy.int64)
-    for r, ids in enumerate(rows):
-        captions[r, :len(ids)] = ids
-    return numpy.asarray(owners, dtype=numpy.int64), captions
-
-
-# ---------------------------------------------------------------- encoders
-
-class FrozenFeatures:
-    """Precomputed features (a frozen pretrained CNN's cached outputs): nothing to train.
-
-    spec: JSON description stored in checkpoints, e.g. {"name": "efficientnet_lite0", ...}.
-    """
-    trainable = False
-
-    def __init__(self, spec):
-        self.spec = dict(spec)
-
-    def encode(self, inputs, kind, dtype):
-        """inputs (B, L, D) or (B, D) -> features of `kind` ("grid"/"pooled") on the backend."""
-        features = backend.asarray(inputs, dtype=dtype)
-        if kind == "pooled" and features.ndim == 3:
-            features = features.mean(axis=1)
-        if kind == "grid" and features.ndim != 3:
-            raise ValueError(f"the attention model needs a feature grid (N, L, D); these features "
-                             f"have shape {tuple(features.shape)} (pooled only?)")
-        return features
-
-    def backward(self, dfeatures):  # pragma: no cover - never called: not trainable
-        raise RuntimeError("FrozenFeatures has no parameters to train")
-
-    def named_parameters(self, prefix=""):
-        return iter(())
-
-    def state_dict(self):
-        return {}
-
-    def train(self):
-        return self
-
-    def eval(self):
-        return self
-
-
-class TrainableEncoder:
-    """A small CNN (captioning.encoders.small_cnn.SmallCNN) trained end to end with the decoder.
-
-    encode() normalises uint8 pixels (or floats in [0, 1]) with the CNN's
-    `preprocess` mean/std and returns its grid (B, L, D) or pooled (B, D)
-    features; backward() pushes d loss / d features into the CNN's grads.
-
-    coords=True appends each grid location's (row, column), scaled to
-    [-1, 1], to its feature vector (D + 2 values), as in CoordConv (Liu et al.
-    2018). A small CNN with zero padding hardly knows WHERE a feature is, but
-    shapes captions name positions ("at the top left", "to the left of") and
-    list objects in reading order, so attention must find "the next object to
-    the right". Pretrained EfficientNet grids are used as they are.
-    """
-    trainable = True
-
-    def __init__(self, cnn, config, coords=False):
-        self.cnn = cnn
-        self.coords = bool(coords)
-        self.spec = {"name": cnn.name, "config": dict(config, coords=self.coords)}
-        self._kind = None
-
-    @classmethod
-    def small_cnn(cls, channels=(16, 32, 64), image_size=64, seed=0, coords=True, dtype=None):
-        from .encoders.small_cnn import SmallCNN
-        config = {"channels": list(channels), "image_size": int(image_size), "seed": int(seed)}
-        cnn = SmallCNN(channels=tuple(channels), image_size=image_size, seed=seed, dtype=dtype)
-        return cls(cnn, config, coords=coords)
-
-    def feature_dim(self, kind):
-        """D of the features encode() returns for "grid" or "pooled"."""
-        return self.cnn.feature_dim + (2 if self.coords and kind == "grid" else 0)
-
-    def normalize(self, images, dtype):
-        """uint8 (B, 3, H, W) pixels, or floats already in [0, 1] -> normalised floats on the backend."""
-        xp = backend.xp()
-        x = backend.asarray(images)
-        scale = 1.0 / 255.0 if x.dtype.kind in "ui" else 1.0
-        x = x.astype(dtype)
-        x *= numpy.dtype(dtype).type(scale)
-        pre = self.cnn.preprocess
-        x -= xp.asarray(pre["mean"], dtype=dtype)[None, :, None, None]
-        x /= xp.asarray(pre["std"], dtype=dtype)[None, :, None, None]
-        return x
-
-    def _with_coords(self, grid, height, width):
-        xp = backend.get_array_module(grid)
-        rows, cols = numpy.meshgrid(numpy.linspace(-1, 1, height), numpy.linspace(-1, 1, width), indexing="ij")
-        where = xp.asarray(numpy.stack([rows.ravel(), cols.ravel()], axis=1), dtype=grid.dtype)  # (L, 2)
-        return xp.concatenate([grid, xp.broadcast_to(where, (grid.shape[0],) + where.shape)], axis=2)
-
-    def encode(self, images, kind, dtype):
-        x = self.normalize(images, dtype)
-        grid, pooled = self.cnn.forward(x)
-        self._kind = kind
-        if kind == "pooled":
-            return pooled
-        if self.coords:
-            side = x.shape[2] // 2 ** self.cnn.stages, x.shape[3] // 2 ** self.cnn.stages
-            return self._with_coords(grid, *side)
-        return grid
-
-    def backward(self, dfeatures):
-        """Backpropagate d loss / d features into the CNN (fills its grads)."""
-        if self._kind == "pooled":
-            self.cnn.backward(None, dfeatures)
-        elif self.coords:   # the coordinates are constants: their gradient goes nowhere
-            xp = backend.get_array_module(dfeatures)
-            self.cnn.backward(xp.ascontiguousarray(dfeatures[:, :, :self.cnn.feature_dim]))
-        else:
-            self.cnn.backward(dfeatures)
-
-    def named_parameters(self, prefix=""):
-        return self.cnn.named_parameters(prefix)
-
-    def state_dict(self):
-        return {k: backend.to_numpy(v) for k, v in self.cnn.state_dict().items()}
-
-    def load_state_dict(self, state):
-        """Load saved CNN weights: every array present, none unexpected, floats without NaN/inf
-        (ConfigMismatchError naming what is wrong; nothing changes then)."""
-        if not state:
-            raise ConfigMismatchError("the checkpoint holds none of its small_cnn encoder's weights "
-                                      "(no encoder/* arrays): it is damaged or incomplete")
-        try:
-            self.cnn.load_state_dict(state)
-        except ValueError as exc:
-            raise ConfigMismatchError(f"small_cnn encoder weights do not fit its configuration: {exc}") from None
-
-    def train(self):
-        self.cnn.train()
-        return self
-
-    def eval(self):
-        self.cnn.eval()
-        return self
-
-
-def make_encoder(spec, state=None, dtype=None):
-    """The encoder a checkpoint's spec describes, trainable CNN weights loaded from `state`
-    (all of them: a checkpoint lacking some is refused, never run with fresh weights)."""
-    name = spec.get("name") if isinstance(spec, dict) else None
-    if name == "small_cnn":
-        config = spec.get("config", {})
-        try:
-            encoder = TrainableEncoder.small_cnn(channels=config.get("channels", (16, 32, 64)),
-                                                 image_size=config.get("image_size", 64),
-                                                 seed=config.get("seed", 0), coords=config.get("coords", False),
-                                                 dtype=dtype)
-        except (AttributeError, TypeError, ValueError) as exc:   # a damaged record, e.g. "channels": "x"
-            raise ConfigMismatchError(f"small_cnn encoder record {spec} is damaged ({exc})") from None
-        encoder.load_state_dict(state)
-        return encoder
-    if name == "efficientnet_lite0":
-        if state:   # a frozen encoder has no weights in a checkpoint
-            raise ConfigMismatchError(f"the checkpoint holds encoder/* arrays ({', '.join(sorted(state)[:3])}, ...) "
-                                      "but its encoder efficientnet_lite0 is frozen: it is damaged")
-        return FrozenFeatures(spec)
-    raise ConfigMismatchError(f"unknown image encoder {spec!r} (expected small_cnn or efficientnet_lite0)")
-
-
 class _Trainable:
     """Decoder and encoder parameters as one tree (what the optimizer and clipping see)."""
 
@@ -297,58 +93,6 @@ class _Trainable:
     def named_parameters(self):
         yield from self.model.named_parameters("decoder")
         yield from self.encoder.named_parameters("encoder")
-
-
-# ---------------------------------------------------------------- decoding and scoring
-
-def generate_captions(model, encoder, data, vocabulary, beam=1, max_length=20, length_alpha=0.0,
-                      batch_size=100):
-    """Caption every image of `data`.
-
-    Returns (captions, result): captions = per image, a list of words; result
-    = the captioning.decoding.DecodeResult (sequences, scores, attention).
-    """
-    model.eval()
-    encoder.eval()
-    results = []
-    for start in range(0, len(data), batch_size):
-        features = encoder.encode(data.inputs[start:start + batch_size], model.feature_kind, model.dtype)
-        if beam > 1:
-            results.append(beam_search(model, features, model.start_id, model.end_id, beam_size=beam,
-                                       max_length=max_length, length_alpha=length_alpha))
-        else:
-            results.append(greedy_decode(model, features, model.start_id, model.end_id,
-                                         max_length=max_length))
-    sequences = [s for r in results for s in r.sequences]
-    attention = None
-    if results and results[0].attention is not None:
-        attention = [a for r in results for a in r.attention]
-    merged = DecodeResult(sequences=sequences,
-                          scores=numpy.concatenate([r.scores for r in results]) if results else numpy.zeros(0),
-                          finished=numpy.concatenate([r.finished for r in results]) if results else
-                          numpy.zeros(0, dtype=bool),
-                          attention=attention)
-    captions = [vocabulary.decode(seq) for seq in sequences]
-    return captions, merged
-
-
-def evaluate_captions(references, captions, with_cider=True):
-    """{"bleu": [BLEU-1..4], "cider": CIDEr-D} of generated captions (fractions, not x100)."""
-    scores = {"bleu": [float(b) for b in bleu(references, captions)]}
-    if with_cider:
-        scores["cider"] = float(cider_d(references, captions))
-    return scores
-
-
-# ---------------------------------------------------------------- the trainer
-
-def format_duration(seconds):
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _dropout_seed(seed, step):
@@ -376,8 +120,9 @@ class _Progress:
 class Trainer:
     """Trains `model` (with `encoder`) on `train` and validates on `dev` by BLEU-4.
 
-    out_dir gets best.npz, last.npz and curves.png. `log` is a print-like
-    function for progress lines.
+    train, dev: CaptionSplits whose `inputs` the encoder reads (pixels or cached
+    features). out_dir gets best.npz, last.npz and curves.png. `log` is a
+    print-like function for progress lines.
     """
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print,
@@ -391,13 +136,14 @@ class Trainer:
         if len(vocabulary) != model.config["vocab_size"]:
             raise ConfigMismatchError(f"vocabulary has {len(vocabulary)} words, model expects "
                                       f"{model.config['vocab_size']}")
-        self.image_index, self.captions = encode_captions(train, vocabulary, config.max_words)
+        self.table = encode_captions(train, vocabulary, config.max_words)   # every (image, caption) pair
         self.params = _Trainable(model, encoder)
         self.optimizer = Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = ReduceOnPlateau(self.optimizer, factor=config.lr_factor,
                                          patience=config.lr_patience, mode="max")
         self.progress = _Progress()
         self._stop_requested = False
+        self._batches = (None, None)   # (epoch, its batches): drawn once per epoch
         # How to go on after a Ctrl-C, printed when fit() stops for one (None: no advice).
         self.resume_hint = "resume with --resume"
         os.makedirs(self.out_dir, exist_ok=True)
@@ -420,11 +166,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self):
-        buckets, size = self.config.length_buckets, self.config.batch_size
-        if buckets <= 0:
-            return math.ceil(len(self.captions) / size)
-        full, rest = divmod(len(self.captions), buckets * size)
-        return full * buckets + math.ceil(rest / size)
+        return num_batches(len(self.table), self.config.batch_size, self.config.length_buckets)
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self):
@@ -435,6 +177,17 @@ class Trainer:
                                   "dropout of step s: SeedSequence([seed, 1, s])"}}
 
     def save(self, path):
+        """Write a checkpoint; a model whose weights or buffers (e.g. a batchnorm's running variance,
+        which no gradient checks) stopped being finite has diverged, and is not saved."""
+        arrays = {**{"decoder/" + k: v for k, v in self.model.params.items()},
+                  **{"encoder/" + k: v for k, v in self.encoder.state_dict().items()}}
+        broken = [name for name, value in arrays.items()
+                  if not bool(backend.get_array_module(value).isfinite(value).all())]
+        if broken:
+            raise TrainingDiverged(
+                f"{broken[0]} became non-finite (NaN or inf) by step {self.progress.step}"
+                f"{f' (and {len(broken) - 1} more arrays)' if len(broken) > 1 else ''}; it was not saved, and "
+                f"the last good checkpoints are untouched in {self.out_dir}. Try a lower --lr or a smaller --clip.")
         return save_checkpoint(path, self.model, self.vocabulary, self.encoder.spec,
                                encoder_state=self.encoder.state_dict(), optimizer=self.optimizer,
                                training=self._training_state())
@@ -464,8 +217,6 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = _Progress(**state["progress"])
-        if "best_whole_epoch_bleu" not in state["progress"]:   # a checkpoint from before that field
-            self.progress.best_whole_epoch_bleu = self.progress.best_bleu
         return self
 
     # Settings that decide the batches, the random numbers or the updates: a resumed run
@@ -501,44 +252,15 @@ class Trainer:
         return self.config.lr * (1.0 - (1.0 - self.config.lr_decay_to) * min(step / total, 1.0))
 
     def epoch_batches(self, epoch):
-        """The caption rows of every batch of `epoch`, a list of int arrays (same for the same seed).
-
-        Shuffle all captions. With `length_buckets` = k > 0, sort each window
-        of k batches by caption length, cut it into batches and shuffle the
-        batches: each batch holds captions of similar length, so less time
-        goes into padding (Flickr8k, batches of 64: 12.2 LSTM steps per batch
-        instead of 20.7) while the order stays random. Off by default: on the
-        synthetic set, where a caption's length gives away its template and
-        object count, such batches are all alike and learning was much slower
-        (dev BLEU-4 52 instead of 83 after one epoch).
-        """
-        if getattr(self, "_batches_epoch", None) != epoch:
-            gen = numpy.random.default_rng([self.config.seed, epoch])
-            order = gen.permutation(len(self.captions))
-            size = self.config.batch_size
-            if self.config.length_buckets > 0:
-                lengths = (self.captions != 0).sum(axis=1)
-                window = self.config.length_buckets * size
-                batches = []
-                for start in range(0, len(order), window):
-                    chunk = order[start:start + window]
-                    chunk = chunk[numpy.argsort(lengths[chunk], kind="stable")]
-                    batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
-                batches = [batches[i] for i in gen.permutation(len(batches))]
-            else:
-                batches = [order[i:i + size] for i in range(0, len(order), size)]
-            self._batches, self._batches_epoch = batches, epoch
-        return self._batches
-
-    def _batch(self, epoch, batch):
-        rows = self.epoch_batches(epoch)[batch]
-        captions = self.captions[rows]
-        length = int((captions != 0).sum(axis=1).max())   # trim padding shared by the whole batch
-        return self.image_index[rows], captions[:, :length]
+        """The caption rows of every batch of `epoch` (captioning.data.batches.epoch_batches)."""
+        if self._batches[0] != epoch:
+            cfg = self.config
+            self._batches = (epoch, epoch_batches(self.table, cfg.batch_size, cfg.seed, epoch, cfg.length_buckets))
+        return self._batches[1]
 
     def train_step(self, epoch, batch):
         """One optimizer step; returns (loss, number of target tokens)."""
-        images, captions = self._batch(epoch, batch)
+        images, captions = take_batch(self.table, self.epoch_batches(epoch)[batch])
         # each image of the batch is encoded once, however many of its captions were drawn
         unique, inverse = numpy.unique(images, return_inverse=True)
         encoded = self.encoder.encode(self.train_data.inputs[unique], self.model.feature_kind,
@@ -587,6 +309,16 @@ class Trainer:
         last.npz mid-epoch as an interrupt would (used by tests of resume).
         Returns the history (list of per-epoch dicts).
         """
+        if self._nothing_to_do():
+            return self.progress.history
+        self.model.train()
+        self.encoder.train()
+        with self._ctrl_c_finishes_the_step():
+            self._train_epochs(stop_after_steps)
+        return self.progress.history
+
+    def _nothing_to_do(self):
+        """True (and say why) for a run that finished, stopped early or used its --max-minutes."""
         cfg, p = self.config, self.progress
         if p.stopped_early or p.epoch >= cfg.epochs:
             if p.stopped_early:
@@ -598,69 +330,82 @@ class Trainer:
                 advice = "raise --epochs to train further"
             self.log(f"nothing to do: this run {'stopped early' if p.stopped_early else 'finished'} "
                      f"after epoch {p.epoch} ({advice})")
-            return p.history
-        if cfg.max_minutes is not None and p.elapsed >= cfg.max_minutes * 60:
+            return True
+        if self._out_of_time():
             self.log(f"nothing to do: this run already trained its --max-minutes {cfg.max_minutes} "
                      f"({format_duration(p.elapsed)}); give a larger --max-minutes to go on")
-            return p.history
-        self.model.train()
-        self.encoder.train()
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def _ctrl_c_finishes_the_step(self):
+        """While training, Ctrl-C asks for a stop after the current step (see _request_stop)."""
         previous_handler = None
-        if sys.platform != "win32" and _in_main_thread():
+        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
-        steps_this_call = 0
-        session_start = time.perf_counter()
-        elapsed_before = p.elapsed
-        last_log = session_start
-        window_tokens, window_start = 0, session_start
-        total_steps = cfg.epochs * self.steps_per_epoch
-        steps_at_start = p.step
         try:
-            while p.epoch < cfg.epochs:
-                while p.batch < self.steps_per_epoch:
-                    loss, tokens = self.train_step(p.epoch, p.batch)
-                    p.batch += 1
-                    p.step += 1
-                    steps_this_call += 1
-                    p.epoch_loss_sum += loss
-                    p.epoch_tokens += tokens
-                    window_tokens += tokens
-                    now = time.perf_counter()
-                    p.elapsed = elapsed_before + (now - session_start)
-                    if p.step % 10 == 0:
-                        p.loss_trace.append([p.step, p.epoch_loss_sum / p.batch])
-                    if now - last_log >= cfg.log_every or p.batch == self.steps_per_epoch:
-                        rate = window_tokens / max(now - window_start, 1e-9)
-                        per_step = (now - session_start) / max(p.step - steps_at_start, 1)
-                        eta = per_step * (total_steps - p.step)
-                        if cfg.max_minutes is not None:
-                            eta = min(eta, cfg.max_minutes * 60 - p.elapsed)
-                        self.log(f"epoch {p.epoch + 1}/{cfg.epochs}  step {p.batch}/{self.steps_per_epoch}"
-                                 f"  loss {p.epoch_loss_sum / p.batch:.3f}  {rate:,.0f} tokens/s"
-                                 f"  lr {self.optimizer.lr:.2e}  ETA {format_duration(eta)}")
-                        last_log, window_tokens, window_start = now, 0, now
-                    out_of_time = cfg.max_minutes is not None and p.elapsed >= cfg.max_minutes * 60
-                    if self._stop_requested or (stop_after_steps is not None
-                                                and steps_this_call >= stop_after_steps):
-                        self.save(self.last_path)
-                        hint = f"; {self.resume_hint}" if self.resume_hint else ", saved"
-                        self.log(f"stopped at epoch {p.epoch + 1}, step {p.batch}{hint} ({self.last_path})")
-                        return p.history
-                    if out_of_time and p.batch < self.steps_per_epoch:
-                        self.log(f"--max-minutes {cfg.max_minutes} reached in epoch {p.epoch + 1}")
-                        self._end_of_epoch(partial=True)
-                        return p.history
-                if self._end_of_epoch():
-                    p.stopped_early = True
-                    self.save(self.last_path)
-                    break
-                if cfg.max_minutes is not None and p.elapsed >= cfg.max_minutes * 60:
-                    self.log(f"--max-minutes {cfg.max_minutes} reached")
-                    break
-            return p.history
+            yield
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
+
+    def _out_of_time(self):
+        return self.config.max_minutes is not None and self.progress.elapsed >= self.config.max_minutes * 60
+
+    def _train_epochs(self, stop_after_steps):
+        cfg, p = self.config, self.progress
+        meter = StepMeter(cfg.epochs * self.steps_per_epoch, p.step, cfg.log_every)
+        elapsed_before, steps_this_call = p.elapsed, 0
+        while p.epoch < cfg.epochs:
+            while p.batch < self.steps_per_epoch:
+                self._one_step(meter, elapsed_before)
+                steps_this_call += 1
+                if self._stop_inside_epoch(stop_after_steps is not None and steps_this_call >= stop_after_steps):
+                    return
+            if self._end_of_epoch():
+                p.stopped_early = True
+                self.save(self.last_path)
+                return
+            if self._out_of_time():
+                self.log(f"--max-minutes {cfg.max_minutes} reached")
+                return
+
+    def _one_step(self, meter, elapsed_before):
+        """A training step, its bookkeeping, and a progress line when one is due."""
+        cfg, p = self.config, self.progress
+        loss, tokens = self.train_step(p.epoch, p.batch)
+        p.batch += 1
+        p.step += 1
+        p.epoch_loss_sum += loss
+        p.epoch_tokens += tokens
+        meter.add(tokens)
+        p.elapsed = elapsed_before + meter.session_seconds()
+        if p.step % 10 == 0:
+            p.loss_trace.append([p.step, p.epoch_loss_sum / p.batch])
+        if meter.due(end_of_epoch=p.batch == self.steps_per_epoch):
+            left = cfg.max_minutes * 60 - p.elapsed if cfg.max_minutes is not None else None
+            rate, eta = meter.report(p.step, seconds_left=left)
+            self.log(f"epoch {p.epoch + 1}/{cfg.epochs}  step {p.batch}/{self.steps_per_epoch}"
+                     f"  loss {p.epoch_loss_sum / p.batch:.3f}  {rate:,.0f} tokens/s"
+                     f"  lr {self.optimizer.lr:.2e}  ETA {format_duration(eta)}")
+
+    def _stop_inside_epoch(self, step_limit_reached):
+        """The stop rules checked after every step; True when training stops here.
+
+        Ctrl-C (or a caller's step limit) saves last.npz to resume from; the
+        time limit inside an epoch validates the partial epoch so best.npz exists.
+        """
+        p = self.progress
+        if self._stop_requested or step_limit_reached:
+            self.save(self.last_path)
+            hint = f"; {self.resume_hint}" if self.resume_hint else ", saved"
+            self.log(f"stopped at epoch {p.epoch + 1}, step {p.batch}{hint} ({self.last_path})")
+            return True
+        if self._out_of_time() and p.batch < self.steps_per_epoch:
+            self.log(f"--max-minutes {self.config.max_minutes} reached in epoch {p.epoch + 1}")
+            self._end_of_epoch(partial=True)
+            return True
+        return False
 
     def _end_of_epoch(self, partial=False):
         """Validate, schedule, checkpoint; returns True when early stopping says stop."""
@@ -710,56 +455,3 @@ class Trainer:
                                  self.progress.history, self.steps_per_epoch)
         except OSError as exc:  # a plot must never kill a training run
             self.log(f"warning: could not write curves.png: {exc}")
-
-
-def _in_main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-# ---------------------------------------------------------------- the curve picture
-
-def save_training_curves(path, loss_trace, history, steps_per_epoch, size=(720, 300)):
-    """Two panels drawn with Pillow: training loss against epochs, dev BLEU-4 (x100) per epoch.
-
-    loss_trace: [[step, running mean loss of the epoch], ...]; history: the
-    per-epoch records of the Trainer. Written atomically (temp file + rename).
-    """
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    panels = [
-        ("train loss (running mean per epoch)", [(s / steps_per_epoch, v) for s, v in loss_trace],
-         (40, 160, 40)),
-        ("dev BLEU-4 x100", [(r["epoch"] - 1 + r["steps"] / steps_per_epoch, 100 * r["dev_bleu"][3])
-                             for r in history], (40, 80, 220)),
-    ]
-    panel_width = width // 2
-    for k, (title, points, colour) in enumerate(panels):
-        left, top, right, bottom = k * panel_width + 50, 25, (k + 1) * panel_width - 15, height - 35
-        draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
-        draw.text((left, 6), title, fill=(0, 0, 0))
-        draw.text((left, bottom + 8), "epoch", fill=(90, 90, 90))
-        points = [(x, y) for x, y in points if math.isfinite(y)]
-        if not points:
-            continue
-        xs, ys = [x for x, _ in points], [y for _, y in points]
-        x_max = max(max(xs), 1e-9)
-        y_lo, y_hi = min(ys), max(ys)
-        if y_hi - y_lo < 1e-9:
-            y_lo, y_hi = y_lo - 1, y_hi + 1
-        to_px = lambda x, y: (left + (right - left) * x / x_max,  # noqa: E731
-                              bottom - (bottom - top) * (y - y_lo) / (y_hi - y_lo))
-        draw.text((left - 45, top), f"{y_hi:.3g}", fill=(90, 90, 90))
-        draw.text((left - 45, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
-        draw.text((right - 30, bottom + 8), f"{x_max:.3g}", fill=(90, 90, 90))
-        pixels = [to_px(x, y) for x, y in points]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        for px, py in pixels if len(pixels) < 60 else pixels[-1:]:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    with atomic_write(path, "wb") as f:
-        image.save(f, format="PNG")
-    return path

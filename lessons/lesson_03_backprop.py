@@ -12,12 +12,16 @@ and every backward is proved right by a numerical gradient check.
 """
 import numpy
 
-from nn import backend
+from nn import backend, dense
 from nn.dense import affine_backward, affine_forward, relu_backward, relu_forward
 from nn.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 
 TITLE = "Backpropagation by hand: affine and ReLU, and the numerical gradient check"
-SECONDS = 2
+SECONDS = 0.6
+
+# `python run_lesson.py 3 --exercise`: write these yourself (graded by grade_<name> below and by the steps)
+EXERCISES = ["affine_forward", "affine_backward", "relu_backward"]
+EXERCISE_IMPORTS = ["import numpy"]
 
 
 def step_1_one_neuron(ctx):
@@ -65,8 +69,11 @@ def step_3_affine_backward(ctx):
         dx = dout @ w.T (reshaped like x),  dw = x.T @ dout,  db = dout summed over N.
     `eval_numerical_gradient_array(f, x, dout)` nudges each entry of x by
     +-h and measures how sum(f(x) * dout) changes. The relative error
-    max|a - b| / (|a| + |b|) of a correct float64 backward is around 1e-9 or
-    smaller; a bug gives something near 1.
+    max|a - b| / (|a| + |b|) of a correct float64 backward is tiny (below
+    1e-7 here; a bug gives something near 1). The finite difference itself
+    is only accurate to an ABSOLUTE 1e-10 or so (rounding of f divided by h,
+    plus h^2 terms), so on entries whose gradient is itself near 1e-5 the
+    relative error of a correct backward can reach 1e-6 (lesson 9 shows one).
     """
     dout = backend.rng(1).standard_normal((4, 5))
     dx, dw, db = affine_backward(dout, ctx.affine_cache)
@@ -161,6 +168,44 @@ def step_6_gradient_descent(ctx):
     every = len(losses) // 5
     return {"iterations": len(losses), "loss at start": losses[0],
             "loss every %d iterations" % every: numpy.round(losses[::every], 5), "loss at end": losses[-1]}
+
+
+def grade_affine_forward(ctx, mine, reference):
+    """Your out against the library's, for inputs of shape (N, 2, 3)."""
+    gen = backend.rng(10)
+    x, w, b = gen.standard_normal((4, 2, 3)), gen.standard_normal((6, 5)), gen.standard_normal(5)
+    error = rel_error(mine.affine_forward(x, w, b)[0], reference(x, w, b)[0])
+    ctx.check(error < 1e-12, f"out differs from the reference: relative error {error:.1e}")
+    return f"out matches the reference (relative error {error:.1e})"
+
+
+def grade_affine_backward(ctx, mine, reference):
+    """Your dx, dw, db (from the cache of YOUR forward) against finite differences of the library's forward."""
+    gen = backend.rng(11)
+    args = [gen.standard_normal((4, 2, 3)), gen.standard_normal((6, 5)), gen.standard_normal(5)]
+    dout = gen.standard_normal((4, 5))
+    try:
+        cache = mine.affine_forward(*args)[1]
+    except NotImplementedError:
+        raise NotImplementedError("it needs your affine_forward (its cache) first") from None
+    grads, errors = mine.affine_backward(dout, cache), {}
+    for k, name in enumerate(["dx", "dw", "db"]):
+        def out(value, k=k):
+            return dense.affine_forward(*(args[:k] + [value] + args[k + 1:]))[0]
+        errors[name] = rel_error(grads[k], eval_numerical_gradient_array(out, args[k], dout))
+    ctx.check(max(errors.values()) < 1e-7, f"gradients differ from finite differences: {errors}")
+    return f"dx, dw, db match finite differences (largest relative error {max(errors.values()):.1e})"
+
+
+def grade_relu_backward(ctx, mine, reference):
+    """Your dx against finite differences of max(0, x) (inputs kept away from the kink at 0)."""
+    x = backend.rng(12).standard_normal((3, 6))
+    x[backend.xp().abs(x) < 1e-3] = 0.5
+    dout = backend.rng(13).standard_normal(x.shape)
+    dx = mine.relu_backward(dout, dense.relu_forward(x)[1])
+    error = rel_error(dx, eval_numerical_gradient_array(lambda v: dense.relu_forward(v)[0], x, dout))
+    ctx.check(error < 1e-7, f"dx differs from finite differences: relative error {error:.1e}")
+    return f"dx matches finite differences (relative error {error:.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_03_backprop.py [--no-pause]

@@ -10,12 +10,16 @@ and Tell (Vinyals et al. 2015) trains to minimise:
 """
 import numpy
 
-from nn import backend
-from nn.gradcheck import eval_numerical_gradient, rel_error
+from nn import backend, losses
+from nn.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 from nn.losses import softmax, softmax_loss, temporal_softmax_loss
 
 TITLE = "Losses: softmax, cross-entropy, and why captioning maximises log-likelihood"
-SECONDS = 2
+SECONDS = 0.7
+
+# `python run_lesson.py 4 --exercise`: write these yourself (graded by grade_<name> below and by the steps)
+EXERCISES = ["softmax", "softmax_loss"]
+EXERCISE_IMPORTS = ["import numpy", "from nn import backend"]
 
 
 def step_1_softmax(ctx):
@@ -152,6 +156,31 @@ def step_5_maximum_likelihood_is_counting(ctx):
             "counted p(next | 'red')": as_dict(counts[red] / counts[red].sum()),
             "learned p(next | 'red')": as_dict(all_probs[red]),
             "largest gap to the counts": gap}
+
+
+def grade_softmax(ctx, mine, reference):
+    """Your probabilities against the library's, for ordinary scores and for scores near 1000."""
+    gen = backend.rng(20)
+    for scores in (gen.standard_normal((4, 7)), 1000.0 + gen.standard_normal((4, 7))):
+        with numpy.errstate(over="ignore", invalid="ignore"):
+            yours = mine.softmax(scores.copy())
+        error = rel_error(yours, reference(scores.copy()))
+        ctx.check(error < 1e-12, f"softmax differs from the reference for scores around {float(scores.mean()):.0f}: "
+                                 f"relative error {error:.1e} (stable? subtract the largest score first)")
+    return "matches the reference, also for scores near 1000"
+
+
+def grade_softmax_loss(ctx, mine, reference):
+    """Your loss against the library's, your dx against finite differences of the library's loss."""
+    gen = backend.rng(21)
+    x, y = gen.standard_normal((6, 5)), gen.integers(0, 5, 6)
+    loss, dx = mine.softmax_loss(x.copy(), y)
+    wanted = reference(x.copy(), y)[0]
+    ctx.check(abs(loss - wanted) < 1e-12, f"loss {loss} differs from the reference {wanted}")
+    numeric = eval_numerical_gradient(lambda: losses.softmax_loss(x, y)[0], x)
+    error = rel_error(dx, numeric)
+    ctx.check(error < 1e-7, f"dx differs from finite differences: relative error {error:.1e}")
+    return f"loss matches, dx matches finite differences (relative error {error:.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_04_losses.py [--no-pause]

@@ -21,7 +21,7 @@ from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.pool import max_pool_backward, max_pool_forward
 
 TITLE = "Convolution and pooling: naive loops, im2col, feature maps you can look at"
-SECONDS = 3
+SECONDS = 0.7
 
 
 def draw_picture(size=48):
@@ -44,8 +44,13 @@ EDGE_FILTERS = {                   # Sobel-like 3x3 filters, one per edge direct
 def step_1_by_hand(ctx):
     """Convolution with loops: a 3x3 filter slides over the image.
 
-    out[f, i, j] = sum over c, di, dj of x[c, i + di, j + dj] * w[f, c, di, dj] + b[f].
-    `conv_forward_naive` is exactly these loops. A vertical-edge filter
+    With x_p the input padded with `pad` zeros on each side and step `stride`:
+    out[f, i, j] = sum over c, di, dj of x_p[c, i*stride + di, j*stride + dj] * w[f, c, di, dj] + b[f].
+    Strictly this is cross-correlation: a mathematical convolution would
+    flip the filter (w[f, c, HH-1-di, WW-1-dj]). Deep-learning libraries all
+    compute it unflipped and call it convolution; for learned filters it
+    makes no difference (training learns the flipped filter instead).
+    `conv_forward_naive` is exactly these loops (here stride 1, pad 1). A vertical-edge filter
     answers where brightness changes from left to right: positive on one side
     of the square, negative on the other, zero on flat areas.
     """
@@ -66,7 +71,12 @@ def step_2_output_size(ctx):
     Padding adds zeros around the border so the filter can also sit on edge
     pixels; a stride > 1 skips positions and shrinks the map. TensorFlow's
     "same" padding (used by EfficientNet, lesson 6) pads just enough for
-    H_out = ceil(H / stride), putting an odd extra pixel at the bottom/right.
+    H_out = ceil(H / stride); when that needs an odd number of zeros, the
+    extra one goes at the bottom/right. For our 48 x 48 picture, a 3x3 filter
+    and stride 2 that is (0, 1): the same output SIZE as 1 zero on each side,
+    but the filter sits one pixel further down and right, so the VALUES
+    differ (weights trained with one padding are off by a pixel with the
+    other). For a 47 x 47 crop "same" pads 1 and 1: no difference.
     """
     sizes = {}
     for stride, pad in [(1, 0), (1, 1), (2, 1), (2, same_padding(48, 3, 2) * 2)]:
@@ -75,6 +85,15 @@ def step_2_output_size(ctx):
         formula = (48 + top + bottom - 3) // stride + 1
         ctx.check(out.shape[2] == formula, "the formula predicts the size")
         sizes[f"stride {stride}, pad {pad}"] = f"{out.shape[2]} x {out.shape[3]}"
+    for size in (48, 47):
+        x = ctx.x[:, :, :size, :size]
+        symmetric, _ = conv_forward(x, ctx.w, ctx.b, {"stride": 2, "pad": 1})
+        tf_same, _ = conv_forward(x, ctx.w, ctx.b, {"stride": 2, "pad": same_padding(size, 3, 2) * 2})
+        difference = float(abs(symmetric - tf_same).max()) if symmetric.shape == tf_same.shape else None
+        sizes[f"{size} x {size}: 'same' pads (top, bottom)"] = same_padding(size, 3, 2)
+        sizes[f"{size} x {size}: largest difference from pad 1 on each side"] = difference
+    ctx.check(sizes["48 x 48: largest difference from pad 1 on each side"] > 0, "asymmetric padding matters")
+    ctx.check(sizes["47 x 47: largest difference from pad 1 on each side"] == 0, "symmetric here: no difference")
     return sizes
 
 

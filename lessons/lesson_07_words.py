@@ -15,12 +15,16 @@ from collections import Counter
 import numpy
 
 from captioning.data import Vocabulary, load_flickr8k, shapes_splits, tokenize
-from nn import backend
+from nn import backend, recurrent
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.embedding import word_embedding_backward, word_embedding_forward
 
 TITLE = "Words as vectors: tokenising captions, the vocabulary, embeddings"
-SECONDS = 4
+SECONDS = 2
+
+# `python run_lesson.py 7 --exercise`: write these yourself (graded by grade_<name> below and by the steps)
+EXERCISES = ["word_embedding_forward", "word_embedding_backward"]
+EXERCISE_IMPORTS = ["import numpy", "from nn import backend"]
 
 
 def step_1_tokenize(ctx):
@@ -86,8 +90,13 @@ def step_4_encode_and_pad(ctx):
     """Encoding: <START> w1 ... wn <END> as ids, padded with <NULL> to one length.
 
     A mini-batch needs one array of shape (N, T), so shorter captions are
-    padded with <NULL> = 0; the mask (ids != <NULL>) later removes padding
-    from the loss. `decode` turns ids back into words and stops at <END>.
+    padded with <NULL> = 0. For training the array is shifted by one: the
+    decoder READS captions[:, :-1] (<START> w1 ... wn) and must PREDICT
+    captions[:, 1:] (w1 ... wn <END>), the next word at every position
+    (lessons 8-9). The loss mask is over the targets, captions[:, 1:] !=
+    <NULL>: <START> is never a target, padding never counts, and each caption
+    contributes its n words plus <END>. `decode` turns ids back into words
+    and stops at <END>.
     """
     captions = [ctx.splits["train"].tokens[i][0] for i in range(3)]
     encoded = [ctx.vocab.encode(tokens, max_length=20) for tokens in captions]
@@ -95,12 +104,18 @@ def step_4_encode_and_pad(ctx):
     batch = numpy.zeros((len(encoded), length), dtype=numpy.int64)
     for row, ids in enumerate(encoded):
         batch[row, :len(ids)] = ids
-    mask = batch != ctx.vocab.null_id
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    mask = targets != ctx.vocab.null_id                   # the loss mask: over the targets
     ctx.batch = batch
     ctx.check(ctx.vocab.decode(batch[0]) == [w if w in ctx.vocab else "<UNK>" for w in captions[0][:20]],
               "decode(encode(caption)) gives the caption back (rare words as <UNK>)")
-    return {"captions": [" ".join(c) for c in captions], "ids (N, T)": batch, "mask": mask.astype(int),
-            "decoded row 0": " ".join(ctx.vocab.decode(batch[0]))}
+    ctx.check(list(mask.sum(axis=1)) == [len(e) - 1 for e in encoded], "each caption's words + <END> count")
+    longest = int(mask.sum(axis=1).argmax())              # a row without padding shows the shift best
+    words = [ctx.vocab.id_to_word[i] for i in batch[longest]]
+    return {"captions": [" ".join(c) for c in captions], "ids (N, T)": batch,
+            f"row {longest} read (inputs)": " ".join(words[:-1]),
+            f"row {longest} to predict (targets)": " ".join(words[1:]),
+            "loss mask over the targets": mask.astype(int), "decoded row 0": " ".join(ctx.vocab.decode(batch[0]))}
 
 
 def step_5_embeddings(ctx):
@@ -142,6 +157,34 @@ def step_6_embedding_gradient(ctx):
     ctx.check(rel_error(dW[3], expected_row3) < 1e-12, "row 3 is the sum of its three uses")
     return {"dW row of word 3": backend.to_numpy(dW[3]).round(4), "relative error dW": error,
             "rows of words not used (4)": backend.to_numpy(dW[4])}
+
+
+def embedding_case(seed=30):
+    """Word ids with repeats (word 2 three times) and a float64 table, for grading."""
+    return backend.asarray(numpy.array([[2, 0, 2], [1, 2, 4]])), backend.rng(seed).standard_normal((6, 3))
+
+
+def grade_word_embedding_forward(ctx, mine, reference):
+    """Your vectors against the library's."""
+    x, W = embedding_case()
+    error = rel_error(mine.word_embedding_forward(x, W)[0], reference(x, W)[0])
+    ctx.check(error < 1e-12, f"out differs from the reference: relative error {error:.1e}")
+    return "out matches the reference"
+
+
+def grade_word_embedding_backward(ctx, mine, reference):
+    """Your dW (from the cache of YOUR forward) against finite differences; word 2 is used three times."""
+    x, W = embedding_case()
+    dout = backend.rng(31).standard_normal((2, 3, 3))
+    try:
+        cache = mine.word_embedding_forward(x, W)[1]
+    except NotImplementedError:
+        raise NotImplementedError("it needs your word_embedding_forward (its cache) first") from None
+    numeric = eval_numerical_gradient_array(lambda v: recurrent.word_embedding_forward(x, v)[0], W, dout)
+    error = rel_error(mine.word_embedding_backward(dout, cache), numeric)
+    ctx.check(error < 1e-7, f"dW differs from finite differences: relative error {error:.1e} "
+                            "(a word used several times must get the SUM of their gradients)")
+    return f"dW matches finite differences (relative error {error:.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_07_words.py [--no-pause] [--data DIR]

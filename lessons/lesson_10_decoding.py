@@ -21,7 +21,7 @@ from captioning.decoding import beam_search, greedy_decode
 from nn import backend
 
 TITLE = "Decoding: greedy versus beam search, length normalisation, where greedy goes wrong"
-SECONDS = 2
+SECONDS = 0.7
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "the", "dog", "cat", "man", "big", "runs"]
 START, END = WORDS.index("<START>"), WORDS.index("<END>")
@@ -135,7 +135,7 @@ def step_4_brute_force(ctx):
     """
     tables = probability_tables()
     content = range(3, len(WORDS))
-    best = {}
+    best, mass = {}, {}
     for image in range(len(IMAGES)):
         candidates = []
         for length in range(0, 4):
@@ -144,13 +144,16 @@ def step_4_brute_force(ctx):
                 log_p = sum(math.log(tables[image, a, b]) for a, b in zip(sequence[:-1], sequence[1:]))
                 candidates.append((log_p, words))
         best[image] = max(candidates)
-    ctx.check(len(candidates) == sum(len(content) ** n for n in range(4)), "all candidates listed")
+        mass[list(IMAGES)[image]] = sum(math.exp(log_p) for log_p, _ in candidates)
+    # the listed captions exclude only longer ones, so their probabilities add up to at most 1
+    ctx.check(all(0 < m <= 1 + 1e-12 for m in mass.values()), "caption probabilities add up to at most 1")
     for image in best:
         ctx.check(tuple(ctx.beam.sequences[image]) == best[image][1], "beam search found the most probable caption")
     found = {f"most probable caption, {name}": f"{' '.join(WORDS[w] for w in best[i][1])!r} "
                                                f"(log p {best[i][0]:.4f})"
              for i, name in enumerate(IMAGES)}
-    return {"candidate captions per image": len(candidates), **found}
+    return {"candidate captions per image": len(candidates), **found,
+            "probability of all listed captions together": {name: round(m, 4) for name, m in mass.items()}}
 
 
 def step_5_length_normalisation(ctx):

@@ -58,7 +58,7 @@ def test_frozen_features_skip_the_grid_gradient_but_not_the_weights(xp):
 def test_checkpoint_round_trip_in_float16(tmp_path):
     from captioning.alignment.checkpoint import load_aligner, save_aligner
     from captioning.data.text import Vocabulary
-    from captioning.training import FrozenFeatures
+    from captioning.encoders import FrozenFeatures
     vocabulary = Vocabulary(["dog", "cat", "runs"])
     model = AlignmentModel({"feature_dim": 5, "vocab_size": len(vocabulary), "embed_dim": 3, "hidden_dim": 4},
                            dtype=numpy.float32)

@@ -190,7 +190,7 @@ def test_caption_refuses_attention_pngs_that_overwrite(shapes_run, capsys, tmp_p
     assert f"is a folder: give a file in it, e.g. {shapes_run / 'best.npz'}" in capsys.readouterr().err
     for alpha in ("nan", "-5"):
         assert main(["caption", str(first), "--checkpoint", checkpoint, "--length-alpha", alpha]) == 2
-        assert "--length-alpha must be a number >= 0" in capsys.readouterr().err
+        assert "--length-alpha must be a number in [0, 10]" in capsys.readouterr().err
 
 
 def test_evaluate_checks_its_output_and_options_before_decoding(shapes_run, capsys, tmp_path):
@@ -301,3 +301,39 @@ def test_download_checks_its_options_before_any_network(tmp_path, capsys, option
     a_file.write_text("x")
     assert main(["download", "--dest", str(a_file)]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_caption_goes_on_past_an_unreadable_image_and_exits_2(shapes_run, capsys, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = [str(shapes_run / "sample_0.png"), str(shapes_run / "sample_1.png")]
+    assert main(["caption", good[0], str(bad), good[1], "--checkpoint", str(shapes_run / "best.npz")]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == good
+    assert f"cannot decode image {bad}" in captured.err and "1 of 3 images could not be read" in captured.err
+
+
+def test_a_shapes_model_warns_once_that_it_only_knows_shapes(shapes_run, capsys, tmp_path):
+    photos = []
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(numpy.full((120, 160, 3), 128, numpy.uint8)).save(tmp_path / name)
+        photos.append(str(tmp_path / name))
+    assert main(["caption", *photos, "--checkpoint", str(shapes_run / "best.npz")]) == 0
+    assert capsys.readouterr().err.count("only knows coloured circles, squares and triangles") == 1
+    assert main(["caption", str(shapes_run / "sample_0.png"), "--checkpoint", str(shapes_run / "best.npz")]) == 0
+    assert "only knows" not in capsys.readouterr().err       # its own kind of picture: no note
+
+
+def test_caption_without_checkpoint_uses_the_shipped_model_or_says_there_is_none(shapes_run, capsys,
+                                                                                 monkeypatch, tmp_path):
+    from captioning import pretrained
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+    assert main(["caption", str(shapes_run / "sample_0.png")]) == 2
+    assert "this install has no shipped captioner" in capsys.readouterr().err
+    (tmp_path / f"{pretrained.CAPTIONER}.npz").write_bytes((shapes_run / "best.npz").read_bytes())
+    (tmp_path / f"{pretrained.CAPTIONER}.json").write_text(
+        json.dumps({"model": "Show, Attend and Tell", "data": "shapes", "test_scores": {"BLEU-4": 50.0}}))
+    assert main(["caption", str(shapes_run / "sample_0.png")]) == 0
+    captured = capsys.readouterr()
+    assert "using the shipped model captioner_flickr8k: Show, Attend and Tell" in captured.err
+    assert captured.out.startswith(str(shapes_run / "sample_0.png") + ": ")

@@ -1,10 +1,11 @@
+"""The one batching module: caption tables, the seeded (length-bucketed) batches of an epoch, the split type."""
 import numpy
 import pytest
 
-from captioning.data.batches import encode_split, iterate_images, iterate_minibatches
+from captioning.data.batches import encode_captions, epoch_batches, num_batches, take_batch
+from captioning.data.datasets import ShapesDataset
 from captioning.data.splits import CaptionSplit
 from captioning.data.text import Vocabulary, tokenize
-from nn import backend
 
 
 def small_split():
@@ -18,88 +19,64 @@ def vocab():
     return Vocabulary.build(small_split().all_tokens(), min_count=2)  # a, dog, cat, runs, the
 
 
-def test_encode_split_pads_with_null_and_records_the_image(vocab):
-    table = encode_split(small_split(), vocab)
-    assert table.max_length == 6 and table.captions.shape == (5, 8)
-    assert table.image_index.tolist() == [0, 0, 1, 2, 2]
-    a, dog, runs = vocab.word_to_id["a"], vocab.word_to_id["dog"], vocab.word_to_id["runs"]
-    assert table.captions[0].tolist() == [1, a, dog, runs, 2, 0, 0, 0]
-    assert table.captions[4].tolist() == [1, a, 3, 2, 0, 0, 0, 0]  # zebra -> <UNK>
-    short = encode_split(small_split(), vocab, max_length=2)
-    assert short.captions.shape == (5, 4)
-    assert short.captions[3].tolist() == [1, vocab.word_to_id["the"], dog, 2]
+def test_encode_captions_pads_cuts_and_maps_unknown_words():
+    vocab = Vocabulary(["a", "dog"])
+    split = CaptionSplit("train", ["x.jpg"], None, [["a dog", "a zebra dog a"]],
+                         [[["a", "dog"], ["a", "zebra", "dog", "a"]]])
+    table = encode_captions(split, vocab, max_words=3)
+    numpy.testing.assert_array_equal(table.image_index, [0, 0])
+    numpy.testing.assert_array_equal(table.captions, [[1, 4, 5, 2, 0], [1, 4, 3, 5, 2]])
+    numpy.testing.assert_array_equal(table.lengths(), [4, 5])
 
 
-def test_minibatches_cover_every_caption_once_in_a_seeded_order(vocab, xp):
-    table = encode_split(small_split(), vocab)
-    batches = list(iterate_minibatches(table, batch_size=2, seed=5, epoch=0))
-    assert [len(b.image_index) for b in batches] == [2, 2, 1]
-    rows = numpy.concatenate([backend.to_numpy(b.captions) for b in batches])
-    assert sorted(map(tuple, rows)) == sorted(map(tuple, table.captions))
-    assert backend.get_array_module(batches[0].captions, batches[0].mask) is xp
-    again = list(iterate_minibatches(table, batch_size=2, seed=5, epoch=0))
-    assert all(numpy.array_equal(a.image_index, b.image_index) for a, b in zip(batches, again))
-    orders = {tuple(numpy.concatenate([b.image_index for b in iterate_minibatches(table, 1, seed=5, epoch=e)]))
-              for e in range(6)}
-    assert len(orders) > 1  # each epoch reshuffles
-    assert len(list(iterate_minibatches(table, 2, drop_last=True))) == 2
+def test_batches_cover_every_caption_once_in_an_order_fixed_by_seed_and_epoch(vocab):
+    table = encode_captions(small_split(), vocab, max_words=6)
+    batches = epoch_batches(table, batch_size=2, seed=5, epoch=0)
+    assert [len(b) for b in batches] == [2, 2, 1] and num_batches(len(table), 2) == 3
+    assert sorted(numpy.concatenate(batches).tolist()) == list(range(5))
+    again = epoch_batches(table, batch_size=2, seed=5, epoch=0)
+    assert all(numpy.array_equal(a, b) for a, b in zip(batches, again))
+    orders = {tuple(numpy.concatenate(epoch_batches(table, 1, seed=5, epoch=e))) for e in range(6)}
+    assert len(orders) > 1
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches(table, 0, seed=0, epoch=0)
 
 
-def test_mask_is_aligned_with_targets_and_excludes_null(vocab):
-    table = encode_split(small_split(), vocab)
-    batch = next(iterate_minibatches(table, batch_size=5, shuffle=False))
-    assert batch.inputs.shape == batch.targets.shape == batch.mask.shape == (5, 7)
-    assert batch.mask.dtype == bool
-    assert batch.mask.sum(axis=1).tolist() == [4, 6, 3, 7, 3]  # words + <END>
-    assert numpy.array_equal(batch.mask, batch.targets != 0)
-    assert (batch.inputs[:, 0] == vocab.start_id).all()
+def test_take_batch_trims_the_padding_no_caption_of_the_batch_uses(vocab):
+    table = encode_captions(small_split(), vocab, max_words=6)
+    short = int(numpy.argmin(table.lengths()))
+    images, captions = take_batch(table, numpy.array([short]))
+    assert captions.shape == (1, table.lengths()[short]) and images.tolist() == [table.image_index[short]]
+    images, captions = take_batch(table, numpy.arange(5))
+    assert captions.shape == (5, table.lengths().max())
 
 
-def test_resuming_at_a_batch_gives_the_remaining_batches(vocab):
-    table = encode_split(small_split(), vocab)
-    full = list(iterate_minibatches(table, batch_size=2, seed=1, epoch=3))
-    resumed = list(iterate_minibatches(table, batch_size=2, seed=1, epoch=3, start_batch=1))
-    assert len(resumed) == 2
-    assert all(numpy.array_equal(a.captions, b.captions) for a, b in zip(full[1:], resumed))
+def test_length_buckets_give_batches_of_similar_length_covering_every_caption():
+    data = ShapesDataset.load(n_train=200, n_dev=2, n_test=2, seed=0)
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    table = encode_captions(data.splits["train"], vocab, max_words=20)
+    batches = epoch_batches(table, batch_size=16, seed=3, epoch=0, length_buckets=20)
+    assert len(batches) == num_batches(1000, 16, length_buckets=20) == 63   # 3 windows of 20 + 3
+    assert sorted(numpy.concatenate(batches).tolist()) == list(range(1000))
+    lengths = table.lengths()
+    spread = numpy.mean([numpy.ptp(lengths[b]) for b in batches])
+    assert spread < 0.5 * numpy.mean([numpy.ptp(lengths[b]) for b in numpy.array_split(numpy.arange(1000), 63)])
+    plain = epoch_batches(table, batch_size=16, seed=3, epoch=0)
+    assert len(plain) == 63 and len(plain[-1]) == 1000 - 62 * 16
 
 
-def test_trim_drops_unused_padding_columns(vocab):
-    table = encode_split(small_split(), vocab)
-    batch = next(iterate_minibatches(table, batch_size=1, shuffle=False, trim=True))
-    assert batch.captions.tolist() == [table.captions[0, :5].tolist()]
-
-
-def test_features_are_gathered_per_pair_and_cast(vocab, xp):
-    table = encode_split(small_split(), vocab)
-    features = numpy.arange(3 * 4, dtype=numpy.float16).reshape(3, 4)
-    batch = next(iterate_minibatches(table, batch_size=5, shuffle=False, features=features))
-    assert batch.features.dtype == numpy.float32 and backend.get_array_module(batch.features) is xp
-    numpy.testing.assert_array_equal(backend.to_numpy(batch.features), features[[0, 0, 1, 2, 2]])
-    pixels = numpy.zeros((3, 3, 2, 2), dtype=numpy.uint8)
-    batch = next(iterate_minibatches(table, 2, features=pixels))
-    assert batch.features.dtype == numpy.uint8
-
-
-def test_features_from_a_memmap(vocab, tmp_path):
-    table = encode_split(small_split(), vocab)
-    cache = numpy.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=numpy.float16, shape=(3, 2))
-    cache[:] = [[1, 2], [3, 4], [5, 6]]
-    batch = next(iterate_minibatches(table, 5, seed=0, features=cache, feature_dtype=numpy.float64))
-    numpy.testing.assert_array_equal(batch.features, numpy.asarray(cache, dtype=numpy.float64)[batch.image_index])
-
-
-def test_iterate_images_gives_every_image_once_with_all_raw_references(vocab):
+def test_a_split_gives_its_inputs_and_references_and_keeps_them_aligned_when_cut():
     split = small_split()
-    batches = list(iterate_images(split, batch_size=2, features=numpy.eye(3)))
-    assert [b.image_index.tolist() for b in batches] == [[0, 1], [2]]
-    assert batches[1].image_ids == ["z.jpg"]
-    assert batches[1].references == [[["the", "dog", "and", "the", "cat", "sleep"], ["a", "zebra"]]]
-    numpy.testing.assert_array_equal(batches[1].features, [[0, 0, 1]])
+    assert split.inputs is None and split.references is split.tokens
+    pixels = numpy.arange(3 * 2).reshape(3, 2)
+    with_pixels = split.with_features(pixels)
+    assert with_pixels.inputs is pixels and split.features is None
+    head = with_pixels.head(2)
+    assert head.image_ids == ["x.jpg", "y.jpg"] and head.inputs.tolist() == [[0, 1], [2, 3]]
+    assert head.references == split.tokens[:2] and with_pixels.head(None) is with_pixels
 
 
-def test_bad_batch_size_is_refused(vocab):
-    table = encode_split(small_split(), vocab)
-    with pytest.raises(ValueError, match="batch_size"):
-        next(iterate_minibatches(table, 0))
-    with pytest.raises(ValueError, match="batch_size"):
-        next(iterate_images(small_split(), 0))
+def test_cutting_a_two_image_shapes_split_keeps_its_seed():
+    from captioning.data.shapes import make_shapes_dataset
+    split = make_shapes_dataset(2, seed=[7, 1])
+    assert split.head(1).seed == [7, 1] and split.head(1).image_ids == split.image_ids[:1]

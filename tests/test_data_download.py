@@ -180,13 +180,13 @@ class FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_redraws_in_place_on_a_terminal():
-    from captioning.data.download import ProgressBar
+    from captioning.progress import ProgressBar
     screen = FakeTerminal()
-    bar = ProgressBar("x.zip", total=4_000_000, stream=screen)
+    bar = ProgressBar("x.zip", total=4_000_000, unit="B", stream=screen)
     bar.last_draw -= 1  # as if the last redraw was a second ago
     bar.update(1_000_000)
     bar.finish()
     text = screen.getvalue()
     assert text.startswith("\rx.zip [") and " 25.0% 1.0 MB/4.0 MB ETA " in text
     assert text.endswith("MB/s\n") and text.count("\n") == 1
-    assert ProgressBar("y", total=None, stream=io.StringIO()).line().startswith("y 0.0 MB ")
+    assert ProgressBar("y", total=None, unit="B", stream=io.StringIO()).line().startswith("y 0.0 MB ")

@@ -258,10 +258,10 @@ def test_kaggle_file_without_its_header_is_an_error_naming_the_line(tmp_path):
 
 
 def test_a_reader_that_loses_lines_unreported_is_caught(tmp_path, monkeypatch):
-    import captioning.data.flickr8k as flickr8k
+    import captioning.data.caption_files as caption_files
     splits, captions = tiny_corpus()
     make_kaggle(tmp_path, captions, split_lists=splits)
-    monkeypatch.setattr(flickr8k, "_add_caption",   # one that silently drops each "caption 3"
+    monkeypatch.setattr(caption_files, "_add_caption",   # one that silently drops each "caption 3"
                         lambda captions, image_id, caption, report, where:
                         "caption 3" in caption or captions.setdefault(image_id, []).append(caption))
     with pytest.raises(CaptionFileError, match=r"captions.txt: holds 50 captions, but 40 were read and 0 skipped"):

@@ -122,13 +122,17 @@ def test_subset_keeps_every_per_image_field(shapes):
     assert part.image_ids == [shapes.image_ids[5], shapes.image_ids[2]] and part.image_paths is None
 
 
-def test_load_splits_defaults_to_shapes_and_reads_a_folder(tmp_path):
-    from captioning.data import load_splits
+def test_the_dataset_registry_rebuilds_shapes_from_a_spec_and_reads_folders_through_a_cache(tmp_path):
+    from captioning.data.datasets import DATASETS, DatasetError, dataset_from_spec
     from data_fixtures import make_original, tiny_corpus
-    splits, description = load_splits(shapes_sizes=(10, 3, 2), seed=4, captions_per_image=1)
-    assert [len(splits[n]) for n in ("train", "dev", "test")] == [10, 3, 2]
-    assert numpy.array_equal(splits["dev"].images, shapes_splits(10, 3, 2, seed=4)["dev"].images)
-    assert "synthetic shapes" in description
-    make_original(tmp_path, *tiny_corpus())
-    splits, description = load_splits(str(tmp_path))
-    assert len(splits["train"]) == 6 and "original layout" in description
+    data = DATASETS["shapes"].load(n_train=10, n_dev=3, n_test=2, seed=4)
+    assert [len(data.splits[n]) for n in ("train", "dev", "test")] == [10, 3, 2]
+    assert numpy.array_equal(data.splits["dev"].inputs, shapes_splits(10, 3, 2, seed=4)["dev"].images)
+    again = dataset_from_spec(data.spec, splits=("dev",))
+    assert numpy.array_equal(again.splits["dev"].inputs, data.splits["dev"].inputs)
+    assert data.encoder_spec["name"] == "small_cnn" and data.encoder_spec["config"]["seed"] == 4
+    make_original(tmp_path / "flickr", *tiny_corpus())
+    with pytest.raises(DatasetError, match="no feature cache at"):
+        dataset_from_spec(data.spec, data_arg=str(tmp_path / "flickr"), features_arg=str(tmp_path / "none"))
+    with pytest.raises(DatasetError, match="give --data DIR"):
+        dataset_from_spec({})

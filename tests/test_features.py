@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from captioning.data.images import ImageDecodeError
-from captioning.features import (FeatureCacheError, ProgressBar, cache_paths, default_cache_path,
+from captioning.features import (FeatureCacheError, cache_paths, default_cache_path,
                                  extract_features, open_cache)
 
 
@@ -151,10 +151,11 @@ def test_bad_image_stops_with_its_name_or_is_skipped(tmp_path):
 
 
 def test_progress_bar_shows_rate_and_eta():
+    from captioning.progress import ProgressBar
     stream = io.StringIO()
-    bar = ProgressBar(100, stream=stream)
-    bar.update(40, 40)
-    bar.close()
+    bar = ProgressBar("features", 100, stream=stream)
+    bar.update(40)
+    bar.finish()
     text = stream.getvalue()
     assert "40/100" in text and "img/s" in text and "ETA" in text
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import numpy
 import pytest
 
-import captioning.data.flickr8k as flickr8k
+import captioning.data.caption_files as caption_files
 from captioning.data.flickr8k import CaptionFileError, load_flickr8k
 from captioning.data.splits import LoadReport
 from captioning.data.text import tokenize
@@ -204,7 +204,7 @@ def check_captions(layout, data, captions, report):
     for texts in captions.values():
         assert texts, "an image with an empty caption list"
         for caption in texts:
-            assert tokenize(caption) and len(caption) <= flickr8k.MAX_CAPTION_CHARS
+            assert tokenize(caption) and len(caption) <= caption_files.MAX_CAPTION_CHARS
             assert len(caption.splitlines()) == 1 and "\t" not in caption and caption.isprintable()
     one_caption_per_line(layout, data, captions)
 
@@ -228,8 +228,8 @@ def check_error(exc):
 def read_captions(layout, path):
     """The layout's reader on its own: (image id -> captions, report)."""
     report = LoadReport(layout=layout)
-    reader = {"original": flickr8k._read_token_file, "kaggle": flickr8k._read_kaggle_csv,
-              "karpathy": lambda p, r: flickr8k._read_karpathy_json(p, r)[0]}[layout]
+    reader = {"original": caption_files.read_token_file, "kaggle": caption_files.read_kaggle_csv,
+              "karpathy": lambda p, r: caption_files.read_karpathy_json(p, r)[0]}[layout]
     return reader(path, report), report
 
 

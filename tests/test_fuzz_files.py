@@ -35,7 +35,7 @@ from nn.persist import META_KEY, NpzFormatError, load_npz
 from captioning.checkpoint import load_checkpoint
 from captioning.models import ConfigMismatchError
 from captioning.pth import CheckpointError, load_pth, load_state_dict
-from captioning.training import make_encoder
+from captioning.encoders import make_encoder
 from tests.test_checkpoint_values import tiny_checkpoint
 from tests.test_pth import _example, write_legacy, write_zip
 

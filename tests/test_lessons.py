@@ -5,6 +5,7 @@ start-up per lesson) and must finish cleanly; its own checks are the test.
 The runner's behaviour (list, unknown lesson, failing check, pauses) is
 tested on tiny fake lessons written to a temporary folder.
 """
+import inspect
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy
 import pytest
 
+from captioning.checkpoint import load_checkpoint
 from captioning.encoders.efficientnet import EfficientNetLite0
 from captioning.features import extract_features
 from captioning.training import Trainer
@@ -316,3 +318,127 @@ def test_backend_flag_runs_a_lesson_on_cupy(tmp_path, capsys):
         pytest.skip("CuPy is not installed or no GPU is visible")
     assert run_lesson.main(["3", "--no-pause", "--backend", "cupy", "--out", str(tmp_path)]) == 0
     assert "Lesson done" in capsys.readouterr().out
+
+
+def test_flickr8k_lesson_runs_on_a_trimmed_copy_and_evaluates_best_npz(small_flickr8k, tmp_path, capsys):
+    """The whole lesson on 6 / 2 / 2 photos with the fake CNN; the model it evaluates is best.npz's,
+    not the trainer's last weights."""
+    ctx, _ = flickr8k_steps(small_flickr8k, tmp_path / "out", quick=True, steps=len(
+        run_lesson.lesson_steps(run_lesson.load_lesson(LESSONS[FLICKR8K_RUN]))))
+    best = load_checkpoint(tmp_path / "out" / "lesson13_run" / "best.npz").model
+    last = load_checkpoint(tmp_path / "out" / "lesson13_run" / "last.npz").model
+    evaluated = ctx.model.state_dict()
+    assert all(numpy.array_equal(evaluated[k], v) for k, v in best.state_dict().items())
+    assert not all(numpy.array_equal(evaluated[k], v) for k, v in last.state_dict().items())
+    assert "test photo 1: model:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "lesson13_attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_flickr8k, tmp_path, capsys):
+    split = tiny_corpus(n_train=6, n_dev=2, n_test=2)[0]
+    ids = split["train"] + split["dev"] + split["test"]
+    given = tmp_path / "given" / "flickr8k_fake_cnn"
+    extract_features(FakeCNN(), [small_flickr8k / "Flicker8k_Dataset" / i for i in ids], ids, given, progress=False)
+    lesson = run_lesson.load_lesson(LESSONS[FLICKR8K_RUN])
+    ctx = run_lesson.Context(quick=True, data=small_flickr8k, out_dir=tmp_path / "out", features=str(given))
+    for step in run_lesson.lesson_steps(lesson)[:2]:
+        step(ctx)
+    assert run_lesson.lesson_steps(lesson)[2](ctx)["cache"] == f"{given} (reused)"
+    assert not (tmp_path / "out" / "features").exists()
+
+    status = run_lesson.main([str(FLICKR8K_RUN), "--no-pause", "--quick", "--data", str(small_flickr8k),
+                              "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")])
+    out = capsys.readouterr().out
+    assert status == 0 and f"--features {tmp_path / 'nope'} cannot be used" in out and "Lesson stopped at step 3" in out
+
+
+# ------------------------------------------------------------------ exercises
+
+LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 7: "nn.recurrent", 8: "nn.recurrent"}
+
+
+def reference_solution(number):
+    """An exercise file holding the reference functions of a lesson's EXERCISES."""
+    lesson = run_lesson.load_lesson(LESSONS[number])
+    if number in LIBRARY_EXERCISES:      # library functions: imported (their source uses nn's private checks)
+        return f"from {LIBRARY_EXERCISES[number]} import {', '.join(lesson.EXERCISES)}\n"
+    sources = [inspect.getsource(getattr(lesson, name)) for name in lesson.EXERCISES]
+    return "\n".join(lesson.EXERCISE_IMPORTS) + "\n\n\n" + "\n\n".join(sources)
+
+
+WRONG = {   # one plausible mistake per exercise lesson: each must fail its grading
+    8: ("from nn.recurrent import lstm_step_backward\n"
+        "from nn.dense import sigmoid\n"
+        "import numpy\n"
+        "def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):\n"
+        "    H = prev_h.shape[1]\n"
+        "    a = x @ Wx + prev_h @ Wh + b\n"
+        "    f, i, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 2 * H:3 * H])  # i and f swapped\n"
+        "    g = numpy.tanh(a[:, 3 * H:])\n"
+        "    c = f * prev_c + i * g\n"
+        "    return o * numpy.tanh(c), c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, numpy.tanh(c))\n",
+        "lstm_step_forward: FAIL"),
+    12: (None, "brevity_penalty: FAIL"),
+    3: ("from nn.dense import affine_forward, relu_backward\n"
+        "def affine_backward(dout, cache):\n"
+        "    x, w = cache\n"
+        "    dx, dw = (dout @ w.T).reshape(x.shape), x.reshape(len(x), -1).T @ dout\n"
+        "    return dx, dw, dout.mean(axis=0)           # mean instead of sum\n",
+        "affine_backward: FAIL"),
+    4: ("import numpy\n"
+        "from nn.losses import softmax_loss\n"
+        "def softmax(x, axis=-1):\n"
+        "    e = numpy.exp(x)                       # not shifted: overflows for large scores\n"
+        "    return e / e.sum(axis=axis, keepdims=True)\n",
+        "softmax: FAIL"),
+    7: ("import numpy\n"
+        "from nn.recurrent import word_embedding_forward\n"
+        "def word_embedding_backward(dout, cache):\n"
+        "    x, W = cache\n"
+        "    dW = numpy.zeros_like(W)\n"
+        "    dW[x] = dout                           # assignment keeps only one use of a repeated word\n"
+        "    return dW\n",
+        "word_embedding_backward: FAIL"),
+}
+
+
+@pytest.mark.parametrize("number", [3, 4, 7, 8, 12])
+def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
+    exercises = tmp_path / "exercises"
+    args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
+    lesson = run_lesson.load_lesson(LESSONS[number])
+    library_before = {name: getattr(lesson, name) for name in lesson.EXERCISES}
+
+    assert run_lesson.main(args) == 1                                  # the stubs: written, then failed
+    out = capsys.readouterr().out
+    mine = exercises / LESSONS[number].name
+    assert f"Wrote {mine}" in out and (exercises / ".gitignore").read_text().endswith("*\n")
+    for name in lesson.EXERCISES:
+        assert f"{name}: FAIL - not written yet" in out and f"def {name}(" in mine.read_text()
+
+    mine.write_text(reference_solution(number))
+    assert run_lesson.main(args) == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "the lesson's own checks with your functions: passed" in out
+    for name in lesson.EXERCISES:
+        assert f"{name}: PASS" in out
+    assert mine.read_text() == reference_solution(number)               # the learner's file is never overwritten
+
+    wrong, failure = WRONG[number]
+    if wrong is None:                    # lesson 12: ties going to the LONGER reference
+        wrong = reference_solution(number).replace("(abs(length - hypothesis_length), length)",
+                                                   "(abs(length - hypothesis_length), -length)")
+    mine.write_text(wrong)
+    assert run_lesson.main(args) == 1
+    assert failure in capsys.readouterr().out
+    relesson = run_lesson.load_lesson(LESSONS[number])                  # the library was never touched
+    for name, function in library_before.items():
+        assert getattr(relesson, name).__code__.co_code == function.__code__.co_code
+
+
+def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsys):
+    assert run_lesson.main(["8", "--solution"]) == 0
+    out = capsys.readouterr().out
+    assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
+    assert run_lesson.main(["2", "--exercise"]) == 2
+    assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 7, 8, 12)" in capsys.readouterr().err

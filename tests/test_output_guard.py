@@ -249,3 +249,43 @@ def test_a_reader_that_closes_the_pipe_stops_caption_quietly(shapes_run):
     process.stdout.close()                  # as `| head -1` does
     err = process.stderr.read().decode()
     assert process.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--hidden", "1000000"], "allowed here: lower --hidden, --embed or --attention-dim"),
+    (["--beam", "100000"], "--beam 100000 is more than the"),
+    (["--min-count", "100000"], "the vocabulary would hold only the special tokens"),
+])
+def test_train_refuses_settings_that_would_fail_late_or_train_nothing(argv, message, capsys, tmp_path):
+    _fails(capsys, ["train", "--max-images", "12", "--epochs", "1", *argv, "--out", str(tmp_path / "run")],
+           message)
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "caption"])
+@pytest.mark.parametrize("argv, message", [
+    (["--beam", "1000000000"], "--beam 1000000000 is more than the"),
+    (["--length-alpha", "300"], "--length-alpha must be a number in [0, 10]"),
+])
+def test_decoding_settings_are_checked_before_decoding(command, argv, message, shapes_run, capsys):
+    images = [str(shapes_run / "sample_0.png")] if command == "caption" else []
+    _fails(capsys, [command, *images, "--checkpoint", str(shapes_run / "best.npz"), *argv], message)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # the overflows are the point here
+def test_train_never_saves_weights_that_became_non_finite(capsys, tmp_path):
+    # lr 1e12 blows up the small CNN's batchnorm running variance (no gradient sees it) while the
+    # training loss stays finite: the checkpoint must not be written.
+    assert main(["train", "--shapes-train", "20", "--epochs", "1", "--lr", "1e12", "--out", str(tmp_path)]) == 1
+    assert "became non-finite (NaN or inf)" in capsys.readouterr().err     # diverged: exit 1, as for a NaN loss
+    assert not (tmp_path / "best.npz").exists() and not (tmp_path / "last.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["features", "--out", ""], "--out is empty"),
+    (["evaluate", "--checkpoint", "x.npz", "--features", ""], "--features is empty"),
+    (["caption", "", "--checkpoint", "x.npz"], "one of the images given is an empty name"),
+])
+def test_an_empty_name_is_refused_not_taken_for_the_default(argv, message, capsys):
+    _fails(capsys, argv, message)

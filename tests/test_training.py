@@ -1,5 +1,6 @@
 """Training: overfitting, exact resume, NaN stop, checkpoints and their mismatch errors."""
 import os
+from dataclasses import replace
 
 import numpy
 import pytest
@@ -8,11 +9,11 @@ from nn import backend
 from nn.optim import Adam
 from nn.persist import save_npz
 from captioning.checkpoint import check_vocabulary, load_checkpoint
-from captioning.commands import _datasets
+from captioning.data.datasets import ShapesDataset
 from captioning.data.text import Vocabulary
+from captioning.encoders import FrozenFeatures, TrainableEncoder
 from captioning.models import ConfigMismatchError, build
-from captioning.training import (CaptionData, FrozenFeatures, TrainConfig, Trainer, TrainingDiverged,
-                                 encode_captions)
+from captioning.training import TrainConfig, Trainer, TrainingDiverged
 
 
 @pytest.mark.parametrize("kind", ["show-tell", "attention"])
@@ -42,9 +43,10 @@ def test_overfits_a_batch_of_50_captions(kind):
 
 def _tiny_run(tmp_path, name, epochs=2, **overrides):
     """A Trainer on 8 synthetic images (small CNN end to end + attention decoder)."""
-    data = _datasets.shapes_data(n_train=8, n_dev=4, n_test=4, seed=3)
+    data = ShapesDataset.load(n_train=8, n_dev=4, n_test=4, seed=3)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
-    encoder = _datasets.small_cnn_encoder(seed=1)
+    encoder = TrainableEncoder.small_cnn(channels=ShapesDataset.CNN_CHANNELS, image_size=ShapesDataset.IMAGE_SIZE,
+                                         seed=1)
     model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": encoder.feature_dim("grid"),
                    "wordvec_dim": 16, "hidden_dim": 24, "attention_dim": 16, "dropout": 0.3,
                    "doubly_stochastic": 0.05}, seed=2)
@@ -171,12 +173,12 @@ def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
 
 def test_frozen_features_training_improves_dev_bleu_and_reports_progress(tmp_path):
     """Cached-feature path: fixed random 'features' that identify each image's caption."""
-    data = _datasets.shapes_data(n_train=40, n_dev=40, n_test=1, seed=4)
+    data = ShapesDataset.load(n_train=40, n_dev=40, n_test=1, seed=4)
     train = data.splits["train"]
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     gen = numpy.random.default_rng(0)
     table = gen.standard_normal((40, 6, 16)).astype(numpy.float32)
-    train = CaptionData(table, [refs[:1] for refs in train.references], train.image_ids)
+    train = replace(train, features=table, tokens=[refs[:1] for refs in train.references])
     model = build({"model": "attention", "vocab_size": len(vocab), "feature_dim": 16, "wordvec_dim": 16,
                    "hidden_dim": 32, "attention_dim": 16, "doubly_stochastic": 0.0}, seed=0)
     config = TrainConfig(epochs=14, batch_size=5, lr=1e-2, log_every=0, patience=14, lr_patience=14)
@@ -191,16 +193,8 @@ def test_frozen_features_training_improves_dev_bleu_and_reports_progress(tmp_pat
     assert any(line.startswith("epoch 14 done: train loss") and "dev BLEU-4" in line for line in lines)
 
 
-def test_encode_captions_pads_cuts_and_maps_unknown_words():
-    vocab = Vocabulary(["a", "dog"])
-    data = CaptionData(None, [[["a", "dog"], ["a", "zebra", "dog", "a"]]], ["x.jpg"])
-    owners, captions = encode_captions(data, vocab, max_words=3)
-    numpy.testing.assert_array_equal(owners, [0, 0])
-    numpy.testing.assert_array_equal(captions, [[1, 4, 5, 2, 0], [1, 4, 3, 5, 2]])
-
-
-def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
-    data = _datasets.shapes_data(n_train=200, n_dev=2, n_test=2, seed=0)
+def test_the_trainer_draws_the_batches_of_data_batches_once_per_epoch(tmp_path):
+    data = ShapesDataset.load(n_train=200, n_dev=2, n_test=2, seed=0)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4})
     trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), data.splits["train"],
@@ -208,18 +202,9 @@ def test_epoch_batches_cover_every_caption_once_with_similar_lengths(tmp_path):
                       log=lambda line: None)
     batches = trainer.epoch_batches(0)
     assert len(batches) == trainer.steps_per_epoch == 63            # 1000 captions: 3 windows of 20 + 3
-    rows = numpy.concatenate(batches)
-    assert sorted(rows.tolist()) == list(range(1000))
-    lengths = (trainer.captions != 0).sum(axis=1)
-    spread = numpy.mean([numpy.ptp(lengths[b]) for b in batches])
-    assert spread < 0.5 * numpy.mean([numpy.ptp(lengths[b]) for b in numpy.array_split(numpy.arange(1000), 63)])
+    assert trainer.epoch_batches(0) is batches
     assert [b.tolist() for b in trainer.epoch_batches(1)] != [b.tolist() for b in batches]
-    same = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
-                   TrainConfig(batch_size=16, seed=3, length_buckets=20), tmp_path, log=lambda line: None)
-    assert [b.tolist() for b in same.epoch_batches(0)] == [b.tolist() for b in batches]
-    plain = Trainer(model, vocab, trainer.encoder, data.splits["train"], data.splits["dev"],
-                    TrainConfig(batch_size=16, seed=3, length_buckets=0), tmp_path, log=lambda line: None)
-    assert plain.steps_per_epoch == 63 and len(plain.epoch_batches(0)[-1]) == 1000 - 62 * 16
+    assert [b.tolist() for b in trainer.epoch_batches(0)] == [b.tolist() for b in batches]
 
 
 def test_resuming_a_run_that_used_its_time_or_stopped_says_what_to_do(tmp_path):

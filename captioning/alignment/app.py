@@ -29,13 +29,17 @@ SHAPES_TRAIN = 3000
 
 def load_training_data(data_arg, features_arg, seed=0, max_images=None):
     """(TrainingData with train and dev splits, the image encoder) for `align train`."""
-    from ..commands import _datasets
-    if data_arg is None:
-        data = _datasets.shapes_data(n_train=SHAPES_TRAIN, seed=seed, max_images=max_images)
-        return data, _datasets.small_cnn_encoder(seed=seed)
-    data = _datasets.flickr8k_data(data_arg, features_arg, max_images=max_images, splits=("train", "dev"),
-                                   again="run align train again")
-    return data, data.encoder
+    from ..data.datasets import DATASETS, DEFAULT_DATASET, FOLDER_DATASET, DatasetError
+    from ..encoders import new_encoder
+    try:
+        if data_arg is None:
+            data = DATASETS[DEFAULT_DATASET].load(n_train=SHAPES_TRAIN, seed=seed, max_images=max_images)
+        else:
+            data = DATASETS[FOLDER_DATASET].load(data_arg, features_arg, max_images=max_images,
+                                                 splits=("train", "dev"), again="run align train again")
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    return data, new_encoder(data.encoder_spec)
 
 
 def build_model(data, encoder, vocabulary, hidden, embed, seed=0, dropout=0.0):
@@ -56,9 +60,12 @@ def open_checkpoint(path):
 
 
 def split_of(ckpt, split, data_arg=None, features_arg=None, max_images=None):
-    """CaptionData of one split of the checkpoint's data (or of --data / --features)."""
-    from ..commands import _datasets
-    data = _datasets.data_from_spec(ckpt.data, data_arg, features_arg, max_images=max_images, splits=(split,))
+    """CaptionSplit of one split of the checkpoint's data (or of --data / --features)."""
+    from ..data.datasets import DatasetError, dataset_from_spec
+    try:
+        data = dataset_from_spec(ckpt.data, data_arg, features_arg, max_images=max_images, splits=(split,))
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
     return data.splits[split]
 
 
@@ -111,11 +118,11 @@ def vocabulary_from(data, min_count):
 
 def shapes_split(spec, split, max_images=None):
     """The ShapesSplit (with objects and word_objects) of a shapes checkpoint's data."""
-    from ..commands._datasets import SHAPES_IMAGE_SIZE
+    from ..data.datasets import ShapesDataset
     from ..data.shapes import make_shapes_dataset
     sizes = {"train": spec["n_train"], "dev": spec["n_dev"], "test": spec["n_test"]}
     k = list(sizes).index(split)           # shapes_splits seeds split k with (seed, k)
     max_images = spec.get("max_images") if max_images is None else max_images
     n = sizes[split] if max_images is None else min(max_images, sizes[split])
-    full = make_shapes_dataset(sizes[split], seed=[spec["seed"], k], image_size=SHAPES_IMAGE_SIZE, name=split)
+    full = make_shapes_dataset(sizes[split], seed=[spec["seed"], k], image_size=ShapesDataset.IMAGE_SIZE, name=split)
     return full.subset(range(n)) if n < sizes[split] else full

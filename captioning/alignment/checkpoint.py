@@ -9,7 +9,7 @@ from nn.persist import load_npz, save_npz
 
 from ..data.text import Vocabulary
 from ..models import ConfigMismatchError
-from ..training import make_encoder
+from ..encoders import make_encoder
 from .model import AlignmentModel
 
 FORMAT = "captioning-aligner"
@@ -21,7 +21,7 @@ class AlignerCheckpoint:
     model: AlignmentModel
     encoder: object                 # FrozenFeatures or a TrainableEncoder with its weights
     vocabulary: Vocabulary
-    data: dict                      # how to rebuild the data (captioning.commands._datasets spec)
+    data: dict                      # how to rebuild the data (a captioning.data.datasets spec)
     optimizer_state: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """Images and sentences of the alignment model as arrays.
 
-A split for the aligner is a `CaptionData` (captioning.training): `inputs` are the
+A split for the aligner is a `CaptionSplit` (captioning.data.splits): `inputs` are the
 images (cached CNN grids or uint8 pixels), `references` their tokenised captions.
 Sentences become word ids WITHOUT <START>/<END> (the BRNN reads only the words),
 right-padded with 0, with a mask of the real words.

@@ -15,7 +15,8 @@ import numpy
 from nn import backend
 from nn.optim import Adam, clip_grad_norm
 
-from ..training import TrainingDiverged, format_duration
+from ..progress import format_duration
+from ..training import TrainingDiverged
 from .checkpoint import load_aligner, save_aligner
 from .data import encode_sentences, epoch_batches
 from .retrieval import encode_regions, encode_words, recall_metrics, recall_sum, score_matrix

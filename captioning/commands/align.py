@@ -121,7 +121,7 @@ def _train(args):
     from ..alignment import app
     from ..alignment.training import AlignConfig, AlignTrainer, evaluate_retrieval
     from ..alignment.data import encode_sentences
-    from ..training import format_duration
+    from ..progress import format_duration
 
     name, o = _train_options(args)
     out = args.out or os.path.join("outputs", f"align_{name}")

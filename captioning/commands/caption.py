@@ -1,10 +1,13 @@
 """`python -m captioning caption IMAGE...`: describe image files with a trained checkpoint."""
 import os
+import sys
+
+from PIL import Image
 
 from nn import backend
 from nn.persist import remove_stale_temporaries
 
-from ..cli import UsageError, check_output_file, check_outputs
+from ..cli import UsageError, check_decoding_options, check_output_file, check_outputs
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -16,7 +19,11 @@ Flickr8k model, the checkpoint's own small CNN for a synthetic-shapes model.
 With --attention-png (attention models only) one PNG per image shows, for
 every generated word, where the model looked.
 
+Without --checkpoint the captioner shipped with the package is used (one
+line on stderr says which model it is and how it scored).
+
 examples:
+  python -m captioning caption photo.jpg                      # the shipped captioner
   python -m captioning caption photo.jpg --checkpoint outputs/flickr8k_attention/best.npz --beam 3
   python -m captioning caption a.png b.png --checkpoint outputs/shapes_attention/best.npz \\
       --attention-png attention.png          # writes attention-a.png, attention-b.png
@@ -25,7 +32,8 @@ examples:
 
 def add_arguments(parser):
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--checkpoint", required=True, help="a best.npz / last.npz written by train")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a best.npz / last.npz written by train (default: the shipped Flickr8k captioner)")
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
     parser.add_argument("--length-alpha", type=float, default=0.0, help="length normalisation (default 0)")
@@ -65,83 +73,126 @@ def _png_paths(out, images, checkpoint):
 def image_encoder(ckpt):
     """The checkpoint's image encoder as a function: image files -> (features for the
     checkpoint's model, display images (N, 3, H, W) in [0, 1]). Built once, called per batch."""
-    from ..data.images import load_images
-    from ..training import make_encoder
+    from ..encoders import make_encoder
+    from ..models import ConfigMismatchError
 
-    model, spec = ckpt.model, ckpt.encoder
-    if spec.get("name") == "small_cnn":
-        encoder = make_encoder(spec, ckpt.encoder_state, dtype=model.dtype).eval()
-        size = spec.get("config", {}).get("image_size", 64)
+    model = ckpt.model
+    try:
+        encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=model.dtype)
+        return encoder.file_encoder(model.feature_kind, model.dtype)
+    except ConfigMismatchError as exc:
+        raise UsageError(f"{ckpt.path}: {exc}") from None
 
-        def encode_small_cnn(paths):
-            pixels, _, _ = load_images(paths, size=size, resize="squash", dtype=model.dtype)
-            return encoder.encode(pixels, model.feature_kind, model.dtype), pixels
-        return encode_small_cnn
-    if spec.get("name") == "efficientnet_lite0":
-        from ..encoders.efficientnet import EfficientNetLite0
-        net = EfficientNetLite0.from_pretrained()
-        pre = net.preprocess
-        wanted = spec.get("input", {})
-        if wanted and (wanted.get("size") != pre["size"] or wanted.get("resize") != pre["resize"]):
-            raise UsageError(f"{ckpt.path}: trained on EfficientNet inputs {wanted}, this encoder uses {pre}")
 
-        def encode_efficientnet(paths):
-            batch, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"], mean=pre["mean"],
-                                      std=pre["std"])
-            grid, pooled = net.features(batch.astype(backend.default_float()))
-            features = (grid if model.feature_kind == "grid" else pooled).astype(model.dtype)
-            display, _, _ = load_images(paths, size=pre["size"], resize=pre["resize"])
-            return features, display
-        return encode_efficientnet
-    raise UsageError(f"{ckpt.path}: unknown image encoder {spec!r}")
+def _open_checkpoint(path):
+    """The checkpoint to caption with: `path`, or the shipped captioner when none is given."""
+    from .. import pretrained
+    from ..checkpoint import load_checkpoint
+    from ..models import ConfigMismatchError
+
+    if path is None:
+        path = pretrained.shipped_path(pretrained.CAPTIONER)
+        if path is None:
+            raise UsageError("no --checkpoint given, and this install has no shipped captioner: give a "
+                             "checkpoint written by `python -m captioning train`")
+        print(pretrained.describe(pretrained.CAPTIONER), file=sys.stderr)
+    try:
+        return load_checkpoint(path)
+    except ConfigMismatchError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _warn_if_shapes_model_sees_photos(ckpt, images):
+    """A model trained on the synthetic shapes set describes any picture as coloured shapes: say so
+    once when it is given pictures that are not the set's size (photos, most likely)."""
+    data = ckpt.training.get("data") or {}
+    if data.get("name") != "shapes":
+        return
+    size = data.get("image_size")
+    for path in images:
+        try:
+            with Image.open(path) as picture:
+                other = picture.size != (size, size)
+        except (OSError, ValueError):
+            continue            # an undecodable file is reported when it is encoded
+        if other:
+            print(f"note: {ckpt.path} was trained on the synthetic shapes set, so it only knows coloured "
+                  "circles, squares and triangles: a photo gets a caption about shapes", file=sys.stderr)
+            return
+
+
+def _encode_batch(encode, paths):
+    """(features, display images, kept indices) of the files that decode; each file that does not is
+    reported on stderr and left out, so one bad photo does not stop the others."""
+    from ..data.images import ImageDecodeError
+
+    try:
+        features, display = encode(paths)
+        return features, display, list(range(len(paths)))
+    except ImageDecodeError:
+        pass
+    good = []
+    for i, path in enumerate(paths):
+        try:
+            good.append((i, encode([path])))
+        except ImageDecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+    if not good:
+        return None, None, []
+    xp = backend.get_array_module(good[0][1][0])
+    return (xp.concatenate([f for _, (f, _) in good]), xp.concatenate([d for _, (_, d) in good]),
+            [i for i, _ in good])
+
+
+def _caption_batch(args, ckpt, features, display, paths, pngs):
+    """Decode one batch and print (and draw) each caption."""
+    from ..attention_png import save_attention_png
+    from ..decoding import beam_search, greedy_decode
+
+    model = ckpt.model
+    if args.beam > 1:
+        result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
+                             max_length=args.max_length, length_alpha=args.length_alpha)
+    else:
+        result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
+    for i, (path, png) in enumerate(zip(paths, pngs)):
+        words = ckpt.vocabulary.decode(result.sequences[i])
+        print(f"{path}: {' '.join(words)}", flush=True)
+        if png is not None:
+            grid_side = int(round(features.shape[1] ** 0.5))
+            attention = result.attention[i]
+            shape = (grid_side, grid_side) if grid_side * grid_side == features.shape[1] else None
+            save_attention_png(backend.to_numpy(display[i]), words or ["<empty>"],
+                               attention if words else attention[:1], png, grid_shape=shape)
+            print(f"  attention: {png}", flush=True)
 
 
 def run(args):
-    import math
-
-    from ..attention_png import save_attention_png
-    from ..checkpoint import load_checkpoint
-    from ..decoding import beam_search, greedy_decode
-    from ..models import ConfigMismatchError
-
-    if args.beam < 1 or args.max_length < 1:
-        raise UsageError("--beam and --max-length must be >= 1")
-    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
-        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
+    check_decoding_options(args.beam, args.max_length, args.length_alpha)
     for path in args.images:
         if os.path.isdir(path):
             raise UsageError(f"{path} is a folder, not an image file (for all its images: {path}/*.jpg)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except ConfigMismatchError as exc:
-        raise UsageError(str(exc)) from None
-    model = ckpt.model
-    if args.attention_png and model.feature_kind != "grid":
-        raise UsageError(f"--attention-png needs an attention model; {args.checkpoint} is {model.name}")
+    ckpt = _open_checkpoint(args.checkpoint)
+    check_decoding_options(args.beam, args.max_length, args.length_alpha, len(ckpt.vocabulary))
+    if args.attention_png and ckpt.model.feature_kind != "grid":
+        raise UsageError(f"--attention-png needs an attention model; {ckpt.path} is {ckpt.model.name}")
     pngs = [None] * len(args.images)
     if args.attention_png:
-        pngs = _png_paths(args.attention_png, args.images, args.checkpoint)
+        pngs = _png_paths(args.attention_png, args.images, ckpt.path)
     remove_stale_temporaries([png for png in pngs if png is not None])   # left by a killed run
+    _warn_if_shapes_model_sees_photos(ckpt, args.images)
     encode = image_encoder(ckpt)
+    failed = 0
     for first in range(0, len(args.images), BATCH_SIZE):
         paths = args.images[first:first + BATCH_SIZE]
-        features, display = encode(paths)
-        if args.beam > 1:
-            result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
-                                 max_length=args.max_length, length_alpha=args.length_alpha)
-        else:
-            result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
-        for i, path in enumerate(paths):
-            words = ckpt.vocabulary.decode(result.sequences[i])
-            print(f"{path}: {' '.join(words)}", flush=True)
-            png = pngs[first + i]
-            if png is not None:
-                grid_side = int(round(features.shape[1] ** 0.5))
-                attention = result.attention[i]
-                shape = (grid_side, grid_side) if grid_side * grid_side == features.shape[1] else None
-                save_attention_png(backend.to_numpy(display[i]), words or ["<empty>"],
-                                   attention if words else attention[:1], png, grid_shape=shape)
-                print(f"  attention: {png}", flush=True)
+        features, display, kept = _encode_batch(encode, paths)
+        failed += len(paths) - len(kept)
+        if kept:
+            _caption_batch(args, ckpt, features, display, [paths[i] for i in kept],
+                           [pngs[first + i] for i in kept])
+    if failed:
+        print(f"error: {failed} of {len(args.images)} images could not be read (see above)", file=sys.stderr)
+        return 2
     return 0

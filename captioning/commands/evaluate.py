@@ -1,12 +1,11 @@
 """`python -m captioning evaluate`: caption a split with a checkpoint and score it (BLEU, CIDEr-D)."""
 import json
-import math
 import os
 import time
 
 from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_output_file, check_outputs
+from ..cli import UsageError, check_decoding_options, check_output_file, check_outputs
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -44,19 +43,45 @@ def add_arguments(parser):
                         help="JSON file for the captions (default next to the checkpoint)")
 
 
-def run(args):
-    from ..checkpoint import load_checkpoint
-    from ..models import ConfigMismatchError
-    from ..training import evaluate_captions, generate_captions, make_encoder
-    from . import _datasets
-
-    for name in ("beam", "max_length", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not (math.isfinite(args.length_alpha) and args.length_alpha >= 0):
-        raise UsageError(f"--length-alpha must be a number >= 0, got {args.length_alpha}")
+def _check_options(args):
+    check_decoding_options(args.beam, args.max_length, args.length_alpha)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+
+
+def _load_data(args, ckpt):
+    """The split to caption: the checkpoint's data (or --data), checked against what the model expects."""
+    from ..data.datasets import DatasetError, dataset_from_spec
+
+    try:
+        data = dataset_from_spec(ckpt.training.get("data"), args.data, args.features, kind=ckpt.model.feature_kind,
+                                 max_images=args.max_images, splits=(args.split,))
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
+        raise UsageError(f"{args.checkpoint}: the model expects {ckpt.model.config['feature_dim']}-d features, "
+                         f"the cache holds {data.feature_dim}-d ones (another encoder?)")
+    # name, version and input preprocessing: features of another encoder, or of the same one
+    # fed differently resized or normalised images, are other numbers for the same shapes.
+    differs = [key for key in ("name", "version", "input")
+               if key in ckpt.encoder and data.encoder_spec.get(key) != ckpt.encoder.get(key)]
+    if differs:
+        raise UsageError(f"{args.checkpoint} was trained on features that differ from this cache's in "
+                         f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
+                         f"cache {[data.encoder_spec.get(k) for k in differs]}; use the feature cache "
+                         "it was trained with (--features) or train on this one")
+    return data
+
+
+def run(args):
+    from ..checkpoint import load_checkpoint
+    from ..encoders import make_encoder
+    from ..generation import evaluate_captions, generate_captions
+    from ..models import ConfigMismatchError
+
+    _check_options(args)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    f"captions_{args.split}_beam{args.beam}.json")
     out_option = "--out" if args.out else "the captions file (--out)"
@@ -67,22 +92,8 @@ def run(args):
         encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
     except ConfigMismatchError as exc:
         raise UsageError(str(exc)) from None
-    data = _datasets.data_from_spec(ckpt.training.get("data"), args.data, args.features,
-                                    kind=ckpt.model.feature_kind, max_images=args.max_images,
-                                    splits=(args.split,))
-    if data.feature_dim is not None and data.feature_dim != ckpt.model.config["feature_dim"]:
-        raise UsageError(f"{args.checkpoint}: the model expects {ckpt.model.config['feature_dim']}-d features, "
-                         f"the cache holds {data.feature_dim}-d ones (another encoder?)")
-    if data.encoder is not None:
-        # name, version and input preprocessing: features of another encoder, or of the same one
-        # fed differently resized or normalised images, are other numbers for the same shapes.
-        differs = [key for key in ("name", "version", "input")
-                   if key in ckpt.encoder and data.encoder.spec.get(key) != ckpt.encoder.get(key)]
-        if differs:
-            raise UsageError(f"{args.checkpoint} was trained on features that differ from this cache's in "
-                             f"{', '.join(differs)}: checkpoint {[ckpt.encoder.get(k) for k in differs]}, "
-                             f"cache {[data.encoder.spec.get(k) for k in differs]}; use the feature cache "
-                             "it was trained with (--features) or train on this one")
+    check_decoding_options(args.beam, args.max_length, args.length_alpha, len(ckpt.vocabulary))
+    data = _load_data(args, ckpt)
     check_outputs([(out_option, out)], data.files_read(), data.spec.get("root"))
     split = data.splits[args.split].head(args.max_images)
     if len(split) == 0:
@@ -94,6 +105,12 @@ def run(args):
                                     batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     scores = evaluate_captions(split.references, captions)
+    _report(args, data, split, captions, scores, seconds, out)
+    return 0
+
+
+def _report(args, data, split, captions, scores, seconds, out):
+    """Print the scores; write every caption with the settings and scores to `out` (JSON)."""
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "data": data.name, "split": args.split,
                 "images": len(split), "decoding": "greedy" if args.beam == 1 else "beam search",
                 "beam": args.beam, "max_length": args.max_length, "length_alpha": args.length_alpha}
@@ -103,7 +120,6 @@ def run(args):
     for n, value in enumerate(scores["bleu"], start=1):
         print(f"BLEU-{n}  {100 * value:6.2f}")
     print(f"CIDEr-D {100 * scores['cider']:6.2f}")
-
     record = {"settings": settings,
               "scores": {**{f"BLEU-{n}": 100 * v for n, v in enumerate(scores["bleu"], start=1)},
                          "CIDEr-D": 100 * scores["cider"]},
@@ -112,7 +128,6 @@ def run(args):
                            for image_id, words, refs in zip(split.image_ids, captions, split.references)]}
     _write_json(out, record)
     print(f"captions: {out}")
-    return 0
 
 
 def _write_json(path, data):

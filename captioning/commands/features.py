@@ -43,11 +43,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..data.flickr8k import find_flickr8k_dir
-    from ..encoders.efficientnet import EfficientNetLite0
+    from ..data.datasets import DATASETS, FOLDER_DATASET
     from ..data.images import ImageDecodeError
-    from ..features import (FeatureCacheError, cache_paths, default_cache_path, extract_features,
-                            flickr8k_image_list)
+    from ..encoders import PRETRAINED
+    from ..features import FeatureCacheError, cache_paths, extract_features
 
     from nn import backend
 
@@ -57,21 +56,20 @@ def run(args):
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    root = find_flickr8k_dir(args.data)
-    skipped = []
-    ids, paths = flickr8k_image_list(root, args.split, args.limit, skipped=skipped)
+    dataset = DATASETS[FOLDER_DATASET]
+    root, ids, paths, skipped = dataset.image_list(args.data, args.split, args.limit)
     for line in skipped:
         print(f"note: {line}", file=sys.stderr)
     if not ids:
         raise UsageError(f"no photos to encode: none of the photos that the caption and split files of "
                          f"{root} list for '{args.split}' is in its image folder")
-    out = args.out or default_cache_path("flickr8k", EfficientNetLite0.name, args.split)
+    out = args.out or dataset.default_features_path(args.split)
     if args.limit and not args.out:
         out = f"{out}_first{args.limit}"
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
                + (f" --limit {args.limit}" if args.limit else ""))
-    encoder = EfficientNetLite0.from_pretrained()
+    encoder = PRETRAINED[dataset.ENCODER]()
     print(f"encoding {len(ids)} images from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
         cache = extract_features(encoder, paths, ids, out, batch_size=args.batch_size,

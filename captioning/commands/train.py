@@ -6,11 +6,12 @@ import sys
 from nn import backend
 from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, check_outputs
+from ..cli import UsageError, check_decoding_options, check_outputs
 
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
-Train Show-and-Tell or Show-Attend-and-Tell (soft attention).
+Train a captioner: Show, Attend and Tell (soft attention, the default), Show
+and Tell, or any other model of the registry (--model).
 
 Without --data it trains on the built-in synthetic shapes set: 64x64 images of
 coloured shapes, a small CNN trained end to end with the attention decoder.
@@ -45,17 +46,25 @@ examples:
 
 # What a run writes into --out (see captioning.training.Trainer).
 RUN_FILES = ("best.npz", "last.npz", "curves.png")
+# A model of more parameter values is refused before anything is allocated: with Adam's two
+# moments and the gradients, 200 M float32 values already take 3.2 GB.
+MAX_PARAMETERS = 200_000_000
 
-MODEL_CHOICES = {"attention": "attention", "show-tell": "show-tell"}
+# model config key -> the option that sets it (a model lists the keys it uses in `config_keys`)
+MODEL_OPTIONS = {"wordvec_dim": "embed", "hidden_dim": "hidden", "attention_dim": "attention_dim",
+                 "dropout": "dropout", "doubly_stochastic": "alpha_reg"}
 
 
 def add_arguments(parser):
+    from ..models import MODELS
+
     parser.add_argument("--data", default=None,
                         help="Flickr8k folder (any layout); default: the built-in synthetic shapes set")
     parser.add_argument("--features", default=None,
                         help="feature cache of --data (default outputs/features/flickr8k_efficientnet_lite0)")
-    parser.add_argument("--model", choices=sorted(MODEL_CHOICES), default="attention",
-                        help="attention (Show, Attend and Tell) or show-tell (default attention)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="attention",
+                        help="; ".join(f"{name}: {cls.title}" for name, cls in sorted(MODELS.items()))
+                        + " (default attention)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
     parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3)")
@@ -120,73 +129,82 @@ def _check_options(args, synthetic):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if synthetic and args.features:
         raise UsageError("--features needs --data: the built-in shapes set has no feature cache")
 
 
-def _defaults(args, synthetic):
-    """Hyperparameters: small and quick for the synthetic set, paper-sized for Flickr8k."""
-    if not synthetic and args.shapes_train is not None:
+def _defaults(args, dataset):
+    """Options not given take the data set's defaults (small and quick for shapes, paper-sized for Flickr8k)."""
+    if args.data is not None and args.shapes_train is not None:
         raise UsageError("--shapes-train is for the synthetic shapes set (no --data); "
                          "with --data use --max-images to train on fewer photos")
-    if synthetic and args.shapes_train is None:
-        args.shapes_train = 2000
-    # Synthetic set, measured on the 2-core CPU (test BLEU-4, beam 3, 500 unseen images): a constant
-    # lr 2e-3 for 3 epochs gave 88.7 in 2 min 36 s; the narrower CNN (see _datasets.small_cnn_encoder)
-    # made an epoch take 26 s instead of 52, and lr 3e-3 falling linearly to a tenth (lr_decay_to)
-    # gave 94.8 after 3 epochs in 1 min 24 s (seeds 1 and 2: 91.7, 93.7; a constant 2e-3 for 4
-    # epochs: 95.1 but 91.6 with seed 1, its dev BLEU-4 jumping 86 -> 73 -> 91 between epochs).
-    # Validating with beam 3 (as the test is scored) costs 0.3 s per epoch on the 200 dev images.
-    small = dict(epochs=3, batch_size=16, lr=3e-3, lr_decay_to=0.1, hidden=128, embed=64, attention_dim=64,
-                 dropout=0.0, alpha_reg=0.01, min_count=1, beam=3, max_minutes=2.0)
-    large = dict(epochs=10, batch_size=64, lr=1e-3, lr_decay_to=1.0, hidden=512, embed=256, attention_dim=256,
-                 dropout=0.5, alpha_reg=1.0, min_count=5, beam=1, max_minutes=0)
-    chosen = small if synthetic else large
-    for key, value in chosen.items():
+    for key, value in dataset.train_defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.max_minutes == 0:      # "no limit"; a negative value is left for _check_options to refuse
         args.max_minutes = None
 
 
-def run(args):
-    from ..data.text import Vocabulary
-    from ..models import build
-    from ..training import TrainConfig, Trainer, TrainingDiverged
-    from . import _datasets
+def _load_data(args, dataset, feature_kind):
+    """The TrainingData of the chosen data set; refuses empty splits."""
+    from ..data.datasets import DatasetError
 
-    synthetic = args.data is None
-    _defaults(args, synthetic)
-    _check_options(args, synthetic)
-
-    if synthetic:
-        data = _datasets.shapes_data(n_train=args.shapes_train, seed=args.seed, max_images=args.max_images)
-        encoder = _datasets.small_cnn_encoder(seed=args.seed)
-    else:
-        data = _datasets.flickr8k_data(args.data, args.features, max_images=args.max_images,
-                                       kind="grid" if args.model == "attention" else "pooled")
-        encoder = data.encoder
+    try:
+        if args.data is None:
+            data = dataset.load(n_train=args.shapes_train, seed=args.seed, max_images=args.max_images)
+        else:
+            data = dataset.load(args.data, args.features, max_images=args.max_images, kind=feature_kind)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
     empty = [name for name, split in data.splits.items() if len(split) == 0]
     if empty:   # e.g. a folder of a few photos in the Kaggle layout, split 80/10/10
         raise UsageError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty in "
                          f"{data.describe()}: training needs images in train, dev (to pick the best "
                          "checkpoint) and test; use a larger data set")
+    return data
+
+
+def _output_folder(args, data):
     out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
     check_outputs([("--out", out)] + [("--out", os.path.join(out, name)) for name in RUN_FILES],
                   data.files_read(), data.spec.get("root"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; give a folder for the run")
+    if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):   # before the Trainer makes `out`
+        raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to resume from (give the same --out)")
+    return out
+
+
+def _new_model(args, model_class, vocabulary, feature_dim):
+    """A fresh model of the chosen kind: its own config keys come from their options."""
+    from ..models import ConfigMismatchError, build
+
+    config = {"model": args.model, "vocab_size": len(vocabulary), "feature_dim": feature_dim,
+              **{key: getattr(args, MODEL_OPTIONS[key]) for key in model_class.config_keys},
+              "null_id": vocabulary.null_id, "start_id": vocabulary.start_id, "end_id": vocabulary.end_id}
+    try:
+        return build(config, seed=args.seed, max_parameters=MAX_PARAMETERS)
+    except ConfigMismatchError as exc:
+        raise UsageError(f"{exc}: lower --hidden, --embed or --attention-dim") from None
+
+
+def _make_trainer(args, data, out):
+    """Vocabulary, encoder, model and the Trainer of this run (resumed with --resume)."""
+    from ..data.text import SPECIAL_TOKENS, Vocabulary
+    from ..encoders import new_encoder
+    from ..models import MODELS
+    from ..training import TrainConfig, Trainer
+
     vocabulary = Vocabulary.build(data.train_tokens(), min_count=args.min_count)
-    kind = "grid" if args.model == "attention" else "pooled"
-    feature_dim = data.feature_dim if data.feature_dim else encoder.feature_dim(kind)
-    model_config = {"model": args.model, "vocab_size": len(vocabulary), "feature_dim": feature_dim,
-                    "wordvec_dim": args.embed, "hidden_dim": args.hidden, "attention_dim": args.attention_dim,
-                    "dropout": args.dropout, "doubly_stochastic": args.alpha_reg,
-                    "null_id": vocabulary.null_id, "start_id": vocabulary.start_id, "end_id": vocabulary.end_id}
-    if args.model == "show-tell":
-        for key in ("attention_dim", "doubly_stochastic"):
-            model_config.pop(key)
-    model = build(model_config, seed=args.seed)
+    if len(vocabulary) == len(SPECIAL_TOKENS):
+        raise UsageError(f"--min-count {args.min_count}: no word of the training captions occurs that often, "
+                         "so the vocabulary would hold only the special tokens; lower --min-count")
+    check_decoding_options(args.beam, 1, vocab_size=len(vocabulary))
+    encoder = new_encoder(data.encoder_spec)
+    model_class = MODELS[args.model]
+    model = _new_model(args, model_class, vocabulary, data.feature_dim or encoder.feature_dim(model_class.feature_kind))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          lr_decay_to=args.lr_decay_to, clip=args.clip,
                          beam=args.beam, patience=args.patience, seed=args.seed,
@@ -197,8 +215,6 @@ def run(args):
         def log(line):
             if not line.startswith("epoch ") or " done:" in line:
                 print(line)
-    if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):   # before the Trainer makes `out`
-        raise UsageError(f"--resume: no {os.path.join(out, 'last.npz')} to resume from (give the same --out)")
     trainer = Trainer(model, vocabulary, encoder, data.splits["train"], data.splits["dev"], config, out,
                       log=lambda line: (log(line), sys.stdout.flush()), data_spec=data.spec)
     if args.resume:
@@ -207,13 +223,28 @@ def run(args):
         print(f"resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.batch} of {trainer.steps_per_epoch}")
     elif os.path.isfile(trainer.last_path):
         print(f"note: {out} already holds a run; it will be overwritten (use --resume to continue it)")
+    return trainer
 
+
+def run(args):
+    from ..data.datasets import DATASETS, DEFAULT_DATASET, FOLDER_DATASET
+    from ..models import MODELS
+    from ..training import TrainingDiverged
+
+    synthetic = args.data is None
+    dataset = DATASETS[DEFAULT_DATASET if synthetic else FOLDER_DATASET]
+    _defaults(args, dataset)
+    _check_options(args, synthetic)
+    data = _load_data(args, dataset, MODELS[args.model].feature_kind)
+    out = _output_folder(args, data)
+    trainer = _make_trainer(args, data, out)
+    model, encoder = trainer.model, trainer.encoder
     print(f"data: {data.describe()}")
-    print(f"model: {args.model}, {model.num_params():,} parameters, vocabulary {len(vocabulary)} words; "
+    print(f"model: {args.model}, {model.num_params():,} parameters, vocabulary {len(trainer.vocabulary)} words; "
           f"encoder: {encoder.spec['name']}{' (trained end to end)' if encoder.trainable else ' (frozen)'}; "
           f"backend {backend.name()}")
-    print(f"training: {len(trainer.captions):,} captions, {trainer.steps_per_epoch} steps/epoch of "
-          f"{config.batch_size}; output in {out}")
+    print(f"training: {len(trainer.table):,} captions, {trainer.steps_per_epoch} steps/epoch of "
+          f"{args.batch_size}; output in {out}")
     try:
         history = trainer.fit()
     except TrainingDiverged as exc:
@@ -221,18 +252,21 @@ def run(args):
         return 1
     if trainer.interrupted:     # last.npz is saved; do not go on as if training had finished
         return 130
-    p = trainer.progress
-    if p.best_epoch > 0:
-        best = max(history, key=lambda r: r["dev_bleu"][3])
-        print(f"best dev BLEU-4 {100 * best['dev_bleu'][3]:.2f} (epoch {p.best_epoch}) -> {trainer.best_path}; "
-              f"curves: {os.path.join(out, 'curves.png')}")
-        _show_samples(trainer.best_path, data, out, synthetic)
-        print(f"next: python -m captioning evaluate --checkpoint {trainer.best_path}"
-              f"{'' if synthetic else ' --data ' + args.data} --split test --beam 3")
-        if synthetic:
-            print(f"      python -m captioning caption {os.path.join(out, 'sample_*.png')} --checkpoint "
-                  f"{trainer.best_path} --attention-png attention.png")
+    if trainer.progress.best_epoch > 0:
+        _report_best(args, trainer, history, data, out, synthetic)
     return 0
+
+
+def _report_best(args, trainer, history, data, out, synthetic):
+    best = max(history, key=lambda r: r["dev_bleu"][3])
+    print(f"best dev BLEU-4 {100 * best['dev_bleu'][3]:.2f} (epoch {trainer.progress.best_epoch}) -> "
+          f"{trainer.best_path}; curves: {os.path.join(out, 'curves.png')}")
+    _show_samples(trainer.best_path, data, out, synthetic)
+    print(f"next: python -m captioning evaluate --checkpoint {trainer.best_path}"
+          f"{'' if synthetic else ' --data ' + args.data} --split test --beam 3")
+    if synthetic:
+        print(f"      python -m captioning caption {os.path.join(out, 'sample_*.png')} --checkpoint "
+              f"{trainer.best_path} --attention-png attention.png")
 
 
 def _show_samples(best_path, data, out, synthetic, count=4):
@@ -242,7 +276,8 @@ def _show_samples(best_path, data, out, synthetic, count=4):
     ready for `python -m captioning caption`.
     """
     from ..checkpoint import load_checkpoint
-    from ..training import generate_captions, make_encoder
+    from ..encoders import make_encoder
+    from ..generation import generate_captions
 
     ckpt = load_checkpoint(best_path)
     encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)

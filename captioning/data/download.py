@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -35,8 +34,10 @@ from pathlib import Path, PurePosixPath
 
 from nn.persist import naming_the_file
 
+from ..progress import ProgressBar
+
 __all__ = ["DownloadError", "DEFAULT_URL_BASE", "ARCHIVES", "download_flickr8k", "fetch",
-           "verify_zip", "extract_archive", "ProgressBar"]
+           "verify_zip", "extract_archive"]
 
 DEFAULT_URL_BASE = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
 # archive name -> the folder its contents go to (the original layout)
@@ -46,61 +47,6 @@ CHUNK_BYTES = 1 << 20
 
 class DownloadError(RuntimeError):
     """A download or an archive failed; the message says what to do next."""
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr: bytes done, percentage, rate, ETA.
-
-    On a terminal it redraws in place; otherwise (a log file) it prints a line
-    every 10% so logs stay short.
-    """
-
-    def __init__(self, label, total, start=0, stream=None):
-        self.label, self.total, self.start, self.done = label, total, start, start
-        self.stream = stream if stream is not None else sys.stderr
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = self.last_draw = time.monotonic()
-        self.last_tenth = -1
-
-    def update(self, done):
-        self.done = done
-        now = time.monotonic()
-        if self.interactive and now - self.last_draw >= 0.2:
-            self.last_draw = now
-            self.stream.write("\r" + self.line())
-            self.stream.flush()
-        elif not self.interactive and self.total:
-            tenth = int(10 * done / self.total)
-            if tenth > self.last_tenth and done < self.total:
-                self.last_tenth = tenth
-                self.stream.write(self.line() + "\n")
-
-    def finish(self):
-        self.stream.write(("\r" if self.interactive else "") + self.line() + "\n")
-        self.stream.flush()
-
-    def line(self):
-        elapsed = max(time.monotonic() - self.t0, 1e-6)
-        rate = (self.done - self.start) / elapsed
-        text = f"{self.label} {_megabytes(self.done)}"
-        if self.total:
-            fraction = min(self.done / self.total, 1.0)
-            bar = "#" * int(30 * fraction)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            text = (f"{self.label} [{bar:<30}] {100 * fraction:5.1f}% "
-                    f"{_megabytes(self.done)}/{_megabytes(self.total)} ETA {_clock(eta)}")
-        return f"{text} {rate / 1e6:.1f} MB/s"
-
-
-def _megabytes(n):
-    return f"{n / 1e6:.1f} MB"
-
-
-def _clock(seconds):
-    if seconds == float("inf"):
-        return "--:--"
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
 def _open(url, offset, timeout):
@@ -151,7 +97,7 @@ def fetch(url, path, progress_stream=None, timeout=30):
     with response:
         resume, total = _total_size(response, offset)
         done = offset if resume else 0
-        bar = ProgressBar(path.name, total, start=done, stream=progress_stream)
+        bar = ProgressBar(path.name, total, start=done, unit="B", stream=progress_stream)
         try:
             with open(part, "ab" if resume else "wb") as out:
                 while True:

@@ -32,7 +32,7 @@ Per object we also record its pixel box, and per caption word the object it
 names (-1 for words like "a", "and", "to"): `word_objects`, for checking that
 attention looks at the right shape.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Tuple
 
 import numpy
@@ -73,7 +73,7 @@ class ShapesSplit(CaptionSplit):
     """
     objects: List[List[ShapeObject]] = None
     word_objects: List[List[List[int]]] = None
-    seed: Any = None
+    seed: Any = field(default=None, metadata={"per_image": False})   # the generator's seed, e.g. [seed, k]
 
 
 def make_shapes_dataset(n_images, seed=0, image_size=64, captions_per_image=5, name="train"):

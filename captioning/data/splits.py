@@ -2,7 +2,10 @@
 
 A `CaptionSplit` is one of train / dev / test: parallel lists, one entry per
 image. Flickr8k splits name image files (`image_paths`); the synthetic shapes
-splits hold the pixels in memory (`images`) instead.
+splits hold the pixels in memory (`images`) instead. For training on cached
+encoder outputs a split also carries their rows (`features`); `inputs` is what
+the encoder reads, whichever of the two it is. The same type goes from the
+reader through training (captioning.data.batches) to evaluation.
 """
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional
@@ -22,6 +25,8 @@ class CaptionSplit:
     captions:    list of N lists of raw caption strings (5 per Flickr8k image)
     tokens:      list of N lists of token lists (tokenize() of each caption)
     images:      None, or an (N, 3, H, W) uint8 array for in-memory data
+    features:    None, or cached encoder outputs (N, L, D) / (N, D), indexed like an array
+                 (a NumPy array, or the memmap rows of captioning.features.FeatureCache.for_images)
     """
     name: str
     image_ids: List[str]
@@ -29,9 +34,30 @@ class CaptionSplit:
     captions: List[List[str]]
     tokens: List[List[List[str]]]
     images: Any = None
+    features: Any = None
 
     def __len__(self):
         return len(self.image_ids)
+
+    @property
+    def inputs(self):
+        """What the image encoder reads, leading axis N: the cached features, else the pixels."""
+        return self.features if self.features is not None else self.images
+
+    @property
+    def references(self):
+        """Per image, its reference captions as token lists (raw words: BLEU needs unknown ones too)."""
+        return self.tokens
+
+    def with_features(self, features):
+        """The same split whose encoder input is `features` (N rows, in image order)."""
+        return replace(self, features=features)
+
+    def head(self, n):
+        """The first n images (e.g. a quick validation subset); all of them for n None."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset(range(n))
 
     @property
     def num_captions(self):
@@ -44,11 +70,14 @@ class CaptionSplit:
     def subset(self, indices):
         """A split of the same kind with only the given images (e.g. a 100-image slice).
 
-        Every per-image field (a list or array of len(self) entries) is picked.
+        Every per-image field (a list or array of len(self) entries) is picked;
+        a field with metadata {"per_image": False} is kept as it is.
         """
         indices = [int(i) for i in indices]
         picked = {}
         for f in fields(self):
+            if not f.metadata.get("per_image", True):
+                continue
             values = getattr(self, f.name)
             if isinstance(values, list) and len(values) == len(self):
                 picked[f.name] = [values[i] for i in indices]

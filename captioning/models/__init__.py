@@ -2,19 +2,21 @@
 
 - "show-tell": Show and Tell (Vinyals et al. 2015), pooled feature -> LSTM.
 - "attention": Show, Attend and Tell (Xu et al. 2015), soft attention over a feature grid.
+- "bag-of-words": a toy, the template for a new model (see the README, "Adding a model").
 """
+from .bag_of_words import BagOfWords
 from .base import PARAMETER_BUDGET, CaptionModel, ConfigMismatchError, log_softmax
 from .show_attend_tell import ShowAttendTell
 from .show_tell import ShowAndTell
 
-__all__ = ["CaptionModel", "ConfigMismatchError", "ShowAndTell", "ShowAttendTell", "MODELS", "build",
+__all__ = ["BagOfWords", "CaptionModel", "ConfigMismatchError", "ShowAndTell", "ShowAttendTell", "MODELS", "build",
            "log_softmax"]
 
-MODELS = {ShowAndTell.name: ShowAndTell, ShowAttendTell.name: ShowAttendTell}
+MODELS = {ShowAndTell.name: ShowAndTell, ShowAttendTell.name: ShowAttendTell, BagOfWords.name: BagOfWords}
 
 
 def build(config, seed=0, dtype=None, max_parameters=None):
-    """A new model of the kind config["model"] names ("show-tell" or "attention").
+    """A new model of the kind config["model"] names (a key of MODELS).
 
     max_parameters: refuse (ConfigMismatchError, before allocating) a configuration
     that makes more parameter values than this, e.g. than a checkpoint holds.

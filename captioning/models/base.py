@@ -42,11 +42,15 @@ class CaptionModel:
     """Base class: parameter bookkeeping, train/eval mode, input checks.
 
     Subclasses set `name` (the registry key), `feature_kind` ("pooled" for an
-    (N, D) vector per image or "grid" for (N, L, D) locations), and fill
-    `self.params` in `__init__` via `_init_params`.
+    (N, D) vector per image or "grid" for (N, L, D) locations), `config_keys`
+    (the hyperparameters of their own that training sets, beyond vocab_size,
+    feature_dim and the word ids), and fill `self.params` in `__init__` via
+    `_init_params`.
     """
     name = None
+    title = None          # one line for --help
     feature_kind = None
+    config_keys = ()
 
     def __init__(self, config):
         self.config = dict(config)
@@ -90,8 +94,8 @@ class CaptionModel:
         budget = PARAMETER_BUDGET.get()
         total = sum(math.prod(shape) for shape, _ in shapes.values())
         if budget is not None and total > budget:
-            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total} parameter values "
-                                      f"but the saved parameters hold {budget}")
+            raise ConfigMismatchError(f"{self.name} model: its configuration makes {total:,} parameter values, "
+                                      f"more than the {budget:,} allowed here")
         gen = init.generator(seed, None)
         dtype = init.float_dtype(dtype)
         for pname, (shape, kind) in shapes.items():

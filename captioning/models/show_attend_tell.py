@@ -61,6 +61,8 @@ class ShowAttendTell(CaptionModel):
     """
     name = "attention"
     feature_kind = "grid"
+    title = "Show, Attend and Tell, soft attention over a feature grid"
+    config_keys = ("wordvec_dim", "hidden_dim", "attention_dim", "dropout", "doubly_stochastic")   # set by the train options (commands/train.py)
 
     def __init__(self, config, seed=0, dtype=None):
         config = {"wordvec_dim": 256, "hidden_dim": 512, "attention_dim": 256, "dropout": 0.0,

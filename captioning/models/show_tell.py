@@ -31,6 +31,8 @@ class ShowAndTell(CaptionModel):
     """
     name = "show-tell"
     feature_kind = "pooled"
+    title = "Show and Tell, the pooled image vector starts an LSTM"
+    config_keys = ("wordvec_dim", "hidden_dim", "dropout")   # set by the train options (commands/train.py)
 
     def __init__(self, config, seed=0, dtype=None):
         config = {"wordvec_dim": 256, "hidden_dim": 512, "dropout": 0.0, **config,

@@ -1,0 +1,36 @@
+"""Captioning a whole split and scoring the captions (validation, `evaluate`, the samples of `train`)."""
+from .decoding import DecodeResult, beam_search, greedy_decode
+from .metrics import bleu, cider_d
+
+__all__ = ["generate_captions", "evaluate_captions"]
+
+
+def generate_captions(model, encoder, split, vocabulary, beam=1, max_length=20, length_alpha=0.0,
+                      batch_size=100):
+    """Caption every image of `split` (a CaptionSplit: uses .inputs), batch_size images at a time.
+
+    beam 1 decodes greedily, larger beams by beam search (captioning.decoding).
+    Returns (captions, result): captions = per image, a list of words; result
+    = the captioning.decoding.DecodeResult (sequences, scores, attention).
+    """
+    model.eval()
+    encoder.eval()
+    results = []
+    for start in range(0, len(split), batch_size):
+        features = encoder.encode(split.inputs[start:start + batch_size], model.feature_kind, model.dtype)
+        if beam > 1:
+            results.append(beam_search(model, features, model.start_id, model.end_id, beam_size=beam,
+                                       max_length=max_length, length_alpha=length_alpha))
+        else:
+            results.append(greedy_decode(model, features, model.start_id, model.end_id,
+                                         max_length=max_length))
+    merged = DecodeResult.concat(results)
+    return [vocabulary.decode(seq) for seq in merged.sequences], merged
+
+
+def evaluate_captions(references, captions, with_cider=True):
+    """{"bleu": [BLEU-1..4], "cider": CIDEr-D} of generated captions (fractions, not x100)."""
+    scores = {"bleu": [float(b) for b in bleu(references, captions)]}
+    if with_cider:
+        scores["cider"] = float(cider_d(references, captions))
+    return scores
