@@ -17,7 +17,7 @@ import numpy
 from captioning.data import Vocabulary, load_flickr8k, shapes_splits, tokenize
 from nn import backend, recurrent
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
-from nn.recurrent import word_embedding_backward, word_embedding_forward
+from nn.embedding import word_embedding_backward, word_embedding_forward
 
 TITLE = "Words as vectors: tokenising captions, the vocabulary, embeddings"
 SECONDS = 2

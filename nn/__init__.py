@@ -3,9 +3,13 @@
 - `nn.backend`: the one NumPy/CuPy switch and array helpers.
 - `nn.functional`: every op as a CS231n-style pair `*_forward -> (out, cache)`,
   `*_backward(dout, cache) -> grads` (grouped in dense, conv, pool,
-  normalization, losses, recurrent, attention).
-- `nn.layers`: thin classes holding `params` and `grads` for building models.
-- `nn.optim`: SGD/momentum, RMSprop, Adam, clipping, learning-rate schedules.
+  normalization, losses, embedding, recurrent, attention, bidirectional,
+  ranking).
+- `nn.layers`: thin classes holding `params` and `grads` for building models
+  (grouped in module, dense_layers, conv_layers, sequence_layers; initial
+  values from `nn.init`).
+- `nn.optim`: SGD/momentum, RMSprop, Adam, clipping; `nn.schedules`:
+  learning-rate schedules.
 - `nn.persist`: atomic .npz save/load of parameters and optimizer state.
 - `nn.gradcheck`: numerical gradient checks.
 """

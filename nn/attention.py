@@ -23,9 +23,8 @@ Two ways to call it:
 `attention_forward` is exactly project + step, so both paths give the same numbers.
 """
 from . import backend
-from .dense import _check_float, _check_ndim, _check_shape
+from .dense import _check_float, _check_ndim, _check_shape, temporal_affine_backward, temporal_affine_forward
 from .losses import softmax
-from .recurrent import temporal_affine_backward, temporal_affine_forward
 
 __all__ = [
     "attention_forward", "attention_backward",

@@ -22,7 +22,7 @@ import numpy
 
 __all__ = [
     "BackendError", "use", "name", "xp", "get_array_module", "is_cupy_array",
-    "to_numpy", "asarray", "rng", "scatter_add", "default_float",
+    "to_numpy", "asarray", "on_device_of", "rng", "scatter_add", "default_float",
     "set_default_float", "cupy_available", "synchronize",
 ]
 
@@ -148,6 +148,15 @@ def asarray(x, dtype=None):
     if mod is numpy:
         return numpy.asarray(to_numpy(x), dtype=dtype)
     return mod.asarray(x, dtype=dtype)
+
+
+def on_device_of(x, like):
+    """`x` as an array of the same module (NumPy or CuPy) as `like`, whatever the
+    current backend; `x` itself (no copy) when it is already there."""
+    module = get_array_module(like)
+    if get_array_module(x) is module:
+        return x
+    return module.asarray(to_numpy(x))
 
 
 def rng(seed=None):

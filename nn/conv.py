@@ -38,6 +38,11 @@ blocks of rows):
 `conv_forward_naive` is the obvious loop version, slow, kept for teaching and
 as the reference the fast paths are tested against.
 
+One op, one file, although a long one: the three paths share the geometry
+and padding code, the chunk and thread helpers and the work-size constants
+below (which tests change to reach every path), and `conv_forward` /
+`conv_backward` choose between them.
+
 Shapes: x (N, C, H, W), w (F, C // groups, HH, WW), b (F,) or None,
 out (N, F, H_out, W_out) with H_out = (H + pad_top + pad_bottom - HH) // stride + 1
 (rows that a stride leaves over are ignored, as in PyTorch).

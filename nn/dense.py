@@ -1,4 +1,4 @@
-"""Fully connected layer, elementwise activations and dropout.
+"""Fully connected layer (also at every time step of a sequence), elementwise activations and dropout.
 
 Every op is a CS231n-style pair: `*_forward(...) -> (out, cache)` and
 `*_backward(dout, cache) -> grads`. The ops work on NumPy or CuPy arrays (the
@@ -16,6 +16,7 @@ __all__ = [
     "sigmoid", "sigmoid_forward", "sigmoid_backward",
     "tanh_forward", "tanh_backward",
     "dropout_forward", "dropout_backward",
+    "temporal_affine_forward", "temporal_affine_backward",
 ]
 
 
@@ -278,3 +279,49 @@ def dropout_backward(dout, cache):
     if mask is None:
         return dout
     return dout * mask
+
+
+# ---------------------------------------------------------------- temporal affine
+
+def temporal_affine_forward(x, w, b):
+    """The same affine layer applied at every time step: out[n, t] = x[n, t] w + b.
+
+    Inputs:
+    - x: (N, T, D)
+    - w: (D, M)
+    - b: (M,)
+    Returns:
+    - out: (N, T, M)
+    - cache: (x, w) for the backward pass
+    """
+    op = "temporal_affine_forward"
+    get_array_module(x, w, b, op=op)
+    _check_float(op, x=x, w=w, b=b)
+    _check_ndim(op, "x", x, 3, "(N, T, D)")
+    _check_ndim(op, "w", w, 2, "(D, M)")
+    N, T, D = x.shape
+    _check_shape(op, "w", w, (D, w.shape[1]))
+    _check_shape(op, "b", b, (w.shape[1],))
+    out = (x.reshape(N * T, D) @ w).reshape(N, T, w.shape[1])
+    out += b
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout, cache):
+    """Backward pass of `temporal_affine_forward`.
+
+    Inputs:
+    - dout: upstream gradient, shape (N, T, M)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dx: (N, T, D)
+    - dw: (D, M)
+    - db: (M,)
+    """
+    x, w = cache
+    N, T, D = x.shape
+    M = w.shape[1]
+    _check_shape("temporal_affine_backward", "dout", dout, (N, T, M))
+    dout_flat = dout.reshape(N * T, M)
+    dx = (dout_flat @ w.T).reshape(N, T, D)
+    return dx, x.reshape(N * T, D).T @ dout_flat, dout_flat.sum(axis=0)

@@ -9,6 +9,7 @@ from .conv import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
+from .embedding import *  # noqa: F401,F403
 from .recurrent import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
 from .bidirectional import *  # noqa: F401,F403

@@ -1,4 +1,5 @@
-"""Optimizers, gradient clipping and learning-rate schedules.
+"""Optimizers and gradient clipping (the learning-rate schedules of `nn.schedules` are
+importable from here too).
 
 Two forms of the same update rules:
 
@@ -28,6 +29,7 @@ import math
 import numpy
 
 from . import backend
+from .schedules import ReduceOnPlateau, StepDecay  # noqa: F401 (used together: one import)
 
 __all__ = [
     "sgd", "sgd_momentum", "rmsprop", "adam",
@@ -158,14 +160,6 @@ def _named_parameters(params):
     return triples
 
 
-def _on_device_of(array, like):
-    """`array` moved to the array module of `like` (no copy when already there)."""
-    xp = backend.get_array_module(like)
-    if backend.get_array_module(array) is xp:
-        return array
-    return xp.asarray(backend.to_numpy(array))
-
-
 class Optimizer:
     """Base class: holds the parameters, learning rate, step count and state.
 
@@ -206,7 +200,7 @@ class Optimizer:
         if value is None or value.shape != param.shape:
             value = backend.get_array_module(param).zeros_like(param)
         else:   # e.g. after the model moved to another backend or dtype
-            value = _on_device_of(value, param).astype(param.dtype, copy=False)
+            value = backend.on_device_of(value, param).astype(param.dtype, copy=False)
         store[name] = value
         return value
 
@@ -284,7 +278,7 @@ class Optimizer:
             setattr(self, hyper, float(backend.to_numpy(state[hyper])))
         for buffer, store in buffers.items():
             self.state[buffer] = {
-                name: _on_device_of(value, params[name]).astype(params[name].dtype, copy=True)
+                name: backend.on_device_of(value, params[name]).astype(params[name].dtype, copy=True)
                 for name, value in store.items()
             }
 
@@ -427,98 +421,3 @@ def clip_grad_norm(grads, max_norm):
         for g in arrays:
             g *= scale
     return total_norm
-
-
-# ---------------------------------------------------------------------------
-# Learning-rate schedules (call once per epoch)
-# ---------------------------------------------------------------------------
-
-class StepDecay:
-    """Multiply the learning rate by `gamma` every `step_size` epochs.
-
-    lr(epoch) = base_lr * gamma ** (epoch // step_size), where `step()` is
-    called at the end of each epoch (epoch counts from 0).
-    """
-
-    def __init__(self, optimizer, step_size, gamma=0.5):
-        if int(step_size) < 1:
-            raise ValueError(f"StepDecay: step_size must be >= 1, got {step_size}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"StepDecay: gamma must be in (0, 1], got {gamma}")
-        self.optimizer = optimizer
-        self.step_size = int(step_size)
-        self.gamma = float(gamma)
-        self.base_lr = optimizer.lr
-        self.epoch = 0
-
-    def step(self):
-        """End of an epoch: set and return the learning rate for the next one."""
-        self.epoch += 1
-        self.optimizer.lr = self.base_lr * self.gamma ** (self.epoch // self.step_size)
-        return self.optimizer.lr
-
-    def state_dict(self):
-        return {"base_lr": self.base_lr, "epoch": self.epoch}
-
-    def load_state_dict(self, state):
-        self.base_lr = float(state["base_lr"])
-        self.epoch = int(state["epoch"])
-
-
-class ReduceOnPlateau:
-    """Multiply the learning rate by `factor` when a metric stops improving.
-
-    mode "max" for a score such as BLEU (higher is better), "min" for a loss.
-    A value improves on the best so far when it beats it by more than
-    `threshold` (absolute). After `patience` epochs in a row without
-    improvement the rate is reduced (never below `min_lr`) and the count
-    starts again.
-    """
-
-    def __init__(self, optimizer, factor=0.5, patience=2, mode="max", threshold=0.0, min_lr=0.0):
-        if mode not in ("max", "min"):
-            raise ValueError(f"ReduceOnPlateau: mode must be 'max' or 'min', got {mode!r}")
-        if not 0 < factor < 1:
-            raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got {factor}")
-        if int(patience) < 0:
-            raise ValueError(f"ReduceOnPlateau: patience must be >= 0, got {patience}")
-        self.optimizer = optimizer
-        self.factor = float(factor)
-        self.patience = int(patience)
-        self.mode = mode
-        self.threshold = float(threshold)
-        self.min_lr = float(min_lr)
-        self.best = None
-        self.bad_epochs = 0
-
-    def is_better(self, value):
-        if self.best is None:
-            return True
-        if self.mode == "max":
-            return value > self.best + self.threshold
-        return value < self.best - self.threshold
-
-    def step(self, value):
-        """Record this epoch's metric; returns True when the rate was reduced."""
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"ReduceOnPlateau: metric must be finite, got {value}")
-        if self.is_better(value):
-            self.best = value
-            self.bad_epochs = 0
-            return False
-        self.bad_epochs += 1
-        if self.bad_epochs <= self.patience:
-            return False
-        self.bad_epochs = 0
-        new_lr = max(self.optimizer.lr * self.factor, self.min_lr)
-        reduced = new_lr < self.optimizer.lr
-        self.optimizer.lr = new_lr
-        return reduced
-
-    def state_dict(self):
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state):
-        self.best = None if state["best"] is None else float(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])

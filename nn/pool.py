@@ -69,7 +69,7 @@ def max_pool_forward(x, pool_param):
     """
     xp, ph, pw, stride, h_out, w_out = _pool_geometry("max_pool_forward", x, pool_param)
     # Always the window-position loop, even when windows tile the image: NumPy's
-    # .max over the reshaped window axes was ~36x slower than ph * pw maximum
+    # .max over the reshaped window axes is ~36x slower than ph * pw maximum
     # calls on strided slices (2x2 pooling of (32, 16, 64, 64): 77 ms vs 2 ms).
     out = _tap(x, 0, 0, h_out, w_out, stride).copy()
     for i in range(ph):

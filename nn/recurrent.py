@@ -1,4 +1,4 @@
-"""Recurrent layers: word embeddings, a vanilla RNN, an LSTM and the per-time-step affine layer.
+"""Recurrent layers: a vanilla RNN and an LSTM, one step at a time and over whole sequences.
 
 Shapes follow CS231n: N sequences in a minibatch, T time steps, D input
 features, H hidden units, V words in the vocabulary. Sequences are batch-major,
@@ -17,9 +17,13 @@ Two versions of each recurrence:
   memory. Tests check that they equal a loop over the step functions.
 The `lstm_step_*_from_projection` pair is a fast single step for decoders
 whose input changes every step (attention): it shares the sequence path's
-elementwise code, `_cell_forward` / `_cell_backward`, in-place ufuncs on NumPy
-and one fused GPU kernel per step and direction on CuPy. Tests check both
-against the readable step functions, and CuPy against NumPy.
+elementwise code, `nn.lstm_cell` (in-place ufuncs on NumPy, one fused GPU
+kernel per step and direction on CuPy). Tests check both against the
+readable step functions, and CuPy against NumPy.
+
+The word embedding (`nn.embedding`) and the per-time-step affine layer
+(`nn.dense`) that a recurrent language model needs live with their
+concepts; they are importable from here too.
 
 LSTM gates are laid out in blocks of H in the order input, forget, output, g
 (the candidate cell value): a = x Wx + h Wh + b has shape (N, 4H) and
@@ -27,7 +31,10 @@ i = sigmoid(a[:, :H]), f = sigmoid(a[:, H:2H]), o = sigmoid(a[:, 2H:3H]),
 g = tanh(a[:, 3H:]). (PyTorch orders them input, forget, g, output.)
 """
 from . import backend
-from .dense import _check_float, _check_ndim, _check_shape, sigmoid
+from .dense import (_check_float, _check_ndim, _check_shape, sigmoid, temporal_affine_backward,
+                    temporal_affine_forward)
+from .embedding import word_embedding_backward, word_embedding_forward
+from .lstm_cell import cell_backward, cell_forward
 
 __all__ = [
     "word_embedding_forward", "word_embedding_backward",
@@ -47,166 +54,6 @@ def _check_recurrent_params(op, Wx, Wh, b, D, gates):
     _check_shape(op, "Wx", Wx, (D, gates * H))
     _check_shape(op, "b", b, (gates * H,))
     return H
-
-
-# ---------------------------------------------------------------- LSTM cell, elementwise part
-# The fast paths below share two helpers: the elementwise work of one LSTM step,
-# forward and backward, written in place into preallocated arrays. On NumPy it
-# is a handful of in-place ufunc calls; on CuPy, where each call is a GPU kernel
-# launch that costs more than the arithmetic at these sizes, the same math is
-# one fused kernel per direction. Tests check both against the step functions.
-
-_CELL_FORWARD_CODE = """
-    const ptrdiff_t n = i / H, j = i % H, col = n * 4 * H + j;   // (n, j) of block i
-    const T in_gate = (tanh((xw[col] + recurrent[col]) * (T)0.5) + 1) * (T)0.5;
-    const T forget = (tanh((xw[col + H] + recurrent[col + H]) * (T)0.5) + 1) * (T)0.5;
-    const T out_gate = (tanh((xw[col + 2 * H] + recurrent[col + 2 * H]) * (T)0.5) + 1) * (T)0.5;
-    const T g = tanh(xw[col + 3 * H] + recurrent[col + 3 * H]);
-    const T c = in_gate * g + (has_prev_c ? forget * prev_c[i] : (T)0);
-    const T tanh_c = tanh(c);
-    gates[col] = in_gate; gates[col + H] = forget; gates[col + 2 * H] = out_gate; gates[col + 3 * H] = g;
-    next_c[i] = c;
-    tanh_next_c[i] = tanh_c;
-    next_h[i] = out_gate * tanh_c;
-"""
-
-_CELL_BACKWARD_CODE = """
-    const ptrdiff_t n = i / H, j = i % H, col = n * 4 * H + j;
-    const T in_gate = gates[col], forget = gates[col + H], out_gate = gates[col + 2 * H], g = gates[col + 3 * H];
-    const T tanh_c = tanh_next_c[i], d_h = dnext_h[i];
-    const T dc = dnext_c[i] + d_h * out_gate * (1 - tanh_c * tanh_c);
-    da[col] = dc * g * in_gate * (1 - in_gate);
-    da[col + H] = has_prev_c ? dc * prev_c[i] * forget * (1 - forget) : (T)0;
-    da[col + 2 * H] = d_h * tanh_c * out_gate * (1 - out_gate);
-    da[col + 3 * H] = dc * in_gate * (1 - g * g);
-    dprev_c[i] = dc * forget;
-"""
-
-_cupy_kernels = {}
-
-
-def _fused_cell_kernels(xp):
-    """The CuPy kernels for `_cell_forward` / `_cell_backward`, compiled once."""
-    if not _cupy_kernels:
-        _cupy_kernels["forward"] = xp.ElementwiseKernel(
-            "raw T xw, raw T recurrent, raw T prev_c, bool has_prev_c, int64 H",
-            "raw T gates, raw T next_c, raw T tanh_next_c, raw T next_h",
-            _CELL_FORWARD_CODE, "nn_lstm_cell_forward")
-        _cupy_kernels["backward"] = xp.ElementwiseKernel(
-            "raw T dnext_h, raw T dnext_c, raw T gates, raw T tanh_next_c, raw T prev_c, "
-            "bool has_prev_c, int64 H",
-            "raw T da, raw T dprev_c",
-            _CELL_BACKWARD_CODE, "nn_lstm_cell_backward")
-    return _cupy_kernels
-
-
-def _cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h):
-    """Elementwise part of one LSTM step, into preallocated C-contiguous arrays.
-
-    gates <- activations of a = xw + recurrent (i, f, o sigmoid; g tanh), all (N, 4H)
-    (gates may be xw itself); next_c <- f * prev_c + i * g (prev_c None means 0);
-    tanh_next_c <- tanh(next_c); next_h <- o * tanh_next_c, all (N, H).
-    """
-    N, H = next_c.shape
-    if backend.is_cupy_array(gates):
-        _fused_cell_kernels(xp)["forward"](
-            xw, recurrent, next_c if prev_c is None else prev_c, prev_c is not None, H,
-            gates, next_c, tanh_next_c, next_h, size=N * H)
-        return
-    xp.add(xw, recurrent, out=gates)
-    ifo = gates[:, :3 * H]                        # sigmoid(a) = (1 + tanh(a / 2)) / 2 for i, f, o
-    ifo *= 0.5                                    # (overflow-free, and one tanh pass over
-    xp.tanh(gates, out=gates)                     #  all 4H gates, g = tanh(a) included)
-    ifo += 1
-    ifo *= 0.5
-    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-    xp.multiply(i, g, out=next_c)
-    if prev_c is not None:
-        next_c += f * prev_c
-    xp.tanh(next_c, out=tanh_next_c)
-    xp.multiply(o, tanh_next_c, out=next_h)
-
-
-def _cell_backward(xp, dnext_h, dnext_c, gates, tanh_next_c, prev_c, da, dprev_c):
-    """Backward of `_cell_forward`: da (N, 4H) <- d loss / d a, dprev_c (N, H) <- d loss / d prev_c.
-
-    dnext_h, dnext_c: gradients of next_h and next_c, (N, H); prev_c None means 0.
-    dprev_c may be dnext_c itself (updated in place). Arrays C-contiguous.
-    """
-    N, H = tanh_next_c.shape
-    if backend.is_cupy_array(gates):
-        _fused_cell_kernels(xp)["backward"](
-            dnext_h, dnext_c, gates, tanh_next_c, tanh_next_c if prev_c is None else prev_c,
-            prev_c is not None, H, da, dprev_c, size=N * H)
-        return
-    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-    di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
-    dc = xp.multiply(tanh_next_c, tanh_next_c)    # dc = dnext_c + dh * o * (1 - tanh(c)^2)
-    xp.subtract(1, dc, out=dc)
-    dc *= o
-    dc *= dnext_h
-    dc += dnext_c
-    xp.multiply(dnext_h, tanh_next_c, out=do)     # h = o * tanh(c)
-    xp.multiply(dc, g, out=di)                    # c = f * prev_c + i * g
-    if prev_c is not None:
-        xp.multiply(dc, prev_c, out=df)
-    else:
-        df[...] = 0
-    xp.multiply(dc, i, out=dg)
-    xp.multiply(dc, f, out=dprev_c)
-    ifo = gates[:, :3 * H]                        # sigmoid' = s (1 - s)
-    sigmoid_grad = xp.subtract(1, ifo)
-    sigmoid_grad *= ifo
-    da[:, :3 * H] *= sigmoid_grad
-    tanh_grad = xp.multiply(g, g)                 # tanh' = 1 - tanh^2
-    xp.subtract(1, tanh_grad, out=tanh_grad)
-    dg *= tanh_grad
-
-
-# ---------------------------------------------------------------- word embedding
-
-def word_embedding_forward(x, W):
-    """Look up the vector of every word: out[n, t] = W[x[n, t]].
-
-    Inputs:
-    - x: integer word indices, shape (N, T), each in [0, V)
-    - W: word vectors, shape (V, D)
-    Returns:
-    - out: (N, T, D)
-    - cache: (x, W) for the backward pass
-    """
-    op = "word_embedding_forward"
-    xp = backend.get_array_module(x, W, op=op)
-    if getattr(x, "dtype", None) is None or x.dtype.kind not in "iu":
-        raise TypeError(f"{op}: word indices x must be an integer array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    _check_ndim(op, "x", x, 2, "(N, T)")
-    _check_ndim(op, "W", W, 2, "(V, D)")
-    _check_float(op, W=W)
-    vocab_size = W.shape[0]
-    if bool(((x < 0) | (x >= vocab_size)).any()):     # one device sync on CuPy, not two
-        raise ValueError(f"{op}: word indices must lie in [0, {vocab_size}), got values in "
-                         f"[{int(x.min())}, {int(x.max())}]")
-    out = xp.take(W, x, axis=0)
-    return out, (x, W)
-
-
-def word_embedding_backward(dout, cache):
-    """Backward pass of `word_embedding_forward`.
-
-    Inputs:
-    - dout: upstream gradient, shape (N, T, D)
-    - cache: from the forward pass
-    Returns:
-    - dW: gradient of the word vectors, shape (V, D); a word used k times gets
-      the sum of its k upstream gradients (a scatter-add)
-    """
-    x, W = cache
-    xp = backend.get_array_module(dout, W, op="word_embedding_backward")
-    _check_shape("word_embedding_backward", "dout", dout, x.shape + (W.shape[1],))
-    dW = xp.zeros_like(W)
-    backend.scatter_add(dW, x.reshape(-1), dout.reshape(-1, W.shape[1]))
-    return dW
 
 
 # ---------------------------------------------------------------- vanilla RNN
@@ -394,7 +241,7 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
 
     Useful when the input projection of many steps can be done in one matrix
     product beforehand (e.g. the word-embedding part of a decoder's input).
-    The elementwise work is `_cell_forward`: in-place ufuncs on NumPy, one
+    The elementwise work is `nn.lstm_cell.cell_forward`: in-place ufuncs on NumPy, one
     fused kernel on CuPy. Same math as `lstm_step_forward` (tested equal).
 
     Inputs:
@@ -419,7 +266,7 @@ def lstm_step_forward_from_projection(xw, prev_h, prev_c, Wh):
     xw, prev_c = xp.ascontiguousarray(xw), xp.ascontiguousarray(prev_c)
     gates = xp.empty_like(xw)                     # activated i, f, o, g
     next_c, tanh_next_c, next_h = (xp.empty_like(prev_c) for _ in range(3))
-    _cell_forward(xp, xw, prev_h @ Wh, prev_c, gates, next_c, tanh_next_c, next_h)
+    cell_forward(xp, xw, prev_h @ Wh, prev_c, gates, next_c, tanh_next_c, next_h)
     return next_h, next_c, (prev_h, prev_c, Wh, gates, tanh_next_c)
 
 
@@ -444,7 +291,7 @@ def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
     _check_shape(op, "dnext_c", dnext_c, prev_h.shape)
 
     da, dprev_c = xp.empty_like(gates), xp.empty_like(prev_c)
-    _cell_backward(xp, xp.ascontiguousarray(dnext_h), xp.ascontiguousarray(dnext_c), gates,
+    cell_backward(xp, xp.ascontiguousarray(dnext_h), xp.ascontiguousarray(dnext_c), gates,
                    tanh_next_c, prev_c, da, dprev_c)
     return da, da @ Wh.T, dprev_c, prev_h.T @ da
 
@@ -485,7 +332,7 @@ def lstm_forward(x, h0, Wx, Wh, b):
     recurrent = xp.empty((N, 4 * H), dtype=x.dtype)
     for t in range(T):
         xp.matmul(hs[t], Wh, out=recurrent)       # the only product that waits for h_{t-1}
-        _cell_forward(xp, gates[t], recurrent, c[t - 1] if t > 0 else None,   # c_0 = 0
+        cell_forward(xp, gates[t], recurrent, c[t - 1] if t > 0 else None,   # c_0 = 0
                       gates[t], c[t], tanh_c[t], hs[t + 1])
     h = xp.ascontiguousarray(hs[1:].transpose(1, 0, 2))
     return h, (x_steps, Wx, Wh, gates, c, tanh_c, hs)
@@ -522,7 +369,7 @@ def lstm_backward(dh, cache):
     dh_t = xp.empty((N, H), dtype=gates.dtype)
     for t in reversed(range(T)):
         xp.add(dh[:, t], dnext_h, out=dh_t)       # from the loss and from step t + 1
-        _cell_backward(xp, dh_t, dnext_c, gates[t], tanh_c[t], c[t - 1] if t > 0 else None,
+        cell_backward(xp, dh_t, dnext_c, gates[t], tanh_c[t], c[t - 1] if t > 0 else None,
                        da[t], dnext_c)
         xp.matmul(da[t], Wh_T, out=dnext_h)
 
@@ -532,49 +379,3 @@ def lstm_backward(dh, cache):
     dWx = x_steps.T @ da_flat
     dWh = hs[:-1].reshape(T * N, H).T @ da_flat   # h_{t-1} pairs with da_t
     return dx, dnext_h, dWx, dWh, da_flat.sum(axis=0)
-
-
-# ---------------------------------------------------------------- temporal affine
-
-def temporal_affine_forward(x, w, b):
-    """The same affine layer applied at every time step: out[n, t] = x[n, t] w + b.
-
-    Inputs:
-    - x: (N, T, D)
-    - w: (D, M)
-    - b: (M,)
-    Returns:
-    - out: (N, T, M)
-    - cache: (x, w) for the backward pass
-    """
-    op = "temporal_affine_forward"
-    backend.get_array_module(x, w, b, op=op)
-    _check_float(op, x=x, w=w, b=b)
-    _check_ndim(op, "x", x, 3, "(N, T, D)")
-    _check_ndim(op, "w", w, 2, "(D, M)")
-    N, T, D = x.shape
-    _check_shape(op, "w", w, (D, w.shape[1]))
-    _check_shape(op, "b", b, (w.shape[1],))
-    out = (x.reshape(N * T, D) @ w).reshape(N, T, w.shape[1])
-    out += b
-    return out, (x, w)
-
-
-def temporal_affine_backward(dout, cache):
-    """Backward pass of `temporal_affine_forward`.
-
-    Inputs:
-    - dout: upstream gradient, shape (N, T, M)
-    - cache: from the forward pass
-    Returns a tuple of:
-    - dx: (N, T, D)
-    - dw: (D, M)
-    - db: (M,)
-    """
-    x, w = cache
-    N, T, D = x.shape
-    M = w.shape[1]
-    _check_shape("temporal_affine_backward", "dout", dout, (N, T, M))
-    dout_flat = dout.reshape(N * T, M)
-    dx = (dout_flat @ w.T).reshape(N, T, D)
-    return dx, x.reshape(N * T, D).T @ dout_flat, dout_flat.sum(axis=0)

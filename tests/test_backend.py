@@ -51,6 +51,15 @@ def test_get_array_module_and_to_numpy(xp):
     assert backend.get_array_module(b) is xp and b.dtype == numpy.float64
 
 
+def test_on_device_of_follows_the_other_array(xp):
+    host = numpy.arange(3.0)
+    here = xp.arange(2.0)
+    moved = backend.on_device_of(host, here)
+    assert backend.get_array_module(moved) is xp and backend.to_numpy(moved).tolist() == [0.0, 1.0, 2.0]
+    assert backend.on_device_of(here, here) is here                  # already there: no copy
+    assert backend.get_array_module(backend.on_device_of(here, host)) is numpy
+
+
 def test_rng_is_seeded_per_backend(xp):
     a = backend.to_numpy(backend.rng(3).standard_normal(5))
     b = backend.to_numpy(backend.rng(3).standard_normal(5))

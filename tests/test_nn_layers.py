@@ -132,6 +132,18 @@ def test_initialisation_seeds_scale_and_dtype():
         layers.Affine(2, 2, seed=1, rng=numpy.random.default_rng(1))
 
 
+def test_embeddings_start_like_the_caption_models_word_vectors():
+    from captioning.models import build
+    from nn import init
+    embed = layers.Embedding(600, 40, seed=3, dtype=numpy.float64)
+    numpy.testing.assert_array_equal(
+        embed.params["W"], init.embedding_normal(numpy.random.default_rng(3), (600, 40), numpy.float64))
+    assert abs(float(embed.params["W"].std()) / init.EMBEDDING_STD - 1) < 0.02
+    model = build({"model": "show-tell", "vocab_size": 600, "feature_dim": 8, "wordvec_dim": 40,
+                   "hidden_dim": 8}, dtype=numpy.float64)
+    assert abs(float(model.params["W_embed"].std()) / init.EMBEDDING_STD - 1) < 0.02
+
+
 # ---------------------------------------------------------------- gradient checks
 
 def test_conv_batchnorm_pool_affine_stack_gradients(xp):

@@ -58,7 +58,7 @@ Measured cost of one 224x224 image (float32, batch 32): about 37-40 ms on
 this project's 2-core machine with one thread (depthwise convs ~55% of it,
 1x1 convs ~30%), i.e. ~26 images/s per core, 0.82x PyTorch's time for the
 same network (benchmarks/README.md); about 30 images/s with 2 threads; about
-1800 images/s with CuPy on an H100 (batch 128, measured with older code). On
+1800 images/s with CuPy on an H100 (batch 128; benchmarks/README.md says how). On
 a machine busy with other jobs, multi-threaded OpenBLAS stalls: set
 OPENBLAS_NUM_THREADS=1 there.
 """

@@ -2,21 +2,27 @@
 
 A model holds its parameters in one flat dict `params` of named arrays (and
 `grads` with the same names after a backward pass), plus a plain-JSON
-`config` that is enough to rebuild it (`captioning.models.build(config)`).
+`config` that is enough to rebuild it (`captioning.models.build(config)`);
+why a flat dict and not a tree of `nn.layers` Modules: see `nn.layers`.
 Two methods make the training and decoding interfaces:
 
 - `forward_backward(features, captions, ...) -> (loss, grads, dfeatures)`:
   teacher-forced loss and every gradient, written out by hand;
 - `init_decode_state(features)` / `decode_step(words, state)`: one step of
   the language model at a time for `captioning.decoding` (greedy, beam).
+
+Both models split `forward_backward` the same way: `_forward` (returns the
+scores and a cache), the loss, `_backward`. A decoder whose every step
+needs more than an LSTM step (attention) also has `_step_forward` /
+`_step_backward`, laid out like `nn.recurrent.lstm_step_forward/backward`:
+ShowAttendTell is the template.
 """
 import contextvars
 import math
 import numbers
 
-import numpy
-
-from nn import backend
+from nn import backend, init
+from nn.losses import log_softmax  # also captioning.models.log_softmax
 from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
@@ -30,13 +36,6 @@ class ConfigMismatchError(ValueError):
 # `build(config, max_parameters=...)`, e.g. to what a checkpoint file holds, so that a
 # damaged configuration (hidden_dim 2**40) is refused before anything is allocated.
 PARAMETER_BUDGET = contextvars.ContextVar("PARAMETER_BUDGET", default=None)
-
-
-def log_softmax(scores):
-    """Row-wise log-softmax of scores (N, V), computed stably; keeps dtype."""
-    xp = backend.get_array_module(scores, op="log_softmax")
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
 class CaptionModel:
@@ -85,29 +84,30 @@ class CaptionModel:
 
     # ------------------------------------------------------------ parameters
     def _init_params(self, shapes, seed, dtype=None):
-        """Create parameters from {name: (shape, kind)} with a NumPy generator.
+        """Create parameters from {name: (shape, kind)} with a NumPy generator (see `nn.init`).
 
-        Drawn with NumPy whatever the backend, so that one seed gives the same
-        model on the CPU and the GPU. kinds: "weight" ~ N(0, 1/fan_in),
-        "zeros", "embedding" ~ N(0, 0.1^2) (a fixed small scale for word vectors).
+        kinds: "weight" ~ N(0, 1/fan_in) (`nn.init.fan_in_normal`), "embedding"
+        ~ N(0, EMBEDDING_STD^2) (`nn.init.embedding_normal`, as `nn.layers.Embedding`),
+        "zeros". Drawn with NumPy whatever the backend, so that one seed gives
+        the same model on the CPU and the GPU.
         """
         budget = PARAMETER_BUDGET.get()
         total = sum(math.prod(shape) for shape, _ in shapes.values())
         if budget is not None and total > budget:
             raise ConfigMismatchError(f"{self.name} model: its configuration makes {total:,} parameter values, "
                                       f"more than the {budget:,} allowed here")
-        gen = numpy.random.default_rng(seed)
-        dtype = dtype or backend.default_float()
+        gen = init.generator(seed, None)
+        dtype = init.float_dtype(dtype)
         for pname, (shape, kind) in shapes.items():
             if kind == "weight":
-                value = gen.standard_normal(shape) / numpy.sqrt(shape[0])
+                value = init.fan_in_normal(gen, shape, dtype)
             elif kind == "embedding":
-                value = gen.standard_normal(shape) * 0.1
+                value = init.embedding_normal(gen, shape, dtype)
             elif kind == "zeros":
-                value = numpy.zeros(shape)
+                value = init.constant(shape, 0, dtype)
             else:
                 raise ValueError(f"unknown parameter kind {kind!r}")
-            self.params[pname] = backend.asarray(value, dtype=dtype)
+            self.params[pname] = value
 
     def train(self):
         """Training mode: dropout on."""

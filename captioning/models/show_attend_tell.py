@@ -26,59 +26,28 @@ Simplification (say so): the output layer reads h_t only. The paper's "deep
 output" also adds projections of the context and the previous word; reading
 h alone keeps the backward pass short and costs little accuracy here.
 
-Speed: the feature projection P is one big GEMM per batch; the word
-embeddings for all T steps are looked up at once and written into one
-preallocated LSTM-input buffer; the output layer is one (N*T, H) x (H, V)
-GEMM after the loop. Only what truly depends on h_{t-1} runs per step.
+Speed: the feature projection P is one big GEMM per batch; the word part
+of the LSTM input projection, W_embed[word] @ Wx_word + b, is one GEMM for
+all T steps; the output layer is one (N*T, H) x (H, V) GEMM after the loop.
+Only what truly depends on h_{t-1} runs per step (`_step_forward`,
+`_step_backward`, laid out like `nn.recurrent.lstm_step_forward/backward`).
+In the backward pass the step leaves out the features' gradient through the
+context (`with_dfeatures=False`, an (N, L, D) array per step, half the
+step's time at N=64, L=49, D=1280): `_backward_inputs` gets it for all
+steps at once, alphas^T @ dcontexts.
 """
 from nn import backend
 from nn import functional as F
+from nn.attention import (attention_project_backward, attention_project_forward,
+                          attention_step_backward, attention_step_forward)
+from nn.dense import temporal_affine_backward, temporal_affine_forward
+from nn.embedding import word_embedding_backward, word_embedding_forward
+from nn.losses import log_softmax, temporal_softmax_loss
+from nn.recurrent import lstm_step_backward_from_projection, lstm_step_forward_from_projection
 
-from .base import CaptionModel, log_softmax
+from .base import CaptionModel
 
-from nn.attention import attention_project_backward, attention_project_forward, attention_step_forward
-from nn.losses import temporal_softmax_loss
-from nn.recurrent import (lstm_step_backward_from_projection,
-                          lstm_step_forward_from_projection, temporal_affine_backward,
-                          temporal_affine_forward, word_embedding_backward,
-                          word_embedding_forward)
-
-__all__ = ["ShowAttendTell", "attention_step_backward_summed"]
-
-
-# ------------------------------------------------------------------ attention backward, summed over steps
-
-def attention_step_backward_summed(dcontext, dalpha, cache):
-    """`nn.attention.attention_step_backward` for a decoder that sums over time steps itself.
-
-    Same inputs (cache from `nn.attention.attention_step_forward`) and the
-    same dprojected, dh, dW_hidden, dw_score, but WITHOUT the per-step
-    dfeatures = alpha dcontext^T (an (N, L, D) array every step): the caller
-    gets d features through the contexts of all T steps with ONE batched
-    product, alphas^T @ dcontexts, at the end. At N=64, L=49, D=1280 this
-    step is about 4x faster than the general one.
-
-    Inputs:
-    - dcontext: (N, D) gradient of the context
-    - dalpha: (N, L) gradient reaching alpha directly (regulariser), or None
-    - cache: from attention_step_forward
-    Returns: dprojected (N, L, A), dh (N, H), dW_hidden (H, A), dw_score (A,)
-    """
-    features, h, W_hidden, w_score, activations, alpha = cache
-    xp = backend.get_array_module(dcontext, alpha, op="attention_step_backward_summed")
-    dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]          # (N, L)
-    if dalpha is not None:
-        dalpha_total += dalpha
-    # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
-    dscores = alpha * (dalpha_total - (alpha * dalpha_total).sum(axis=1, keepdims=True))
-    dw_score = xp.einsum("nla,nl->a", activations, dscores)
-    # through tanh and the scoring vector: dprojected = (1 - act^2) * dscores * w_score
-    dprojected = activations * activations
-    xp.subtract(1, dprojected, out=dprojected)
-    dprojected *= dscores[:, :, None]
-    dprojected *= w_score
-    dhidden = dprojected.sum(axis=1)                                  # (N, A)
-    return dprojected, dhidden @ W_hidden.T, h.T @ dhidden, dw_score
+__all__ = ["ShowAttendTell"]
 
 
 # ------------------------------------------------------------------ the model
@@ -147,103 +116,170 @@ class ShowAttendTell(CaptionModel):
         - dfeatures: (N, L, D) or None
         """
         self._check_inputs(features, captions)
+        captions_in, captions_out, mask = self._split_captions(captions)
+        scores, alphas, cache = self._forward(features, captions_in, dropout_seed)
+        word_loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        reg_loss, dalphas = self._attention_regulariser(alphas, mask)
+        grads, dfeatures = self._backward(dscores, dalphas, cache, feature_grad)
+        self.grads = grads
+        return float(word_loss) + reg_loss, grads, dfeatures
+
+    def _forward(self, features, captions_in, dropout_seed):
+        """Teacher-forced forward pass: scores (N, T, V), alphas (N, T, L), cache for `_backward`."""
         xp = backend.get_array_module(features, op="ShowAttendTell.forward_backward")
         p = self.params
         N, L, D = features.shape
-        E, H = self.config["wordvec_dim"], self.config["hidden_dim"]
-        captions_in, captions_out, mask = self._split_captions(captions)
         T = captions_in.shape[1]
-        dtype = features.dtype
-
-        # ---------------- forward
+        E, H = self.config["wordvec_dim"], self.config["hidden_dim"]
         # The LSTM input is [word; gated context] and its weights Wx (E + D, 4H)
         # split the same way: the word part of all T steps is ONE matrix
         # product up front; only the context part must wait for h_{t-1}.
-        Wx_word, Wx_context = p["Wx"][:E], p["Wx"][E:]
-        h, c, feat_proj, init_caches = self._initial_state(features)
+        h, c, feat_proj, init_cache = self._initial_state(features)
         words, embed_cache = word_embedding_forward(captions_in, p["W_embed"])
         words_tm = xp.ascontiguousarray(words.transpose(1, 0, 2)).reshape(T * N, E)   # time-major
-        word_proj = (words_tm @ Wx_word + p["b"]).reshape(T, N, 4 * H)
-        gated_contexts = xp.empty((T, N, D), dtype=dtype)
-        hidden = xp.empty((N, T, H), dtype=dtype)
-        alphas = xp.empty((N, T, L), dtype=dtype)
+        word_proj = (words_tm @ p["Wx"][:E] + p["b"]).reshape(T, N, 4 * H)
+        gated_contexts = xp.empty((T, N, D), dtype=features.dtype)
+        hidden = xp.empty((N, T, H), dtype=features.dtype)
+        alphas = xp.empty((N, T, L), dtype=features.dtype)
         step_caches = []
         for t in range(T):
-            context, alpha, att_cache = attention_step_forward(features, feat_proj, h, p["W_att_h"], p["w_att"])
-            beta = self._gate(h)
-            xp.multiply(beta, context, out=gated_contexts[t])
-            h_prev = h
-            word_proj[t] += gated_contexts[t] @ Wx_context
-            h, c, lstm_cache = lstm_step_forward_from_projection(word_proj[t], h, c, p["Wh"])
+            h, c, alpha, step_cache = self._step_forward(features, feat_proj, h, c, word_proj[t],
+                                                         gated_contexts[t])
             hidden[:, t] = h
             alphas[:, t] = alpha
-            step_caches.append((att_cache, context, beta, h_prev, lstm_cache))
+            step_caches.append(step_cache)
         dropped, drop_cache = F.dropout_forward(hidden, self._dropout_param(dropout_seed))
         scores, out_cache = temporal_affine_forward(dropped, p["W_out"], p["b_out"])
-        word_loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        cache = {"features": features, "initial": init_cache, "feat_proj": feat_proj, "words_tm": words_tm,
+                 "embed": embed_cache, "gated_contexts": gated_contexts, "alphas": alphas,
+                 "steps": step_caches, "dropout": drop_cache, "output": out_cache}
+        return scores, alphas, cache
 
-        # doubly stochastic regulariser over the real (unmasked) steps
+    def _step_forward(self, features, feat_proj, prev_h, prev_c, xw, gated_context):
+        """One decoder step: attend, gate the context, one LSTM step.
+
+        Inputs:
+        - features: (N, L, D); feat_proj: (N, L, A) from `_initial_state`
+        - prev_h, prev_c: (N, H) state after the previous word
+        - xw: (N, 4H) the word part of the LSTM input projection (with b);
+          the context part is added to it in place
+        - gated_context: (N, D) buffer, receives beta * context (the LSTM input's context part)
+        Returns a tuple of:
+        - next_h, next_c: (N, H)
+        - alpha: (N, L) attention weights
+        - cache: for `_step_backward`
+        """
+        p = self.params
+        xp = backend.get_array_module(prev_h)
+        context, alpha, att_cache = attention_step_forward(features, feat_proj, prev_h, p["W_att_h"],
+                                                           p["w_att"])
+        beta = self._gate(prev_h)
+        xp.multiply(beta, context, out=gated_context)
+        xw += gated_context @ p["Wx"][self.config["wordvec_dim"]:]
+        next_h, next_c, lstm_cache = lstm_step_forward_from_projection(xw, prev_h, prev_c, p["Wh"])
+        return next_h, next_c, alpha, (att_cache, context, beta, prev_h, lstm_cache)
+
+    def _attention_regulariser(self, alphas, mask):
+        """Doubly stochastic loss over the real (unmasked) steps and its gradient dalphas (N, T, L)."""
+        N = alphas.shape[0]
         lam = float(self.config["doubly_stochastic"])
-        step_mask = mask.astype(dtype)[:, :, None]                       # (N, T, 1)
+        step_mask = mask.astype(alphas.dtype)[:, :, None]                # (N, T, 1)
         shortfall = 1 - (alphas * step_mask).sum(axis=1)                  # (N, L)
         reg_loss = lam * float((shortfall * shortfall).sum()) / N
         dalphas = (-2 * lam / N) * shortfall[:, None, :] * step_mask      # (N, T, L)
+        return reg_loss, dalphas
 
-        # ---------------- backward through time
-        g = {name: xp.zeros_like(value) for name, value in p.items()}
-        ddropped, g["W_out"], g["b_out"] = temporal_affine_backward(dscores, out_cache)
-        dhidden = F.dropout_backward(ddropped, drop_cache)
-        dgates = xp.empty((T, N, 4 * H), dtype=dtype)     # d(LSTM pre-activations) of every step
-        dfeat_proj = xp.zeros_like(feat_proj)
-        dcontexts = xp.empty((N, T, D), dtype=dtype) if feature_grad else None
-        dh_next = xp.zeros((N, H), dtype=dtype)
-        dc_next = xp.zeros((N, H), dtype=dtype)
+    def _backward(self, dscores, dalphas, cache, feature_grad):
+        """Backward pass of `_forward`: (grads, dfeatures or None)."""
+        xp = backend.get_array_module(dscores)
+        grads = {name: xp.zeros_like(value) for name, value in self.params.items()}
+        ddropped, grads["W_out"], grads["b_out"] = temporal_affine_backward(dscores, cache["output"])
+        dhidden = F.dropout_backward(ddropped, cache["dropout"])
+        through_time = self._backward_through_time(dhidden, dalphas, cache, grads, feature_grad)
+        dfeatures = self._backward_inputs(through_time, cache, grads, feature_grad)
+        return grads, dfeatures
+
+    def _backward_through_time(self, dhidden, dalphas, cache, grads, feature_grad):
+        """The steps in reverse; adds the per-step weights' gradients into grads.
+
+        Returns d(LSTM pre-activations) of every step (T, N, 4H), d feat_proj
+        (N, L, A), dcontexts (N, T, D) (None unless feature_grad), and the
+        gradients of h_0 and c_0.
+        """
+        xp = backend.get_array_module(dhidden)
+        N, T, H = dhidden.shape
+        D = cache["features"].shape[2]
+        dgates = xp.empty((T, N, 4 * H), dtype=dhidden.dtype)    # d(LSTM pre-activations) of every step
+        dfeat_proj = xp.zeros_like(cache["feat_proj"])
+        dcontexts = xp.empty((N, T, D), dtype=dhidden.dtype) if feature_grad else None
+        dh = xp.zeros((N, H), dtype=dhidden.dtype)
+        dc = xp.zeros((N, H), dtype=dhidden.dtype)
         for t in reversed(range(T)):
-            att_cache, context, beta, h_prev, lstm_cache = step_caches[t]
-            dgates[t], dh_prev, dc_next, dWh = lstm_step_backward_from_projection(
-                dhidden[:, t] + dh_next, dc_next, lstm_cache)
-            g["Wh"] += dWh
-            dgated = dgates[t] @ Wx_context.T                             # d(beta * context), (N, D)
-            dcontext = dgated * beta
-            # gate: beta = sigmoid(h_prev @ W_beta + b_beta)
-            dbeta_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
-            g["W_beta"] += h_prev.T @ dbeta_pre
-            g["b_beta"] += dbeta_pre.sum(axis=0)
-            dh_prev += dbeta_pre @ p["W_beta"].T
-            # attention
-            dproj_t, dh_att, dW_att_h, dw_att = attention_step_backward_summed(dcontext, dalphas[:, t],
-                                                                               att_cache)
-            dfeat_proj += dproj_t
-            g["W_att_h"] += dW_att_h
-            g["w_att"] += dw_att
-            dh_prev += dh_att
+            dgates[t], dh, dc, dcontext, dproj = self._step_backward(dhidden[:, t] + dh, dc, dalphas[:, t],
+                                                                    cache["steps"][t], grads)
+            dfeat_proj += dproj
             if feature_grad:
                 dcontexts[:, t] = dcontext
-            dh_next = dh_prev
+        return dgates, dfeat_proj, dcontexts, dh, dc
 
-        # the LSTM input weights, the biases and the words: one large product each
-        dgates_flat = dgates.reshape(T * N, 4 * H)
-        g["Wx"][:E] = words_tm.T @ dgates_flat
-        g["Wx"][E:] = gated_contexts.reshape(T * N, D).T @ dgates_flat
-        g["b"] = dgates_flat.sum(axis=0)
-        dwords = (dgates_flat @ Wx_word.T).reshape(T, N, E).transpose(1, 0, 2)
-        g["W_embed"] = word_embedding_backward(dwords, embed_cache)
+    def _step_backward(self, dnext_h, dnext_c, dalpha, cache, grads):
+        """Backward pass of `_step_forward`; adds Wh, W_beta, b_beta, W_att_h, w_att gradients into grads.
 
-        # initial state and the feature projection
-        h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache = init_caches
-        dmean_h, g["W_h0"], g["b_h0"] = F.affine_backward(F.tanh_backward(dh_next, h0_tanh), h0_cache)
-        dmean_c, g["W_c0"], g["b_c0"] = F.affine_backward(F.tanh_backward(dc_next, c0_tanh), c0_cache)
-        dfeatures = None
-        if feature_grad:
-            dfeatures, g["W_att_feat"], g["b_att"] = attention_project_backward(dfeat_proj, proj_cache)
-            dfeatures += alphas.transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
-            dfeatures += ((dmean_h + dmean_c) / L)[:, None, :]
-        else:  # frozen features: the weight gradients only, skipping an (N*L, A) x (A, D) product
+        Inputs:
+        - dnext_h, dnext_c: (N, H) gradients of the step's new state
+        - dalpha: (N, L) gradient reaching alpha directly (the regulariser)
+        - cache: from `_step_forward`
+        Returns a tuple of:
+        - dxw: (N, 4H) gradient of the LSTM pre-activations (input projection)
+        - dprev_h, dprev_c: (N, H)
+        - dcontext: (N, D) gradient of the (ungated) context
+        - dfeat_proj: (N, L, A) this step's share of d feat_proj
+        """
+        p = self.params
+        att_cache, context, beta, prev_h, lstm_cache = cache
+        dxw, dprev_h, dprev_c, dWh = lstm_step_backward_from_projection(dnext_h, dnext_c, lstm_cache)
+        grads["Wh"] += dWh
+        dgated = dxw @ p["Wx"][self.config["wordvec_dim"]:].T             # d(beta * context), (N, D)
+        dcontext = dgated * beta
+        # gate: beta = sigmoid(prev_h @ W_beta + b_beta)
+        dbeta_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
+        grads["W_beta"] += prev_h.T @ dbeta_pre
+        grads["b_beta"] += dbeta_pre.sum(axis=0)
+        dprev_h += dbeta_pre @ p["W_beta"].T
+        _, dfeat_proj, dh_att, dW_att_h, dw_att = attention_step_backward(dcontext, dalpha, att_cache,
+                                                                         with_dfeatures=False)
+        grads["W_att_h"] += dW_att_h
+        grads["w_att"] += dw_att
+        dprev_h += dh_att
+        return dxw, dprev_h, dprev_c, dcontext, dfeat_proj
+
+    def _backward_inputs(self, through_time, cache, grads, feature_grad):
+        """Gradients of the LSTM input weights, the words, the initial state and the projection.
+
+        One large product each, over all steps. Returns dfeatures (N, L, D) or None.
+        """
+        features, words_tm = cache["features"], cache["words_tm"]
+        h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache = cache["initial"]
+        dgates, dfeat_proj, dcontexts, dh0, dc0 = through_time
+        N, L, D = features.shape
+        T, E = dgates.shape[0], words_tm.shape[1]
+        dgates_flat = dgates.reshape(T * N, -1)
+        grads["Wx"][:E] = words_tm.T @ dgates_flat
+        grads["Wx"][E:] = cache["gated_contexts"].reshape(T * N, D).T @ dgates_flat
+        grads["b"] = dgates_flat.sum(axis=0)
+        dwords = (dgates_flat @ self.params["Wx"][:E].T).reshape(T, N, E).transpose(1, 0, 2)
+        grads["W_embed"] = word_embedding_backward(dwords, cache["embed"])
+        dmean_h, grads["W_h0"], grads["b_h0"] = F.affine_backward(F.tanh_backward(dh0, h0_tanh), h0_cache)
+        dmean_c, grads["W_c0"], grads["b_c0"] = F.affine_backward(F.tanh_backward(dc0, c0_tanh), c0_cache)
+        if not feature_grad:   # frozen features: weight gradients only, no (N*L, A) x (A, D) product
             dfeat_proj_flat = dfeat_proj.reshape(N * L, -1)
-            g["W_att_feat"] = features.reshape(N * L, D).T @ dfeat_proj_flat
-            g["b_att"] = dfeat_proj_flat.sum(axis=0)
-        self.grads = g
-        return float(word_loss) + reg_loss, g, dfeatures
+            grads["W_att_feat"] = features.reshape(N * L, D).T @ dfeat_proj_flat
+            grads["b_att"] = dfeat_proj_flat.sum(axis=0)
+            return None
+        dfeatures, grads["W_att_feat"], grads["b_att"] = attention_project_backward(dfeat_proj, proj_cache)
+        dfeatures += cache["alphas"].transpose(0, 2, 1) @ dcontexts            # all steps' contexts at once
+        dfeatures += ((dmean_h + dmean_c) / L)[:, None, :]
+        return dfeatures
 
     # ---------------------------------------------------------- decoding
     def init_decode_state(self, features):

@@ -13,13 +13,12 @@ and this way every step's input is a word, so the LSTM is one `lstm_forward`.
 """
 from nn import backend
 from nn import functional as F
+from nn.dense import temporal_affine_backward, temporal_affine_forward
+from nn.embedding import word_embedding_backward, word_embedding_forward
+from nn.losses import log_softmax, temporal_softmax_loss
+from nn.recurrent import lstm_backward, lstm_forward, lstm_step_forward_from_projection
 
-from .base import CaptionModel, log_softmax
-
-from nn.losses import temporal_softmax_loss
-from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_forward_from_projection,
-                          temporal_affine_backward, temporal_affine_forward,
-                          word_embedding_backward, word_embedding_forward)
+from .base import CaptionModel
 
 __all__ = ["ShowAndTell"]
 
@@ -64,26 +63,37 @@ class ShowAndTell(CaptionModel):
         - dfeatures: (N, D) or None
         """
         self._check_inputs(features, captions)
-        p = self.params
         captions_in, captions_out, mask = self._split_captions(captions)
+        scores, cache = self._forward(features, captions_in, dropout_seed)
+        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        grads, dfeatures = self._backward(dscores, cache)
+        self.grads = grads
+        return float(loss), grads, (dfeatures if feature_grad else None)
 
-        # forward
+    def _forward(self, features, captions_in, dropout_seed):
+        """Teacher-forced forward pass: scores (N, T, V) and the cache for `_backward`.
+
+        Every step's input is a word, so the whole recurrence is one
+        `lstm_forward` (no per-step helpers, unlike ShowAttendTell).
+        """
+        p = self.params
         h0, init_cache = F.affine_forward(features, p["W_init"], p["b_init"])
         words, embed_cache = word_embedding_forward(captions_in, p["W_embed"])
         hidden, lstm_cache = lstm_forward(words, h0, p["Wx"], p["Wh"], p["b"])
         dropped, drop_cache = F.dropout_forward(hidden, self._dropout_param(dropout_seed))
         scores, vocab_cache = temporal_affine_forward(dropped, p["W_vocab"], p["b_vocab"])
-        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        return scores, (init_cache, embed_cache, lstm_cache, drop_cache, vocab_cache)
 
-        # backward: the same chain in reverse
+    def _backward(self, dscores, cache):
+        """Backward pass of `_forward`, the same chain in reverse: (grads, dfeatures (N, D))."""
+        init_cache, embed_cache, lstm_cache, drop_cache, vocab_cache = cache
         grads = {}
         ddropped, grads["W_vocab"], grads["b_vocab"] = temporal_affine_backward(dscores, vocab_cache)
         dhidden = F.dropout_backward(ddropped, drop_cache)
         dwords, dh0, grads["Wx"], grads["Wh"], grads["b"] = lstm_backward(dhidden, lstm_cache)
         grads["W_embed"] = word_embedding_backward(dwords, embed_cache)
         dfeatures, grads["W_init"], grads["b_init"] = F.affine_backward(dh0, init_cache)
-        self.grads = grads
-        return float(loss), grads, (dfeatures if feature_grad else None)
+        return grads, dfeatures
 
     # ------------------------------------------------------------ decoding
     def init_decode_state(self, features):
