@@ -402,6 +402,7 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
 }
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the plausible mistakes overflow on purpose
 @pytest.mark.parametrize("number", [3, 4, 7, 8, 12])
 def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
     exercises = tmp_path / "exercises"
