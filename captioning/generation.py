@@ -1,6 +1,6 @@
 """Captioning a whole split and scoring the captions (validation, `evaluate`, the samples of `train`)."""
 from .decoding import DecodeResult, beam_search, greedy_decode
-from .metrics import bleu, cider_d
+from .metrics import bleu, cider_d, rouge_l
 
 __all__ = ["generate_captions", "evaluate_captions"]
 
@@ -29,8 +29,10 @@ def generate_captions(model, encoder, split, vocabulary, beam=1, max_length=20, 
 
 
 def evaluate_captions(references, captions, with_cider=True):
-    """{"bleu": [BLEU-1..4], "cider": CIDEr-D} of generated captions (fractions, not x100)."""
+    """{"bleu": [BLEU-1..4], "cider": CIDEr-D, "rouge_l": ROUGE-L} of generated captions (fractions,
+    not x100); BLEU only when with_cider is False (validation during training)."""
     scores = {"bleu": [float(b) for b in bleu(references, captions)]}
     if with_cider:
         scores["cider"] = float(cider_d(references, captions))
+        scores["rouge_l"] = rouge_l(references, captions)
     return scores

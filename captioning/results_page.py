@@ -100,13 +100,14 @@ _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: 6px; vertical-align: top; text-align: left; }
-th { background: #f3f3f3; position: sticky; top: 0; }
+th { background: #f3f3f3; position: sticky; top: 0; white-space: nowrap; }
 th.sortable { cursor: pointer; text-decoration: underline dotted; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.caption { font-weight: bold; }
 ul { margin: 0; padding-left: 1.1em; color: #555; }
 img.attention { display: block; max-width: 100%; margin-top: 6px; }
-.summary td, .summary th { border: none; padding: 2px 10px 2px 0; }
+table.summary { width: auto; margin-bottom: 1em; }
+.summary td, .summary th { border: none; padding: 2px 16px 2px 0; background: none; position: static; }
 """
 
 # Click a column head to sort by it (again: reverse). Rows carry their values in data-* attributes.

@@ -337,3 +337,14 @@ def test_caption_without_checkpoint_uses_the_shipped_model_or_says_there_is_none
     captured = capsys.readouterr()
     assert "using the shipped model captioner_flickr8k: Show, Attend and Tell" in captured.err
     assert captured.out.startswith(str(shapes_run / "sample_0.png") + ": ")
+
+
+def test_evaluate_html_writes_a_results_page_with_rouge(shapes_run, capsys, tmp_path):
+    page = tmp_path / "page"
+    assert main(["evaluate", "--checkpoint", str(shapes_run / "best.npz"), "--max-images", "5",
+                 "--out", str(tmp_path / "c.json"), "--html", str(page)]) == 0
+    printed = capsys.readouterr().out
+    assert "ROUGE-L" in printed and f"results page: {page / 'index.html'}" in printed
+    html = (page / "index.html").read_text(encoding="utf-8")
+    assert html.count("data-cider=") == 5 and html.count('class="attention"') == 5
+    assert json.loads((tmp_path / "c.json").read_text())["scores"]["ROUGE-L"] > 0

@@ -47,7 +47,12 @@ def add_arguments(parser):
     parser.add_argument("--max-images", type=int, default=None, help="only the first N images")
     parser.add_argument("--batch-size", type=int, default=100, help="images decoded at once (default 100)")
     parser.add_argument("--out", default=None,
-                        help="JSON file for the captions (default next to the checkpoint)")
+                        help="JSON file for the captions (default next to the checkpoint; outputs/ for the "
+                             "shipped model)")
+    parser.add_argument("--html", default=None, metavar="DIR",
+                        help="also write a results page DIR/index.html: every image with its caption, its "
+                             "references, per-image BLEU-4 and CIDEr-D (sortable), and for attention models "
+                             "where the model looked for each word")
 
 
 def _check_options(args):
@@ -138,14 +143,36 @@ def run(args):
     if len(split) == 0:
         raise UsageError(f"the {args.split} split of {data.describe()} has no images to caption")
 
+    if args.html:
+        check_outputs([("--html", args.html)], data.files_read(), data.spec.get("root"))
     start = time.perf_counter()
-    captions, _ = generate_captions(ckpt.model, encoder, split, ckpt.vocabulary, beam=args.beam,
-                                    max_length=args.max_length, length_alpha=args.length_alpha,
-                                    batch_size=args.batch_size)
+    captions, result = generate_captions(ckpt.model, encoder, split, ckpt.vocabulary, beam=args.beam,
+                                         max_length=args.max_length, length_alpha=args.length_alpha,
+                                         batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     scores = evaluate_captions(split.references, captions)
-    _report(args, data, split, captions, scores, seconds, out)
+    settings = _report(args, data, split, captions, scores, seconds, out)
+    if args.html:
+        _write_page(args.html, ckpt, split, captions, result, settings, scores)
     return 0
+
+
+def _write_page(folder, ckpt, split, captions, result, settings, scores):
+    """The results page (captioning.results_page) of this evaluation."""
+    from ..results_page import PageEntry, per_image_scores, write_results_page
+
+    bleu4, cider = per_image_scores(split.references, captions)
+    with_attention = ckpt.model.feature_kind == "grid" and result.attention is not None
+    entries = [PageEntry(image_id=image_id, caption=words, references=refs,
+                         image=split.image_paths[i] if split.image_paths else split.images[i],
+                         bleu4=float(bleu4[i]), cider=float(cider[i]),
+                         attention=result.attention[i][:max(1, len(words))] if with_attention else None)
+               for i, (image_id, words, refs) in enumerate(zip(split.image_ids, captions, split.captions))]
+    summary = {**{f"BLEU-{n}": 100 * v for n, v in enumerate(scores["bleu"], start=1)},
+               "CIDEr-D": 100 * scores["cider"], "ROUGE-L": 100 * scores["rouge_l"]}
+    page = write_results_page(folder, entries, title=f"{settings['data']} {settings['split']}: "
+                              f"{os.path.basename(settings['checkpoint'])}", settings=settings, scores=summary)
+    print(f"results page: {page}")
 
 
 def _report(args, data, split, captions, scores, seconds, out):
@@ -159,14 +186,16 @@ def _report(args, data, split, captions, scores, seconds, out):
     for n, value in enumerate(scores["bleu"], start=1):
         print(f"BLEU-{n}  {100 * value:6.2f}")
     print(f"CIDEr-D {100 * scores['cider']:6.2f}")
+    print(f"ROUGE-L {100 * scores['rouge_l']:6.2f}")
     record = {"settings": settings,
               "scores": {**{f"BLEU-{n}": 100 * v for n, v in enumerate(scores["bleu"], start=1)},
-                         "CIDEr-D": 100 * scores["cider"]},
+                         "CIDEr-D": 100 * scores["cider"], "ROUGE-L": 100 * scores["rouge_l"]},
               "captions": [{"image_id": image_id, "caption": " ".join(words),
                             "references": [" ".join(r) for r in refs]}
                            for image_id, words, refs in zip(split.image_ids, captions, split.references)]}
     _write_json(out, record)
     print(f"captions: {out}")
+    return settings
 
 
 def _write_json(path, data):
