@@ -472,15 +472,18 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     from nn import backend
+    from captioning.cli import UsageError, check_outputs
+    data = data_folder(args.data)
     try:
+        # lessons write pictures, runs and caches under --out: never into the data folder, which is only read
+        check_outputs([("--out", args.out), ("--exercise-dir", args.exercise_dir)], data_folder=data)
         if args.backend:
             backend.use(args.backend)
         backend.name()  # reads $NN_BACKEND when no flag was given
-    except backend.BackendError as exc:
+    except (backend.BackendError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(quick=args.quick, backend=backend.name(), data=data_folder(args.data), out_dir=args.out,
-                  features=args.features)
+    ctx = Context(quick=args.quick, backend=backend.name(), data=data, out_dir=args.out, features=args.features)
     if args.solution:
         return show_solution(path, args.lesson)
     if args.exercise:

@@ -443,3 +443,12 @@ def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsy
     assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
     assert run_lesson.main(["2", "--exercise"]) == 2
     assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 7, 8, 12)" in capsys.readouterr().err
+
+
+def test_lessons_never_write_into_the_data_folder(tmp_path, capsys):
+    data = tmp_path / "flickr8k"
+    data.mkdir()
+    for out in (data, data / "runs"):
+        assert run_lesson.main(["1", "--no-pause", "--quick", "--data", str(data), "--out", str(out)]) == 2
+        assert "which is only read" in capsys.readouterr().err
+    assert list(data.iterdir()) == []
