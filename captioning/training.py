@@ -40,7 +40,7 @@ import numpy
 
 from nn import backend
 from nn.optim import Adam, ReduceOnPlateau, clip_grad_norm
-from nn.persist import remove_stale_temporaries
+from nn.persist import non_finite_arrays, remove_stale_temporaries
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .curves_png import save_training_curves
@@ -181,8 +181,7 @@ class Trainer:
         which no gradient checks) stopped being finite has diverged, and is not saved."""
         arrays = {**{"decoder/" + k: v for k, v in self.model.params.items()},
                   **{"encoder/" + k: v for k, v in self.encoder.state_dict().items()}}
-        broken = [name for name, value in arrays.items()
-                  if not bool(backend.get_array_module(value).isfinite(value).all())]
+        broken = list(non_finite_arrays(arrays))
         if broken:
             raise TrainingDiverged(
                 f"{broken[0]} became non-finite (NaN or inf) by step {self.progress.step}"

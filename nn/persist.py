@@ -32,7 +32,7 @@ import numpy
 from . import backend
 
 __all__ = ["save_npz", "load_npz", "save_model", "load_model", "compare_named_shapes", "check_parameter_values",
-           "META_KEY", "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
+           "non_finite_arrays", "META_KEY", "NpzFormatError", "atomic_write", "remove_stale_temporaries", "naming_the_file"]
 
 META_KEY = "__meta__"
 # numpy.savez's own keyword arguments: arrays of these names would collide with them.
@@ -82,11 +82,20 @@ def check_parameter_values(arrays):
         if dtype is None or dtype.kind != "f":
             raise ValueError(f"array {name!r} has dtype {dtype}, not a floating-point type: "
                              "parameters are floats, so the file is damaged or not made for this model")
+    for name, bad in non_finite_arrays(arrays).items():
+        raise ValueError(f"array {name!r} holds {bad} non-finite value(s) (NaN or inf) among "
+                         f"{arrays[name].size}: the weights are damaged (saved from a diverged run?)")
+
+
+def non_finite_arrays(arrays):
+    """{name: number of NaN/inf values} of the float arrays (NumPy or CuPy) that hold any."""
+    counts = {}
+    for name, value in arrays.items():
         xp = backend.get_array_module(value)
         bad = int(xp.count_nonzero(~xp.isfinite(value)))
         if bad:
-            raise ValueError(f"array {name!r} holds {bad} non-finite value(s) (NaN or inf) among "
-                             f"{value.size}: the weights are damaged (saved from a diverged run?)")
+            counts[name] = bad
+    return counts
 
 
 def save_npz(path, arrays, meta=None, compress=False):
