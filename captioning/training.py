@@ -22,9 +22,10 @@ A checkpoint stores epoch, step and the position inside the epoch, so
 `--resume` recreates exactly the random numbers the uninterrupted run would
 have used (tests check that the parameters come out identical).
 
-A non-finite loss or gradient norm stops training with a clear message; the
-checkpoints on disk are then the last good ones (nothing is written after
-the bad step).
+A non-finite loss or gradient norm, or weights or buffers no longer finite
+when saving (a batchnorm's running variance, which no gradient checks), stop
+training with a clear message; the checkpoints on disk are then the last
+good ones (nothing is written after the bad step).
 """
 import contextlib
 import math
@@ -177,11 +178,9 @@ class Trainer:
                                   "dropout of step s: SeedSequence([seed, 1, s])"}}
 
     def save(self, path):
-        """Write a checkpoint; a model whose weights or buffers (e.g. a batchnorm's running variance,
-        which no gradient checks) stopped being finite has diverged, and is not saved."""
-        arrays = {**{"decoder/" + k: v for k, v in self.model.params.items()},
-                  **{"encoder/" + k: v for k, v in self.encoder.state_dict().items()}}
-        broken = list(non_finite_arrays(arrays))
+        """Write a checkpoint (refused, as diverged, when an array is no longer finite)."""
+        broken = list(non_finite_arrays({**{"decoder/" + k: v for k, v in self.model.params.items()},
+                                         **{"encoder/" + k: v for k, v in self.encoder.state_dict().items()}}))
         if broken:
             raise TrainingDiverged(
                 f"{broken[0]} became non-finite (NaN or inf) by step {self.progress.step}"
