@@ -101,6 +101,7 @@ class _BatchNorm(Module):
 
     forward_op = None
     backward_op = None
+    NONNEGATIVE_BUFFERS = ("running_var",)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, dtype=None, seed=None, rng=None):
         super().__init__()

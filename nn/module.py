@@ -30,6 +30,9 @@ __all__ = ["Module", "Sequential"]
 class Module:
     """Base class of every layer, and of models built from layers (e.g. SmallCNN). See the module docstring."""
 
+    # buffers that can never be negative (a batchnorm's running variance): load_state_dict refuses such values
+    NONNEGATIVE_BUFFERS = ()
+
     def __init__(self):
         self.params = {}
         self.grads = {}
@@ -182,6 +185,12 @@ class Module:
             check_parameter_values({name: state[name] for name in targets if name in state})
         except ValueError as exc:
             raise ValueError(f"{type(self).__name__}.load_state_dict: {exc}") from None
+        for module_name, module in self.named_modules():
+            for buffer in module.NONNEGATIVE_BUFFERS:
+                name = f"{module_name}.{buffer}" if module_name else buffer
+                if name in state and bool((backend.asarray(state[name]) < 0).any()):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: {name} holds negative values, "
+                                     "which it never has (a variance): the saved state is damaged")
         return missing, unexpected
 
     def load_state_dict(self, state, strict=True):

@@ -161,3 +161,22 @@ def test_damaged_records_are_refused(tmp_path, record, value):
     save_npz(tmp_path / "bad.npz", arrays, meta=meta)
     with pytest.raises(ConfigMismatchError, match="damaged"):
         _load_everything(tmp_path / "bad.npz")
+
+
+def test_a_negative_running_variance_is_refused(tmp_path):
+    good = tiny_checkpoint(tmp_path / "ok.npz")
+    key = sorted(k for k in load_npz(good)[0] if k.endswith("running_var"))[0]
+
+    def negative(arrays):
+        arrays[key] = -arrays[key]
+    ckpt = load_checkpoint(_rewrite(good, tmp_path / "neg.npz", negative))
+    with pytest.raises(ConfigMismatchError, match=f"{key[len('encoder/'):]} holds negative values"):
+        make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000000, "64"])
+def test_a_damaged_encoder_image_size_is_refused(tmp_path, size):
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "ok.npz"))
+    spec = {**ckpt.encoder, "config": {**ckpt.encoder["config"], "image_size": size}}
+    with pytest.raises(ConfigMismatchError, match="image_size must be an int from"):
+        make_encoder(spec, ckpt.encoder_state, dtype=ckpt.model.dtype)

@@ -18,6 +18,9 @@ from nn.layers import BatchNorm2d, Conv2d, MaxPool2d, Module, ReLU, Sequential
 __all__ = ["SmallCNN"]
 
 
+MAX_IMAGE_SIZE = 1024
+
+
 class SmallCNN(Module):
     """Images (N, 3, H, W) -> grid (N, L, D) and pooled (N, D), trainable.
 
@@ -35,6 +38,10 @@ class SmallCNN(Module):
         super().__init__()
         if not channels:
             raise ValueError("SmallCNN: channels must list at least one stage")
+        # each stage halves the picture: it must keep at least one pixel; and no photo is larger
+        if not (isinstance(image_size, int) and 2 ** len(channels) <= image_size <= MAX_IMAGE_SIZE):
+            raise ValueError(f"SmallCNN: image_size must be an int from {2 ** len(channels)} "
+                             f"({len(channels)} halving stages) to {MAX_IMAGE_SIZE}, got {image_size!r}")
         layers = []
         c_in = in_channels
         for stage, c_out in enumerate(channels):
