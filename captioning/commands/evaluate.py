@@ -111,7 +111,8 @@ def _split_cache(args, ckpt):
     check_outputs([("the feature cache", out)], data_folder=root)
     print(f"no feature cache given or found: encoding the {len(ids)} photos of the {args.split} split "
           f"into {out} (once; interrupt and rerun to resume)", file=sys.stderr)
-    dataset.encode(root, ids, paths, out, split=args.split, limit=args.max_images)
+    dataset.encode(root, ids, paths, out, dataset.rebuild_command(root, args.split, out, limit=args.max_images),
+                   split=args.split)
     return out
 
 

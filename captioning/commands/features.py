@@ -12,11 +12,16 @@ index OUT.json. Batches are streamed, so memory stays bounded. Interrupt it
 any time: the same command resumes where it stopped.
 
 The default OUT is ./outputs/features/flickr8k_efficientnet_lite0[_SPLIT]
-(+ _firstN with --limit N); an --out inside the data folder, which is only
-read, is refused.
+(+ _maxN with --max-images N, + _firstN with --limit N); an --out inside the
+data folder, which is only read, is refused.
+
+--max-images N takes the first N photos of EACH split, as `train
+--max-images N` does, and `train --max-images N` then finds this cache by
+itself: a quick real run in minutes end to end.
 
 examples:
   python -m captioning features --data ~/data/flickr8k
+  python -m captioning features --max-images 200 && python -m captioning train --data ../shared/flickr8k --max-images 200
   python -m captioning features --split test --batch-size 16
   python -m captioning features --limit 200 --out /tmp/f200      # a quick timing run
   python -m captioning features --backend cupy --batch-size 128
@@ -31,7 +36,10 @@ def add_arguments(parser):
                         help="which images: all (train+dev+test, the default) or one split")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward pass (default 8 on numpy, 128 on cupy)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick runs)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="only the first N photos of each split, as `train --max-images N` reads them")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N photos in all (a timing run; train cannot use it)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage dtype of the cache (default float16: half the disk)")
     parser.add_argument("--overwrite", action="store_true",
@@ -52,24 +60,24 @@ def run(args):
         args.batch_size = 128 if backend.name() == "cupy" else 8
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    for option, value in (("--limit", args.limit), ("--max-images", args.max_images)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    if args.limit and args.max_images:
+        raise UsageError("give --max-images (the first N of each split) or --limit (the first N in all), not both")
     dataset = DATASETS[FOLDER_DATASET]
-    root, ids, paths, skipped = dataset.image_list(args.data, args.split, args.limit)
+    root, ids, paths, skipped = dataset.image_list(args.data, args.split, args.limit, per_split=args.max_images)
     for line in skipped:
         print(f"note: {line}", file=sys.stderr)
     if not ids:
         raise UsageError(f"no photos to encode: none of the photos that the caption and split files of "
                          f"{root} list for '{args.split}' is in its image folder")
-    out = args.out or dataset.default_features_path(args.split)
-    if args.limit and not args.out:
-        out = f"{out}_first{args.limit}"
+    out = args.out or dataset.default_features_path(args.split, max_images=args.max_images, limit=args.limit)
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
-    rebuild = (f"python -m captioning features --data {root} --split {args.split} --out {out}"
-               + (f" --limit {args.limit}" if args.limit else ""))
+    rebuild = dataset.rebuild_command(root, args.split, out, limit=args.limit, max_images=args.max_images)
     print(f"encoding {len(ids)} images from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
-        cache = dataset.encode(root, ids, paths, out, split=args.split, limit=args.limit,
+        cache = dataset.encode(root, ids, paths, out, rebuild, split=args.split,
                                batch_size=args.batch_size, progress=not args.no_progress, dtype=args.dtype,
                                overwrite=args.overwrite, skip_bad=args.skip_bad)
     except FeatureCacheError as exc:

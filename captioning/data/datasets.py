@@ -110,14 +110,17 @@ class Flickr8kDataset:
                           attention_dim=256, dropout=0.5, alpha_reg=1.0, min_count=5, beam=1, max_minutes=0)
 
     @classmethod
-    def default_features_path(cls, split="all"):
-        """Where the `features` command puts the cache of a split ("all": train + dev + test)."""
+    def default_features_path(cls, split="all", max_images=None, limit=None):
+        """Where the `features` command puts the cache of a split ("all": train + dev + test), of the
+        first `max_images` photos of each split (_maxN), or of the first `limit` photos (_firstN)."""
         from ..features import default_cache_path
-        return str(default_cache_path(cls.name, cls.ENCODER, split))
+        path = str(default_cache_path(cls.name, cls.ENCODER, split))
+        return path + (f"_max{max_images}" if max_images else "") + (f"_first{limit}" if limit else "")
 
     @classmethod
-    def image_list(cls, data_arg, split="all", limit=None):
-        """(root, image ids, image paths, skipped) of a split, or of train + dev + test for "all".
+    def image_list(cls, data_arg, split="all", limit=None, per_split=None):
+        """(root, image ids, image paths, skipped) of a split, or of train + dev + test for "all";
+        only the first `per_split` of each split and then the first `limit` in all, when given.
 
         skipped: lines about entries of the caption and split files that were
         left out (e.g. photos listed but not in the folder).
@@ -128,22 +131,27 @@ class Flickr8kDataset:
         data = load_flickr8k(root)
         ids, paths = [], []
         for name in (SPLIT_NAMES if split == "all" else (split,)):
-            ids += list(data[name].image_ids)
-            paths += list(data[name].image_paths)
+            ids += list(data[name].image_ids)[:per_split]
+            paths += list(data[name].image_paths)[:per_split]
         if limit is not None:
             ids, paths = ids[:limit], paths[:limit]
         return root, ids, paths, data.report.skipped_lines()
 
     @classmethod
-    def encode(cls, root, ids, paths, out, split="all", limit=None, batch_size=8, progress=True,
+    def rebuild_command(cls, root, split, out, limit=None, max_images=None):
+        """The `features` command that makes (or resumes) the cache `out`."""
+        return (f"python -m captioning features --data {root} --split {split} --out {out}"
+                + (f" --max-images {max_images}" if max_images else "") + (f" --limit {limit}" if limit else ""))
+
+    @classmethod
+    def encode(cls, root, ids, paths, out, rebuild, split="all", batch_size=8, progress=True,
                dtype="float16", overwrite=False, skip_bad=False):
         """Run the frozen encoder over the photos (ids, paths) of `root` into the feature cache `out`
-        (resumable: an interrupted run continues where it stopped). Returns the FeatureCache."""
+        (resumable: an interrupted run continues where it stopped; `rebuild` is the command that
+        does so, for messages). Returns the FeatureCache."""
         from ..encoders import PRETRAINED
         from ..features import extract_features
 
-        rebuild = (f"python -m captioning features --data {root} --split {split} --out {out}"
-                   + (f" --limit {limit}" if limit else ""))
         return extract_features(PRETRAINED[cls.ENCODER](), paths, ids, out, batch_size=batch_size,
                                 progress=progress, dtype=dtype, overwrite=overwrite, skip_bad=skip_bad,
                                 rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
@@ -161,9 +169,9 @@ class Flickr8kDataset:
 
         root = find_flickr8k_dir(data_arg)
         dataset = load_flickr8k(root)
-        features_path = features_arg or cls.default_features_path()
+        features_path = features_arg or cls._default_cache_for(max_images)
         chosen = _first_images({name: dataset[name] for name in splits}, max_images)
-        cache = cls._open_cache(features_path, chosen, root, features_arg, again)
+        cache = cls._open_cache(features_path, chosen, root, features_arg, again, max_images)
         # Photos the cache could not decode (features --skip-bad) hold zeros: leave them out.
         skipped = set(cache.index.get("skipped", []))
         if skipped:
@@ -181,7 +189,18 @@ class Flickr8kDataset:
                             feature_dim=int(cache.index["grid_shape"][-1]), notes=notes)
 
     @classmethod
-    def _open_cache(cls, features_path, splits, root, features_arg, again):
+    def _default_cache_for(cls, max_images):
+        """The default cache of every photo, or, when that does not exist but `features --max-images N`
+        made one for the same N, that one."""
+        from ..features import cache_paths
+        full = cls.default_features_path()
+        small = cls.default_features_path(max_images=max_images)
+        if max_images and not cache_paths(full)["index"].is_file() and cache_paths(small)["index"].is_file():
+            return small
+        return full
+
+    @classmethod
+    def _open_cache(cls, features_path, splits, root, features_arg, again, max_images=None):
         from ..features import FeatureCacheError, open_cache
 
         wanted = [i for split in splits.values() for i in split.image_ids]
@@ -192,7 +211,10 @@ class Flickr8kDataset:
                 f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
                 f"  python -m captioning features --data {root}" +
                 (f" --out {features_path}" if features_arg else "") +
-                f"\n(a few minutes on a CPU, resumable), then {again}") from None
+                f"\n(a few minutes on a CPU, resumable), then {again}" +
+                ("" if features_arg or not max_images else
+                 f"; for the first {max_images} photos of each split only: "
+                 f"python -m captioning features --data {root} --max-images {max_images}")) from None
         except FeatureCacheError as exc:
             raise DatasetError(str(exc)) from None
         if cache.index["encoder"]["name"] != cls.ENCODER:
