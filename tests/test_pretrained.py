@@ -45,7 +45,7 @@ def test_missing_shipped_model_is_none_and_describe_reads_the_card(monkeypatch, 
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
     assert pretrained.shipped_path("nothing") is None
     (tmp_path / "m.json").write_text(json.dumps({"model": "M", "data": "D", "test_scores": {"BLEU-4": 20.04}}))
-    assert pretrained.describe("m") == "using the shipped model m: M, trained on D (test BLEU-4 20.0)"
+    assert pretrained.describe("m") == "using the shipped model m: M (test BLEU-4 20.0)"
 
 
 def test_evaluate_a_shipped_flickr8k_model_encodes_the_split_it_needs(tmp_path, capsys, monkeypatch):

@@ -50,7 +50,11 @@ BATCH_SIZE = 32
 
 def _png_paths(out, images, checkpoint):
     """The attention PNG of each image: NAME.png for one image, NAME-<image stem>.png for several
-    (none of them one of the files read: an image or the checkpoint)."""
+    (none of them one of the files read: an image or the checkpoint). A missing folder is made,
+    as train makes its --out."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.exists(folder):
+        os.makedirs(folder)
     check_output_file(out, "--attention-png")
     stem, ext = os.path.splitext(out)
     if ext.lower() not in ("", ".png"):

@@ -46,8 +46,8 @@ def describe(name):
     card = load_card(name)
     scores = card.get("test_scores", {})
     score = ", ".join(f"{k} {v:.1f}" for k, v in scores.items() if k in ("BLEU-4", "CIDEr-D", "R@1"))
-    return (f"using the shipped model {name}: {card.get('model', 'a pretrained model')}, trained on "
-            f"{card.get('data', '?')}" + (f" (test {score})" if score else ""))
+    return (f"using the shipped model {name}: {card.get('title', card.get('model', 'a pretrained model'))}"
+            + (f" (test {score})" if score else ""))
 
 
 def checkpoint_or_shipped(given, name=CAPTIONER):
