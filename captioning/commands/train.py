@@ -17,9 +17,9 @@ Without --data it trains on the built-in synthetic shapes set: 64x64 images of
 coloured shapes, a small CNN trained end to end with the attention decoder.
 It stops after 3 epochs or 2 minutes (--max-minutes), whichever comes first,
 then captions four test images it has never seen and writes them as
-sample_<k>.png for `caption`. On the 2-core CPU the 3 epochs took 80 s (idle)
-to 1 min 41 s and gave test BLEU-4 94.8 to 95.5 with beam 3 (the learning rate
-falls linearly to a tenth over the epochs: --lr-decay-to).
+sample_<k>.png for `caption`. On the idle 2-core CPU the 3 epochs take 80 s
+and give test BLEU-4 95.5 with beam 3 (the learning rate falls linearly to a
+tenth over the epochs: --lr-decay-to).
 
 With --data DIR (Flickr8k, any layout) it trains on cached EfficientNet-Lite0
 features (the CNN stays frozen). Extract them ONCE first (resumable; about
@@ -28,11 +28,13 @@ features (the CNN stays frozen). Extract them ONCE first (resumable; about
 (the cache goes to outputs/features/flickr8k_efficientnet_lite0 unless you
 give --out there and --features here).
 
-Measured (attention model, defaults, `--epochs 10 --beam 3 --max-minutes 60`
-on a busy 2-core CPU): the best checkpoint (the 7th, partial epoch, at 60
-minutes) scored on the 1000 test images, beam 3: BLEU-1..4 64.9 / 46.5 / 32.6 /
-22.4, CIDEr-D 54.6 (after 3 epochs, 37 minutes: BLEU-4 21.1). One epoch is
-about 20 s of training on an H100 with --backend cupy.
+For a quick real run, `features --max-images N` encodes only the first N
+photos of each split, and `train --data DIR --max-images N` finds that cache.
+
+Measured (attention model, defaults, `--epochs 10 --beam 3 --max-minutes 95`
+on a 2-core CPU shared with other jobs): dev BLEU-4 best at epoch 6 (57
+minutes); that checkpoint, the shipped captioner, scores BLEU-1..4 63.4 /
+45.5 / 31.7 / 21.7, CIDEr-D 52.3 on the 1000 test images with beam 3.
 
 Output (--out, default outputs/<data>_<model>): best.npz (best dev BLEU-4),
 last.npz (latest state; --resume continues from it exactly), curves.png.
@@ -40,7 +42,8 @@ Ctrl-C stops after the current step and saves last.npz.
 
 examples:
   python -m captioning train
-  python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 60
+  python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 95
+  python -m captioning features --max-images 300 && python -m captioning train --data ../shared/flickr8k --max-images 300
   python -m captioning train --data ../shared/flickr8k --resume
 """
 
