@@ -35,7 +35,7 @@ examples:
 def add_arguments(parser):
     parser.add_argument("--checkpoint", default=None,
                         help="a best.npz / last.npz written by train (default: the shipped Flickr8k captioner)")
-    parser.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data)")
+    parser.add_argument("--data", default=None, help="a photo folder: Flickr8k, Flickr30k or COCO (default: the checkpoint's data)")
     parser.add_argument("--features", default=None,
                         help="feature cache of a Flickr8k checkpoint (default: the checkpoint's own; with "
                              "--data naming another folder, outputs/features/flickr8k_efficientnet_lite0)")
@@ -98,11 +98,11 @@ def _split_cache(args, ckpt):
     """No feature cache was given and there is none at the default place: the default cache of the
     evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take a few minutes on a CPU, once; resumable) into
     the default cache of that split, as `features --split SPLIT` would. Returns the cache name."""
-    from ..data.datasets import DATASETS, FOLDER_DATASET
+    from ..data.datasets import DATASETS, FOLDER_DATASET, folder_dataset
     from ..features import cache_paths
 
-    dataset = DATASETS[FOLDER_DATASET]
     spec = ckpt.training.get("data") or {}
+    dataset = folder_dataset(args.data) if args.data else DATASETS.get(spec.get("name"), DATASETS[FOLDER_DATASET])
     data_arg = args.data or (spec.get("root") if spec.get("name") == dataset.name else None)
     root, ids, paths, _ = dataset.image_list(data_arg, args.split, args.max_images)
     out = dataset.default_features_path(args.split) + (f"_first{args.max_images}" if args.max_images else "")
