@@ -81,7 +81,7 @@ def run(args):
     out = args.out or dataset.default_features_path(args.split, max_images=args.max_images, limit=args.limit)
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = dataset.rebuild_command(root, args.split, out, limit=args.limit, max_images=args.max_images)
-    print(f"encoding {len(ids)} {dataset.title} photos from {root} ({args.split}) into {out}", file=sys.stderr)
+    print(f"encoding {len(ids)} images of {dataset.title} from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
         cache = dataset.encode(root, ids, paths, out, rebuild, split=args.split,
                                batch_size=args.batch_size, progress=not args.no_progress, dtype=args.dtype,
