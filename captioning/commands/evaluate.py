@@ -18,8 +18,9 @@ generated caption is written to a JSON file with the settings and scores.
 
 Without --checkpoint the captioner shipped with the package is used. Without
 --data, the data the checkpoint was trained on is used (the synthetic shapes
-set is regenerated from its seed; Flickr8k from the recorded folder and
-feature cache, or for the shipped model $FLICKR8K_DIR or ../shared/flickr8k).
+set is regenerated from its seed; Flickr8k, Flickr30k or COCO from the
+recorded folder and feature cache, or for the shipped model $FLICKR8K_DIR or
+../shared/flickr8k).
 When no feature cache is given or found, the photos of the evaluated split
 are encoded first into outputs/features/ (once; a few minutes for the 1000
 test photos on a CPU; interrupt and rerun to resume).
@@ -37,8 +38,9 @@ def add_arguments(parser):
                         help="a best.npz / last.npz written by train (default: the shipped Flickr8k captioner)")
     parser.add_argument("--data", default=None, help="a photo folder: Flickr8k, Flickr30k or COCO (default: the checkpoint's data)")
     parser.add_argument("--features", default=None,
-                        help="feature cache of a Flickr8k checkpoint (default: the checkpoint's own; with "
-                             "--data naming another folder, outputs/features/flickr8k_efficientnet_lite0)")
+                        help="feature cache of a photo-folder checkpoint (default: the checkpoint's own; "
+                             "with --data naming another folder, outputs/features/<name>_efficientnet_lite0, "
+                             "<name> flickr8k, flickr30k or coco)")
     parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="default test")
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")

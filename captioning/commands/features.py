@@ -11,13 +11,13 @@ per image, the 7x7x1280 feature grid (for attention) and its 1280-d mean (for
 Show and Tell) in a memory-mapped cache: OUT.grid.npy, OUT.pooled.npy and the
 index OUT.json. Batches are streamed, so memory stays bounded. Interrupt it
 any time: the same command resumes where it stopped. The cache's size on disk
-is printed before it is made (COCO's 123287 photos: about 15 GB in float16),
+is printed before it is made (COCO's 123287 photos: 15.8 GB in float16),
 and a disk without room for it is refused before any file is made.
 
 The default OUT is ./outputs/features/<name>_efficientnet_lite0[_SPLIT]
-(<name>: flickr8k, flickr30k or coco)
-(+ _maxN with --max-images N, + _firstN with --limit N); an --out inside the
-data folder, which is only read, is refused.
+(<name>: flickr8k, flickr30k or coco; + _maxN with --max-images N, + _firstN
+with --limit N); an --out inside the data folder, which is only read, is
+refused.
 
 --max-images N takes the first N photos of EACH split, as `train
 --max-images N` does, and `train --max-images N` then finds this cache by
@@ -25,6 +25,7 @@ itself: a quick real run in minutes end to end.
 
 examples:
   python -m captioning features --data ~/data/flickr8k
+  python -m captioning features --data ~/data/coco    # dataset_coco.json + train2014/ val2014/
   python -m captioning features --max-images 200 && python -m captioning train --data ../shared/flickr8k --max-images 200
   python -m captioning features --split test --batch-size 16
   python -m captioning features --limit 200 --out /tmp/f200      # a quick timing run
