@@ -116,3 +116,8 @@ def test_features_train_and_evaluate_on_a_tiny_folder(tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(run / "best.npz"), "--beam", "1"]) == 0   # no --data
     assert f"{name} test: 2 images" in capsys.readouterr().out
+    # without its cache, evaluate encodes the test photos into this data set's default test cache
+    for path in (tmp_path / "outputs" / "features").iterdir():
+        path.unlink()
+    assert main(["evaluate", "--checkpoint", str(run / "best.npz"), "--beam", "1"]) == 0
+    assert (tmp_path / "outputs" / "features" / f"{name}_efficientnet_lite0_test.json").is_file()
