@@ -38,7 +38,7 @@ from .disk import allocated_bytes, create_npy, reserve_disk
 from .progress import ProgressBar
 
 __all__ = ["FeatureCache", "FeatureCacheError", "open_cache", "extract_features", "cache_paths",
-           "default_cache_path", "encoder_identity"]
+           "default_cache_path", "encoder_identity", "cache_size"]
 
 FORMAT_VERSION = 1
 COMMIT_SECONDS = 2.0  # how often the index's "complete" count is brought up to date
@@ -92,6 +92,10 @@ class _Rows:
 
     def __len__(self):
         return len(self.rows)
+
+    def pick(self, indices):
+        """The rows at `indices` of this view, as a view (nothing is read: CaptionSplit.subset uses it)."""
+        return _Rows(self.array, self.rows[np.asarray(indices, dtype=np.int64)])
 
     def __getitem__(self, index):
         rows = self.rows[index]
@@ -250,6 +254,19 @@ def open_cache(path, image_ids=None, encoder=None, allow_incomplete=False, mode=
     return cache
 
 
+def _size_text(nbytes):
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
+def cache_size(n, grid_shape, dtype):
+    """(bytes, a line saying so) of a cache of n images with (L, D) grids: both arrays and the index."""
+    l, d = grid_shape
+    index_bytes = 2 ** 16 + 100 * n     # the index (JSON: ids and settings), rewritten as rows finish
+    total = n * (l + 1) * d * np.dtype(dtype).itemsize + index_bytes
+    return total, (f"the cache will take {_size_text(total)} ({n} photos x {l} x {d} {np.dtype(dtype).name} "
+                   "+ pooled)")
+
+
 def _check_free_space(files, n, grid_shape, dtype):
     """Refuse, before a file is made or grown, a cache the disk has no room for.
 
@@ -257,19 +274,15 @@ def _check_free_space(files, n, grid_shape, dtype):
     process with SIGBUS, no message. Needed: the full size of both arrays, less what their
     files already hold on disk (a cache being resumed, or the old files an --overwrite replaces).
     """
-    l, d = grid_shape
-    index_bytes = 2 ** 16 + 100 * n     # the index (JSON: ids and settings), rewritten as rows finish
-    total = n * (l + 1) * d * np.dtype(dtype).itemsize + index_bytes
+    total, _ = cache_size(n, grid_shape, dtype)
     needed = total - allocated_bytes(files["grid"]) - allocated_bytes(files["pooled"])
     folder = files["index"].absolute().parent
     while not folder.exists():                                      # made later by _create_cache
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needed > free:
-        def size(nbytes):
-            return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
         raise FeatureCacheError(f"not enough disk space for the feature cache {files['grid']}: it needs "
-                                f"{size(needed)} more, {folder} has {size(free)} free; "
+                                f"{_size_text(needed)} more, {folder} has {_size_text(free)} free; "
                                 "free some space or choose another --out")
 
 
@@ -323,7 +336,7 @@ def _existing_cache(out_path, encoder, image_ids, dtype, overwrite):
 
 def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, progress=True,
                      dtype=np.float16, overwrite=False, skip_bad=False, rebuild=None, workers=2,
-                     extra_index=None):
+                     extra_index=None, announce=None):
     """Encode images into the feature cache at `out_path`, resuming if possible.
 
     Inputs:
@@ -338,6 +351,8 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     - skip_bad: leave out (zero rows, listed in index["skipped"]) images that
       cannot be decoded, instead of stopping with the file's name
     - rebuild: the command line to record in the index (for error messages)
+    - announce: None, or called with a line saying the cache's size on disk
+      (cache_size) before rows are written, for a new or resumed cache
     Returns the FeatureCache (complete). An existing complete cache for the same
     ids and encoder is returned as is; a partial one is resumed.
     """
@@ -354,25 +369,28 @@ def extract_features(encoder, image_paths, image_ids, out_path, batch_size=8, pr
     remove_stale_temporaries(files["index"])    # an index write cut short by a kill -9
 
     cache = _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, overwrite, skip_bad,
-                              rebuild, extra_index)
+                              rebuild, extra_index, announce or (lambda line: None))
     _fill_cache(cache, files, encoder, image_paths, image_ids, batch_size, skip_bad, workers, progress)
     return open_cache(out_path, encoder=encoder)
 
 
 def _open_for_writing(files, out_path, encoder, image_paths, image_ids, dtype, overwrite, skip_bad, rebuild,
-                      extra_index):
+                      extra_index, announce):
     """The cache to fill: the existing one for these ids, encoder and dtype (its disk space reserved
-    when rows are missing), else a new one, made after checking the free space."""
+    when rows are missing), else a new one, made after checking the free space. Its size is
+    announced first, unless it is complete."""
     cache = _existing_cache(out_path, encoder, image_ids, dtype, overwrite)
     if cache is None:
         # the grid size: encode one image to learn (L, D) before allocating
         grid_shape = _probe_grid_shape(encoder, image_paths, skip_bad)
+        announce(cache_size(len(image_ids), grid_shape, dtype)[1])
         _check_free_space(files, len(image_ids), grid_shape, dtype)
         if files["index"].exists():
             os.unlink(files["index"])  # first: a half-rewritten cache must never look valid
         _create_cache(files, image_ids, encoder_identity(encoder), grid_shape, dtype, rebuild, extra_index or {})
         cache = open_cache(out_path, allow_incomplete=True, mode="r+")
     elif cache.complete < len(image_ids):   # resuming (a cache made sparse may still need space)
+        announce(cache_size(len(image_ids), cache.grid.shape[1:], dtype)[1])
         _check_free_space(files, len(image_ids), cache.grid.shape[1:], dtype)
         for kind in ("grid", "pooled"):
             reserve_disk(files[kind], "the feature cache")

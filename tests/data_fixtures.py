@@ -72,16 +72,50 @@ def make_kaggle(root, captions, split_lists=None):
     return root
 
 
+def karpathy_images(splits, captions, filepath=None, restval=False):
+    """The "images" list of a Karpathy split file; dev is called "val" (and, with `restval`, the
+    last train image "restval"). filepath: None, or image id -> its folder (COCO's "train2014")."""
+    karpathy_split = {"train": "train", "dev": "val", "test": "test"}
+    images = []
+    for name, ids in splits.items():
+        for k, image_id in enumerate(ids):
+            sentences = [{"raw": c, "tokens": c.lower().replace(",", "").replace(".", "").split()}
+                         for c in captions[image_id]]
+            split = "restval" if restval and name == "train" and k == len(ids) - 1 else karpathy_split[name]
+            images.append({"filename": image_id, "split": split, "sentences": sentences,
+                           **({"filepath": filepath(image_id)} if filepath else {})})
+    return images
+
+
 def make_karpathy(root, splits, captions, image_folder="Images"):
     """Karpathy layout: dataset_flickr8k.json (+ an image folder); dev is called "val"."""
     root = Path(root)
     write_images(root / image_folder, list(captions))
-    karpathy_split = {"train": "train", "dev": "val", "test": "test"}
-    images = []
-    for name, ids in splits.items():
-        for image_id in ids:
-            sentences = [{"raw": c, "tokens": c.lower().replace(",", "").replace(".", "").split()}
-                         for c in captions[image_id]]
-            images.append({"filename": image_id, "split": karpathy_split[name], "sentences": sentences})
+    images = karpathy_images(splits, captions)
     (root / "dataset_flickr8k.json").write_text(json.dumps({"dataset": "flickr8k", "images": images}))
+    return root
+
+
+def make_flickr30k(root, splits, captions, image_folder="flickr30k-images"):
+    """Flickr30k through Karpathy's dataset_flickr30k.json + flickr30k-images/."""
+    root = Path(root)
+    write_images(root / image_folder, list(captions))
+    images = karpathy_images(splits, captions, restval=True)
+    (root / "dataset_flickr30k.json").write_text(json.dumps({"dataset": "flickr30k", "images": images}))
+    return root
+
+
+def coco_folder(image_id):
+    """COCO's folder of a tiny-corpus image: train2014/ and val2014/ in turn (both hold photos of
+    every split in Karpathy's)."""
+    return "train2014" if int(image_id[:4]) % 2 == 0 else "val2014"
+
+
+def make_coco(root, splits, captions, under=""):
+    """COCO through Karpathy's dataset_coco.json + train2014/ and val2014/ (in root/`under`)."""
+    root = Path(root)
+    for i, image_id in enumerate(captions):
+        write_jpeg(root / under / coco_folder(image_id) / image_id, seed=i)
+    images = karpathy_images(splits, captions, filepath=coco_folder, restval=True)
+    (root / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": images}))
     return root

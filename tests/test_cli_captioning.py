@@ -203,7 +203,7 @@ def test_evaluate_checks_its_output_and_options_before_decoding(shapes_run, caps
     for options in (["--max-images", "0"], ["--length-alpha", "nan"], ["--features", str(tmp_path / "f")]):
         assert main(["evaluate", "--checkpoint", checkpoint, *options]) == 2
         err = capsys.readouterr().err
-        assert "must be" in err or "--features is for Flickr8k checkpoints" in err
+        assert "must be" in err or "--features is for checkpoints of a photo folder" in err
 
 
 def test_file_system_errors_are_user_errors_naming_the_path(tmp_path, monkeypatch):

@@ -29,13 +29,13 @@ SHAPES_TRAIN = 3000
 
 def load_training_data(data_arg, features_arg, seed=0, max_images=None):
     """(TrainingData with train and dev splits, the image encoder) for `align train`."""
-    from ..data.datasets import DATASETS, DEFAULT_DATASET, FOLDER_DATASET, DatasetError
+    from ..data.datasets import DATASETS, DEFAULT_DATASET, DatasetError, folder_dataset
     from ..encoders import new_encoder
     try:
         if data_arg is None:
             data = DATASETS[DEFAULT_DATASET].load(n_train=SHAPES_TRAIN, seed=seed, max_images=max_images)
         else:
-            data = DATASETS[FOLDER_DATASET].load(data_arg, features_arg, max_images=max_images,
+            data = folder_dataset(data_arg).load(data_arg, features_arg, max_images=max_images,
                                                  splits=("train", "dev"), again="run align train again")
     except DatasetError as exc:
         raise UsageError(str(exc)) from None

@@ -18,8 +18,9 @@ generated caption is written to a JSON file with the settings and scores.
 
 Without --checkpoint the captioner shipped with the package is used. Without
 --data, the data the checkpoint was trained on is used (the synthetic shapes
-set is regenerated from its seed; Flickr8k from the recorded folder and
-feature cache, or for the shipped model $FLICKR8K_DIR or ../shared/flickr8k).
+set is regenerated from its seed; Flickr8k, Flickr30k or COCO from the
+recorded folder and feature cache, or for the shipped model $FLICKR8K_DIR or
+../shared/flickr8k).
 When no feature cache is given or found, the photos of the evaluated split
 are encoded first into outputs/features/ (once; a few minutes for the 1000
 test photos on a CPU; interrupt and rerun to resume).
@@ -35,10 +36,11 @@ examples:
 def add_arguments(parser):
     parser.add_argument("--checkpoint", default=None,
                         help="a best.npz / last.npz written by train (default: the shipped Flickr8k captioner)")
-    parser.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data)")
+    parser.add_argument("--data", default=None, help="a photo folder: Flickr8k, Flickr30k or COCO (default: the checkpoint's data)")
     parser.add_argument("--features", default=None,
-                        help="feature cache of a Flickr8k checkpoint (default: the checkpoint's own; with "
-                             "--data naming another folder, outputs/features/flickr8k_efficientnet_lite0)")
+                        help="feature cache of a photo-folder checkpoint (default: the checkpoint's own; "
+                             "with --data naming another folder, outputs/features/<name>_efficientnet_lite0, "
+                             "<name> flickr8k, flickr30k or coco)")
     parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="default test")
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
@@ -98,11 +100,11 @@ def _split_cache(args, ckpt):
     """No feature cache was given and there is none at the default place: the default cache of the
     evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take a few minutes on a CPU, once; resumable) into
     the default cache of that split, as `features --split SPLIT` would. Returns the cache name."""
-    from ..data.datasets import DATASETS, FOLDER_DATASET
+    from ..data.datasets import DATASETS, FOLDER_DATASET, folder_dataset
     from ..features import cache_paths
 
-    dataset = DATASETS[FOLDER_DATASET]
     spec = ckpt.training.get("data") or {}
+    dataset = folder_dataset(args.data) if args.data else DATASETS.get(spec.get("name"), DATASETS[FOLDER_DATASET])
     data_arg = args.data or (spec.get("root") if spec.get("name") == dataset.name else None)
     root, ids, paths, _ = dataset.image_list(data_arg, args.split, args.max_images)
     out = dataset.default_features_path(args.split) + (f"_first{args.max_images}" if args.max_images else "")

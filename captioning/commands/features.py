@@ -5,15 +5,19 @@ from ..cli import UsageError, check_outputs
 
 HELP = "encode every image with EfficientNet-Lite0 into an on-disk feature cache (resumable)"
 DESCRIPTION = """\
-Run the pretrained EfficientNet-Lite0 over the images of Flickr8k and store,
+Run the pretrained EfficientNet-Lite0 over the photos of a data set (Flickr8k,
+or Flickr30k / COCO through Karpathy's split files: see --data) and store,
 per image, the 7x7x1280 feature grid (for attention) and its 1280-d mean (for
 Show and Tell) in a memory-mapped cache: OUT.grid.npy, OUT.pooled.npy and the
 index OUT.json. Batches are streamed, so memory stays bounded. Interrupt it
-any time: the same command resumes where it stopped.
+any time: the same command resumes where it stopped. The cache's size on disk
+is printed before it is made (COCO's 123287 photos: 15.8 GB in float16),
+and a disk without room for it is refused before any file is made.
 
-The default OUT is ./outputs/features/flickr8k_efficientnet_lite0[_SPLIT]
-(+ _maxN with --max-images N, + _firstN with --limit N); an --out inside the
-data folder, which is only read, is refused.
+The default OUT is ./outputs/features/<name>_efficientnet_lite0[_SPLIT]
+(<name>: flickr8k, flickr30k or coco; + _maxN with --max-images N, + _firstN
+with --limit N); an --out inside the data folder, which is only read, is
+refused.
 
 --max-images N takes the first N photos of EACH split, as `train
 --max-images N` does, and `train --max-images N` then finds this cache by
@@ -21,6 +25,7 @@ itself: a quick real run in minutes end to end.
 
 examples:
   python -m captioning features --data ~/data/flickr8k
+  python -m captioning features --data ~/data/coco    # dataset_coco.json + train2014/ val2014/
   python -m captioning features --max-images 200 && python -m captioning train --data ../shared/flickr8k --max-images 200
   python -m captioning features --split test --batch-size 16
   python -m captioning features --limit 200 --out /tmp/f200      # a quick timing run
@@ -30,8 +35,10 @@ examples:
 
 def add_arguments(parser):
     parser.add_argument("--data", default=None,
-                        help="Flickr8k folder (default: $FLICKR8K_DIR, else ../shared/flickr8k)")
-    parser.add_argument("--out", default=None, help="cache name (default: outputs/features/flickr8k_...)")
+                        help="the data folder: Flickr8k (any layout), or one with dataset_flickr30k.json "
+                             "or dataset_coco.json and its images (default: $FLICKR8K_DIR, else "
+                             "../shared/flickr8k)")
+    parser.add_argument("--out", default=None, help="cache name (default: outputs/features/<name>_...)")
     parser.add_argument("--split", choices=["all", "train", "dev", "test"], default="all",
                         help="which images: all (train+dev+test, the default) or one split")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -50,7 +57,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..data.datasets import DATASETS, FOLDER_DATASET
+    from ..data.datasets import folder_dataset
     from ..data.images import ImageDecodeError
     from ..features import FeatureCacheError, cache_paths
 
@@ -65,7 +72,7 @@ def run(args):
             raise UsageError(f"{option} must be >= 1, got {value}")
     if args.limit and args.max_images:
         raise UsageError("give --max-images (the first N of each split) or --limit (the first N in all), not both")
-    dataset = DATASETS[FOLDER_DATASET]
+    dataset = folder_dataset(args.data)
     root, ids, paths, skipped = dataset.image_list(args.data, args.split, args.limit, per_split=args.max_images)
     for line in skipped:
         print(f"note: {line}", file=sys.stderr)
@@ -75,11 +82,12 @@ def run(args):
     out = args.out or dataset.default_features_path(args.split, max_images=args.max_images, limit=args.limit)
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = dataset.rebuild_command(root, args.split, out, limit=args.limit, max_images=args.max_images)
-    print(f"encoding {len(ids)} images from {root} ({args.split}) into {out}", file=sys.stderr)
+    print(f"encoding {len(ids)} images of {dataset.title} from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
         cache = dataset.encode(root, ids, paths, out, rebuild, split=args.split,
                                batch_size=args.batch_size, progress=not args.no_progress, dtype=args.dtype,
-                               overwrite=args.overwrite, skip_bad=args.skip_bad)
+                               overwrite=args.overwrite, skip_bad=args.skip_bad,
+                               announce=lambda line: print(line, file=sys.stderr))
     except FeatureCacheError as exc:
         raise UsageError(str(exc)) from None
     except ImageDecodeError as exc:

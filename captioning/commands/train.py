@@ -62,9 +62,11 @@ def add_arguments(parser):
     from ..models import MODELS
 
     parser.add_argument("--data", default=None,
-                        help="Flickr8k folder (any layout); default: the built-in synthetic shapes set")
+                        help="a photo folder: Flickr8k (any layout), Flickr30k or COCO (Karpathy's split "
+                             "file and images); default: the built-in synthetic shapes set")
     parser.add_argument("--features", default=None,
-                        help="feature cache of --data (default outputs/features/flickr8k_efficientnet_lite0)")
+                        help="feature cache of --data (default outputs/features/<name>_efficientnet_lite0, "
+                             "<name> flickr8k, flickr30k or coco)")
     parser.add_argument("--model", choices=sorted(MODELS), default="attention",
                         help="; ".join(f"{name}: {cls.title}" for name, cls in sorted(MODELS.items()))
                         + " (default attention)")
@@ -230,12 +232,12 @@ def _make_trainer(args, data, out):
 
 
 def run(args):
-    from ..data.datasets import DATASETS, DEFAULT_DATASET, FOLDER_DATASET
+    from ..data.datasets import DATASETS, DEFAULT_DATASET, folder_dataset
     from ..models import MODELS
     from ..training import TrainingDiverged
 
     synthetic = args.data is None
-    dataset = DATASETS[DEFAULT_DATASET if synthetic else FOLDER_DATASET]
+    dataset = DATASETS[DEFAULT_DATASET] if synthetic else folder_dataset(args.data)
     _defaults(args, dataset)
     _check_options(args, synthetic)
     data = _load_data(args, dataset, MODELS[args.model].feature_kind)

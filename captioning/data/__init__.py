@@ -7,7 +7,9 @@
 - shapes:   the built-in synthetic data set (the default when none is given)
 - images:   load_image(s): any Pillow mode -> float NCHW on the current backend
 - batches:  encode_captions(), the seeded (optionally length-bucketed) batches of an epoch
-- datasets: DATASETS, the registry of data sets (shapes, flickr8k) and their training defaults
+- karpathy: load_karpathy() for Flickr30k and COCO through Karpathy's split files
+- datasets: DATASETS, the registry of data sets (shapes, flickr8k, flickr30k, coco) and their
+  training defaults; folder_dataset(DIR), the one a folder holds
 - download: fetch and unpack Flickr8k (`python -m captioning download`)
 """
 from .splits import SPLIT_NAMES, CaptionSplit, LoadReport

@@ -2,7 +2,8 @@
 
 - `read_token_file`: Flickr8k.token.txt, `<image>#<k><TAB><caption>` lines;
 - `read_kaggle_csv`: Kaggle's captions.txt, `image,caption` CSV, one caption per line;
-- `read_karpathy_json`: dataset_flickr8k.json (images with `split` and `sentences[].tokens`).
+- `read_karpathy_json`: Karpathy's split files dataset_flickr8k.json, dataset_flickr30k.json and
+  dataset_coco.json (images with `split` and `sentences[].tokens`; COCO's also `filepath`).
 
 Each returns image id -> captions (the JSON reader also the split of each
 image) and counts what it skips in a LoadReport; see captioning.data.flickr8k
@@ -150,23 +151,21 @@ def _is_kaggle_header(image_id, caption):
     return image_id is not None and (image_id.lower(), caption.strip().lower()) == ("image", "caption")
 
 
-def read_karpathy_json(path, report):
-    """(image id -> captions, split -> ids) from Karpathy's dataset_flickr8k.json.
+def read_karpathy_json(path, report, with_folder=False):
+    """(image id -> captions, split -> ids) from one of Karpathy's split files.
 
     Schema: {"images": [{"filename": str, "split": str, "sentences":
     [{"tokens": [str, ...], "raw": str}, ...]}, ...]}; a sentence's tokens are
-    used, its raw text when it has no tokens. Anything else is a
-    CaptionFileError naming the entry (never a guess at what was meant).
+    used, its raw text when it has no tokens. with_folder (COCO): each image
+    also has "filepath", the folder holding it ("train2014", "val2014"), and
+    its id is "<filepath>/<filename>". Anything else is a CaptionFileError
+    naming the entry (never a guess at what was meant).
     """
     path, skips_before, n_sentences = Path(path), report.num_skipped(), 0
     captions, split_ids, seen = {}, {name: [] for name in SPLIT_NAMES}, set()
     for i, entry in enumerate(_karpathy_images(path)):
         where = f"images[{i}]"
-        _expect(path, entry, dict, where, "an object with filename, split and sentences")
-        image_id, split, sentences = (entry.get(key) for key in ("filename", "split", "sentences"))
-        _expect(path, image_id, str, f"{where}.filename", "a file name")
-        _expect(path, split, str, f"{where}.split", 'a split name ("train", "val", "test", "restval")')
-        _expect(path, sentences, list, f"{where}.sentences", "a list of sentences")
+        image_id, split, sentences = _karpathy_entry(path, entry, where, with_folder)
         places = [f"{where}.sentences[{j}]" for j in range(len(sentences))]
         texts = [(f"{path.name} {place}", _sentence_text(path, sentence, place))
                  for place, sentence in zip(places, sentences)]
@@ -183,6 +182,23 @@ def read_karpathy_json(path, report):
     _check_accounted(path, n_sentences, captions, report, skips_before,
                      'images with "sentences" ({"tokens": [words], "raw": text})')
     return captions, split_ids
+
+
+def _karpathy_entry(path, entry, where, with_folder):
+    """(image id, split, sentences) of one entry of "images", checked against the schema."""
+    _expect(path, entry, dict, where, "an object with filename, split and sentences")
+    image_id, split, sentences = (entry.get(key) for key in ("filename", "split", "sentences"))
+    _expect(path, image_id, str, f"{where}.filename", "a file name")
+    _expect(path, split, str, f"{where}.split", 'a split name ("train", "val", "test", "restval")')
+    _expect(path, sentences, list, f"{where}.sentences", "a list of sentences")
+    if with_folder:
+        folder = entry.get("filepath")
+        _expect(path, folder, str, f"{where}.filepath", 'the image\'s folder ("train2014" or "val2014")')
+        if not folder or folder in (".", "..") or "/" in folder or "\\" in folder:
+            raise CaptionFileError(f"{path}: {where}.filepath is {_short(folder)}, expected the name of one "
+                                   'folder ("train2014" or "val2014")')
+        image_id = f"{folder}/{image_id}"
+    return image_id, split, sentences
 
 
 def _karpathy_images(path):

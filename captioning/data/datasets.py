@@ -12,18 +12,24 @@ without being told), and the spec of the image encoder its inputs need
   small CNN trained end to end with the decoder.
 - "flickr8k": a Flickr8k folder (any of its three layouts) whose inputs are
   rows of the EfficientNet-Lite0 feature cache (the CNN stays frozen).
+- "flickr30k", "coco": the same, from Karpathy's split file and image
+  folders (captioning.data.karpathy).
 
-Another folder data set (Flickr30k, COCO) is one more class like `Flickr8kDataset`
-here (a reader returning CaptionSplits, in its own module of captioning/data)
-and one line in DATASETS; `FOLDER_DATASET` is the one `--data DIR` reads.
+`folder_dataset(DIR)` says which folder data set `--data DIR` holds (by its
+files, see there); `FOLDER_DATASET` is the one read when no folder is given.
+Another folder data set is one more `FolderDataset` subclass here (its reader,
+returning CaptionSplits, in its own module of captioning/data), one line in
+DATASETS and, when its files tell it apart, one test in `folder_dataset`.
 """
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from .splits import SPLIT_NAMES
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "FOLDER_DATASET", "DatasetError", "TrainingData", "dataset_from_spec"]
+__all__ = ["DATASETS", "DEFAULT_DATASET", "FOLDER_DATASET", "DatasetError", "TrainingData", "dataset_from_spec",
+           "folder_dataset"]
 
 
 class DatasetError(ValueError):
@@ -93,18 +99,20 @@ class ShapesDataset:
     @classmethod
     def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
         if features_arg is not None:
-            raise DatasetError("--features is for Flickr8k checkpoints; this one was trained on the synthetic "
-                               "shapes set, whose images are encoded by its own CNN (give --data DIR for "
-                               "Flickr8k)")
+            raise DatasetError("--features is for checkpoints of a photo folder (Flickr8k, Flickr30k, COCO); "
+                               "this one was trained on the synthetic shapes set, whose images are encoded by "
+                               "its own CNN (give --data DIR for a photo folder)")
         if max_images is None:
             max_images = spec.get("max_images")
         return cls.load(n_train=spec["n_train"], seed=spec["seed"], n_dev=spec["n_dev"], n_test=spec["n_test"],
                         max_images=max_images)
 
 
-class Flickr8kDataset:
-    """A Flickr8k folder (original, Kaggle or Karpathy layout) read through a feature cache."""
-    name = "flickr8k"
+class FolderDataset:
+    """A folder of photos with captions, read through a feature cache; a subclass says how to find
+    (`find_root`) and read (`read`) its folder, and names it (`name`, `title`)."""
+    name, title = None, None
+    ENCODE_TIME = "a few minutes on a CPU"     # for messages: how long making its feature cache takes
     ENCODER = "efficientnet_lite0"   # the frozen CNN whose cached outputs the captioner reads
     train_defaults = dict(epochs=10, batch_size=64, lr=1e-3, lr_decay_to=1.0, hidden=512, embed=256,
                           attention_dim=256, dropout=0.5, alpha_reg=1.0, min_count=5, beam=1, max_minutes=0)
@@ -125,10 +133,8 @@ class Flickr8kDataset:
         skipped: lines about entries of the caption and split files that were
         left out (e.g. photos listed but not in the folder).
         """
-        from .flickr8k import find_flickr8k_dir, load_flickr8k
-
-        root = find_flickr8k_dir(data_arg)
-        data = load_flickr8k(root)
+        root = cls.find_root(data_arg)
+        data = cls.read(root)
         ids, paths = [], []
         for name in (SPLIT_NAMES if split == "all" else (split,)):
             ids += list(data[name].image_ids)[:per_split]
@@ -145,17 +151,17 @@ class Flickr8kDataset:
 
     @classmethod
     def encode(cls, root, ids, paths, out, rebuild, split="all", batch_size=8, progress=True,
-               dtype="float16", overwrite=False, skip_bad=False):
+               dtype="float16", overwrite=False, skip_bad=False, announce=None):
         """Run the frozen encoder over the photos (ids, paths) of `root` into the feature cache `out`
         (resumable: an interrupted run continues where it stopped; `rebuild` is the command that
-        does so, for messages). Returns the FeatureCache."""
+        does so, for messages; `announce` is told the cache's size first). Returns the FeatureCache."""
         from ..encoders import PRETRAINED
         from ..features import extract_features
 
         return extract_features(PRETRAINED[cls.ENCODER](), paths, ids, out, batch_size=batch_size,
                                 progress=progress, dtype=dtype, overwrite=overwrite, skip_bad=skip_bad,
                                 rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
-                                extra_index={"data": str(root), "split": split})
+                                extra_index={"data": str(root), "split": split}, announce=announce)
 
     @classmethod
     def load(cls, data_arg, features_arg=None, max_images=None, kind="grid", splits=SPLIT_NAMES,
@@ -165,10 +171,8 @@ class Flickr8kDataset:
         splits: the splits to load (the cache needs the features of these only);
         again: what the user should do once the missing cache is made.
         """
-        from .flickr8k import find_flickr8k_dir, load_flickr8k
-
-        root = find_flickr8k_dir(data_arg)
-        dataset = load_flickr8k(root)
+        root = cls.find_root(data_arg)
+        dataset = cls.read(root)
         features_path = features_arg or cls._default_cache_for(max_images)
         chosen = _first_images({name: dataset[name] for name in splits}, max_images)
         cache = cls._open_cache(features_path, chosen, root, features_arg, again, max_images)
@@ -211,7 +215,7 @@ class Flickr8kDataset:
                 f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
                 f"  python -m captioning features --data {root}" +
                 (f" --out {features_path}" if features_arg else "") +
-                f"\n(a few minutes on a CPU, resumable), then {again}" +
+                f"\n({cls.ENCODE_TIME}, resumable), then {again}" +
                 ("" if features_arg or not max_images else
                  f"; for the first {max_images} photos of each split only: "
                  f"python -m captioning features --data {root} --max-images {max_images}")) from None
@@ -229,14 +233,13 @@ class Flickr8kDataset:
         same_data = data_arg is None or (recorded and os.path.abspath(data_arg) == spec.get("root"))
         if data_arg is None and spec.get("root") is None:
             # a shipped model records no folder of the machine it was trained on: --data, else
-            # $FLICKR8K_DIR, else ../shared/flickr8k
-            from .flickr8k import find_flickr8k_dir
-            data_arg = str(find_flickr8k_dir(None))
+            # the data set's default folder (Flickr8k: $FLICKR8K_DIR, else ../shared/flickr8k)
+            data_arg = str(cls.find_root(None))
         elif data_arg is None:
             data_arg = spec["root"]
             if not os.path.isdir(data_arg):
-                raise DatasetError(f"the checkpoint was trained on the Flickr8k folder {data_arg}, which does "
-                                   "not exist any more (moved?): give its new place with --data DIR")
+                raise DatasetError(f"the checkpoint was trained on the {cls.title} folder {data_arg}, which "
+                                   "does not exist any more (moved?): give its new place with --data DIR")
         if features_arg is None and recorded and same_data:
             features_arg = spec.get("features")    # other data: its own cache, at the default place
         if max_images is None and recorded:
@@ -245,16 +248,94 @@ class Flickr8kDataset:
                         again="run this command again (or give an existing cache with --features)")
 
 
-DATASETS = {ShapesDataset.name: ShapesDataset, Flickr8kDataset.name: Flickr8kDataset}
+class Flickr8kDataset(FolderDataset):
+    """A Flickr8k folder (original, Kaggle or Karpathy layout, captioning.data.flickr8k)."""
+    name, title = "flickr8k", "Flickr8k"
+
+    @classmethod
+    def find_root(cls, data_arg):
+        """--data, else $FLICKR8K_DIR, else ../shared/flickr8k (FileNotFoundError if none)."""
+        from .flickr8k import find_flickr8k_dir
+        return find_flickr8k_dir(data_arg)
+
+    @classmethod
+    def read(cls, root):
+        from .flickr8k import load_flickr8k
+        return load_flickr8k(root)
+
+
+class KarpathyDataset(FolderDataset):
+    """A folder with one of Karpathy's split files and its images (captioning.data.karpathy)."""
+
+    @classmethod
+    def find_root(cls, data_arg):
+        if data_arg is None:
+            raise FileNotFoundError(f"give the {cls.title} folder with --data DIR")
+        path = Path(data_arg).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{cls.title} folder {path} (from --data) does not exist or is not a folder")
+        return path
+
+    @classmethod
+    def read(cls, root):
+        from .karpathy import load_karpathy
+        return load_karpathy(root, cls.name)
+
+
+class Flickr30kDataset(KarpathyDataset):
+    """Flickr30k: dataset_flickr30k.json + flickr30k-images/ (or images/)."""
+    name, title = "flickr30k", "Flickr30k"
+    ENCODE_TIME = "about 20 minutes on a CPU at the Flickr8k rate"     # 31014 photos
+
+
+class CocoDataset(KarpathyDataset):
+    """MS-COCO 2014: dataset_coco.json + train2014/ and val2014/ (here or in images/)."""
+    name, title = "coco", "COCO"
+    ENCODE_TIME = "over an hour on a CPU at the Flickr8k rate"         # 123287 photos
+
+
+DATASETS = {cls.name: cls for cls in (ShapesDataset, Flickr8kDataset, Flickr30kDataset, CocoDataset)}
 DEFAULT_DATASET = ShapesDataset.name    # what train uses without --data
-FOLDER_DATASET = Flickr8kDataset.name   # what --data DIR is read as
+FOLDER_DATASET = Flickr8kDataset.name   # the folder data set read without --data (evaluate, features)
+
+
+def folder_dataset(data_arg=None):
+    """The class of the folder data set in `data_arg` (a folder; None: the default one, Flickr8k).
+
+    The first complete one, in this order: COCO (dataset_coco.json + train2014/ or val2014/),
+    Flickr30k with flickr30k-images/, Flickr8k (any layout), Flickr30k with images/ (after
+    Flickr8k, whose Karpathy layout also has images/: a folder of Karpathy's zip holds all three
+    split files). Nothing complete: the data set whose split file is there (its reader names
+    what is missing), else Flickr8k's message listing its layouts, with the other data sets'.
+    """
+    from .flickr8k import detect_layout
+    from .karpathy import KARPATHY_DATASETS, find_karpathy_files
+
+    root = Path(data_arg).expanduser() if data_arg is not None else None
+    if root is None or not root.is_dir():
+        return DATASETS[FOLDER_DATASET]     # its finder says what is wrong, or finds the default folder
+    complete = {name: not find_karpathy_files(root, name)[1] for name in KARPATHY_DATASETS}
+    if complete["coco"]:
+        return CocoDataset
+    if complete["flickr30k"] and (root / "flickr30k-images").is_dir():
+        return Flickr30kDataset
+    try:
+        detect_layout(root)
+        return Flickr8kDataset
+    except FileNotFoundError as exc:
+        flickr8k_error = str(exc)
+    for cls in (Flickr30kDataset, CocoDataset):
+        if complete[cls.name] or (root / KARPATHY_DATASETS[cls.name][1]).is_file():
+            return cls
+    raise FileNotFoundError(flickr8k_error + "\nFor Flickr30k: dataset_flickr30k.json + flickr30k-images/; "
+                            "for COCO: dataset_coco.json + train2014/ and val2014/ (Karpathy's split files).")
 
 
 def dataset_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
     """The data a checkpoint was trained on (its recorded `spec`), or the folder `data_arg` instead."""
     spec = spec or {}
     if data_arg is not None:
-        entry = DATASETS[FOLDER_DATASET]
+        entry = folder_dataset(data_arg)
     elif spec.get("name") in DATASETS:
         entry = DATASETS[spec["name"]]
     else:

@@ -117,7 +117,7 @@ def load_flickr8k(root, layout=None, seed=0):
             report.notes.append(f"split: no split lists found, seeded split (seed {seed})")
     else:
         captions, split_ids = read_karpathy_json(files["captions"], report)
-    splits = _assemble_splits(split_ids, captions, files["images"], report)
+    splits = assemble_splits(split_ids, captions, files["images"], report)
     return Flickr8k(root=root, layout=layout, splits=splits, report=report)
 
 
@@ -208,9 +208,13 @@ def _read_split_list(path, report):
     return [line.strip() for _, line in read_lines(path, report)]
 
 
-def _assemble_splits(split_ids, captions, image_dir, report):
-    """CaptionSplits from split id lists, keeping images that exist and have captions."""
-    present = set(os.listdir(image_dir))
+def assemble_splits(split_ids, captions, image_dir, report, present=None):
+    """CaptionSplits from split id lists, keeping images that exist and have captions.
+
+    present: the image ids found on disk, as paths relative to `image_dir`
+    (default: the files directly in it).
+    """
+    present = set(os.listdir(image_dir)) if present is None else present
     for image_id, texts in captions.items():
         if image_id not in present:
             for _ in texts:
