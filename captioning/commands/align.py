@@ -57,10 +57,18 @@ def add_arguments(parser):
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
                              ("max-minutes", float, "stop after this many minutes of training (default 5 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
-                             ("dropout", float, "drop probability of region features and word vectors "
-                                                "while training (default 0)"),
+                             ("dropout", float, "drop probability of region features while training"),
+                             ("word-dropout", float, "drop probability of word-vector entries while training"),
+                             ("weight-decay", float, "L2 weight decay of the weight matrices"),
+                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch"),
+                             ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
+    from argparse import BooleanOptionalAction
+    t.add_argument("--clip", action=BooleanOptionalAction, default=None,
+                   help="a word's best match counts as max(0, v . s) (the paper's full objective)")
+    t.add_argument("--average", action=BooleanOptionalAction, default=None,
+                   help="sentence score: mean over its words (else the sum)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
@@ -90,6 +98,9 @@ def _log(line):
     print(line, flush=True)
 
 
+INTEGER_OPTIONS = ("epochs", "batch_size", "hidden", "embed", "min_count", "val_images", "patience", "max_images")
+
+
 def _train_options(args):
     from ..alignment.app import DEFAULTS
     name = "shapes" if args.data is None else "flickr8k"
@@ -107,9 +118,13 @@ def _train_options(args):
             raise UsageError(f"--lr must be > 0, got {value}")
         if key == "max_minutes" and value < 0:
             raise UsageError(f"--max-minutes must be >= 0, got {value}")
-        if key == "dropout" and not 0 <= value < 1:
-            raise UsageError(f"--dropout must be in [0, 1), got {value}")
-        if key not in ("lr", "max_minutes", "dropout") and value < 1:
+        if key in ("dropout", "word_dropout") and not 0 <= value < 1:
+            raise UsageError(f"{flag} must be in [0, 1), got {value}")
+        if key in ("weight_decay", "cosine") and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+        if key == "lr_decay" and not 0 < value <= 1:
+            raise UsageError(f"--lr-decay must be in (0, 1], got {value}")
+        if key in INTEGER_OPTIONS and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
         options[key] = value
     if options["max_minutes"] == 0:
@@ -133,11 +148,15 @@ def _train(args):
     data, encoder = app.load_training_data(args.data, args.features, seed=args.seed, max_images=args.max_images)
     vocabulary = app.vocabulary_from(data, o["min_count"])
     model = app.build_model(data, encoder, vocabulary, o["hidden"], o["embed"], seed=args.seed,
-                            dropout=o["dropout"])
+                            **{k: o[k] for k in app.MODEL_OPTIONS})
     config = AlignConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], patience=o["patience"],
-                         seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"])
+                         seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"],
+                         weight_decay=o["weight_decay"], lr_decay=o["lr_decay"])
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
-    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g}, regions: the feature grid + the whole image")
+    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g} regions / "
+         f"{o['word_dropout']:g} words, score: {'mean' if o['average'] else 'sum'} over words of "
+         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}; "
+         f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
     if args.resume:
         trainer.resume(os.path.join(out, "last.npz"))
