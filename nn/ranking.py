@@ -121,12 +121,14 @@ def l2_normalize_backward(dy, cache):
     return (dy - y * (y * dy).sum(axis=-1, keepdims=True)) / norm
 
 
-def max_margin_ranking_forward(S, margin=1.0):
+def max_margin_ranking_forward(S, margin=1.0, ignore=None):
     """The bidirectional max-margin ranking loss of a square score matrix (see module doc).
 
     Inputs:
     - S: (N, N) scores, S[k, l] of image k and sentence l; the diagonal holds the true pairs
     - margin: how far a true pair must beat every wrong one (the paper's 1)
+    - ignore: optional (N, N) bool, True for pairs (k, l) that are not wrong pairs even
+      though l != k (e.g. sentence l is word for word sentence k): they add no loss
     Returns:
     - loss: float
     - cache: for max_margin_ranking_backward
@@ -139,6 +141,9 @@ def max_margin_ranking_forward(S, margin=1.0):
     _check_float(op, S=S)
     true = xp.diagonal(S)
     off = 1 - xp.eye(N, dtype=S.dtype)
+    if ignore is not None:
+        _check_shape(op, "ignore", ignore, (N, N))
+        off = off * (1 - xp.asarray(ignore, dtype=S.dtype))
     rows = xp.maximum(0, S - true[:, None] + margin) * off    # sentences l for image k
     cols = xp.maximum(0, S - true[None, :] + margin) * off    # images l for sentence k (column k)
     loss = float((rows.sum() + cols.sum()) / N)

@@ -52,6 +52,17 @@ def test_whole_model_gradients_with_the_score_options(xp):
     assert float(abs((v * v).sum(axis=-1) - 4.0).max()) < 1e-6      # |v|^2 = the cosine scale
 
 
+def test_identical_captions_of_other_images_are_not_wrong_pairs(xp):
+    # Three images with the same caption: no image-sentence pair is wrong, so no loss.
+    model, grid, _, _ = tiny(xp, seed=7)
+    words = xp.asarray(numpy.array([[1, 2, 3]] * 3))
+    mask = as_xp(xp, numpy.ones((3, 3)))
+    loss, _ = model.loss(grid, words, mask)
+    assert loss == 0.0
+    words = xp.asarray(numpy.array([[1, 2, 3], [1, 2, 3], [4, 2, 3]]))
+    assert model.loss(grid, words, mask)[0] > 0
+
+
 def test_training_drives_the_loss_to_zero(xp):
     model, grid, words, mask = tiny(xp, seed=2)
     optimizer = Adam(list(model.named_parameters()), lr=1e-2)

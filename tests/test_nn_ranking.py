@@ -102,6 +102,22 @@ def test_ranking_loss_equals_brute_force_and_its_gradient(xp, margin):
     assert rel_error(dS, numeric) < 1e-7
 
 
+def test_ignored_pairs_add_no_loss_and_no_gradient(xp):
+    gen = numpy.random.default_rng(7)
+    S = as_xp(xp, gen.standard_normal((4, 4)))
+    ignore = numpy.zeros((4, 4), dtype=bool)
+    ignore[0, 2] = ignore[2, 0] = True            # sentences 0 and 2 are the same words
+    loss, cache = ranking.max_margin_ranking_forward(S, 1.0, ignore=as_xp(xp, ignore))
+    S_np = numpy.asarray(S.get() if hasattr(S, "get") else S)
+    expected = sum(max(0.0, S_np[k, l] - S_np[k, k] + 1) + max(0.0, S_np[l, k] - S_np[k, k] + 1)
+                   for k in range(4) for l in range(4) if l != k and not ignore[k, l]) / 4
+    assert abs(loss - expected) < 1e-12
+    dS = ranking.max_margin_ranking_backward(cache)
+    numeric = eval_numerical_gradient(lambda: ranking.max_margin_ranking_forward(S, 1.0, ignore=ignore)[0], S)
+    assert rel_error(dS, numeric) < 1e-7
+    assert float(dS[0, 2]) == 0.0 and float(dS[2, 0]) == 0.0
+
+
 def test_ranking_loss_by_hand(xp):
     # True pairs beat every wrong one by more than the margin: no loss, no gradient.
     S = as_xp(xp, [[3.0, 1.0], [0.5, 2.5]])

@@ -190,7 +190,10 @@ class AlignmentModel:
         v, c_regions = self.regions_forward(grid)
         s, c_words = self.words_forward(words, mask)
         S, c_score = fragment_score_forward(v, s, mask, **self.score_options())
-        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"])
+        # Another image's caption that is word for word this image's caption (frequent in the
+        # shapes set: "a red circle") is not a wrong pair: ranking it lower would be noise.
+        same = (words[:, None, :] == words[None, :, :]).all(axis=2)
+        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"], ignore=same)
         dv, ds = fragment_score_backward(max_margin_ranking_backward(c_rank), c_score)
         self.words_backward(ds, c_words)
         return loss, self.regions_backward(dv, c_regions, need_dgrid)
