@@ -113,3 +113,28 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
     assert main(["align", "train", *TINY, "--out", str(out)]) == 130
     progress = load_npz(out / "last.npz")[1]["training"]["progress"]
     assert progress["step"] == 2 and progress["stopped"] == "interrupted"
+
+
+def test_export_aligner_is_float16_without_optimizer_or_paths(align_run, tmp_path, capsys):
+    import numpy
+    from captioning.alignment.checkpoint import export_aligner, load_aligner
+    from nn.persist import load_npz
+    target = export_aligner(align_run / "best.npz", tmp_path / "aligner.npz", card={"model": "test"})
+    arrays, meta = load_npz(target)
+    assert not any(k.startswith("optim/") for k in arrays)
+    assert all(v.dtype == numpy.float16 for k, v in arrays.items() if k.startswith("model/"))
+    assert meta["data"].get("root") is None and meta["data"].get("features") is None
+    card = json.loads(target.with_suffix(".json").read_text())
+    assert card["model"] == "test" and card["parameters"] > 0 and card["size_mb"] > 0
+    ckpt = load_aligner(target)
+    assert ckpt.model.params["W_m"].dtype == numpy.float32
+
+
+def test_a_flickr8k_aligner_without_its_folder_asks_for_data(align_run, tmp_path, capsys):
+    # An exported Flickr8k aligner does not know where the data lies here: one line, exit 2.
+    from captioning.alignment.checkpoint import load_aligner, save_aligner
+    ckpt = load_aligner(align_run / "best.npz")
+    path = save_aligner(tmp_path / "f.npz", ckpt.model, ckpt.encoder, ckpt.vocabulary,
+                        {"name": "flickr8k", "root": None, "features": None})
+    assert main(["align", "evaluate", "--checkpoint", str(path)]) == 2
+    assert "give --data DIR" in capsys.readouterr().err

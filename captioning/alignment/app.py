@@ -64,6 +64,9 @@ def open_checkpoint(path):
 def split_of(ckpt, split, data_arg=None, features_arg=None, max_images=None):
     """CaptionData of one split of the checkpoint's data (or of --data / --features)."""
     from ..commands import _datasets
+    if data_arg is None and ckpt.data.get("name") == "flickr8k" and not ckpt.data.get("root"):
+        raise UsageError("this aligner (the shipped one?) does not know where Flickr8k lies on this "
+                         "machine: give --data DIR (and --features CACHE if its cache is not at the default place)")
     data = _datasets.data_from_spec(ckpt.data, data_arg, features_arg, max_images=max_images, splits=(split,))
     return data.splits[split]
 
