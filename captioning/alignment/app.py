@@ -24,7 +24,7 @@ DEFAULTS = {
                "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 0.0, "clip": False, "average": False},
     "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
                  "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
-                 "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 0.0, "clip": False, "average": False},
+                 "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},
 }
 SHAPES_TRAIN = 3000
 
