@@ -19,9 +19,9 @@ PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 # Per data set: the defaults of `align train` (the shapes set trains its small CNN end to end).
 DEFAULTS = {
-    "shapes": {"hidden": 128, "embed": 64, "lr": 1e-3, "epochs": 12, "batch_size": 100, "min_count": 1,
-               "val_images": None, "max_minutes": 5.0, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
-               "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 0.0, "clip": False, "average": False},
+    "shapes": {"hidden": 128, "embed": 64, "lr": 5e-3, "epochs": 2, "batch_size": 32, "min_count": 1,
+               "val_images": None, "max_minutes": 0.7, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
+               "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},
     "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
                  "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
                  "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},

@@ -14,7 +14,8 @@ DESCRIPTION = """\
 Deep Visual-Semantic Alignments: image regions (the cells of the CNN's feature
 grid and the whole image) and the words of a sentence (a bidirectional RNN)
 are mapped into one space; an image and a sentence score
-S = sum over words of the best region's dot product, trained with the
+S = 10 x the mean over the words of the best region's cosine (--cosine 0
+--no-average: the paper's sum of dot products), trained with the
 bidirectional max-margin ranking loss (margin 1).
 
   train      train on the synthetic shapes set (default) or on cached Flickr8k features (--data)
@@ -23,7 +24,7 @@ bidirectional max-margin ranking loss (margin 1).
   annotate   a picture: each region's best words, and each word's best region
 
 examples:
-  python -m captioning align train                               # shapes, 5 minutes
+  python -m captioning align train                               # shapes, under a minute
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
   python -m captioning align search "a dog jumps into the water" --checkpoint CKPT --top 5
@@ -47,28 +48,28 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", required=True)
     t = sub.add_parser("train", help="train an aligner")
     _common(t, checkpoint=False)
-    for name, kind, text in (("epochs", int, "epochs (default 12 shapes / 15 Flickr8k)"),
-                             ("batch-size", int, "image-sentence pairs per step (default 100)"),
-                             ("lr", float, "Adam learning rate (default 1e-3)"),
+    for name, kind, text in (("epochs", int, "epochs (default 2 shapes / 15 Flickr8k)"),
+                             ("batch-size", int, "image-sentence pairs per step (default 32 shapes / 100 Flickr8k)"),
+                             ("lr", float, "Adam learning rate (default 5e-3 shapes / 1e-3 Flickr8k)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
                              ("embed", int, "word-vector size (default 64 / 200)"),
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
                              ("val-images", int, "dev recall on the first N dev images (default all / 500)"),
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
-                             ("max-minutes", float, "stop after this many minutes of training (default 5 "
+                             ("max-minutes", float, "stop after this many minutes of training (default 0.7 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
                              ("dropout", float, "drop probability of region features while training"),
                              ("word-dropout", float, "drop probability of word-vector entries while training"),
                              ("weight-decay", float, "L2 weight decay of the weight matrices"),
                              ("lr-decay", float, "the learning rate is multiplied by this after each epoch"),
-                             ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word"),
+                             ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
     from argparse import BooleanOptionalAction
     t.add_argument("--clip", action=BooleanOptionalAction, default=None,
                    help="a word's best match counts as max(0, v . s) (the paper's full objective)")
     t.add_argument("--average", action=BooleanOptionalAction, default=None,
-                   help="sentence score: mean over its words (else the sum)")
+                   help="sentence score: mean over its words (default; --no-average: the sum)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
