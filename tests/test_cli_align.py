@@ -138,3 +138,12 @@ def test_a_flickr8k_aligner_without_its_folder_asks_for_data(align_run, tmp_path
                         {"name": "flickr8k", "root": None, "features": None})
     assert main(["align", "evaluate", "--checkpoint", str(path)]) == 2
     assert "give --data DIR" in capsys.readouterr().err
+
+
+def test_the_shipped_aligner_is_the_default_checkpoint(capsys):
+    # Without --checkpoint, search uses captioning/pretrained/aligner_flickr8k.npz, which
+    # does not know where Flickr8k lies here: it asks for --data in one line.
+    from captioning.alignment import app
+    assert app.open_checkpoint(None).data["name"] == "flickr8k"
+    assert main(["align", "search", "a dog"]) == 2
+    assert "give --data DIR" in capsys.readouterr().err

@@ -27,8 +27,8 @@ examples:
   python -m captioning align train                               # shapes, under a minute
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
-  python -m captioning align search "a dog jumps into the water" --checkpoint CKPT --top 5
-  python -m captioning align annotate photo.jpg --checkpoint CKPT --sentence "a dog runs" --png out.png
+  python -m captioning align search "a dog jumps into the water" --data ../shared/flickr8k --top 5
+  python -m captioning align annotate photo.jpg --sentence "a dog runs" --png out.png   # the shipped aligner
 """
 
 
@@ -38,8 +38,8 @@ def _common(p, checkpoint=True):
                    help="array backend (also accepted before the subcommand)")
     if checkpoint:
         p.add_argument("--checkpoint", default=None,
-                       help="an aligner best.npz written by `align train` (the default, "
-                            "captioning/pretrained/aligner_flickr8k.npz, is not packaged yet)")
+                       help="an aligner best.npz written by `align train` (default: the shipped "
+                            "Flickr8k aligner, captioning/pretrained/aligner_flickr8k.npz)")
     p.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data / shapes)")
     p.add_argument("--features", default=None, help="EfficientNet-Lite0 feature cache of the Flickr8k folder")
 
