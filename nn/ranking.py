@@ -16,21 +16,31 @@ of S) and images ranked for a sentence (a column of S):
                   + sum_{l != k} max(0, S_lk - S_kk + margin) ]
 
 (the paper sums over k; the mean keeps the step size independent of N).
+
+Options of the score (both off by default = the simplified score above):
+- clip: each word's best match counts as max(0, max_i v_i . s_t), as in the
+  paper's full fragment objective, so a word that fits no region adds nothing
+  instead of a penalty;
+- average: divide by the sentence's number of words, so that long sentences do
+  not get larger scores (and larger gradients) than short ones.
+l2_normalize_forward/backward turn dot products into cosines (unit vectors).
 """
 from . import backend
 from .dense import _check_float, _check_ndim, _check_shape
 
-__all__ = ["fragment_score_forward", "fragment_score_backward",
+__all__ = ["fragment_score_forward", "fragment_score_backward", "l2_normalize_forward", "l2_normalize_backward",
            "max_margin_ranking_forward", "max_margin_ranking_backward"]
 
 
-def fragment_score_forward(v, s, mask):
+def fragment_score_forward(v, s, mask, clip=False, average=False):
     """S[k, l] = sum_t mask[l, t] * max_i v[k, i] . s[l, t], every image with every sentence.
 
     Inputs:
     - v: (N, R, H) region vectors of N images (R regions each)
     - s: (M, T, H) word vectors of M sentences (right-padded to T words)
     - mask: (M, T), 1 for real words, 0 for padding
+    - clip: a word's best match counts as max(0, max_i v_i . s_t)
+    - average: divide each sentence's sum by its number of words
     Returns:
     - S: (N, M) scores
     - cache: for fragment_score_backward (holds the best region of every
@@ -59,6 +69,11 @@ def fragment_score_forward(v, s, mask):
     best = dots.argmax(axis=1)                                         # (W * N,)
     chosen = dots[xp.arange(W * N), best].reshape(W, N)                # max_i v_i . s_w, every image
     weights = flat_mask[where][:, None]
+    if average:
+        lengths = xp.asarray(mask, dtype=v.dtype).sum(axis=1)          # (M,)
+        weights = weights / lengths[where // T][:, None]
+    if clip:
+        weights = weights * (chosen > 0)                               # (W, N): 0 where the best is < 0
     S = (chosen * weights).T @ owner                                   # (N, M)
     return S, (v, words, where, owner, weights, best, s.shape)
 
@@ -77,7 +92,7 @@ def fragment_score_backward(dS, cache):
     M, T, _ = s_shape
     W = words.shape[0]
     _check_shape("fragment_score_backward", "dS", dS, (N, M))
-    dchosen = (owner @ dS.T) * weights                                 # (W, N)
+    dchosen = (owner @ dS.T) * weights                                 # (W, N); weights (W, 1) or (W, N)
     # route[w, k, i] = dchosen[w, k] where i is word w's best region in image k, else 0
     route = xp.zeros((W * N, R), dtype=v.dtype)
     route[xp.arange(W * N), best] = dchosen.ravel()
@@ -88,12 +103,32 @@ def fragment_score_backward(dS, cache):
     return dv, ds.reshape(M, T, H)
 
 
-def max_margin_ranking_forward(S, margin=1.0):
+def l2_normalize_forward(x, eps=1e-6):
+    """y = x / sqrt(|x|^2 + eps^2) along the last axis (unit vectors; eps keeps 0 finite).
+
+    Inputs: x (..., H). Returns: y (..., H), cache.
+    """
+    xp = backend.get_array_module(x, op="l2_normalize_forward")
+    _check_float("l2_normalize_forward", x=x)
+    norm = xp.sqrt((x * x).sum(axis=-1, keepdims=True) + eps * eps)
+    y = x / norm
+    return y, (y, norm)
+
+
+def l2_normalize_backward(dy, cache):
+    """Backward pass of l2_normalize_forward: dx = (dy - y (y . dy)) / norm."""
+    y, norm = cache
+    return (dy - y * (y * dy).sum(axis=-1, keepdims=True)) / norm
+
+
+def max_margin_ranking_forward(S, margin=1.0, ignore=None):
     """The bidirectional max-margin ranking loss of a square score matrix (see module doc).
 
     Inputs:
     - S: (N, N) scores, S[k, l] of image k and sentence l; the diagonal holds the true pairs
     - margin: how far a true pair must beat every wrong one (the paper's 1)
+    - ignore: optional (N, N) bool, True for pairs (k, l) that are not wrong pairs even
+      though l != k (e.g. sentence l is word for word sentence k): they add no loss
     Returns:
     - loss: float
     - cache: for max_margin_ranking_backward
@@ -106,6 +141,9 @@ def max_margin_ranking_forward(S, margin=1.0):
     _check_float(op, S=S)
     true = xp.diagonal(S)
     off = 1 - xp.eye(N, dtype=S.dtype)
+    if ignore is not None:
+        _check_shape(op, "ignore", ignore, (N, N))
+        off = off * (1 - xp.asarray(ignore, dtype=S.dtype))
     rows = xp.maximum(0, S - true[:, None] + margin) * off    # sentences l for image k
     cols = xp.maximum(0, S - true[None, :] + margin) * off    # images l for sentence k (column k)
     loss = float((rows.sum() + cols.sum()) / N)

@@ -35,6 +35,34 @@ def test_whole_model_gradients(xp):
     assert rel_error(dgrid, numeric) < 1e-6
 
 
+def test_whole_model_gradients_with_the_score_options(xp):
+    model, grid, words, mask = tiny(xp, seed=6)     # a seed with no ReLU/max/hinge kink within 1e-5
+    model.config.update(cosine=4.0, clip=True, average=True, word_dropout=0.3, dropout=0.2)
+    model.train()
+    model.dropout_seed = 3
+    loss, dgrid = model.loss(grid, words, mask)
+    assert loss > 0
+    analytic = {name: g.copy() for name, g in model.grads.items()}
+    for name, param in model.params.items():
+        numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], param)
+        assert rel_error(analytic[name], numeric) < 1e-6, name
+    numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
+    assert rel_error(dgrid, numeric) < 1e-6
+    v = model.regions_forward(grid)[0]
+    assert float(abs((v * v).sum(axis=-1) - 4.0).max()) < 1e-6      # |v|^2 = the cosine scale
+
+
+def test_identical_captions_of_other_images_are_not_wrong_pairs(xp):
+    # Three images with the same caption: no image-sentence pair is wrong, so no loss.
+    model, grid, _, _ = tiny(xp, seed=7)
+    words = xp.asarray(numpy.array([[1, 2, 3]] * 3))
+    mask = as_xp(xp, numpy.ones((3, 3)))
+    loss, _ = model.loss(grid, words, mask)
+    assert loss == 0.0
+    words = xp.asarray(numpy.array([[1, 2, 3], [1, 2, 3], [4, 2, 3]]))
+    assert model.loss(grid, words, mask)[0] > 0
+
+
 def test_training_drives_the_loss_to_zero(xp):
     model, grid, words, mask = tiny(xp, seed=2)
     optimizer = Adam(list(model.named_parameters()), lr=1e-2)

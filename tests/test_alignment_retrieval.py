@@ -38,16 +38,17 @@ def test_ties_do_not_count_against_the_query():
     assert annotation.tolist() == [1, 1] and search.tolist() == [1, 1]
 
 
-def test_score_matrix_equals_the_training_score(xp):
+@pytest.mark.parametrize("clip, average", [(False, False), (True, False), (False, True), (True, True)])
+def test_score_matrix_equals_the_training_score(xp, clip, average):
     gen = numpy.random.default_rng(0)
     regions = as_xp(xp, gen.standard_normal((5, 3, 4)))
     lengths = numpy.array([2, 4, 1])
     s = gen.standard_normal((3, 4, 4))
     mask = (numpy.arange(4)[None] < lengths[:, None]).astype(float)
-    expected, _ = ranking.fragment_score_forward(regions, as_xp(xp, s), as_xp(xp, mask))
+    expected, _ = ranking.fragment_score_forward(regions, as_xp(xp, s), as_xp(xp, mask), clip=clip, average=average)
     flat = as_xp(xp, numpy.concatenate([s[m, :n] for m, n in enumerate(lengths)]))
     offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])
-    assert rel_error(score_matrix(regions, flat, offsets, chunk=2), expected) < 1e-12
+    assert rel_error(score_matrix(regions, flat, offsets, chunk=2, clip=clip, average=average), expected) < 1e-12
 
 
 def test_epoch_batches_use_every_caption_once_with_distinct_images():

@@ -113,3 +113,50 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
     assert main(["align", "train", *TINY, "--out", str(out)]) == 130
     progress = load_npz(out / "last.npz")[1]["training"]["progress"]
     assert progress["step"] == 2 and progress["stopped"] == "interrupted"
+
+
+def test_export_aligner_is_float16_without_optimizer_or_paths(align_run, tmp_path, capsys):
+    import numpy
+    from captioning.alignment.checkpoint import export_aligner, load_aligner
+    from nn.persist import load_npz
+    target = export_aligner(align_run / "best.npz", tmp_path / "aligner.npz", card={"model": "test"})
+    arrays, meta = load_npz(target)
+    assert not any(k.startswith("optim/") for k in arrays)
+    assert all(v.dtype == numpy.float16 for k, v in arrays.items() if k.startswith("model/"))
+    assert meta["data"].get("root") is None and meta["data"].get("features") is None
+    card = json.loads(target.with_suffix(".json").read_text())
+    assert card["model"] == "test" and card["parameters"] > 0 and card["size_mb"] > 0
+    ckpt = load_aligner(target)
+    assert ckpt.model.params["W_m"].dtype == numpy.float32
+
+
+def _an_error_about_the_data(capsys):
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and ("--data" in err or "$FLICKR8K_DIR" in err) and "Traceback" not in err, err
+
+
+def test_a_flickr8k_aligner_without_its_folder_asks_for_data(align_run, tmp_path, capsys, monkeypatch):
+    # An exported Flickr8k aligner records no folder of the machine it was trained on: it reads
+    # --data, else $FLICKR8K_DIR or ../shared/flickr8k, and says in one line what is missing (the
+    # folder, or the feature cache and the `features --data` command that makes it).
+    from captioning.alignment.checkpoint import load_aligner, save_aligner
+    ckpt = load_aligner(align_run / "best.npz")
+    path = save_aligner(tmp_path / "f.npz", ckpt.model, ckpt.encoder, ckpt.vocabulary,
+                        {"name": "flickr8k", "root": None, "features": None})
+    monkeypatch.chdir(tmp_path)             # no feature cache at the default place
+    assert main(["align", "evaluate", "--checkpoint", str(path)]) == 2
+    _an_error_about_the_data(capsys)
+    monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "nowhere"))
+    assert main(["align", "evaluate", "--checkpoint", str(path)]) == 2
+    _an_error_about_the_data(capsys)
+
+
+def test_the_shipped_aligner_is_the_default_checkpoint(capsys, tmp_path, monkeypatch):
+    # Without --checkpoint, search uses captioning/pretrained/aligner_flickr8k.npz.
+    from captioning.alignment import app
+    assert app.open_checkpoint(None).data["name"] == "flickr8k"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "nowhere"))
+    assert main(["align", "search", "a dog"]) == 2
+    _an_error_about_the_data(capsys)

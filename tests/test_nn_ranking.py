@@ -16,13 +16,15 @@ def make_inputs(xp, seed, N=3, R=4, M=2, T=5, H=6):
     return gen, v, s, mask
 
 
-def brute_force_scores(v, s, mask):
+def brute_force_scores(v, s, mask, clip=False, average=False):
     v, s, mask = (numpy.asarray(a.get() if hasattr(a, "get") else a) for a in (v, s, mask))
     S = numpy.zeros((v.shape[0], s.shape[0]))
     for k in range(v.shape[0]):
         for l in range(s.shape[0]):
-            S[k, l] = sum(max(float(v[k, i] @ s[l, t]) for i in range(v.shape[1]))
-                          for t in range(s.shape[1]) if mask[l, t])
+            best = [max(float(v[k, i] @ s[l, t]) for i in range(v.shape[1]))
+                    for t in range(s.shape[1]) if mask[l, t]]
+            best = [max(b, 0.0) for b in best] if clip else best
+            S[k, l] = sum(best) / (len(best) if average else 1)
     return S
 
 
@@ -40,6 +42,33 @@ def test_scores_equal_brute_force(xp):
     _, v, s, mask = make_inputs(xp, 0)
     S, _ = ranking.fragment_score_forward(v, s, mask)
     assert rel_error(S, brute_force_scores(v, s, mask)) < 1e-12
+
+
+@pytest.mark.parametrize("clip, average", [(True, False), (False, True), (True, True)])
+def test_score_options_equal_brute_force_and_their_gradients(xp, clip, average):
+    gen, v, s, mask = make_inputs(xp, 5, R=1)     # one region: some best matches are < 0
+    S, cache = ranking.fragment_score_forward(v, s, mask, clip=clip, average=average)
+    assert rel_error(S, brute_force_scores(v, s, mask, clip, average)) < 1e-12
+    if clip:
+        assert rel_error(S, brute_force_scores(v, s, mask, False, average)) > 1e-3
+    dS = as_xp(xp, gen.standard_normal(S.shape))
+    dv, ds = ranking.fragment_score_backward(dS, cache)
+
+    def f(_):
+        return ranking.fragment_score_forward(v, s, mask, clip=clip, average=average)[0]
+    assert rel_error(dv, eval_numerical_gradient_array(f, v, dS)) < 1e-7
+    assert rel_error(ds, eval_numerical_gradient_array(f, s, dS)) < 1e-7
+
+
+def test_l2_normalize_gives_unit_vectors_and_its_gradient(xp):
+    gen = numpy.random.default_rng(6)
+    x = as_xp(xp, gen.standard_normal((3, 4, 5)))
+    y, cache = ranking.l2_normalize_forward(x)
+    assert float(abs((y * y).sum(axis=-1) - 1).max()) < 1e-10
+    dy = as_xp(xp, gen.standard_normal(y.shape))
+    dx = ranking.l2_normalize_backward(dy, cache)
+    numeric = eval_numerical_gradient_array(lambda _: ranking.l2_normalize_forward(x)[0], x, dy)
+    assert rel_error(dx, numeric) < 1e-7
 
 
 def test_padding_words_do_not_count(xp):
@@ -71,6 +100,22 @@ def test_ranking_loss_equals_brute_force_and_its_gradient(xp, margin):
     dS = ranking.max_margin_ranking_backward(cache)
     numeric = eval_numerical_gradient(lambda: ranking.max_margin_ranking_forward(S, margin)[0], S)
     assert rel_error(dS, numeric) < 1e-7
+
+
+def test_ignored_pairs_add_no_loss_and_no_gradient(xp):
+    gen = numpy.random.default_rng(7)
+    S = as_xp(xp, gen.standard_normal((4, 4)))
+    ignore = numpy.zeros((4, 4), dtype=bool)
+    ignore[0, 2] = ignore[2, 0] = True            # sentences 0 and 2 are the same words
+    loss, cache = ranking.max_margin_ranking_forward(S, 1.0, ignore=as_xp(xp, ignore))
+    S_np = numpy.asarray(S.get() if hasattr(S, "get") else S)
+    expected = sum(max(0.0, S_np[k, l] - S_np[k, k] + 1) + max(0.0, S_np[l, k] - S_np[k, k] + 1)
+                   for k in range(4) for l in range(4) if l != k and not ignore[k, l]) / 4
+    assert abs(loss - expected) < 1e-12
+    dS = ranking.max_margin_ranking_backward(cache)
+    numeric = eval_numerical_gradient(lambda: ranking.max_margin_ranking_forward(S, 1.0, ignore=ignore)[0], S)
+    assert rel_error(dS, numeric) < 1e-7
+    assert float(dS[0, 2]) == 0.0 and float(dS[2, 0]) == 0.0
 
 
 def test_ranking_loss_by_hand(xp):

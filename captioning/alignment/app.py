@@ -19,10 +19,12 @@ PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 # Per data set: the defaults of `align train` (the shapes set trains its small CNN end to end).
 DEFAULTS = {
-    "shapes": {"hidden": 128, "embed": 64, "lr": 1e-3, "epochs": 12, "batch_size": 100, "min_count": 1,
-               "val_images": None, "max_minutes": 5.0, "patience": 3, "dropout": 0.0},
+    "shapes": {"hidden": 128, "embed": 64, "lr": 5e-3, "epochs": 2, "batch_size": 32, "min_count": 1,
+               "val_images": None, "max_minutes": 0.7, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
+               "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},
     "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
-                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0},
+                 "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
+                 "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},
 }
 SHAPES_TRAIN = 3000
 
@@ -42,10 +44,14 @@ def load_training_data(data_arg, features_arg, seed=0, max_images=None):
     return data, new_encoder(data.encoder_spec)
 
 
-def build_model(data, encoder, vocabulary, hidden, embed, seed=0, dropout=0.0):
+MODEL_OPTIONS = ("dropout", "word_dropout", "clip", "average", "cosine")
+
+
+def build_model(data, encoder, vocabulary, hidden, embed, seed=0, **options):
+    """The AlignmentModel for the data; options: the MODEL_OPTIONS of its config."""
     dim = encoder.feature_dim("grid") if encoder.trainable else data.feature_dim
     config = {"feature_dim": int(dim), "vocab_size": len(vocabulary), "embed_dim": embed,
-              "hidden_dim": hidden, "margin": 1.0, "dropout": dropout}
+              "hidden_dim": hidden, "margin": 1.0, **options}
     return AlignmentModel(config, seed=seed, dtype=backend.default_float())
 
 
@@ -74,7 +80,7 @@ def evaluate_split(ckpt, split_data, max_words=20):
     sentences = encode_sentences(split_data.references, ckpt.vocabulary, max_words)
     regions = encode_regions(ckpt.model, ckpt.encoder, split_data.inputs)
     words, offsets = encode_words(ckpt.model, sentences)
-    return recall_metrics(score_matrix(regions, words, offsets), sentences.image)
+    return recall_metrics(score_matrix(regions, words, offsets, **ckpt.model.score_options()), sentences.image)
 
 
 def format_table(metrics, paper=PAPER_FLICKR8K):
@@ -106,7 +112,7 @@ def search(ckpt, split_data, query, top=5):
     sentences = encode_sentences([[tokens]], ckpt.vocabulary)
     regions = encode_regions(ckpt.model, ckpt.encoder, split_data.inputs)
     words, offsets = encode_words(ckpt.model, sentences)
-    scores = score_matrix(regions, words, offsets)[:, 0]
+    scores = score_matrix(regions, words, offsets, **ckpt.model.score_options())[:, 0]
     order = numpy.argsort(-scores, kind="stable")[:top]
     return [SearchHit(split_data.image_ids[i], float(scores[i]), " ".join(split_data.references[i][0]))
             for i in order]

@@ -65,3 +65,35 @@ def load_aligner(path, dtype=numpy.float32):
         raise ConfigMismatchError(f"{path}: a damaged or incomplete aligner checkpoint ({exc})") from None
     return AlignerCheckpoint(path, model, encoder, vocabulary, meta.get("data") or {},
                              optimizer_state=part["optim"], training=meta.get("training") or {})
+
+
+def export_aligner(source, target, card=None):
+    """Write a shippable copy of aligner checkpoint `source` to `target` (and its card beside it).
+
+    Like captioning.pretrained.export_checkpoint for captioners: float16 weights, no
+    optimizer state, and no paths of the machine that trained it (the data spec keeps
+    the data's name and split sizes; its folder and feature cache become None).
+    Inputs:
+    - source: a best.npz written by `python -m captioning align train`
+    - target: the .npz to write
+    - card: dict for the JSON card (model, data, command, test_scores, ...), or None
+    Returns: the target path. The card gets "size_mb" and "parameters" added.
+    """
+    import json
+    from pathlib import Path
+
+    from nn.persist import atomic_write
+    arrays, meta = load_npz(source)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigMismatchError(f"{source} is not an aligner checkpoint")
+    kept = {k: (v.astype(numpy.float16) if numpy.issubdtype(v.dtype, numpy.floating) else v)
+            for k, v in arrays.items() if not k.startswith("optim/")}
+    meta = dict(meta, data={k: (None if k in ("root", "features") else v) for k, v in (meta.get("data") or {}).items()},
+                exported_from=os.path.basename(os.fspath(source)))
+    target = Path(save_npz(target, kept, meta=meta, compress=True))
+    if card is not None:
+        card = dict(card, size_mb=round(target.stat().st_size / 2**20, 2),
+                    parameters=int(sum(v.size for k, v in kept.items() if k.startswith("model/"))))
+        with atomic_write(target.with_suffix(".json"), "w", encoding="utf-8") as stream:
+            json.dump(card, stream, indent=1)
+    return target

@@ -16,22 +16,26 @@ Sentence fragments: a bidirectional RNN over the words (f = ReLU):
     s_t = f(W_d (hf_t + hb_t) + b_d)           (h,)
 
 Score and loss: nn.ranking (S_kl = sum_t max_i v_i . s_t, max-margin ranking loss in
-both directions with margin 1).
+both directions with margin 1). Config options change the score (see nn.ranking):
+"clip" (max(0, .) of each word's best match, the paper's full objective), "average"
+(mean over the words instead of the sum), "cosine" (a scale c > 0: v_i and s_t are
+made unit vectors and the dot products multiplied by c).
 """
 import numpy
 
 from nn import backend
 from nn.bidirectional import birnn_relu_backward, birnn_relu_forward
 from nn.dense import dropout_backward, dropout_forward, relu_backward, relu_forward
-from nn.ranking import (fragment_score_backward, fragment_score_forward, max_margin_ranking_backward,
-                        max_margin_ranking_forward)
+from nn.ranking import (fragment_score_backward, fragment_score_forward, l2_normalize_backward,
+                        l2_normalize_forward, max_margin_ranking_backward, max_margin_ranking_forward)
 from nn.recurrent import (temporal_affine_backward, temporal_affine_forward, word_embedding_backward,
                           word_embedding_forward)
 
 __all__ = ["AlignmentModel", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = {"feature_dim": 1280, "vocab_size": 100, "embed_dim": 256, "hidden_dim": 512,
-                  "margin": 1.0, "dropout": 0.0}
+                  "margin": 1.0, "dropout": 0.0, "word_dropout": 0.0, "clip": False, "average": False,
+                  "cosine": 0.0}
 
 
 def _init_shapes(c):
@@ -43,10 +47,9 @@ def _init_shapes(c):
 class AlignmentModel:
     """Parameters, forward and backward of the alignment model (see the module docstring).
 
-    config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin, and
-    dropout: the probability of dropping a region feature or word-vector entry while
-    training (default 0: on Flickr8k, 0.5 learned much slower than none within a
-    30-minute budget, dev R@1 5.2 against 12.2 after two epochs).
+    config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin,
+    dropout / word_dropout: the probability of dropping a region-feature / word-vector
+    entry while training, and the score options clip, average, cosine (module docstring).
     `params` and `grads` map names to arrays; `named_parameters` is what nn.optim reads.
     `training` (train() / eval()) switches dropout; `dropout_seed` fixes its masks.
     """
@@ -62,8 +65,8 @@ class AlignmentModel:
         self.training = False
         return self
 
-    def _dropout(self, x, salt):
-        p = self.config["dropout"]
+    def _dropout(self, x, salt, key="dropout"):
+        p = self.config[key]
         seed = None if self.dropout_seed is None else [self.dropout_seed, salt]
         return dropout_forward(x, {"p": p, "mode": "train" if self.training and p > 0 else "test",
                                    "seed": None if seed is None else int(numpy.random.SeedSequence(seed)
@@ -102,6 +105,22 @@ class AlignmentModel:
         for name in self.params:
             self.params[name][...] = backend.asarray(state[name], dtype=self.dtype)
 
+    def _unit(self, x):
+        """With config["cosine"] = c > 0: sqrt(c) x / |x| (so that v . s = c cos); else x."""
+        if not self.config["cosine"]:
+            return x, None
+        y, cache = l2_normalize_forward(x)
+        return y * float(numpy.sqrt(self.config["cosine"])), cache
+
+    def _unit_backward(self, dy, cache):
+        if cache is None:
+            return dy
+        return l2_normalize_backward(dy * float(numpy.sqrt(self.config["cosine"])), cache)
+
+    def score_options(self):
+        """The keyword arguments of nn.ranking.fragment_score_forward for this model."""
+        return {"clip": bool(self.config["clip"]), "average": bool(self.config["average"])}
+
     # ------------------------------------------------------------ image regions
     def regions_forward(self, grid):
         """grid (N, L, D) CNN features -> v (N, L + 1, h): the L cells, then the whole image."""
@@ -109,11 +128,13 @@ class AlignmentModel:
         fragments = xp.concatenate([grid, grid.mean(axis=1, keepdims=True)], axis=1)
         dropped, c_drop = self._dropout(fragments, 0)
         v, cache = temporal_affine_forward(dropped, self.params["W_m"], self.params["b_m"])
-        return v, (cache, c_drop)
+        v, c_unit = self._unit(v)
+        return v, (cache, c_drop, c_unit)
 
     def regions_backward(self, dv, cache, need_dgrid=True):
         """dv (N, L + 1, h) -> d grid (N, L, D) (None unless need_dgrid); adds to grads W_m, b_m."""
-        cache, c_drop = cache
+        cache, c_drop, c_unit = cache
+        dv = self._unit_backward(dv, c_unit)
         fragments, W_m = cache
         H = W_m.shape[1]
         # d W_m = fragments^T dv, as temporal_affine_backward computes it; d fragments only on
@@ -131,17 +152,19 @@ class AlignmentModel:
         """words (M, T) int ids, mask (M, T) -> s (M, T, h), cache."""
         p = self.params
         x, c_embed = word_embedding_forward(words, p["W_w"])
-        x, c_drop = self._dropout(x, 1)
+        x, c_drop = self._dropout(x, 1, "word_dropout")
         a, c_e = temporal_affine_forward(x, p["W_e"], p["b_e"])
         e, c_relu_e = relu_forward(a)
         hf, hb, c_rnn = birnn_relu_forward(e, mask, p["W_f"], p["b_f"], p["W_b"], p["b_b"])
         d, c_d = temporal_affine_forward(hf + hb, p["W_d"], p["b_d"])
         s, c_relu_s = relu_forward(d)
-        return s, (c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s)
+        s, c_unit = self._unit(s)
+        return s, (c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s, c_unit)
 
     def words_backward(self, ds, cache):
         """ds (M, T, h) -> adds to the grads of every sentence parameter."""
-        c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s = cache
+        c_embed, c_drop, c_e, c_relu_e, c_rnn, c_d, c_relu_s, c_unit = cache
+        ds = self._unit_backward(ds, c_unit)
         g = self.grads
         dh, dW, db = temporal_affine_backward(relu_backward(ds, c_relu_s), c_d)
         g["W_d"] += dW
@@ -166,8 +189,11 @@ class AlignmentModel:
             grad[...] = 0
         v, c_regions = self.regions_forward(grid)
         s, c_words = self.words_forward(words, mask)
-        S, c_score = fragment_score_forward(v, s, mask)
-        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"])
+        S, c_score = fragment_score_forward(v, s, mask, **self.score_options())
+        # Another image's caption that is word for word this image's caption (frequent in the
+        # shapes set: "a red circle") is not a wrong pair: ranking it lower would be noise.
+        same = (words[:, None, :] == words[None, :, :]).all(axis=2)
+        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"], ignore=same)
         dv, ds = fragment_score_backward(max_margin_ranking_backward(c_rank), c_score)
         self.words_backward(ds, c_words)
         return loss, self.regions_backward(dv, c_regions, need_dgrid)

@@ -46,8 +46,9 @@ def encode_words(model, sentences, batch_size=500):
     return xp.concatenate(parts, axis=0), offsets
 
 
-def score_matrix(regions, word_vectors, offsets, chunk=20):
-    """S (N, P) NumPy float64: S[k, p] = sum over the words of sentence p of max_i v_ki . s_t.
+def score_matrix(regions, word_vectors, offsets, chunk=20, clip=False, average=False):
+    """S (N, P) NumPy float64: S[k, p] = sum over the words of sentence p of max_i v_ki . s_t
+    (clip / average as in nn.ranking.fragment_score_forward: pass model.score_options()).
 
     Chunks of `chunk` images keep the (chunk * R, W) table of dot products small.
     """
@@ -59,9 +60,13 @@ def score_matrix(regions, word_vectors, offsets, chunk=20):
     for k in range(0, N, chunk):
         v = regions[k:k + chunk]
         best = (v.reshape(-1, H) @ word_vectors.T).reshape(len(v), R, -1).max(axis=1)   # (n, W)
+        if clip:
+            best = xp.maximum(best, 0)
         total = xp.concatenate([xp.zeros((len(v), 1), dtype=xp.float64),
                                 xp.cumsum(best, axis=1, dtype=xp.float64)], axis=1)
         out[k:k + len(v)] = backend.to_numpy(total[:, ends] - total[:, starts])
+    if average:
+        out /= numpy.maximum(numpy.diff(offsets), 1)[None, :]
     return out
 
 

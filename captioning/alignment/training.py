@@ -31,6 +31,8 @@ class AlignConfig:
     max_words: int = 20
     patience: int = 3                 # early stopping: epochs without a better dev recall sum
     lr_factor: float = 0.5            # the learning rate is multiplied by this after such an epoch
+    lr_decay: float = 1.0             # ... and by this after every epoch
+    weight_decay: float = 0.0         # L2 on every weight matrix (Adam's coupled weight decay)
     seed: int = 0
     max_minutes: Optional[float] = None
     val_images: Optional[int] = None  # dev recall on the first N dev images only
@@ -60,7 +62,8 @@ class AlignTrainer:
         self.sentences = encode_sentences(self.train.references, vocabulary, config.max_words)
         dev = data.splits["dev"].head(config.val_images)
         self.dev, self.dev_sentences = dev, encode_sentences(dev.references, vocabulary, config.max_words)
-        self.optimizer = Adam(list(self.named_parameters()), lr=config.lr)
+        self.optimizer = Adam(list(self.named_parameters()), lr=config.lr,
+                              weight_decay=config.weight_decay)
         self.progress = AlignProgress()
         os.makedirs(self.out_dir, exist_ok=True)
 
@@ -165,6 +168,8 @@ class AlignTrainer:
                  f"{a['R@1']:.1f}/{a['R@5']:.1f}/{a['R@10']:.1f} med {a['median_rank']:g}, search "
                  f"{s['R@1']:.1f}/{s['R@5']:.1f}/{s['R@10']:.1f} med {s['median_rank']:g}"
                  f"{' (best)' if better else ''} | {format_duration(p.elapsed)}")
+        if p.batch == 0:
+            self.optimizer.lr *= self.config.lr_decay
         if not better and p.batch == 0:
             p.epochs_since_best += 1
             self.optimizer.lr *= self.config.lr_factor     # a plateau: take smaller steps
@@ -181,5 +186,5 @@ def evaluate_retrieval(model, encoder, data, sentences, chunk=20):
     """Recall metrics of `model` on the images of `data` and their `sentences`."""
     regions = encode_regions(model, encoder, data.inputs)
     words, offsets = encode_words(model, sentences)
-    S = score_matrix(regions, words, offsets, chunk=chunk)
+    S = score_matrix(regions, words, offsets, chunk=chunk, **model.score_options())
     return recall_metrics(S, sentences.image)

@@ -14,7 +14,8 @@ DESCRIPTION = """\
 Deep Visual-Semantic Alignments: image regions (the cells of the CNN's feature
 grid and the whole image) and the words of a sentence (a bidirectional RNN)
 are mapped into one space; an image and a sentence score
-S = sum over words of the best region's dot product, trained with the
+S = 10 x the mean over the words of the best region's cosine (--cosine 0
+--no-average: the paper's sum of dot products), trained with the
 bidirectional max-margin ranking loss (margin 1).
 
   train      train on the synthetic shapes set (default) or on cached Flickr8k features (--data)
@@ -23,11 +24,11 @@ bidirectional max-margin ranking loss (margin 1).
   annotate   a picture: each region's best words, and each word's best region
 
 examples:
-  python -m captioning align train                               # shapes, 5 minutes
+  python -m captioning align train                               # shapes, under a minute
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
-  python -m captioning align search "a dog jumps into the water" --checkpoint CKPT --top 5
-  python -m captioning align annotate photo.jpg --checkpoint CKPT --sentence "a dog runs" --png out.png
+  python -m captioning align search "a dog jumps into the water" --data ../shared/flickr8k --top 5
+  python -m captioning align annotate photo.jpg --sentence "a dog runs" --png out.png   # the shipped aligner
 """
 
 
@@ -37,8 +38,8 @@ def _common(p, checkpoint=True):
                    help="array backend (also accepted before the subcommand)")
     if checkpoint:
         p.add_argument("--checkpoint", default=None,
-                       help="an aligner best.npz written by `align train` (the default, "
-                            "captioning/pretrained/aligner_flickr8k.npz, is not packaged yet)")
+                       help="an aligner best.npz written by `align train` (default: the shipped "
+                            "Flickr8k aligner, captioning/pretrained/aligner_flickr8k.npz)")
     p.add_argument("--data", default=None, help="Flickr8k folder (default: the checkpoint's data / shapes)")
     p.add_argument("--features", default=None, help="EfficientNet-Lite0 feature cache of the Flickr8k folder")
 
@@ -47,20 +48,28 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", required=True)
     t = sub.add_parser("train", help="train an aligner")
     _common(t, checkpoint=False)
-    for name, kind, text in (("epochs", int, "epochs (default 12 shapes / 15 Flickr8k)"),
-                             ("batch-size", int, "image-sentence pairs per step (default 100)"),
-                             ("lr", float, "Adam learning rate (default 1e-3)"),
+    for name, kind, text in (("epochs", int, "epochs (default 2 shapes / 15 Flickr8k)"),
+                             ("batch-size", int, "image-sentence pairs per step (default 32 shapes / 100 Flickr8k)"),
+                             ("lr", float, "Adam learning rate (default 5e-3 shapes / 1e-3 Flickr8k)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
                              ("embed", int, "word-vector size (default 64 / 200)"),
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
                              ("val-images", int, "dev recall on the first N dev images (default all / 500)"),
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
-                             ("max-minutes", float, "stop after this many minutes of training (default 5 "
+                             ("max-minutes", float, "stop after this many minutes of training (default 0.7 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
-                             ("dropout", float, "drop probability of region features and word vectors "
-                                                "while training (default 0)"),
+                             ("dropout", float, "drop probability of region features while training"),
+                             ("word-dropout", float, "drop probability of word-vector entries while training"),
+                             ("weight-decay", float, "L2 weight decay of the weight matrices"),
+                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch"),
+                             ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
+    from argparse import BooleanOptionalAction
+    t.add_argument("--clip", action=BooleanOptionalAction, default=None,
+                   help="a word's best match counts as max(0, v . s) (the paper's full objective)")
+    t.add_argument("--average", action=BooleanOptionalAction, default=None,
+                   help="sentence score: mean over its words (default; --no-average: the sum)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
@@ -90,6 +99,9 @@ def _log(line):
     print(line, flush=True)
 
 
+INTEGER_OPTIONS = ("epochs", "batch_size", "hidden", "embed", "min_count", "val_images", "patience", "max_images")
+
+
 def _train_options(args):
     from ..alignment.app import DEFAULTS
     name = "shapes" if args.data is None else "flickr8k"
@@ -107,9 +119,13 @@ def _train_options(args):
             raise UsageError(f"--lr must be > 0, got {value}")
         if key == "max_minutes" and value < 0:
             raise UsageError(f"--max-minutes must be >= 0, got {value}")
-        if key == "dropout" and not 0 <= value < 1:
-            raise UsageError(f"--dropout must be in [0, 1), got {value}")
-        if key not in ("lr", "max_minutes", "dropout") and value < 1:
+        if key in ("dropout", "word_dropout") and not 0 <= value < 1:
+            raise UsageError(f"{flag} must be in [0, 1), got {value}")
+        if key in ("weight_decay", "cosine") and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+        if key == "lr_decay" and not 0 < value <= 1:
+            raise UsageError(f"--lr-decay must be in (0, 1], got {value}")
+        if key in INTEGER_OPTIONS and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
         options[key] = value
     if options["max_minutes"] == 0:
@@ -133,11 +149,15 @@ def _train(args):
     data, encoder = app.load_training_data(args.data, args.features, seed=args.seed, max_images=args.max_images)
     vocabulary = app.vocabulary_from(data, o["min_count"])
     model = app.build_model(data, encoder, vocabulary, o["hidden"], o["embed"], seed=args.seed,
-                            dropout=o["dropout"])
+                            **{k: o[k] for k in app.MODEL_OPTIONS})
     config = AlignConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], patience=o["patience"],
-                         seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"])
+                         seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"],
+                         weight_decay=o["weight_decay"], lr_decay=o["lr_decay"])
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
-    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g}, regions: the feature grid + the whole image")
+    _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g} regions / "
+         f"{o['word_dropout']:g} words, score: {'mean' if o['average'] else 'sum'} over words of "
+         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}; "
+         f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
     if args.resume:
         trainer.resume(os.path.join(out, "last.npz"))

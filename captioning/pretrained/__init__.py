@@ -6,6 +6,8 @@ loaded) and a JSON card beside it that says what it is: the data and split it
 was trained on, the command that trained it, its test scores, its size.
 
     captioner_flickr8k.npz / .json   Show, Attend and Tell on Flickr8k (EfficientNet-Lite0 grid)
+    aligner_flickr8k.npz / .json     Deep Visual-Semantic Alignments on Flickr8k (`align`;
+                                     written by captioning.alignment.checkpoint.export_aligner)
 
 `export_checkpoint` makes such a file from a training checkpoint: float16
 weights, no optimizer state, and no paths of the machine it was trained on.
