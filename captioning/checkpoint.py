@@ -30,7 +30,7 @@ from nn.persist import check_parameter_values, load_npz, save_npz
 from .data.text import Vocabulary
 from .models import ConfigMismatchError, build
 
-__all__ = ["FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "check_vocabulary"]
+__all__ = ["FORMAT", "Checkpoint", "save_checkpoint", "read_checkpoint_file", "load_checkpoint", "check_vocabulary"]
 
 FORMAT = "captioning-checkpoint/1"
 
@@ -71,6 +71,19 @@ def save_checkpoint(path, model, vocabulary, encoder_spec, encoder_state=None, o
     return save_npz(path, arrays, meta=meta)
 
 
+def read_checkpoint_file(path):
+    """(path as str, arrays, metadata) of a checkpoint file; FileNotFoundError naming what to give
+    when `path` is missing or a folder (e.g. the --out folder of a training run)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path} is a folder: give a file in it, e.g. "
+                                f"{os.path.join(path, 'best.npz')}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    arrays, meta = load_npz(path)
+    return path, arrays, meta
+
+
 def load_checkpoint(path, dtype=None):
     """Read a checkpoint and rebuild its model (in eval mode) on the current backend.
 
@@ -79,13 +92,7 @@ def load_checkpoint(path, dtype=None):
     parameters do not fit the configuration it records, or that holds an
     array of a non-float dtype or with NaN/inf values (named).
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):   # e.g. the --out folder of train
-        raise FileNotFoundError(f"checkpoint {path} is a folder: give a file in it, e.g. "
-                                f"{os.path.join(path, 'best.npz')}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    arrays, meta = load_npz(path)
+    path, arrays, meta = read_checkpoint_file(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConfigMismatchError(f"{path} is not a captioning checkpoint (no {FORMAT!r} record); "
                                   "make one with `python -m captioning train`")

@@ -7,6 +7,7 @@ import numpy
 
 from nn.persist import load_npz, save_npz
 
+from ..checkpoint import read_checkpoint_file
 from ..data.text import Vocabulary
 from ..models import ConfigMismatchError
 from ..encoders import make_encoder
@@ -44,13 +45,7 @@ def load_aligner(path, dtype=numpy.float32):
 
     FileNotFoundError when missing; ConfigMismatchError for another kind of file.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint {path} is a folder: give a file in it, e.g. "
-                                f"{os.path.join(path, 'best.npz')}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    arrays, meta = load_npz(path)
+    path, arrays, meta = read_checkpoint_file(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConfigMismatchError(f"{path} is not an aligner checkpoint (made by "
                                   "`python -m captioning align train`)")

@@ -135,8 +135,7 @@ def _train_options(args):
 
 def _train(args):
     from ..alignment import app
-    from ..alignment.training import AlignConfig, AlignTrainer, evaluate_retrieval
-    from ..alignment.data import encode_sentences
+    from ..alignment.training import AlignConfig, AlignTrainer
     from ..progress import format_duration
 
     name, o = _train_options(args)
