@@ -1,11 +1,10 @@
 """Aligner checkpoints: one .npz (nn.persist.save_npz, atomic) with the weights, the
 vocabulary, the image encoder and, for resuming, the optimizer and the training state."""
-import os
 from dataclasses import dataclass, field
 
 import numpy
 
-from nn.persist import load_npz, save_npz
+from nn.persist import save_npz
 
 from ..checkpoint import read_checkpoint_file
 from ..data.text import Vocabulary
@@ -74,21 +73,11 @@ def export_aligner(source, target, card=None):
     - card: dict for the JSON card (model, data, command, test_scores, ...), or None
     Returns: the target path. The card gets "size_mb" and "parameters" added.
     """
-    import json
-    from pathlib import Path
+    from ..pretrained import export_npz
 
-    from nn.persist import atomic_write
-    arrays, meta = load_npz(source)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigMismatchError(f"{source} is not an aligner checkpoint")
-    kept = {k: (v.astype(numpy.float16) if numpy.issubdtype(v.dtype, numpy.floating) else v)
-            for k, v in arrays.items() if not k.startswith("optim/")}
-    meta = dict(meta, data={k: (None if k in ("root", "features") else v) for k, v in (meta.get("data") or {}).items()},
-                exported_from=os.path.basename(os.fspath(source)))
-    target = Path(save_npz(target, kept, meta=meta, compress=True))
-    if card is not None:
-        card = dict(card, size_mb=round(target.stat().st_size / 2**20, 2),
-                    parameters=int(sum(v.size for k, v in kept.items() if k.startswith("model/"))))
-        with atomic_write(target.with_suffix(".json"), "w", encoding="utf-8") as stream:
-            json.dump(card, stream, indent=1)
-    return target
+    def portable(meta):
+        if meta.get("format") != FORMAT:
+            raise ConfigMismatchError(f"{source} is not an aligner checkpoint")
+        meta["data"] = {k: (None if k in ("root", "features") else v) for k, v in (meta.get("data") or {}).items()}
+        return meta
+    return export_npz(source, target, card, portable, "model/")

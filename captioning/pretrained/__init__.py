@@ -22,7 +22,7 @@ import numpy
 from nn.persist import atomic_write, load_npz, save_npz
 
 __all__ = ["PRETRAINED_DIR", "CAPTIONER", "shipped_path", "load_card", "describe", "checkpoint_or_shipped",
-           "is_shipped", "export_checkpoint"]
+           "is_shipped", "export_npz", "export_checkpoint"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 CAPTIONER = "captioner_flickr8k"
@@ -82,8 +82,29 @@ def _portable_training_record(training):
     return record
 
 
+def export_npz(source, target, card, make_portable, weights_prefix):
+    """The one exporter: float16 weights, no optimizer state, the metadata made portable by
+    `make_portable(meta) -> meta` (no paths of the training machine), a JSON card beside it.
+
+    weights_prefix: the arrays counted as the model's parameters in the card ("decoder/", "model/").
+    Returns the Path written; the card gets "size_mb" and "parameters" added.
+    """
+    arrays, meta = load_npz(source)
+    kept = {key: value.astype(numpy.float16) if numpy.issubdtype(value.dtype, numpy.floating) else value
+            for key, value in arrays.items() if not key.startswith("optim/")}
+    meta = make_portable(dict(meta or {}))
+    meta["exported_from"] = os.path.basename(os.fspath(source))
+    target = Path(save_npz(target, kept, meta=meta, compress=True))
+    if card is not None:
+        card = dict(card, size_mb=round(target.stat().st_size / 2**20, 2),
+                    parameters=int(sum(v.size for k, v in kept.items() if k.startswith(weights_prefix))))
+        with atomic_write(target.with_suffix(".json"), "w", encoding="utf-8") as stream:
+            json.dump(card, stream, indent=1)
+    return target
+
+
 def export_checkpoint(source, target, card=None):
-    """Write a shippable copy of checkpoint `source` to `target` (and its card beside it).
+    """Write a shippable copy of captioning checkpoint `source` to `target` (and its card beside it).
 
     Inputs:
     - source: a best.npz / last.npz written by `python -m captioning train`
@@ -91,19 +112,7 @@ def export_checkpoint(source, target, card=None):
     - card: dict for the JSON card (model, data, command, test_scores, ...), or None
     Returns: the Path written. The card gets "size_mb" and "parameters" added.
     """
-    arrays, meta = load_npz(source)
-    kept = {}
-    for key, value in arrays.items():
-        if key.startswith("optim/"):
-            continue
-        kept[key] = value.astype(numpy.float16) if numpy.issubdtype(value.dtype, numpy.floating) else value
-    meta = dict(meta or {})
-    meta["training"] = _portable_training_record(meta.get("training"))
-    meta["exported_from"] = os.path.basename(os.fspath(source))
-    target = Path(save_npz(target, kept, meta=meta, compress=True))
-    if card is not None:
-        card = dict(card, size_mb=round(target.stat().st_size / 2**20, 2),
-                    parameters=int(sum(v.size for k, v in kept.items() if k.startswith("decoder/"))))
-        with atomic_write(target.with_suffix(".json"), "w", encoding="utf-8") as stream:
-            json.dump(card, stream, indent=1)
-    return target
+    def portable(meta):
+        meta["training"] = _portable_training_record(meta.get("training"))
+        return meta
+    return export_npz(source, target, card, portable, "decoder/")
