@@ -134,7 +134,6 @@ def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     op = "attention_step_backward"
     xp = backend.get_array_module(dcontext, dalpha, alpha, op=op)
     N, L, D = features.shape
-    A = w_score.shape[0]
     _check_shape(op, "dcontext", dcontext, (N, D))
 
     dfeatures = None
@@ -148,7 +147,9 @@ def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     dscores = dalpha_total
     dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
     dscores *= alpha
-    dw_score = activations.reshape(N * L, A).T @ dscores.reshape(N * L)
+    # summed by einsum (not a matrix product): the caption models were trained with this rounding,
+    # so a given seed reproduces their runs to the last bit
+    dw_score = xp.einsum("nla,nl->a", activations, dscores)
     # scores = tanh(pre) @ w_score, so dpre = (dscores w_score^T) * (1 - tanh^2)
     dprojected = xp.multiply(activations, activations)
     xp.subtract(1, dprojected, out=dprojected)
