@@ -61,8 +61,8 @@ def check_outputs(outputs, reads=(), data_folder=None):
       a path of None is skipped
     - data_folder: the data set's folder, which is only read (None: no data folder)
     Raises UsageError when an output is one of the files read, is the data folder, or lies inside
-    it, or is a device, pipe or socket (e.g. /dev/null, which a file would replace). Paths are compared as real paths (and inodes), so a symlink, a hard link or a `./x`
-    spelling is caught too.
+    it, or is a device, pipe or socket (e.g. /dev/null, which a file would replace). Paths are
+    compared as real paths (and inodes), so a symlink, a hard link or a `./x` spelling is caught too.
     """
     read = {key: (what, path) for what, path in reads if path is not None for key in _file_keys(path)}
     data = None if data_folder is None else os.path.realpath(os.path.abspath(data_folder))

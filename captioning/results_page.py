@@ -71,9 +71,15 @@ def per_image_scores(references, captions):
     return bleu4, cider
 
 
-def _save_thumbnail(image, path):
-    picture = Image.open(image).convert("RGB") if isinstance(image, (str, os.PathLike)) \
-        else Image.fromarray(_as_uint8_image(image))
+def _as_picture(image):
+    """A path or an (H, W, 3) / (3, H, W) array -> an RGB PIL image (decoded once per entry)."""
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return Image.fromarray(_as_uint8_image(image))
+
+
+def _save_thumbnail(picture, path):
     if picture.width > THUMBNAIL_WIDTH:
         picture = picture.resize((THUMBNAIL_WIDTH, round(picture.height * THUMBNAIL_WIDTH / picture.width)),
                                  Image.BILINEAR)
@@ -82,15 +88,12 @@ def _save_thumbnail(image, path):
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     with atomic_write(path, "wb") as stream:
         picture.save(stream, format="JPEG", quality=88)
-    return picture
 
 
-def _save_attention(entry, path):
-    image = Image.open(entry.image).convert("RGB") if isinstance(entry.image, (str, os.PathLike)) \
-        else entry.image
+def _save_attention(entry, picture, path):
     words = entry.caption or ["<empty>"]
     weights = numpy.asarray(entry.attention)[:len(words)]
-    figure = attention_figure(numpy.asarray(image), words, weights, grid_shape=entry.grid_shape,
+    figure = attention_figure(numpy.asarray(picture), words, weights, grid_shape=entry.grid_shape,
                               columns=len(words) + 1, min_tile=96)
     with atomic_write(path, "wb") as stream:
         figure.save(stream, format="PNG")
@@ -165,11 +168,12 @@ def write_results_page(folder, entries, title="Captions", settings=None, scores=
     rows = []
     for index, entry in enumerate(entries):
         thumbnail = f"images/{index:05d}.jpg"
-        _save_thumbnail(entry.image, folder / thumbnail)
+        picture = _as_picture(entry.image)
+        _save_thumbnail(picture, folder / thumbnail)
         attention = None
         if entry.attention is not None:
             attention = f"attention/{index:05d}.png"
-            _save_attention(entry, folder / attention)
+            _save_attention(entry, picture, folder / attention)
         rows.append(_row(index, entry, thumbnail, attention))
     heads = ('<th class="sortable" data-key="order" data-first="asc">#</th><th>image</th>'
              "<th>generated caption (bold) and the references</th>"
