@@ -23,8 +23,8 @@ def tiny(xp, seed=0, N=3, L=4, D=5, T=4, V=7):
     return model, grid, words, mask
 
 
-def test_whole_model_gradients(xp):
-    model, grid, words, mask = tiny(xp, seed=1)
+def _check_whole_model_gradients(model, grid, words, mask):
+    """Every parameter's and the region features' gradient against finite differences (float64)."""
     loss, dgrid = model.loss(grid, words, mask)
     assert loss > 0
     analytic = {name: g.copy() for name, g in model.grads.items()}
@@ -33,6 +33,11 @@ def test_whole_model_gradients(xp):
         assert rel_error(analytic[name], numeric) < 1e-6, name
     numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
     assert rel_error(dgrid, numeric) < 1e-6
+
+
+def test_whole_model_gradients(xp):
+    model, grid, words, mask = tiny(xp, seed=1)
+    _check_whole_model_gradients(model, grid, words, mask)
 
 
 def test_whole_model_gradients_with_the_score_options(xp):
@@ -40,14 +45,7 @@ def test_whole_model_gradients_with_the_score_options(xp):
     model.config.update(cosine=4.0, clip=True, average=True, word_dropout=0.3, dropout=0.2)
     model.train()
     model.dropout_seed = 3
-    loss, dgrid = model.loss(grid, words, mask)
-    assert loss > 0
-    analytic = {name: g.copy() for name, g in model.grads.items()}
-    for name, param in model.params.items():
-        numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], param)
-        assert rel_error(analytic[name], numeric) < 1e-6, name
-    numeric = eval_numerical_gradient(lambda: model.loss(grid, words, mask)[0], grid)
-    assert rel_error(dgrid, numeric) < 1e-6
+    _check_whole_model_gradients(model, grid, words, mask)
     v = model.regions_forward(grid)[0]
     assert float(abs((v * v).sum(axis=-1) - 4.0).max()) < 1e-6      # |v|^2 = the cosine scale
 
