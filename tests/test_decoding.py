@@ -221,7 +221,7 @@ def test_finished_images_leave_the_batch():
             numpy.testing.assert_allclose(alone.attention[0], together.attention[image], rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+@pytest.mark.parametrize("kind", ["show-tell", "attention", "lrcn"])
 def test_decoders_run_the_real_models(kind):
     # The contract with captioning.models: both models decode in batches, and a
     # beam's score is the model's own log-probability of the returned caption.
@@ -231,7 +231,7 @@ def test_decoders_run_the_real_models(kind):
     model = models.build(config, seed=0, dtype=numpy.float64)
     model.eval()
     rng = numpy.random.default_rng(0)
-    features = rng.normal(size=(5, 8) if kind == "show-tell" else (5, 4, 8))
+    features = rng.normal(size=(5, 8) if models.MODELS[kind].feature_kind == "pooled" else (5, 4, 8))
     greedy = greedy_decode(model, features, 1, 2, max_length=6)
     beam = beam_search(model, features, 1, 2, beam_size=1, max_length=6)
     assert beam.sequences == greedy.sequences

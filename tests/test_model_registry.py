@@ -36,12 +36,13 @@ def test_bag_of_words_gradients_match_finite_differences(xp):
     assert total / 3 == pytest.approx(loss, rel=1e-10)
 
 
-def test_bag_of_words_trains_through_the_trainer_and_decodes(tmp_path):
+@pytest.mark.parametrize("kind", ["bag-of-words", "lrcn"])
+def test_a_pooled_model_trains_end_to_end_through_the_trainer_and_decodes(tmp_path, kind):
     data = ShapesDataset.load(n_train=30, n_dev=6, n_test=2, seed=2)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     encoder = TrainableEncoder.small_cnn(channels=(4, 8), image_size=64, seed=0)
-    model_class = MODELS["bag-of-words"]
-    model = build({"model": model_class.name, "vocab_size": len(vocab),
+    model_class = MODELS[kind]
+    model = build({"model": model_class.name, "vocab_size": len(vocab), "hidden_dim": 16,
                    "feature_dim": encoder.feature_dim(model_class.feature_kind), "wordvec_dim": 16,
                    "null_id": vocab.null_id, "start_id": vocab.start_id, "end_id": vocab.end_id}, seed=0)
     lines = []

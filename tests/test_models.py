@@ -6,6 +6,7 @@ from nn import backend
 from nn.gradcheck import eval_numerical_gradient, rel_error
 from captioning.models import ConfigMismatchError, build
 
+POOLED = ("show-tell", "lrcn")    # the models that read one feature vector per image
 TINY = {"vocab_size": 9, "feature_dim": 5, "wordvec_dim": 4, "hidden_dim": 6, "attention_dim": 5}
 
 
@@ -16,16 +17,20 @@ def _tiny_batch(xp, kind, seed=0):
     captions[:, 0] = 1                       # <START>
     captions[0, 4], captions[0, 5] = 2, 0    # <END>, <NULL>
     captions[1, 2], captions[1, 3:] = 2, 0
-    shape = (3, 5) if kind == "show-tell" else (3, 4, 5)
+    shape = (3, 5) if kind in POOLED else (3, 4, 5)
     features = xp.asarray(gen.standard_normal(shape))
     return features, xp.asarray(captions)
 
 
-@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+@pytest.mark.parametrize("kind", ["show-tell", "attention", "lrcn"])
 def test_whole_model_gradient_check(xp, kind):
     """Every parameter's and the features' gradient against finite differences, float64, dropout on."""
     backend.set_default_float(numpy.float64)
     model = build({"model": kind, "dropout": 0.3, **TINY}, seed=1)
+    # Word vectors of a trained model's size (std ~1, not the init's 0.1): with init-sized ones, LRCN's
+    # words-only first layer, which starts from h = 0, has Wh1 gradients near 1e-8, where finite
+    # differences are noise (relative error 1e-4 for a correct backward pass).
+    model.params["W_embed"] = model.params["W_embed"] * 10
     features, captions = _tiny_batch(xp, kind)
     loss, grads, dfeatures = model.forward_backward(features, captions, feature_grad=True, dropout_seed=5)
     assert set(grads) == set(model.params)
@@ -41,7 +46,7 @@ def test_whole_model_gradient_check(xp, kind):
     assert rel_error(numeric, dfeatures) <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+@pytest.mark.parametrize("kind", ["show-tell", "attention", "lrcn"])
 def test_decode_steps_reproduce_teacher_forced_loss(xp, kind):
     """Feeding the true words through decode_step gives the training loss (eval mode, no regulariser)."""
     backend.set_default_float(numpy.float64)
@@ -61,6 +66,22 @@ def test_decode_steps_reproduce_teacher_forced_loss(xp, kind):
         else:
             assert attention is None
     assert total / 3 == pytest.approx(loss, rel=1e-10)
+
+
+def test_lrcn_is_factored_its_first_layer_never_sees_the_image():
+    """Zero initial states; layer 1 depends on the words only, layer 2 on the image at every step."""
+    backend.set_default_float(numpy.float64)
+    model = build({"model": "lrcn", **TINY}, seed=4).eval()
+    features, captions = _tiny_batch(numpy, "lrcn", seed=5)
+    states = [model.init_decode_state(f) for f in (features, -features)]
+    for key in ("h1", "c1", "h2", "c2"):
+        assert not states[0][key].any()
+    for t in range(captions.shape[1] - 1):
+        steps = [model.decode_step(captions[:, t], state) for state in states]
+        states = [state for _, state, _ in steps]
+        numpy.testing.assert_array_equal(states[0]["h1"], states[1]["h1"])
+        assert not numpy.allclose(states[0]["h2"], states[1]["h2"])
+        assert not numpy.allclose(steps[0][0], steps[1][0])
 
 
 def test_doubly_stochastic_regulariser_adds_the_documented_penalty():
@@ -118,7 +139,7 @@ def test_build_refuses_a_config_that_cannot_make_a_model(change, message):
         build({"model": "attention", **TINY, **change})
 
 
-@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+@pytest.mark.parametrize("kind", ["show-tell", "attention", "lrcn"])
 def test_astype_casts_gradients_and_the_optimizer_follows(kind):
     from nn.optim import Adam
     model = build({"model": kind, **TINY}, seed=1, dtype=numpy.float32)

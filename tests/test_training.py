@@ -12,11 +12,11 @@ from captioning.checkpoint import check_vocabulary, load_checkpoint
 from captioning.data.datasets import ShapesDataset
 from captioning.data.text import Vocabulary
 from captioning.encoders import FrozenFeatures, TrainableEncoder
-from captioning.models import ConfigMismatchError, build
+from captioning.models import MODELS, ConfigMismatchError, build
 from captioning.training import TrainConfig, Trainer, TrainingDiverged
 
 
-@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+@pytest.mark.parametrize("kind", ["show-tell", "attention", "lrcn"])
 def test_overfits_a_batch_of_50_captions(kind):
     """A model that can learn at all drives the loss of 50 fixed captions below 0.1."""
     gen = numpy.random.default_rng(0)
@@ -27,7 +27,7 @@ def test_overfits_a_batch_of_50_captions(kind):
     for i, length in enumerate(lengths):
         captions[i, length] = 2
         captions[i, length + 1:] = 0
-    shape = (n, 24) if kind == "show-tell" else (n, 4, 24)
+    shape = (n, 24) if MODELS[kind].feature_kind == "pooled" else (n, 4, 24)
     features = gen.standard_normal(shape).astype(numpy.float32)
     model = build({"model": kind, "vocab_size": vocab_size, "feature_dim": 24, "wordvec_dim": 32,
                    "hidden_dim": 64, "attention_dim": 32, "doubly_stochastic": 0.0}, seed=0)
