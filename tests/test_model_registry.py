@@ -61,6 +61,8 @@ def test_the_command_line_offers_every_registered_model(tmp_path, capsys):
     out = tmp_path / "bow"
     assert main(["train", "--model", "bag-of-words", "--max-images", "12", "--epochs", "1", "--batch-size", "20",
                  "--embed", "16", "--out", str(out)]) == 0
-    assert "model: bag-of-words" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "model: bag-of-words" in printed
+    assert "--checkpoint" in printed and "--attention-png" not in printed   # its suggested commands work
     assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--max-images", "3"]) == 0
     assert "shapes test: 3 images" in capsys.readouterr().out

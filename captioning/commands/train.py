@@ -270,8 +270,10 @@ def _report_best(args, trainer, history, data, out, synthetic):
     print(f"next: python -m captioning evaluate --checkpoint {trainer.best_path}"
           f"{'' if synthetic else ' --data ' + args.data} --split test --beam 3")
     if synthetic:
+        # `caption --attention-png` refuses a model without a feature grid to attend over
+        png = " --attention-png attention.png" if trainer.model.feature_kind == "grid" else ""
         print(f"      python -m captioning caption {os.path.join(out, 'sample_*.png')} --checkpoint "
-              f"{trainer.best_path} --attention-png attention.png")
+              f"{trainer.best_path}{png}")
 
 
 def _show_samples(best_path, data, out, synthetic, count=4):
