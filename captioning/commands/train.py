@@ -11,7 +11,8 @@ from ..cli import UsageError, check_decoding_options, check_outputs
 HELP = "train a captioning model (default: the built-in synthetic shapes set, ~2 minutes on a CPU)"
 DESCRIPTION = """\
 Train a captioner: Show, Attend and Tell (soft attention, the default), Show
-and Tell, or any other model of the registry (--model).
+and Tell, LRCN (two LSTMs, the image fed to the upper one at every step), or
+any other model of the registry (--model).
 
 Without --data it trains on the built-in synthetic shapes set: 64x64 images of
 coloured shapes, a small CNN trained end to end with the attention decoder.
