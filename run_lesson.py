@@ -25,6 +25,7 @@ How a lesson is written (a new lesson needs no change to this runner):
   `ctx.features` (--features: a feature cache to read, or None),
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
+  `ctx.show_source(function)` (print a function's code with its file:line),
   `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data),
   `ctx.fit(trainer)` (train with a captioning.training.Trainer: use it instead
   of `trainer.fit()`, so that Ctrl-C ends the lesson);
@@ -91,6 +92,23 @@ class Context:
         """Path of an output file (PNG, ...) under the outputs folder, created on demand."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self.out_dir / filename
+
+    def show_source(self, function):
+        """Print the source of a function (or class) with its file:line: the plain code behind a call.
+
+        Lessons call library functions whose code is not in the step; this
+        shows it where the learner reads the step's output.
+        """
+        function = inspect.unwrap(function)
+        try:
+            lines, first = inspect.getsourcelines(function)
+            path = Path(inspect.getsourcefile(function)).resolve()
+        except (OSError, TypeError):
+            print(f"(no Python source for {getattr(function, '__qualname__', function)})")
+            return
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(f"--- source of {function.__qualname__}, {shown}:{first}")
+        print(textwrap.indent(textwrap.dedent("".join(lines)).rstrip(), "  | ", lambda line: True))
 
     def stop(self, message):
         """End the lesson here without failing it."""
