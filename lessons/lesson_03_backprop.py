@@ -126,10 +126,11 @@ def step_5_chain_layers(ctx):
 
     Net: affine -> relu -> affine, loss = mean over examples of 0.5*|pred - target|^2.
     Each backward takes the gradient of its output and returns the gradients
-    of its inputs, which are the outputs of the layer before (see
-    `two_layer_loss` above this step in the file). We check every parameter
-    of the whole net numerically.
+    of its inputs, which are the outputs of the layer before
+    (`two_layer_loss`, printed below). We check every parameter of the
+    whole net numerically.
     """
+    ctx.show_source(two_layer_loss)
     gen = backend.rng(4)
     x, target = gen.standard_normal((5, 3)), gen.standard_normal((5, 2))
     params = {"w1": 0.5 * gen.standard_normal((3, 8)), "b1": 0.1 * gen.standard_normal(8),

@@ -83,6 +83,7 @@ def step_2_output_size(ctx):
     differ (weights trained with one padding are off by a pixel with the
     other). For a 47 x 47 crop "same" pads 1 and 1: no difference.
     """
+    ctx.show_source(same_padding)
     sizes = {}
     for stride, pad in [(1, 0), (1, 1), (2, 1), (2, same_padding(48, 3, 2) * 2)]:
         out, _ = conv_forward(ctx.x, ctx.w, ctx.b, {"stride": stride, "pad": pad})

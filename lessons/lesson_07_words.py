@@ -96,8 +96,9 @@ def step_4_encode_and_pad(ctx):
     (lessons 8-9). The loss mask is over the targets, captions[:, 1:] !=
     <NULL>: <START> is never a target, padding never counts, and each caption
     contributes its n words plus <END>. `decode` turns ids back into words
-    and stops at <END>.
+    and stops at <END> (`Vocabulary.encode`, printed below).
     """
+    ctx.show_source(Vocabulary.encode)
     captions = [ctx.splits["train"].tokens[i][0] for i in range(3)]
     encoded = [ctx.vocab.encode(tokens, max_length=20) for tokens in captions]
     length = max(len(e) for e in encoded)

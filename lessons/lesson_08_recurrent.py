@@ -109,8 +109,9 @@ def step_4_vanishing_gradients(ctx):
     factors shrink vectors, the product vanishes exponentially in T (Bengio
     et al. 1994), so a word cannot learn from an image seen 20 steps earlier.
     Here the loss looks only at the last state; we measure how much gradient
-    reaches h_0 for growing T.
+    reaches h_0 for growing T (`gradient_reaching_the_start`, printed below).
     """
+    ctx.show_source(gradient_reaching_the_start)
     gen = backend.rng(3)
     H, D = 16, 8
     params = {"Wx": gen.standard_normal((D, H)) / numpy.sqrt(D),

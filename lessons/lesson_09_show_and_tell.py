@@ -67,8 +67,10 @@ def step_2_the_model(ctx):
         h_t    = LSTM(x_t, h_(t-1))
         scores = h_t @ W_vocab + b_vocab            one score per vocabulary word
     The paper feeds the image as the LSTM's first input instead of its state;
-    both condition every word on the image.
+    both condition every word on the image. The model's forward pass, which
+    `loss` calls (printed below), is these lines with the layers of lessons 3-8.
     """
+    ctx.show_source(ShowAndTell._forward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": ctx.features.shape[1],
               "wordvec_dim": 48, "hidden_dim": 96}
     ctx.model = ShowAndTell(config, seed=0)
@@ -91,8 +93,10 @@ def step_3_gradient_check(ctx):
     ~1e-10, and the relative error divides by |a| + |b|, which for some
     entries is itself near 1e-5. The largest ABSOLUTE difference, and the
     size of the entry where the relative error peaks, show that this is
-    rounding, not a bug (a bug gives relative errors near 1).
+    rounding, not a bug (a bug gives relative errors near 1). The backward
+    chain, printed below, is the forward's in reverse.
     """
+    ctx.show_source(ShowAndTell._backward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": 6, "wordvec_dim": 4, "hidden_dim": 5}
     tiny = ShowAndTell(config, seed=1, dtype=numpy.float64)
     features = backend.rng(0).standard_normal((2, 6))

@@ -191,7 +191,9 @@ def step_6_does_it_look_at_the_right_thing(ctx):
     and compare it with the share of cells it covers (what uniform attention
     would give). A ratio well above 1 means that on average the model looks
     where it speaks; single words can still look elsewhere (next step).
+    The measure is `attention_on_named_objects`, printed below.
     """
+    ctx.show_source(attention_on_named_objects)
     ctx.measured = attention_on_named_objects(ctx.captions, ctx.decoded.attention, ctx.test.objects)
     ratios = {}
     for kind, words in (("colour words", COLORS), ("shape words", SHAPES)):
