@@ -7,7 +7,7 @@ the same weights are used at every step. Training it is backpropagation
 through the unrolled chain of steps ("backpropagation through time", BPTT).
 The LSTM (Hochreiter & Schmidhuber 1997) adds a cell state with gates so
 that information and gradients can survive many steps (when its forget gate
-stays near 1, step 7); Show and Tell
+stays near 1, step 8); Show and Tell
 (Vinyals et al. 2015) and Show, Attend and Tell (Xu et al. 2015) both use one.
 
 Shapes: N sequences, T time steps, D input features, H hidden units.
@@ -24,7 +24,7 @@ from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_backward, lstm_
 TITLE = "Recurrent networks: vanilla RNN, LSTM, backpropagation through time, gradient checks"
 SECONDS = 1
 
-# `python run_lesson.py 8 --exercise`: write these yourself (graded by grade_<name> below and by step 5)
+# `python run_lesson.py 8 --exercise`: write these yourself (graded by grade_<name> below and by steps 5 and 7)
 EXERCISES = ["lstm_step_forward", "lstm_step_backward"]
 EXERCISE_IMPORTS = ["from nn import backend", "from nn.dense import sigmoid"]
 
@@ -173,6 +173,38 @@ def step_6_lstm_gradient_check(ctx):
             return lstm_forward(args["x"], args["h0"], args["Wx"], args["Wh"], args["b"])[0]
         errors[f"relative error d{name}"] = rel_error(grads[name], eval_numerical_gradient_array(forward, p[name], dh))
     ctx.check(max(errors.values()) < 1e-5, f"LSTM gradients must match: {errors}")
+    ctx.lstm_case = (p, dh, grads)
+    return errors
+
+
+def step_7_bptt_as_a_loop(ctx):
+    """Backpropagation through time written out: a loop over t calling `lstm_step_backward`.
+
+    Forward: T calls of `lstm_step_forward`, keeping each step's cache.
+    Backward, from t = T-1 down to 0: step t receives the loss's gradient
+    for its own h_t PLUS the dh carried back from step t+1, and the dc
+    carried back along the cell; `lstm_step_backward` returns dx_t, the dh
+    and dc to carry on to step t-1, and this step's share of dWx, dWh, db,
+    which are summed (every step uses the same weights). What comes out of
+    step 0 is dh0. `lstm_backward` (step 6) computes exactly this, faster:
+    the gate gradients of all steps are kept and dx, dWx, dWh, db come from
+    one matrix product each at the end (see nn/recurrent.py).
+    """
+    p, dh, fast = ctx.lstm_case
+    xp, T = backend.xp(), p["x"].shape[1]
+    h, c, caches = p["h0"], xp.zeros_like(p["h0"]), []
+    for t in range(T):
+        h, c, cache = lstm_step_forward(p["x"][:, t], h, c, p["Wx"], p["Wh"], p["b"])
+        caches.append(cache)
+    dx, dWx, dWh, db = xp.zeros_like(p["x"]), xp.zeros_like(p["Wx"]), xp.zeros_like(p["Wh"]), xp.zeros_like(p["b"])
+    dh_carried, dc_carried = xp.zeros_like(p["h0"]), xp.zeros_like(p["h0"])
+    for t in reversed(range(T)):
+        dx[:, t], dh_carried, dc_carried, dWx_t, dWh_t, db_t = lstm_step_backward(
+            dh[:, t] + dh_carried, dc_carried, caches[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    loop = {"x": dx, "h0": dh_carried, "Wx": dWx, "Wh": dWh, "b": db}
+    errors = {f"d{name}: loop vs lstm_backward": rel_error(loop[name], fast[name]) for name in loop}
+    ctx.check(max(errors.values()) < 1e-10, f"the loop of steps and lstm_backward agree: {errors}")
     return errors
 
 
@@ -197,7 +229,7 @@ def mean_forget_gate(params, T, H):
     return round(float(numpy.mean(gates)), 3)
 
 
-def step_7_the_forget_gate_keeps_the_gradient(ctx):
+def step_8_the_forget_gate_keeps_the_gradient(ctx):
     """What lets the LSTM keep its gradient: a forget gate near 1.
 
     Along the cell path c_t = f * c_(t-1) + i * g, so the gradient c_(t-1)
@@ -251,7 +283,7 @@ def draw_log_curves(path, curves, x_label, y_label, size=(560, 360)):
     return path
 
 
-def step_8_the_picture(ctx):
+def step_9_the_picture(ctx):
     """The same measurement for every T from 1 to 40, as a picture: log |dh0| against T.
 
     On a log scale an exponential decay is a straight line; its slope is the
@@ -270,7 +302,7 @@ def step_8_the_picture(ctx):
     return {"picture": str(path), **{f"factor per step, {k}": 10 ** v for k, v in slopes.items()}}
 
 
-def step_9_exploding_and_clipping(ctx):
+def step_10_exploding_and_clipping(ctx):
     """The other failure: exploding gradients, and the usual cure, clipping.
 
     When Wh stretches vectors (here the RNN of step 4 with Wh times 4 and
