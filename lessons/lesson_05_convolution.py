@@ -133,7 +133,7 @@ def step_4_fast_versus_naive(ctx):
     Same random input and filters through `conv_forward_naive` and
     `conv_forward`: the outputs agree to rounding error.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     x = gen.standard_normal((2, 3, 24, 24))
     w = gen.standard_normal((8, 3, 3, 3))
     b = gen.standard_normal(8)
@@ -160,7 +160,7 @@ def step_5_groups_and_depthwise(ctx):
     instead of 9*C. EfficientNet and MobileNet are built from depthwise 3x3 or
     5x5 convs followed by 1x1 convs that mix the channels.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     channels = 6
     x = gen.standard_normal((1, channels, 10, 10))
     depthwise_w = gen.standard_normal((channels, 1, 3, 3))
@@ -182,7 +182,7 @@ def step_6_conv_backward(ctx):
     column was copied from. Both are checked, numerically with stride 2 and
     TensorFlow-style asymmetric padding, and for a depthwise conv.
     """
-    gen = backend.rng(2)
+    gen = ctx.rng(2)
     errors = {}
     for label, w_shape, param in [("stride 2, pad (0, 1, 0, 1)", (3, 2, 3, 3), {"stride": 2, "pad": (0, 1, 0, 1)}),
                                   ("depthwise, pad 1", (2, 1, 3, 3), {"stride": 1, "pad": 1, "groups": 2})]:
@@ -213,7 +213,7 @@ def step_7_max_pooling(ctx):
     out, cache = max_pool_forward(x, param)
     dx = max_pool_backward(xp.ones_like(out), cache)
     ctx.check(backend.to_numpy(out[0, 0]).tolist() == [[4.0, 5.0], [1.0, 7.0]], "max of each window")
-    dout = backend.rng(3).standard_normal(out.shape)
+    dout = ctx.rng(3).standard_normal(out.shape)
     dx_num = eval_numerical_gradient_array(lambda v: max_pool_forward(v, param)[0], x, dout)
     error = rel_error(max_pool_backward(dout, cache), dx_num)
     ctx.check(error < 1e-7, "max-pool gradient must match")
@@ -259,9 +259,8 @@ GRADED_CONVS = [((2, 3, 6, 5), (4, 3, 3, 3), {"stride": 1, "pad": 1}),
                 ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 1, "pad": 1, "groups": 2})]
 
 
-def graded_conv(seed, x_shape, w_shape):
-    """float64 x, w, b for grading."""
-    gen = backend.rng(seed)
+def graded_conv(gen, x_shape, w_shape):
+    """float64 x, w, b for grading, drawn from the generator gen."""
     return gen.standard_normal(x_shape), gen.standard_normal(w_shape), gen.standard_normal(w_shape[0])
 
 
@@ -269,7 +268,7 @@ def grade_conv_forward_naive(ctx, mine, reference):
     """Your out against the library's vectorised conv_forward: stride 1 and 2, asymmetric padding, groups."""
     errors = {}
     for k, (x_shape, w_shape, param) in enumerate(GRADED_CONVS):
-        x, w, b = graded_conv(20 + k, x_shape, w_shape)
+        x, w, b = graded_conv(ctx.rng(20 + k), x_shape, w_shape)
         errors[str(param)] = rel_error(mine.conv_forward_naive(x, w, b, param)[0], conv.conv_forward(x, w, b, param)[0])
     ctx.check(max(errors.values()) < 1e-10, f"out differs from conv_forward: relative errors {errors}")
     return f"out matches conv_forward (largest relative error {max(errors.values()):.1e})"
@@ -279,8 +278,8 @@ def grade_conv_backward_naive(ctx, mine, reference):
     """Your dx, dw, db (cache (x, w, b, conv_param)) against finite differences of the library's conv_forward."""
     errors = {}
     for k, (x_shape, w_shape, param) in enumerate(GRADED_CONVS):
-        args = list(graded_conv(30 + k, x_shape, w_shape))
-        dout = backend.rng(40 + k).standard_normal(conv.conv_forward(*args, param)[0].shape)
+        args = list(graded_conv(ctx.rng(30 + k), x_shape, w_shape))
+        dout = ctx.rng(40 + k).standard_normal(conv.conv_forward(*args, param)[0].shape)
         grads = mine.conv_backward_naive(dout, (*args, param))
         for i, name in enumerate(["dx", "dw", "db"]):
             def out(value, i=i):

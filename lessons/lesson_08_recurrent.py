@@ -35,7 +35,7 @@ def step_1_rnn_step(ctx):
     The new state mixes the current input and the previous state; tanh keeps
     it between -1 and 1. We compute it by hand and with `rnn_step_forward`.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     N, D, H = 2, 3, 4
     x, prev_h = gen.standard_normal((N, D)), gen.standard_normal((N, H))
     Wx, Wh, b = 0.5 * gen.standard_normal((D, H)), 0.5 * gen.standard_normal((H, H)), gen.standard_normal(H)
@@ -52,7 +52,7 @@ def step_2_unroll(ctx):
     state (N, T, H). It is written for speed (one matrix product for all the
     x_t Wx at once) and must equal a plain loop over `rnn_step_forward`.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     N, T, D, H = 2, 5, 3, 4
     ctx.rnn = {"x": gen.standard_normal((N, T, D)), "h0": gen.standard_normal((N, H)),
                "Wx": 0.5 * gen.standard_normal((D, H)), "Wh": 0.5 * gen.standard_normal((H, H)),
@@ -79,7 +79,7 @@ def step_3_backprop_through_time(ctx):
     """
     r = ctx.rnn
     h, cache = rnn_forward(r["x"], r["h0"], r["Wx"], r["Wh"], r["b"])
-    dh = backend.rng(2).standard_normal(h.shape)
+    dh = ctx.rng(2).standard_normal(h.shape)
     grads = dict(zip(["x", "h0", "Wx", "Wh", "b"], rnn_backward(dh, cache)))
     errors = {}
     for name in grads:
@@ -112,13 +112,13 @@ def step_4_vanishing_gradients(ctx):
     reaches h_0 for growing T (`gradient_reaching_the_start`, printed below).
     """
     ctx.show_source(gradient_reaching_the_start)
-    gen = backend.rng(3)
+    gen = ctx.rng(3)
     H, D = 16, 8
     params = {"Wx": gen.standard_normal((D, H)) / numpy.sqrt(D),
               "Wh": gen.standard_normal((H, H)) / numpy.sqrt(H), "b": backend.xp().zeros(H)}
     ctx.rnn_params = params
     lengths = [1, 5, 10, 20, 40]
-    ctx.rnn_norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, params, T, H, backend.rng(4))
+    ctx.rnn_norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, params, T, H, ctx.rng(4))
                      for T in lengths]
     ctx.lengths = lengths
     ctx.check(ctx.rnn_norms[-1] < 1e-3 * ctx.rnn_norms[0], "the RNN's gradient vanishes")
@@ -134,7 +134,7 @@ def step_5_lstm_step(ctx):
         c_t = f * c_(t-1) + i * g      (keep part of the old memory, write some new)
         h_t = o * tanh(c_t)            (show part of the memory)
     """
-    gen = backend.rng(5)
+    gen = ctx.rng(5)
     N, D, H = 2, 3, 4
     x, prev_h, prev_c = gen.standard_normal((N, D)), gen.standard_normal((N, H)), gen.standard_normal((N, H))
     Wx, Wh, b = gen.standard_normal((D, 4 * H)), gen.standard_normal((H, 4 * H)), gen.standard_normal(4 * H)
@@ -158,7 +158,7 @@ def step_6_lstm_gradient_check(ctx):
     returns dx, dh0, dWx, dWh, db. Through a chain of steps the rounding
     errors add up a little, so the bar for recurrent chains is 1e-5.
     """
-    gen = backend.rng(6)
+    gen = ctx.rng(6)
     N, T, D, H = 2, 4, 3, 5
     p = {"x": gen.standard_normal((N, T, D)), "h0": gen.standard_normal((N, H)),
          "Wx": 0.5 * gen.standard_normal((D, 4 * H)), "Wh": 0.5 * gen.standard_normal((H, 4 * H)),
@@ -208,18 +208,17 @@ def step_7_bptt_as_a_loop(ctx):
     return errors
 
 
-def lstm_with_forget_bias(forget_bias, H=16, D=8):
-    """LSTM weights drawn as in step 4 (seed 3), the forget-gate block of b set to `forget_bias`."""
-    gen = backend.rng(3)
+def lstm_with_forget_bias(gen, forget_bias, H=16, D=8):
+    """LSTM weights drawn from gen as in step 4 (seed 3), the forget-gate block of b set to `forget_bias`."""
     b = backend.xp().zeros(4 * H)
     b[H:2 * H] = forget_bias                          # forget-gate block
     return {"Wx": gen.standard_normal((D, 4 * H)) / numpy.sqrt(D),
             "Wh": gen.standard_normal((H, 4 * H)) / numpy.sqrt(H), "b": b}
 
 
-def mean_forget_gate(params, T, H):
-    """The LSTM's mean forget gate over one sequence of length T (the inputs of gradient_reaching_the_start)."""
-    gen = backend.rng(4)
+def mean_forget_gate(params, T, H, gen):
+    """The LSTM's mean forget gate over one sequence of length T (inputs drawn from gen as in
+    gradient_reaching_the_start)."""
     x, h = gen.standard_normal((1, T, params["Wx"].shape[0])), gen.standard_normal((1, H))
     c, gates = backend.xp().zeros((1, H)), []
     for t in range(T):
@@ -243,11 +242,12 @@ def step_8_the_forget_gate_keeps_the_gradient(ctx):
     in step 4, for the three biases.
     """
     H = 16
-    ctx.lstm_norms = {bias: [gradient_reaching_the_start(lstm_forward, lstm_backward, lstm_with_forget_bias(bias),
-                                                          T, H, backend.rng(4)) for T in ctx.lengths]
-                      for bias in (0.0, 1.0, 3.0)}
+    ctx.lstm_norms = {bias: [gradient_reaching_the_start(lstm_forward, lstm_backward,
+                                                          lstm_with_forget_bias(ctx.rng(3), bias), T, H, ctx.rng(4))
+                             for T in ctx.lengths] for bias in (0.0, 1.0, 3.0)}
     left = {f"LSTM, forget bias {bias:g}": norms[-1] / norms[0] for bias, norms in ctx.lstm_norms.items()}
-    gates = {f"mean forget gate f, bias {bias:g}": mean_forget_gate(lstm_with_forget_bias(bias), ctx.lengths[-1], H)
+    gates = {f"mean forget gate f, bias {bias:g}":
+             mean_forget_gate(lstm_with_forget_bias(ctx.rng(3), bias), ctx.lengths[-1], H, ctx.rng(4))
              for bias in ctx.lstm_norms}
     left["vanilla RNN"] = ctx.rnn_norms[-1] / ctx.rnn_norms[0]
     ctx.check(left["LSTM, forget bias 3"] > 1e3 * left["LSTM, forget bias 0"], "a forget gate near 1 keeps gradient")
@@ -291,10 +291,10 @@ def step_9_the_picture(ctx):
     """
     H, lengths = 16, list(range(1, 41))
     curves = {"vanilla RNN": (lengths, [gradient_reaching_the_start(rnn_forward, rnn_backward, ctx.rnn_params,
-                                                                     T, H, backend.rng(4)) for T in lengths])}
+                                                                     T, H, ctx.rng(4)) for T in lengths])}
     for bias in (0.0, 1.0, 3.0):
         curves[f"LSTM, forget bias {bias:g}"] = (lengths, [gradient_reaching_the_start(
-            lstm_forward, lstm_backward, lstm_with_forget_bias(bias), T, H, backend.rng(4)) for T in lengths])
+            lstm_forward, lstm_backward, lstm_with_forget_bias(ctx.rng(3), bias), T, H, ctx.rng(4)) for T in lengths])
     path = draw_log_curves(ctx.output_path("lesson08_gradient_vs_T.png"), curves, "T (steps back)", "|dh0|")
     slopes = {name: float(numpy.polyfit(xy[0], numpy.log10(xy[1]), 1)[0]) for name, xy in curves.items()}
     ctx.check(slopes["LSTM, forget bias 3"] > slopes["LSTM, forget bias 1"] > slopes["LSTM, forget bias 0"],
@@ -314,8 +314,8 @@ def step_10_exploding_and_clipping(ctx):
     """
     H, T = 16, 40
     big = dict(ctx.rnn_params, Wh=4 * ctx.rnn_params["Wh"], Wx=0.01 * ctx.rnn_params["Wx"])
-    norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, big, t, H, backend.rng(4)) for t in ctx.lengths]
-    gen = backend.rng(5)
+    norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, big, t, H, ctx.rng(4)) for t in ctx.lengths]
+    gen = ctx.rng(5)
     h, cache = rnn_forward(0.01 * gen.standard_normal((1, T, 8)), 0.01 * gen.standard_normal((1, H)),
                            big["Wx"], big["Wh"], big["b"])
     dh = backend.xp().zeros_like(h)
@@ -331,16 +331,15 @@ def step_10_exploding_and_clipping(ctx):
             "after clipping": after, "cosine(before, after)": cosine}
 
 
-def exercise_inputs(seed=7, N=3, D=4, H=5):
-    """float64 inputs of one LSTM step, for grading."""
-    gen = backend.rng(seed)
+def exercise_inputs(gen, N=3, D=4, H=5):
+    """float64 inputs of one LSTM step drawn from gen, for grading."""
     return (gen.standard_normal((N, D)), gen.standard_normal((N, H)), gen.standard_normal((N, H)),
             0.5 * gen.standard_normal((D, 4 * H)), 0.5 * gen.standard_normal((H, 4 * H)), gen.standard_normal(4 * H))
 
 
 def grade_lstm_step_forward(ctx, mine, reference):
     """Your next_h and next_c against the library's, on random inputs."""
-    args = exercise_inputs()
+    args = exercise_inputs(ctx.rng(7))
     yours, wanted = mine.lstm_step_forward(*args)[:2], reference(*args)[:2]
     errors = [rel_error(y, w) for y, w in zip(yours, wanted)]
     ctx.check(max(errors) < 1e-10, f"next_h, next_c differ from the reference: relative errors {errors}")
@@ -349,8 +348,8 @@ def grade_lstm_step_forward(ctx, mine, reference):
 
 def grade_lstm_step_backward(ctx, mine, reference):
     """Your six gradients (from the cache of YOUR forward) against finite differences of the reference forward."""
-    args = exercise_inputs()
-    gen = backend.rng(8)
+    args = exercise_inputs(ctx.rng(7))
+    gen = ctx.rng(8)
     dnext_h, dnext_c = gen.standard_normal(args[1].shape), gen.standard_normal(args[1].shape)
     try:
         cache = mine.lstm_step_forward(*args)[2]

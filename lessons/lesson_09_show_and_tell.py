@@ -99,7 +99,7 @@ def step_3_gradient_check(ctx):
     ctx.show_source(ShowAndTell._backward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": 6, "wordvec_dim": 4, "hidden_dim": 5}
     tiny = ShowAndTell(config, seed=1, dtype=numpy.float64)
-    features = backend.rng(0).standard_normal((2, 6))
+    features = ctx.rng(0).standard_normal((2, 6))
     captions = ctx.captions[:2, :6]
     _, grads = tiny.loss(features, captions)
     errors, rows = {}, {}

@@ -45,7 +45,7 @@ def step_1_attention_by_hand(ctx):
     alpha = softmax(e) over the L locations                              (where to look)
     context = sum_l alpha_l a_l                                          (what is seen there)
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     N, L, D, H, A = 2, 4, 3, 5, 6
     features, h = gen.standard_normal((N, L, D)), gen.standard_normal((N, H))
     W_feat, W_hidden = gen.standard_normal((D, A)), gen.standard_normal((H, A))
@@ -74,7 +74,7 @@ def step_2_attention_gradients(ctx):
     `attention_backward` reads.)
     """
     features, h, W_feat, W_hidden, b, w = ctx.attention_args
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     dcontext, dalpha = gen.standard_normal((2, 3)), gen.standard_normal((2, 4))
     _, _, cache = nn.attention.attention_forward(*ctx.attention_args)
     grads = dict(zip(["features", "h", "W_feat", "W_hidden", "b", "w"], attention_backward(dcontext, dalpha, cache)))
@@ -235,7 +235,7 @@ def step_7_where_it_looks(ctx):
 
 def grade_attention_forward(ctx, mine, reference):
     """Your context and alpha against the library's, on random inputs (N=3, L=5, D=4, H=6, A=7)."""
-    gen = backend.rng(20)
+    gen = ctx.rng(20)
     args = [gen.standard_normal(shape) for shape in [(3, 5, 4), (3, 6), (4, 7), (6, 7), (7,), (7,)]]
     yours, wanted = mine.attention_forward(*args)[:2], reference(*args)[:2]
     errors = {name: rel_error(y, w) for name, y, w in zip(["context", "alpha"], yours, wanted)}

@@ -47,8 +47,25 @@ def test_there_are_at_least_twelve_lessons_with_titles_and_times(capsys):
         assert f"{number:2d}  {title}" in listing
 
 
+class NumpyWithoutItsGenerator:
+    """NumPy as the backend's array module, minus `random`: CuPy's generator gives other numbers than
+    NumPy's for the same seed, so a lesson that drew data with the backend's generator (`backend.rng`,
+    `backend.xp().random`) would print different numbers on CuPy. Here it fails instead."""
+
+    def __getattr__(self, name):
+        if name == "random":
+            raise AssertionError("a lesson drew random numbers with the backend's generator (CuPy's gives other "
+                                 "numbers): draw with ctx.rng(seed), NumPy's numbers moved to the backend")
+        return getattr(numpy, name)
+
+
 @pytest.mark.parametrize("number", lesson_params())
-def test_lesson_runs_to_the_end(number, tmp_path, capsys):
+def test_lesson_runs_to_the_end(number, tmp_path, capsys, monkeypatch):
+    """... with data drawn by NumPy, never by the backend's generator (lesson 2, about the backend switch
+    itself, compares array modules by identity and runs unguarded)."""
+    if number != 2:
+        monkeypatch.setitem(backend._state, "name", "numpy")
+        monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
     args = [str(number), "--no-pause", "--quick", "--out", str(tmp_path)]
     status = run_lesson.main(args)
     out, err = capsys.readouterr()
@@ -484,3 +501,14 @@ def test_show_source_prints_a_library_function_with_its_file_and_line(capsys):
     assert "out[n, f, i, j] = xp.sum(field * w[f])" in out
     run_lesson.Context().show_source(len)
     assert "(no Python source for len)" in capsys.readouterr().out
+
+
+def test_ctx_rng_draws_numpys_numbers_onto_the_backend(monkeypatch):
+    monkeypatch.setitem(backend._state, "name", "numpy")
+    monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
+    gen = run_lesson.Context().rng(5)
+    drawn = gen.standard_normal((2, 3))
+    assert numpy.array_equal(drawn, numpy.random.default_rng(5).standard_normal((2, 3)))
+    assert isinstance(gen.uniform(), float)                      # scalars stay Python numbers
+    with pytest.raises(AssertionError, match="ctx.rng"):
+        backend.rng(5)
