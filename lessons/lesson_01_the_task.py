@@ -29,8 +29,8 @@ from captioning.generation import generate_captions
 from captioning.training import Trainer, TrainConfig
 
 TITLE = "Describing images with words: the task, and a captioner trained in under a minute"
-SECONDS = 40
-QUICK_SECONDS = 8
+SECONDS = 50
+QUICK_SECONDS = 12
 
 IMAGE_SIZE = 32
 

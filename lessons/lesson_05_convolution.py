@@ -22,7 +22,7 @@ from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.pool import max_pool_backward, max_pool_forward
 
 TITLE = "Convolution and pooling: naive loops, im2col, feature maps you can look at"
-SECONDS = 0.7
+SECONDS = 1
 
 # `python run_lesson.py 5 --exercise`: write these yourself (graded by grade_<name> below and by the steps)
 EXERCISES = ["conv_forward_naive", "conv_backward_naive"]

@@ -24,7 +24,7 @@ from nn.optim import Adam, adam, clip_grad_norm
 from nn.pool import avg_pool_forward
 
 TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, then caption"
-SECONDS = 6
+SECONDS = 8
 
 
 def tiny_features(split):

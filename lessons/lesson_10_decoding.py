@@ -21,7 +21,7 @@ from captioning.decoding import beam_search, greedy_decode
 from nn import backend
 
 TITLE = "Decoding: greedy versus beam search, length normalisation, where greedy goes wrong"
-SECONDS = 0.7
+SECONDS = 0.5
 
 # `python run_lesson.py 10 --exercise`: write it yourself (graded by grade_beam_search_one_image and step 4)
 EXERCISES = ["beam_search_one_image"]

@@ -28,8 +28,8 @@ from nn.attention import attention_backward, attention_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
-SECONDS = 40
-QUICK_SECONDS = 8
+SECONDS = 50
+QUICK_SECONDS = 11
 
 # `python run_lesson.py 11 --exercise --quick`: write it yourself (graded by grade_attention_forward and step 1)
 EXERCISES = ["attention_forward"]
