@@ -23,7 +23,7 @@ from nn.gradcheck import eval_numerical_gradient, rel_error
 from nn.optim import Adam, adam, clip_grad_norm
 from nn.pool import avg_pool_forward
 
-TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, then caption"
+TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, caption, then a bare training loop"
 SECONDS = 8
 
 
