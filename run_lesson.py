@@ -25,6 +25,9 @@ How a lesson is written (a new lesson needs no change to this runner):
   `ctx.features` (--features: a feature cache to read, or None),
   and helpers: `ctx.check(condition, message)` (a failed check fails the
   lesson), `ctx.output_path("name.png")` (a file under the outputs folder),
+  `ctx.show_source(function)` (print a function's code with its file:line),
+  `ctx.rng(seed)` (random data drawn by NumPy, on the backend: the same
+  numbers on NumPy and CuPy; lessons never draw with the backend's generator),
   `ctx.stop(message)` (end the lesson early and cleanly, e.g. no data),
   `ctx.fit(trainer)` (train with a captioning.training.Trainer: use it instead
   of `trainer.fit()`, so that Ctrl-C ends the lesson);
@@ -92,6 +95,27 @@ class Context:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self.out_dir / filename
 
+    def rng(self, seed):
+        """A seeded generator whose draws are NumPy's, returned on the lesson's backend (BackendRandom)."""
+        return BackendRandom(seed)
+
+    def show_source(self, function):
+        """Print the source of a function (or class) with its file:line: the plain code behind a call.
+
+        Lessons call library functions whose code is not in the step; this
+        shows it where the learner reads the step's output.
+        """
+        function = inspect.unwrap(function)
+        try:
+            lines, first = inspect.getsourcelines(function)
+            path = Path(inspect.getsourcefile(function)).resolve()
+        except (OSError, TypeError):
+            print(f"(no Python source for {getattr(function, '__qualname__', function)})")
+            return
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(f"--- source of {function.__qualname__}, {shown}:{first}")
+        print(textwrap.indent(textwrap.dedent("".join(lines)).rstrip(), "  | ", lambda line: True))
+
     def stop(self, message):
         """End the lesson here without failing it."""
         raise StopLesson(message)
@@ -111,6 +135,29 @@ class Context:
         if trainer.interrupted:
             raise KeyboardInterrupt
         return history
+
+
+class BackendRandom:
+    """A seeded random generator for lessons: NumPy draws the numbers, the arrays come back on the backend.
+
+    `ctx.rng(seed).standard_normal((2, 3))` is NumPy's
+    `default_rng(seed).standard_normal((2, 3))` moved to the current backend
+    (`backend.asarray`). CuPy's own generator gives other numbers for the
+    same seed; drawing with NumPy makes a lesson print the same numbers on
+    NumPy and CuPy (up to the rounding of the GPU's arithmetic).
+    """
+
+    def __init__(self, seed):
+        self.numpy_generator = numpy.random.default_rng(seed)
+
+    def __getattr__(self, method):
+        draw = getattr(self.numpy_generator, method)
+
+        def on_backend(*args, **kwargs):
+            from nn import backend
+            value = draw(*args, **kwargs)
+            return backend.asarray(value) if isinstance(value, numpy.ndarray) else value
+        return on_backend
 
 
 # ----------------------------------------------------------------- finding lessons

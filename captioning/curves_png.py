@@ -1,52 +1,73 @@
-"""The training curves as a PNG: training loss and dev BLEU-4 against epochs (drawn with Pillow)."""
+"""The training curves as a PNG: training and dev loss, and dev BLEU-4, against epochs (drawn with Pillow)."""
 import math
 
 from nn.persist import atomic_write
 
 __all__ = ["save_training_curves"]
 
+TRAIN, DEV, BLEU = (40, 160, 40), (220, 90, 30), (40, 80, 220)
+
 
 def save_training_curves(path, loss_trace, history, steps_per_epoch, size=(720, 300)):
-    """Two panels drawn with Pillow: training loss against epochs, dev BLEU-4 (x100) per epoch.
+    """Two panels drawn with Pillow: the losses against epochs, and dev BLEU-4 (x100) per epoch.
 
-    loss_trace: [[step, running mean loss of the epoch], ...]; history: the
-    per-epoch records of the Trainer. Written atomically (temp file + rename).
+    Left: the training loss (running mean of the epoch so far, a line) and
+    the dev loss at the end of each epoch (dots joined by a line), in the
+    same units, so overfitting shows as the two moving apart. Right: dev
+    BLEU-4. loss_trace: [[step, running mean loss of the epoch], ...];
+    history: the per-epoch records of the Trainer (records without a
+    "dev_loss", from older runs, draw no dev dot). Written atomically
+    (temp file + rename).
     """
     from PIL import Image, ImageDraw
 
     width, height = size
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    at_epoch_end = [(r["epoch"] - 1 + r["steps"] / steps_per_epoch, r) for r in history]
     panels = [
-        ("train loss (running mean per epoch)", [(s / steps_per_epoch, v) for s, v in loss_trace],
-         (40, 160, 40)),
-        ("dev BLEU-4 x100", [(r["epoch"] - 1 + r["steps"] / steps_per_epoch, 100 * r["dev_bleu"][3])
-                             for r in history], (40, 80, 220)),
+        ("loss per caption", {
+            "train (running mean)": ([(s / steps_per_epoch, v) for s, v in loss_trace], TRAIN),
+            "dev": ([(x, r["dev_loss"]) for x, r in at_epoch_end if "dev_loss" in r], DEV)}),
+        ("dev BLEU-4 x100", {"": ([(x, 100 * r["dev_bleu"][3]) for x, r in at_epoch_end], BLEU)}),
     ]
     panel_width = width // 2
-    for k, (title, points, colour) in enumerate(panels):
-        left, top, right, bottom = k * panel_width + 50, 25, (k + 1) * panel_width - 15, height - 35
-        draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
-        draw.text((left, 6), title, fill=(0, 0, 0))
-        draw.text((left, bottom + 8), "epoch", fill=(90, 90, 90))
-        points = [(x, y) for x, y in points if math.isfinite(y)]
-        if not points:
-            continue
-        xs, ys = [x for x, _ in points], [y for _, y in points]
-        x_max = max(max(xs), 1e-9)
-        y_lo, y_hi = min(ys), max(ys)
-        if y_hi - y_lo < 1e-9:
-            y_lo, y_hi = y_lo - 1, y_hi + 1
-        to_px = lambda x, y: (left + (right - left) * x / x_max,  # noqa: E731
-                              bottom - (bottom - top) * (y - y_lo) / (y_hi - y_lo))
-        draw.text((left - 45, top), f"{y_hi:.3g}", fill=(90, 90, 90))
-        draw.text((left - 45, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
-        draw.text((right - 30, bottom + 8), f"{x_max:.3g}", fill=(90, 90, 90))
-        pixels = [to_px(x, y) for x, y in points]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        for px, py in pixels if len(pixels) < 60 else pixels[-1:]:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    for k, (title, curves) in enumerate(panels):
+        box = (k * panel_width + 50, 25, (k + 1) * panel_width - 15, height - 35)
+        _draw_panel(draw, box, title, curves)
     with atomic_write(path, "wb") as f:
         image.save(f, format="PNG")
     return path
+
+
+def _draw_panel(draw, box, title, curves):
+    """One framed panel: curves {label: (points [(epoch, value)], colour)} on shared axes, labels in colour."""
+    left, top, right, bottom = box
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    draw.text((left, 6), title, fill=(0, 0, 0))
+    draw.text((left, bottom + 8), "epoch", fill=(90, 90, 90))
+    curves = {label: ([(x, y) for x, y in points if math.isfinite(y)], colour)
+              for label, (points, colour) in curves.items()}
+    every = [point for points, _ in curves.values() for point in points]
+    if not every:
+        return
+    x_max = max(max(x for x, _ in every), 1e-9)
+    y_lo, y_hi = min(y for _, y in every), max(y for _, y in every)
+    if y_hi - y_lo < 1e-9:
+        y_lo, y_hi = y_lo - 1, y_hi + 1
+    to_px = lambda x, y: (left + (right - left) * x / x_max,  # noqa: E731
+                          bottom - (bottom - top) * (y - y_lo) / (y_hi - y_lo))
+    draw.text((left - 45, top), f"{y_hi:.3g}", fill=(90, 90, 90))
+    draw.text((left - 45, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
+    draw.text((right - 30, bottom + 8), f"{x_max:.3g}", fill=(90, 90, 90))
+    legend_x = left + 7 * len(title) + 20
+    for label, (points, colour) in curves.items():       # later curves on top: the dev dots over the train line
+        if label:
+            draw.text((legend_x, 6), label, fill=colour)
+            legend_x += 7 * len(label) + 20
+        pixels = [to_px(x, y) for x, y in points]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        # a dot per value when they are few (one per epoch); a long trace gets only its last one
+        for px, py in pixels if len(pixels) <= 12 else pixels[-1:]:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)

@@ -284,6 +284,28 @@ class Trainer:
         return loss, int((captions[:, 1:] != 0).sum())
 
     # ------------------------------------------------------------ validation
+    def dev_loss(self):
+        """Teacher-forced loss on every caption of the validation images (no dropout, no update).
+
+        In the units of the training loss (summed over a caption's words,
+        averaged over captions), so the two can be drawn together: a dev loss
+        rising while the training loss falls is overfitting.
+        """
+        dev = self.dev_data.head(self.config.val_images)
+        table = encode_captions(dev, self.vocabulary, self.config.max_words)
+        self.model.eval()
+        self.encoder.eval()
+        total = 0.0
+        for start in range(0, len(table), self.config.batch_size):
+            images, captions = take_batch(table, numpy.arange(start, min(start + self.config.batch_size, len(table))))
+            unique, inverse = numpy.unique(images, return_inverse=True)
+            encoded = self.encoder.encode(dev.inputs[unique], self.model.feature_kind, self.model.dtype)
+            loss, _ = self.model.loss(encoded[backend.asarray(inverse)], backend.asarray(captions))
+            total += loss * len(captions)
+        self.model.train()
+        self.encoder.train()
+        return total / max(len(table), 1)
+
     def validate(self):
         """Dev BLEU-1..4 of generated captions (decoding as configured)."""
         dev = self.dev_data.head(self.config.val_images)
@@ -412,7 +434,7 @@ class Trainer:
         bleus, captions = self.validate()
         bleu4 = bleus[3]
         record = {"epoch": p.epoch + 1, "steps": p.batch, "partial": partial,
-                  "train_loss": p.epoch_loss_sum / max(p.batch, 1), "dev_bleu": bleus,
+                  "train_loss": p.epoch_loss_sum / max(p.batch, 1), "dev_loss": self.dev_loss(), "dev_bleu": bleus,
                   "lr": self.optimizer.lr, "elapsed": p.elapsed,
                   "validation_seconds": time.perf_counter() - start}
         p.history.append(record)
@@ -430,7 +452,8 @@ class Trainer:
             if cfg.lr_decay_to >= 1.0:   # a linear decay (lr_decay_to < 1) sets the rate itself
                 self.scheduler.step(bleu4)
         sample = " ".join(captions[0]) if captions else ""
-        self.log(f"epoch {p.epoch + 1} done: train loss {record['train_loss']:.3f}, dev BLEU-4 "
+        self.log(f"epoch {p.epoch + 1} done: train loss {record['train_loss']:.3f}, dev loss "
+                 f"{record['dev_loss']:.3f}, dev BLEU-4 "
                  f"{100 * bleu4:.2f} (B1 {100 * bleus[0]:.1f}){' *best*' if improved else ''}, "
                  f"lr {self.optimizer.lr:.2e}, {format_duration(p.elapsed)} so far; "
                  f"e.g. \"{sample}\" ({self.dev_data.image_ids[0]})")

@@ -77,11 +77,16 @@ def step_3_the_switch(ctx):
     new arrays - parameters, random numbers, data batches - are made with it.
     The same switch is set by the NN_BACKEND environment variable and by
     `--backend` on every command line (this runner included).
+    Random numbers: NumPy's and CuPy's generators give DIFFERENT numbers for
+    the same seed, so the lessons draw their data with NumPy and move it to
+    the backend (`ctx.rng(seed)` does both): the same numbers on either.
     """
     xp = backend.xp()
-    gen = backend.rng(seed=0)                  # a seeded generator on the current backend
-    weights = gen.standard_normal((3, 4)).astype(backend.default_float())
+    drawn = numpy.random.default_rng(0).standard_normal((3, 4))   # the same numbers on every backend
+    weights = backend.asarray(drawn, dtype=backend.default_float())   # ... moved to the current one
     ctx.check(backend.get_array_module(weights) is xp, "new arrays are made by the current backend")
+    ctx.check(numpy.array_equal(backend.to_numpy(ctx.rng(0).standard_normal((3, 4))), drawn),
+              "ctx.rng(0) draws NumPy's numbers")
     return {"current backend": backend.name(), "array module": xp.__name__,
             "weights made on": type(weights).__module__, "weights dtype": weights.dtype,
             "default dtype for new parameters": numpy.dtype(backend.default_float())}

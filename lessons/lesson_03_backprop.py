@@ -51,7 +51,7 @@ def step_2_affine_forward(ctx):
     numbers; w (D, M) maps it to M outputs. This is the layer that turns an
     image feature into an LSTM state or a hidden state into word scores.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     ctx.x = gen.standard_normal((4, 2, 3))          # N=4 examples of shape 2x3, so D=6
     ctx.w = gen.standard_normal((6, 5))             # M=5 outputs
     ctx.b = gen.standard_normal(5)
@@ -75,7 +75,7 @@ def step_3_affine_backward(ctx):
     plus h^2 terms), so on entries whose gradient is itself near 1e-5 the
     relative error of a correct backward can reach 1e-6 (lesson 9 shows one).
     """
-    dout = backend.rng(1).standard_normal((4, 5))
+    dout = ctx.rng(1).standard_normal((4, 5))
     dx, dw, db = affine_backward(dout, ctx.affine_cache)
 
     x, w, b = ctx.x, ctx.w, ctx.b
@@ -93,10 +93,10 @@ def step_4_relu(ctx):
     ReLU has no parameters; its backward is a mask. (The check avoids inputs
     within h of 0, where max(0, x) has a kink and no derivative.)
     """
-    x = backend.rng(2).standard_normal((3, 6))
+    x = ctx.rng(2).standard_normal((3, 6))
     x[backend.xp().abs(x) < 1e-3] = 0.5
     out, cache = relu_forward(x)
-    dout = backend.rng(3).standard_normal(x.shape)
+    dout = ctx.rng(3).standard_normal(x.shape)
     dx = relu_backward(dout, cache)
     dx_num = eval_numerical_gradient_array(lambda v: relu_forward(v)[0], x, dout)
     error = rel_error(dx, dx_num)
@@ -126,11 +126,12 @@ def step_5_chain_layers(ctx):
 
     Net: affine -> relu -> affine, loss = mean over examples of 0.5*|pred - target|^2.
     Each backward takes the gradient of its output and returns the gradients
-    of its inputs, which are the outputs of the layer before (see
-    `two_layer_loss` above this step in the file). We check every parameter
-    of the whole net numerically.
+    of its inputs, which are the outputs of the layer before
+    (`two_layer_loss`, printed below). We check every parameter of the
+    whole net numerically.
     """
-    gen = backend.rng(4)
+    ctx.show_source(two_layer_loss)
+    gen = ctx.rng(4)
     x, target = gen.standard_normal((5, 3)), gen.standard_normal((5, 2))
     params = {"w1": 0.5 * gen.standard_normal((3, 8)), "b1": 0.1 * gen.standard_normal(8),
               "w2": 0.5 * gen.standard_normal((8, 2)), "b2": 0.1 * gen.standard_normal(2)}
@@ -152,7 +153,7 @@ def step_6_gradient_descent(ctx):
     one kink, placed at random in [-3, 3] at the start.
     """
     xp = backend.xp()
-    gen = backend.rng(5)
+    gen = ctx.rng(5)
     x = xp.linspace(-3, 3, 64).reshape(64, 1)
     target = xp.sin(x)
     w1 = gen.standard_normal((1, 64))
@@ -172,7 +173,7 @@ def step_6_gradient_descent(ctx):
 
 def grade_affine_forward(ctx, mine, reference):
     """Your out against the library's, for inputs of shape (N, 2, 3)."""
-    gen = backend.rng(10)
+    gen = ctx.rng(10)
     x, w, b = gen.standard_normal((4, 2, 3)), gen.standard_normal((6, 5)), gen.standard_normal(5)
     error = rel_error(mine.affine_forward(x, w, b)[0], reference(x, w, b)[0])
     ctx.check(error < 1e-12, f"out differs from the reference: relative error {error:.1e}")
@@ -181,7 +182,7 @@ def grade_affine_forward(ctx, mine, reference):
 
 def grade_affine_backward(ctx, mine, reference):
     """Your dx, dw, db (from the cache of YOUR forward) against finite differences of the library's forward."""
-    gen = backend.rng(11)
+    gen = ctx.rng(11)
     args = [gen.standard_normal((4, 2, 3)), gen.standard_normal((6, 5)), gen.standard_normal(5)]
     dout = gen.standard_normal((4, 5))
     try:
@@ -199,9 +200,9 @@ def grade_affine_backward(ctx, mine, reference):
 
 def grade_relu_backward(ctx, mine, reference):
     """Your dx against finite differences of max(0, x) (inputs kept away from the kink at 0)."""
-    x = backend.rng(12).standard_normal((3, 6))
+    x = ctx.rng(12).standard_normal((3, 6))
     x[backend.xp().abs(x) < 1e-3] = 0.5
-    dout = backend.rng(13).standard_normal(x.shape)
+    dout = ctx.rng(13).standard_normal(x.shape)
     dx = mine.relu_backward(dout, dense.relu_forward(x)[1])
     error = rel_error(dx, eval_numerical_gradient_array(lambda v: dense.relu_forward(v)[0], x, dout))
     ctx.check(error < 1e-7, f"dx differs from finite differences: relative error {error:.1e}")

@@ -48,7 +48,7 @@ def step_2_cross_entropy(ctx):
     model with small random scores guesses uniformly, so its loss is close to
     log(C) for C classes: a useful sanity check at the start of any training.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     num_classes = 10
     scores = 0.001 * gen.standard_normal((500, num_classes))
     labels = gen.integers(0, num_classes, 500)
@@ -68,7 +68,7 @@ def step_3_its_gradient(ctx):
     the probability it got. We compare `softmax_loss`'s dx with that formula
     and with a numerical gradient.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     scores = gen.standard_normal((4, 5))
     labels = backend.asarray(numpy.array([0, 3, 1, 4]))
     loss, dx = softmax_loss(scores, labels)
@@ -97,7 +97,7 @@ def step_4_caption_log_likelihood(ctx):
     targets = [["a", "red", "circle", "<END>"], ["a", "square", "<END>", "<NULL>"]]
     y = backend.asarray(numpy.array([[vocab.index(w) for w in caption] for caption in targets]))
     mask = y != 0
-    scores = backend.rng(2).standard_normal((2, 4, len(vocab)))
+    scores = ctx.rng(2).standard_normal((2, 4, len(vocab)))
     loss, _ = temporal_softmax_loss(scores, y, mask)
 
     probs = backend.to_numpy(softmax(scores))
@@ -160,7 +160,7 @@ def step_5_maximum_likelihood_is_counting(ctx):
 
 def grade_softmax(ctx, mine, reference):
     """Your probabilities against the library's, for ordinary scores and for scores near 1000."""
-    gen = backend.rng(20)
+    gen = ctx.rng(20)
     for scores in (gen.standard_normal((4, 7)), 1000.0 + gen.standard_normal((4, 7))):
         with numpy.errstate(over="ignore", invalid="ignore"):
             yours = mine.softmax(scores.copy())
@@ -172,7 +172,7 @@ def grade_softmax(ctx, mine, reference):
 
 def grade_softmax_loss(ctx, mine, reference):
     """Your loss against the library's, your dx against finite differences of the library's loss."""
-    gen = backend.rng(21)
+    gen = ctx.rng(21)
     x, y = gen.standard_normal((6, 5)), gen.integers(0, 5, 6)
     loss, dx = mine.softmax_loss(x.copy(), y)
     wanted = reference(x.copy(), y)[0]

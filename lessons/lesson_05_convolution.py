@@ -15,13 +15,18 @@ import numpy
 from PIL import Image
 
 from nn import backend
-from nn.conv import conv_backward, conv_forward, conv_forward_naive, same_padding
+from nn import conv
+from nn.conv import conv_backward, conv_backward_naive, conv_forward, conv_forward_naive, same_padding
 from nn.dense import relu_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from nn.pool import max_pool_backward, max_pool_forward
 
 TITLE = "Convolution and pooling: naive loops, im2col, feature maps you can look at"
-SECONDS = 0.7
+SECONDS = 1
+
+# `python run_lesson.py 5 --exercise`: write these yourself (graded by grade_<name> below and by the steps)
+EXERCISES = ["conv_forward_naive", "conv_backward_naive"]
+EXERCISE_IMPORTS = ["from nn import backend"]
 
 
 def draw_picture(size=48):
@@ -78,6 +83,7 @@ def step_2_output_size(ctx):
     differ (weights trained with one padding are off by a pixel with the
     other). For a 47 x 47 crop "same" pads 1 and 1: no difference.
     """
+    ctx.show_source(same_padding)
     sizes = {}
     for stride, pad in [(1, 0), (1, 1), (2, 1), (2, same_padding(48, 3, 2) * 2)]:
         out, _ = conv_forward(ctx.x, ctx.w, ctx.b, {"stride": stride, "pad": pad})
@@ -127,7 +133,7 @@ def step_4_fast_versus_naive(ctx):
     Same random input and filters through `conv_forward_naive` and
     `conv_forward`: the outputs agree to rounding error.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     x = gen.standard_normal((2, 3, 24, 24))
     w = gen.standard_normal((8, 3, 3, 3))
     b = gen.standard_normal(8)
@@ -154,7 +160,7 @@ def step_5_groups_and_depthwise(ctx):
     instead of 9*C. EfficientNet and MobileNet are built from depthwise 3x3 or
     5x5 convs followed by 1x1 convs that mix the channels.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     channels = 6
     x = gen.standard_normal((1, channels, 10, 10))
     depthwise_w = gen.standard_normal((channels, 1, 3, 3))
@@ -168,12 +174,15 @@ def step_5_groups_and_depthwise(ctx):
 def step_6_conv_backward(ctx):
     """The backward pass: gradients for the input, the filters and the biases.
 
-    The output is w @ columns, so dw = dout @ columns^T and dcolumns =
-    w^T @ dout, which col2im adds back to the pixels each column was copied
-    from. Checked numerically with stride 2 and TensorFlow-style asymmetric
-    padding, and for a depthwise conv.
+    In loops (`conv_backward_naive`): each output pixel was sum(field * w[f])
+    + b[f], so its gradient dout[n, f, i, j] adds field * dout to dw[f],
+    w[f] * dout to the field's pixels in dx, and dout to db[f]. Vectorised
+    (`conv_backward`): the output is w @ columns, so dw = dout @ columns^T
+    and dcolumns = w^T @ dout, which col2im adds back to the pixels each
+    column was copied from. Both are checked, numerically with stride 2 and
+    TensorFlow-style asymmetric padding, and for a depthwise conv.
     """
-    gen = backend.rng(2)
+    gen = ctx.rng(2)
     errors = {}
     for label, w_shape, param in [("stride 2, pad (0, 1, 0, 1)", (3, 2, 3, 3), {"stride": 2, "pad": (0, 1, 0, 1)}),
                                   ("depthwise, pad 1", (2, 1, 3, 3), {"stride": 1, "pad": 1, "groups": 2})]:
@@ -185,6 +194,8 @@ def step_6_conv_backward(ctx):
         dw_num = eval_numerical_gradient_array(lambda v: conv_forward(x, v, b, param)[0], w, dout)
         db_num = eval_numerical_gradient_array(lambda v: conv_forward(x, w, v, param)[0], b, dout)
         errors[label] = max(rel_error(dx, dx_num), rel_error(dw, dw_num), rel_error(db, db_num))
+        loops = conv_backward_naive(dout, (x, w, b, param))
+        errors[label + ", loops vs vectorised"] = max(rel_error(a, v) for a, v in zip(loops, (dx, dw, db)))
     ctx.check(max(errors.values()) < 1e-7, f"conv gradients must match: {errors}")
     return {f"worst relative error, {k}": v for k, v in errors.items()}
 
@@ -202,7 +213,7 @@ def step_7_max_pooling(ctx):
     out, cache = max_pool_forward(x, param)
     dx = max_pool_backward(xp.ones_like(out), cache)
     ctx.check(backend.to_numpy(out[0, 0]).tolist() == [[4.0, 5.0], [1.0, 7.0]], "max of each window")
-    dout = backend.rng(3).standard_normal(out.shape)
+    dout = ctx.rng(3).standard_normal(out.shape)
     dx_num = eval_numerical_gradient_array(lambda v: max_pool_forward(v, param)[0], x, dout)
     error = rel_error(max_pool_backward(dout, cache), dx_num)
     ctx.check(error < 1e-7, "max-pool gradient must match")
@@ -241,6 +252,41 @@ def step_8_feature_maps(ctx):
     return {"feature maps": active.shape, "after pooling": pooled.shape,
             "strongest response per filter": dict(zip(EDGE_FILTERS, active.max(axis=(1, 2)).round(2).tolist())),
             "picture": str(path), "layout": "top: input, then each filter's map; bottom: after max pooling"}
+
+
+GRADED_CONVS = [((2, 3, 6, 5), (4, 3, 3, 3), {"stride": 1, "pad": 1}),
+                ((2, 2, 6, 5), (3, 2, 3, 3), {"stride": 2, "pad": (0, 1, 0, 1)}),
+                ((1, 4, 5, 5), (4, 2, 3, 3), {"stride": 1, "pad": 1, "groups": 2})]
+
+
+def graded_conv(gen, x_shape, w_shape):
+    """float64 x, w, b for grading, drawn from the generator gen."""
+    return gen.standard_normal(x_shape), gen.standard_normal(w_shape), gen.standard_normal(w_shape[0])
+
+
+def grade_conv_forward_naive(ctx, mine, reference):
+    """Your out against the library's vectorised conv_forward: stride 1 and 2, asymmetric padding, groups."""
+    errors = {}
+    for k, (x_shape, w_shape, param) in enumerate(GRADED_CONVS):
+        x, w, b = graded_conv(ctx.rng(20 + k), x_shape, w_shape)
+        errors[str(param)] = rel_error(mine.conv_forward_naive(x, w, b, param)[0], conv.conv_forward(x, w, b, param)[0])
+    ctx.check(max(errors.values()) < 1e-10, f"out differs from conv_forward: relative errors {errors}")
+    return f"out matches conv_forward (largest relative error {max(errors.values()):.1e})"
+
+
+def grade_conv_backward_naive(ctx, mine, reference):
+    """Your dx, dw, db (cache (x, w, b, conv_param)) against finite differences of the library's conv_forward."""
+    errors = {}
+    for k, (x_shape, w_shape, param) in enumerate(GRADED_CONVS):
+        args = list(graded_conv(ctx.rng(30 + k), x_shape, w_shape))
+        dout = ctx.rng(40 + k).standard_normal(conv.conv_forward(*args, param)[0].shape)
+        grads = mine.conv_backward_naive(dout, (*args, param))
+        for i, name in enumerate(["dx", "dw", "db"]):
+            def out(value, i=i):
+                return conv.conv_forward(*(args[:i] + [value] + args[i + 1:]), param)[0]
+            errors[f"{name} {param}"] = rel_error(grads[i], eval_numerical_gradient_array(out, args[i], dout))
+    ctx.check(max(errors.values()) < 1e-7, f"gradients differ from finite differences: {errors}")
+    return f"dx, dw, db match finite differences (largest relative error {max(errors.values()):.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_05_convolution.py [--no-pause]

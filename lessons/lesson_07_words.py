@@ -96,8 +96,9 @@ def step_4_encode_and_pad(ctx):
     (lessons 8-9). The loss mask is over the targets, captions[:, 1:] !=
     <NULL>: <START> is never a target, padding never counts, and each caption
     contributes its n words plus <END>. `decode` turns ids back into words
-    and stops at <END>.
+    and stops at <END> (`Vocabulary.encode`, printed below).
     """
+    ctx.show_source(Vocabulary.encode)
     captions = [ctx.splits["train"].tokens[i][0] for i in range(3)]
     encoded = [ctx.vocab.encode(tokens, max_length=20) for tokens in captions]
     length = max(len(e) for e in encoded)
@@ -127,7 +128,7 @@ def step_5_embeddings(ctx):
     x (N, T) the output is W[x], shape (N, T, E).
     """
     vocab_size, embed_dim = len(ctx.vocab), 8
-    ctx.W = backend.rng(0).standard_normal((vocab_size, embed_dim))
+    ctx.W = ctx.rng(0).standard_normal((vocab_size, embed_dim))
     x = backend.asarray(ctx.batch)
     vectors, _ = word_embedding_forward(x, ctx.W)
     one_hot = backend.xp().eye(vocab_size)[x]                 # (N, T, V)
@@ -144,7 +145,7 @@ def step_6_embedding_gradient(ctx):
     plain assignment, which would keep only one of them. Checked numerically
     on a small table.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     x = backend.asarray(numpy.array([[0, 3, 1], [3, 3, 2]]))  # word 3 appears three times
     W = gen.standard_normal((5, 4))
     out, cache = word_embedding_forward(x, W)
@@ -159,14 +160,14 @@ def step_6_embedding_gradient(ctx):
             "rows of words not used (4)": backend.to_numpy(dW[4])}
 
 
-def embedding_case(seed=30):
-    """Word ids with repeats (word 2 three times) and a float64 table, for grading."""
-    return backend.asarray(numpy.array([[2, 0, 2], [1, 2, 4]])), backend.rng(seed).standard_normal((6, 3))
+def embedding_case(gen):
+    """Word ids with repeats (word 2 three times) and a float64 table drawn from gen, for grading."""
+    return backend.asarray(numpy.array([[2, 0, 2], [1, 2, 4]])), gen.standard_normal((6, 3))
 
 
 def grade_word_embedding_forward(ctx, mine, reference):
     """Your vectors against the library's."""
-    x, W = embedding_case()
+    x, W = embedding_case(ctx.rng(30))
     error = rel_error(mine.word_embedding_forward(x, W)[0], reference(x, W)[0])
     ctx.check(error < 1e-12, f"out differs from the reference: relative error {error:.1e}")
     return "out matches the reference"
@@ -174,8 +175,8 @@ def grade_word_embedding_forward(ctx, mine, reference):
 
 def grade_word_embedding_backward(ctx, mine, reference):
     """Your dW (from the cache of YOUR forward) against finite differences; word 2 is used three times."""
-    x, W = embedding_case()
-    dout = backend.rng(31).standard_normal((2, 3, 3))
+    x, W = embedding_case(ctx.rng(30))
+    dout = ctx.rng(31).standard_normal((2, 3, 3))
     try:
         cache = mine.word_embedding_forward(x, W)[1]
     except NotImplementedError:

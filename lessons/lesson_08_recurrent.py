@@ -7,7 +7,7 @@ the same weights are used at every step. Training it is backpropagation
 through the unrolled chain of steps ("backpropagation through time", BPTT).
 The LSTM (Hochreiter & Schmidhuber 1997) adds a cell state with gates so
 that information and gradients can survive many steps (when its forget gate
-stays near 1, step 7); Show and Tell
+stays near 1, step 8); Show and Tell
 (Vinyals et al. 2015) and Show, Attend and Tell (Xu et al. 2015) both use one.
 
 Shapes: N sequences, T time steps, D input features, H hidden units.
@@ -24,7 +24,7 @@ from nn.recurrent import (lstm_backward, lstm_forward, lstm_step_backward, lstm_
 TITLE = "Recurrent networks: vanilla RNN, LSTM, backpropagation through time, gradient checks"
 SECONDS = 1
 
-# `python run_lesson.py 8 --exercise`: write these yourself (graded by grade_<name> below and by step 5)
+# `python run_lesson.py 8 --exercise`: write these yourself (graded by grade_<name> below and by steps 5 and 7)
 EXERCISES = ["lstm_step_forward", "lstm_step_backward"]
 EXERCISE_IMPORTS = ["from nn import backend", "from nn.dense import sigmoid"]
 
@@ -35,7 +35,7 @@ def step_1_rnn_step(ctx):
     The new state mixes the current input and the previous state; tanh keeps
     it between -1 and 1. We compute it by hand and with `rnn_step_forward`.
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     N, D, H = 2, 3, 4
     x, prev_h = gen.standard_normal((N, D)), gen.standard_normal((N, H))
     Wx, Wh, b = 0.5 * gen.standard_normal((D, H)), 0.5 * gen.standard_normal((H, H)), gen.standard_normal(H)
@@ -52,7 +52,7 @@ def step_2_unroll(ctx):
     state (N, T, H). It is written for speed (one matrix product for all the
     x_t Wx at once) and must equal a plain loop over `rnn_step_forward`.
     """
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     N, T, D, H = 2, 5, 3, 4
     ctx.rnn = {"x": gen.standard_normal((N, T, D)), "h0": gen.standard_normal((N, H)),
                "Wx": 0.5 * gen.standard_normal((D, H)), "Wh": 0.5 * gen.standard_normal((H, H)),
@@ -79,7 +79,7 @@ def step_3_backprop_through_time(ctx):
     """
     r = ctx.rnn
     h, cache = rnn_forward(r["x"], r["h0"], r["Wx"], r["Wh"], r["b"])
-    dh = backend.rng(2).standard_normal(h.shape)
+    dh = ctx.rng(2).standard_normal(h.shape)
     grads = dict(zip(["x", "h0", "Wx", "Wh", "b"], rnn_backward(dh, cache)))
     errors = {}
     for name in grads:
@@ -109,15 +109,16 @@ def step_4_vanishing_gradients(ctx):
     factors shrink vectors, the product vanishes exponentially in T (Bengio
     et al. 1994), so a word cannot learn from an image seen 20 steps earlier.
     Here the loss looks only at the last state; we measure how much gradient
-    reaches h_0 for growing T.
+    reaches h_0 for growing T (`gradient_reaching_the_start`, printed below).
     """
-    gen = backend.rng(3)
+    ctx.show_source(gradient_reaching_the_start)
+    gen = ctx.rng(3)
     H, D = 16, 8
     params = {"Wx": gen.standard_normal((D, H)) / numpy.sqrt(D),
               "Wh": gen.standard_normal((H, H)) / numpy.sqrt(H), "b": backend.xp().zeros(H)}
     ctx.rnn_params = params
     lengths = [1, 5, 10, 20, 40]
-    ctx.rnn_norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, params, T, H, backend.rng(4))
+    ctx.rnn_norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, params, T, H, ctx.rng(4))
                      for T in lengths]
     ctx.lengths = lengths
     ctx.check(ctx.rnn_norms[-1] < 1e-3 * ctx.rnn_norms[0], "the RNN's gradient vanishes")
@@ -133,7 +134,7 @@ def step_5_lstm_step(ctx):
         c_t = f * c_(t-1) + i * g      (keep part of the old memory, write some new)
         h_t = o * tanh(c_t)            (show part of the memory)
     """
-    gen = backend.rng(5)
+    gen = ctx.rng(5)
     N, D, H = 2, 3, 4
     x, prev_h, prev_c = gen.standard_normal((N, D)), gen.standard_normal((N, H)), gen.standard_normal((N, H))
     Wx, Wh, b = gen.standard_normal((D, 4 * H)), gen.standard_normal((H, 4 * H)), gen.standard_normal(4 * H)
@@ -157,7 +158,7 @@ def step_6_lstm_gradient_check(ctx):
     returns dx, dh0, dWx, dWh, db. Through a chain of steps the rounding
     errors add up a little, so the bar for recurrent chains is 1e-5.
     """
-    gen = backend.rng(6)
+    gen = ctx.rng(6)
     N, T, D, H = 2, 4, 3, 5
     p = {"x": gen.standard_normal((N, T, D)), "h0": gen.standard_normal((N, H)),
          "Wx": 0.5 * gen.standard_normal((D, 4 * H)), "Wh": 0.5 * gen.standard_normal((H, 4 * H)),
@@ -172,21 +173,52 @@ def step_6_lstm_gradient_check(ctx):
             return lstm_forward(args["x"], args["h0"], args["Wx"], args["Wh"], args["b"])[0]
         errors[f"relative error d{name}"] = rel_error(grads[name], eval_numerical_gradient_array(forward, p[name], dh))
     ctx.check(max(errors.values()) < 1e-5, f"LSTM gradients must match: {errors}")
+    ctx.lstm_case = (p, dh, grads)
     return errors
 
 
-def lstm_with_forget_bias(forget_bias, H=16, D=8):
-    """LSTM weights drawn as in step 4 (seed 3), the forget-gate block of b set to `forget_bias`."""
-    gen = backend.rng(3)
+def step_7_bptt_as_a_loop(ctx):
+    """Backpropagation through time written out: a loop over t calling `lstm_step_backward`.
+
+    Forward: T calls of `lstm_step_forward`, keeping each step's cache.
+    Backward, from t = T-1 down to 0: step t receives the loss's gradient
+    for its own h_t PLUS the dh carried back from step t+1, and the dc
+    carried back along the cell; `lstm_step_backward` returns dx_t, the dh
+    and dc to carry on to step t-1, and this step's share of dWx, dWh, db,
+    which are summed (every step uses the same weights). What comes out of
+    step 0 is dh0. `lstm_backward` (step 6) computes exactly this, faster:
+    the gate gradients of all steps are kept and dx, dWx, dWh, db come from
+    one matrix product each at the end (see nn/recurrent.py).
+    """
+    p, dh, fast = ctx.lstm_case
+    xp, T = backend.xp(), p["x"].shape[1]
+    h, c, caches = p["h0"], xp.zeros_like(p["h0"]), []
+    for t in range(T):
+        h, c, cache = lstm_step_forward(p["x"][:, t], h, c, p["Wx"], p["Wh"], p["b"])
+        caches.append(cache)
+    dx, dWx, dWh, db = xp.zeros_like(p["x"]), xp.zeros_like(p["Wx"]), xp.zeros_like(p["Wh"]), xp.zeros_like(p["b"])
+    dh_carried, dc_carried = xp.zeros_like(p["h0"]), xp.zeros_like(p["h0"])
+    for t in reversed(range(T)):
+        dx[:, t], dh_carried, dc_carried, dWx_t, dWh_t, db_t = lstm_step_backward(
+            dh[:, t] + dh_carried, dc_carried, caches[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    loop = {"x": dx, "h0": dh_carried, "Wx": dWx, "Wh": dWh, "b": db}
+    errors = {f"d{name}: loop vs lstm_backward": rel_error(loop[name], fast[name]) for name in loop}
+    ctx.check(max(errors.values()) < 1e-10, f"the loop of steps and lstm_backward agree: {errors}")
+    return errors
+
+
+def lstm_with_forget_bias(gen, forget_bias, H=16, D=8):
+    """LSTM weights drawn from gen as in step 4 (seed 3), the forget-gate block of b set to `forget_bias`."""
     b = backend.xp().zeros(4 * H)
     b[H:2 * H] = forget_bias                          # forget-gate block
     return {"Wx": gen.standard_normal((D, 4 * H)) / numpy.sqrt(D),
             "Wh": gen.standard_normal((H, 4 * H)) / numpy.sqrt(H), "b": b}
 
 
-def mean_forget_gate(params, T, H):
-    """The LSTM's mean forget gate over one sequence of length T (the inputs of gradient_reaching_the_start)."""
-    gen = backend.rng(4)
+def mean_forget_gate(params, T, H, gen):
+    """The LSTM's mean forget gate over one sequence of length T (inputs drawn from gen as in
+    gradient_reaching_the_start)."""
     x, h = gen.standard_normal((1, T, params["Wx"].shape[0])), gen.standard_normal((1, H))
     c, gates = backend.xp().zeros((1, H)), []
     for t in range(T):
@@ -196,7 +228,7 @@ def mean_forget_gate(params, T, H):
     return round(float(numpy.mean(gates)), 3)
 
 
-def step_7_the_forget_gate_keeps_the_gradient(ctx):
+def step_8_the_forget_gate_keeps_the_gradient(ctx):
     """What lets the LSTM keep its gradient: a forget gate near 1.
 
     Along the cell path c_t = f * c_(t-1) + i * g, so the gradient c_(t-1)
@@ -210,11 +242,12 @@ def step_7_the_forget_gate_keeps_the_gradient(ctx):
     in step 4, for the three biases.
     """
     H = 16
-    ctx.lstm_norms = {bias: [gradient_reaching_the_start(lstm_forward, lstm_backward, lstm_with_forget_bias(bias),
-                                                          T, H, backend.rng(4)) for T in ctx.lengths]
-                      for bias in (0.0, 1.0, 3.0)}
+    ctx.lstm_norms = {bias: [gradient_reaching_the_start(lstm_forward, lstm_backward,
+                                                          lstm_with_forget_bias(ctx.rng(3), bias), T, H, ctx.rng(4))
+                             for T in ctx.lengths] for bias in (0.0, 1.0, 3.0)}
     left = {f"LSTM, forget bias {bias:g}": norms[-1] / norms[0] for bias, norms in ctx.lstm_norms.items()}
-    gates = {f"mean forget gate f, bias {bias:g}": mean_forget_gate(lstm_with_forget_bias(bias), ctx.lengths[-1], H)
+    gates = {f"mean forget gate f, bias {bias:g}":
+             mean_forget_gate(lstm_with_forget_bias(ctx.rng(3), bias), ctx.lengths[-1], H, ctx.rng(4))
              for bias in ctx.lstm_norms}
     left["vanilla RNN"] = ctx.rnn_norms[-1] / ctx.rnn_norms[0]
     ctx.check(left["LSTM, forget bias 3"] > 1e3 * left["LSTM, forget bias 0"], "a forget gate near 1 keeps gradient")
@@ -250,7 +283,7 @@ def draw_log_curves(path, curves, x_label, y_label, size=(560, 360)):
     return path
 
 
-def step_8_the_picture(ctx):
+def step_9_the_picture(ctx):
     """The same measurement for every T from 1 to 40, as a picture: log |dh0| against T.
 
     On a log scale an exponential decay is a straight line; its slope is the
@@ -258,10 +291,10 @@ def step_8_the_picture(ctx):
     """
     H, lengths = 16, list(range(1, 41))
     curves = {"vanilla RNN": (lengths, [gradient_reaching_the_start(rnn_forward, rnn_backward, ctx.rnn_params,
-                                                                     T, H, backend.rng(4)) for T in lengths])}
+                                                                     T, H, ctx.rng(4)) for T in lengths])}
     for bias in (0.0, 1.0, 3.0):
         curves[f"LSTM, forget bias {bias:g}"] = (lengths, [gradient_reaching_the_start(
-            lstm_forward, lstm_backward, lstm_with_forget_bias(bias), T, H, backend.rng(4)) for T in lengths])
+            lstm_forward, lstm_backward, lstm_with_forget_bias(ctx.rng(3), bias), T, H, ctx.rng(4)) for T in lengths])
     path = draw_log_curves(ctx.output_path("lesson08_gradient_vs_T.png"), curves, "T (steps back)", "|dh0|")
     slopes = {name: float(numpy.polyfit(xy[0], numpy.log10(xy[1]), 1)[0]) for name, xy in curves.items()}
     ctx.check(slopes["LSTM, forget bias 3"] > slopes["LSTM, forget bias 1"] > slopes["LSTM, forget bias 0"],
@@ -269,7 +302,7 @@ def step_8_the_picture(ctx):
     return {"picture": str(path), **{f"factor per step, {k}": 10 ** v for k, v in slopes.items()}}
 
 
-def step_9_exploding_and_clipping(ctx):
+def step_10_exploding_and_clipping(ctx):
     """The other failure: exploding gradients, and the usual cure, clipping.
 
     When Wh stretches vectors (here the RNN of step 4 with Wh times 4 and
@@ -281,8 +314,8 @@ def step_9_exploding_and_clipping(ctx):
     """
     H, T = 16, 40
     big = dict(ctx.rnn_params, Wh=4 * ctx.rnn_params["Wh"], Wx=0.01 * ctx.rnn_params["Wx"])
-    norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, big, t, H, backend.rng(4)) for t in ctx.lengths]
-    gen = backend.rng(5)
+    norms = [gradient_reaching_the_start(rnn_forward, rnn_backward, big, t, H, ctx.rng(4)) for t in ctx.lengths]
+    gen = ctx.rng(5)
     h, cache = rnn_forward(0.01 * gen.standard_normal((1, T, 8)), 0.01 * gen.standard_normal((1, H)),
                            big["Wx"], big["Wh"], big["b"])
     dh = backend.xp().zeros_like(h)
@@ -298,16 +331,15 @@ def step_9_exploding_and_clipping(ctx):
             "after clipping": after, "cosine(before, after)": cosine}
 
 
-def exercise_inputs(seed=7, N=3, D=4, H=5):
-    """float64 inputs of one LSTM step, for grading."""
-    gen = backend.rng(seed)
+def exercise_inputs(gen, N=3, D=4, H=5):
+    """float64 inputs of one LSTM step drawn from gen, for grading."""
     return (gen.standard_normal((N, D)), gen.standard_normal((N, H)), gen.standard_normal((N, H)),
             0.5 * gen.standard_normal((D, 4 * H)), 0.5 * gen.standard_normal((H, 4 * H)), gen.standard_normal(4 * H))
 
 
 def grade_lstm_step_forward(ctx, mine, reference):
     """Your next_h and next_c against the library's, on random inputs."""
-    args = exercise_inputs()
+    args = exercise_inputs(ctx.rng(7))
     yours, wanted = mine.lstm_step_forward(*args)[:2], reference(*args)[:2]
     errors = [rel_error(y, w) for y, w in zip(yours, wanted)]
     ctx.check(max(errors) < 1e-10, f"next_h, next_c differ from the reference: relative errors {errors}")
@@ -316,8 +348,8 @@ def grade_lstm_step_forward(ctx, mine, reference):
 
 def grade_lstm_step_backward(ctx, mine, reference):
     """Your six gradients (from the cache of YOUR forward) against finite differences of the reference forward."""
-    args = exercise_inputs()
-    gen = backend.rng(8)
+    args = exercise_inputs(ctx.rng(7))
+    gen = ctx.rng(8)
     dnext_h, dnext_c = gen.standard_normal(args[1].shape), gen.standard_normal(args[1].shape)
     try:
         cache = mine.lstm_step_forward(*args)[2]

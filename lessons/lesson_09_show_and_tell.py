@@ -20,11 +20,11 @@ from captioning.metrics import bleu
 from captioning.models import ShowAndTell
 from nn import backend
 from nn.gradcheck import eval_numerical_gradient, rel_error
-from nn.optim import adam
+from nn.optim import Adam, adam, clip_grad_norm
 from nn.pool import avg_pool_forward
 
-TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, then caption"
-SECONDS = 6
+TITLE = "The encoder-decoder (Show and Tell): overfit a small batch, caption, then a bare training loop"
+SECONDS = 8
 
 
 def tiny_features(split):
@@ -67,8 +67,10 @@ def step_2_the_model(ctx):
         h_t    = LSTM(x_t, h_(t-1))
         scores = h_t @ W_vocab + b_vocab            one score per vocabulary word
     The paper feeds the image as the LSTM's first input instead of its state;
-    both condition every word on the image.
+    both condition every word on the image. The model's forward pass, which
+    `loss` calls (printed below), is these lines with the layers of lessons 3-8.
     """
+    ctx.show_source(ShowAndTell._forward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": ctx.features.shape[1],
               "wordvec_dim": 48, "hidden_dim": 96}
     ctx.model = ShowAndTell(config, seed=0)
@@ -91,11 +93,13 @@ def step_3_gradient_check(ctx):
     ~1e-10, and the relative error divides by |a| + |b|, which for some
     entries is itself near 1e-5. The largest ABSOLUTE difference, and the
     size of the entry where the relative error peaks, show that this is
-    rounding, not a bug (a bug gives relative errors near 1).
+    rounding, not a bug (a bug gives relative errors near 1). The backward
+    chain, printed below, is the forward's in reverse.
     """
+    ctx.show_source(ShowAndTell._backward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": 6, "wordvec_dim": 4, "hidden_dim": 5}
     tiny = ShowAndTell(config, seed=1, dtype=numpy.float64)
-    features = backend.rng(0).standard_normal((2, 6))
+    features = ctx.rng(0).standard_normal((2, 6))
     captions = ctx.captions[:2, :6]
     _, grads = tiny.loss(features, captions)
     errors, rows = {}, {}
@@ -166,6 +170,45 @@ def step_6_caption_new_images(ctx):
         print(f"new image {i}: human: {ctx.unseen.captions[i][0]}\n             model: {' '.join(new_captions[i])}")
     return {f"BLEU-4 x100 on the {len(ctx.train.captions)} training images": round(100 * seen[3], 1),
             f"BLEU-4 x100 on {len(ctx.unseen.captions)} new images": round(100 * unseen[3], 1)}
+
+
+def step_7_a_bare_training_loop(ctx):
+    """A bare training loop on more data: minibatches, gradient clipping, an Adam step.
+
+    1000 new images (one caption each) and a fresh model. Each epoch
+    shuffles the captions and walks through them in minibatches of 50; for
+    each: the loss and every gradient (`model.loss`, checked in step 3),
+    `clip_grad_norm` (scales all gradients down together when their norm
+    exceeds 5, lesson 8), one Adam step (`nn.optim.Adam`). After each epoch
+    the loss on the 20 new images of step 6 shows what it learned that
+    carries over to images it never saw.
+    `captioning.training.Trainer` (lessons 1, 11, 13) is this loop plus what
+    a real run needs: a trainable CNN, each image encoded once per batch, a
+    learning-rate schedule, a stop on a diverged loss, dev BLEU after every
+    epoch, checkpoints (last.npz, best.npz), resuming, and Ctrl-C.
+    """
+    train = make_shapes_dataset(1000, seed=3, name="train")
+    first_captions = [tokens[0] for tokens in train.tokens]
+    vocab = Vocabulary.build(first_captions, min_count=1)
+    features, captions = tiny_features(train), encode_captions(vocab, first_captions)
+    new_features = tiny_features(ctx.unseen)
+    new_captions = encode_captions(vocab, [tokens[0] for tokens in ctx.unseen.tokens])
+    model = ShowAndTell({"vocab_size": len(vocab), "feature_dim": features.shape[1], "wordvec_dim": 48,
+                         "hidden_dim": 96}, seed=0)
+    optimizer = Adam(model, lr=1e-2)             # reads the model's params and its latest grads
+    order_gen, losses = numpy.random.default_rng(0), [model.loss(new_features, new_captions)[0]]
+    for epoch in range(4):
+        order = order_gen.permutation(len(captions))
+        for start in range(0, len(order), 50):
+            batch = backend.asarray(order[start:start + 50])
+            loss, _ = model.loss(features[batch], captions[batch])      # fills model.grads
+            clip_grad_norm(model, max_norm=5.0)
+            optimizer.step()
+        losses.append(model.loss(new_features, new_captions)[0])
+        print(f"epoch {epoch + 1}: {optimizer.t} Adam steps, last minibatch loss {loss:.3f}, "
+              f"loss on the 20 new images {losses[-1]:.3f}")
+    ctx.check(losses[-1] < losses[0] / 2, "the loss on new images falls")
+    return {"loss on the 20 new images, before and after each epoch": numpy.round(losses, 3)}
 
 
 if __name__ == "__main__":  # python lessons/lesson_09_show_and_tell.py [--no-pause] [--quick]

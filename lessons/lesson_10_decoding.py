@@ -21,7 +21,11 @@ from captioning.decoding import beam_search, greedy_decode
 from nn import backend
 
 TITLE = "Decoding: greedy versus beam search, length normalisation, where greedy goes wrong"
-SECONDS = 0.7
+SECONDS = 0.5
+
+# `python run_lesson.py 10 --exercise`: write it yourself (graded by grade_beam_search_one_image and step 4)
+EXERCISES = ["beam_search_one_image"]
+EXERCISE_IMPORTS = ["from nn import backend"]
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "the", "dog", "cat", "man", "big", "runs"]
 START, END = WORDS.index("<START>"), WORDS.index("<END>")
@@ -126,7 +130,67 @@ def step_3_beam_search(ctx):
     return {name: show(ctx.beam, i) for i, name in enumerate(IMAGES)}
 
 
-def step_4_brute_force(ctx):
+def beam_search_one_image(model, feature, start_id, end_id, beam_size, max_length):
+    """Beam search for ONE image, written plainly: returns (words, log-probability) of its caption.
+
+    The same rules as the batched `captioning.decoding.beam_search` with
+    length_alpha = 0. A hypothesis is (log p, words, decode state). At each
+    step every live hypothesis is extended by every word; of all the
+    extensions, ranked by log p, those ending in <END> that are among the
+    beam_size best are finished captions (the best one is kept), and the
+    beam_size best others are the new live hypotheses. Stop when the best
+    finished caption beats every live one (log p can only drop), or after
+    max_length steps; with nothing finished, the best live one is the caption.
+
+    Inputs:
+    - model: implements init_decode_state / decode_step
+    - feature: the image's features with a leading axis of 1 (one image)
+    - start_id, end_id: ids of <START> and <END>
+    - beam_size: live hypotheses kept; max_length: steps (tokens counting <END>)
+    Returns: (words, log_p): list of word ids without <START> / <END>, float
+    """
+    live, best = [(0.0, [], model.init_decode_state(feature))], None
+    for _ in range(max_length):
+        extensions = []
+        for log_p, words, state in live:
+            previous = backend.asarray([words[-1] if words else start_id], dtype="int64")
+            log_probs, new_state, _ = model.decode_step(previous, state)
+            for word, word_log_p in enumerate(backend.to_numpy(log_probs[0]).tolist()):
+                extensions.append((log_p + word_log_p, words + [word], new_state))
+        extensions.sort(key=lambda extension: extension[0], reverse=True)
+        for log_p, words, _ in extensions[:beam_size]:
+            if words[-1] == end_id and (best is None or log_p > best[1]):
+                best = (words[:-1], log_p)
+        live = [extension for extension in extensions if extension[1][-1] != end_id][:beam_size]
+        if best is not None and best[1] >= live[0][0]:
+            break
+    return best if best is not None else (live[0][1], live[0][0])
+
+
+def step_4_one_image_at_a_time(ctx):
+    """Beam search written plainly, one image at a time, against the batched one.
+
+    `beam_search_one_image` (printed below) is beam search as you would
+    write it first: Python lists of hypotheses, one `decode_step` call per
+    hypothesis and step. `captioning.decoding.beam_search` runs the same
+    rules on all images and all beams together, in arrays (one call per
+    step), which is what makes it fast. Both must give the same captions
+    and log-probabilities, for every beam size.
+    """
+    ctx.show_source(beam_search_one_image)
+    rows = {}
+    for beam_size in (1, 2, 3):
+        batched = beam_search(ctx.model, ctx.features, START, END, beam_size=beam_size, max_length=6)
+        for i, name in enumerate(IMAGES):
+            words, log_p = beam_search_one_image(ctx.model, ctx.features[i:i + 1], START, END, beam_size, 6)
+            ctx.check(words == batched.sequences[i] and abs(log_p - batched.scores[i]) < 1e-9,
+                      f"beam size {beam_size}, {name}: one-image {words} {log_p} vs batched "
+                      f"{batched.sequences[i]} {batched.scores[i]}")
+            rows[f"beam size {beam_size}, {name}"] = f"{' '.join(WORDS[w] for w in words)!r} (log p {log_p:.4f})"
+    return rows
+
+
+def step_5_brute_force(ctx):
     """Is it the best? Enumerate every caption of up to 4 tokens and compare.
 
     Here the search space is small enough to list: every sequence of up to 3
@@ -156,7 +220,7 @@ def step_4_brute_force(ctx):
             "probability of all listed captions together": {name: round(m, 4) for name, m in mass.items()}}
 
 
-def step_5_length_normalisation(ctx):
+def step_6_length_normalisation(ctx):
     """Length normalisation: every extra word multiplies in a probability < 1.
 
     So ranking by log p favours short captions. Image 1: "dog" (0.3 * 0.9 =
@@ -175,6 +239,26 @@ def step_5_length_normalisation(ctx):
         long = result.sequences[1]
     ctx.check(len(long) > len(short), "normalisation lets the longer caption win")
     return rows
+
+
+def grade_beam_search_one_image(ctx, mine, reference):
+    """Your captions against the batched beam_search: the table model of this lesson and a small untrained
+    Show and Tell (random features, 12 words), beam sizes 1 to 4."""
+    from captioning.models import ShowAndTell
+    lstm = ShowAndTell({"vocab_size": 12, "feature_dim": 6, "wordvec_dim": 8, "hidden_dim": 16}, seed=3)
+    cases = [(TableModel(probability_tables()), backend.asarray(numpy.arange(len(IMAGES))), START, END),
+             (lstm, backend.asarray(numpy.random.default_rng(0).standard_normal((5, 6)), dtype="float32"), 1, 2)]
+    checked = 0
+    for model, features, start, end in cases:
+        for beam_size in (1, 2, 3, 4):
+            batched = beam_search(model, features, start, end, beam_size=beam_size, max_length=7)
+            for i in range(len(features)):
+                words, log_p = mine.beam_search_one_image(model, features[i:i + 1], start, end, beam_size, 7)
+                ctx.check(list(words) == batched.sequences[i] and abs(log_p - batched.scores[i]) < 1e-4,
+                          f"{type(model).__name__}, image {i}, beam size {beam_size}: yours {list(words)} "
+                          f"(log p {log_p:.4f}), batched {batched.sequences[i]} ({batched.scores[i]:.4f})")
+                checked += 1
+    return f"all {checked} captions match the batched beam search"
 
 
 if __name__ == "__main__":  # python lessons/lesson_10_decoding.py [--no-pause]

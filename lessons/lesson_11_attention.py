@@ -22,13 +22,18 @@ from captioning.models import build
 from captioning.encoders import TrainableEncoder
 from captioning.generation import generate_captions
 from captioning.training import Trainer, TrainConfig
+import nn.attention
 from nn import backend
 from nn.attention import attention_backward, attention_forward
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TITLE = "Attention (Show, Attend and Tell): where the model looks for each word, drawn as a PNG"
-SECONDS = 40
-QUICK_SECONDS = 8
+SECONDS = 50
+QUICK_SECONDS = 11
+
+# `python run_lesson.py 11 --exercise --quick`: write it yourself (graded by grade_attention_forward and step 1)
+EXERCISES = ["attention_forward"]
+EXERCISE_IMPORTS = ["from nn import backend"]
 
 IMAGE_SIZE = 32          # small pictures keep the lesson to seconds; the CLI default uses 64
 
@@ -40,7 +45,7 @@ def step_1_attention_by_hand(ctx):
     alpha = softmax(e) over the L locations                              (where to look)
     context = sum_l alpha_l a_l                                          (what is seen there)
     """
-    gen = backend.rng(0)
+    gen = ctx.rng(0)
     N, L, D, H, A = 2, 4, 3, 5, 6
     features, h = gen.standard_normal((N, L, D)), gen.standard_normal((N, H))
     W_feat, W_hidden = gen.standard_normal((D, A)), gen.standard_normal((H, A))
@@ -64,18 +69,21 @@ def step_2_attention_gradients(ctx):
     Everything is differentiable: the gradient reaches the features (and so
     the CNN), the hidden state (and so earlier steps), and the attention
     weights themselves. `dalpha` is the gradient of a loss that uses alpha
-    directly, as the regulariser below does.
+    directly, as the regulariser below does. (The forward here is the
+    library's, `nn.attention.attention_forward`: its cache is what
+    `attention_backward` reads.)
     """
     features, h, W_feat, W_hidden, b, w = ctx.attention_args
-    gen = backend.rng(1)
+    gen = ctx.rng(1)
     dcontext, dalpha = gen.standard_normal((2, 3)), gen.standard_normal((2, 4))
-    _, _, cache = attention_forward(*ctx.attention_args)
+    _, _, cache = nn.attention.attention_forward(*ctx.attention_args)
     grads = dict(zip(["features", "h", "W_feat", "W_hidden", "b", "w"], attention_backward(dcontext, dalpha, cache)))
     args = dict(zip(["features", "h", "W_feat", "W_hidden", "b", "w"], ctx.attention_args))
     errors = {}
     for name in grads:
         def outputs(value, name=name):   # both outputs in one array, so one check covers dcontext and dalpha
-            context, alpha, _ = attention_forward(*[value if k == name else v for k, v in args.items()])
+            context, alpha, _ = nn.attention.attention_forward(*[value if k == name else v
+                                                                 for k, v in args.items()])
             return backend.xp().concatenate([context, alpha], axis=1)
         upstream = backend.xp().concatenate([dcontext, dalpha], axis=1)
         numeric = eval_numerical_gradient_array(outputs, args[name], upstream)
@@ -183,7 +191,9 @@ def step_6_does_it_look_at_the_right_thing(ctx):
     and compare it with the share of cells it covers (what uniform attention
     would give). A ratio well above 1 means that on average the model looks
     where it speaks; single words can still look elsewhere (next step).
+    The measure is `attention_on_named_objects`, printed below.
     """
+    ctx.show_source(attention_on_named_objects)
     ctx.measured = attention_on_named_objects(ctx.captions, ctx.decoded.attention, ctx.test.objects)
     ratios = {}
     for kind, words in (("colour words", COLORS), ("shape words", SHAPES)):
@@ -221,6 +231,16 @@ def step_7_where_it_looks(ctx):
         results[f"{label}: caption"] = " ".join(ctx.captions[i])
         results[f"{label}: picture"] = str(path)
     return results
+
+
+def grade_attention_forward(ctx, mine, reference):
+    """Your context and alpha against the library's, on random inputs (N=3, L=5, D=4, H=6, A=7)."""
+    gen = ctx.rng(20)
+    args = [gen.standard_normal(shape) for shape in [(3, 5, 4), (3, 6), (4, 7), (6, 7), (7,), (7,)]]
+    yours, wanted = mine.attention_forward(*args)[:2], reference(*args)[:2]
+    errors = {name: rel_error(y, w) for name, y, w in zip(["context", "alpha"], yours, wanted)}
+    ctx.check(max(errors.values()) < 1e-10, f"context, alpha differ from the reference: relative errors {errors}")
+    return f"context and alpha match the reference (largest relative error {max(errors.values()):.1e})"
 
 
 if __name__ == "__main__":  # python lessons/lesson_11_attention.py [--no-pause] [--quick]

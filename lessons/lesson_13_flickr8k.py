@@ -146,6 +146,10 @@ def step_4_train(ctx):
     checkpoint (best.npz) and lowers the learning rate on a plateau. The
     trainer's model ends with the LAST weights; the rest of the lesson uses
     best.npz, loaded back, and checks that it reproduces its dev score.
+    curves.png (in the run's folder) draws the training loss with the dev
+    loss (the same loss on the dev photos' captions, without dropout) and
+    dev BLEU-4: the dev loss flattening or rising while the training loss
+    falls is where more epochs stop helping.
     """
     data = {name: split.with_features(ctx.inputs[name]) for name, split in ctx.splits.items()}
     ctx.data13 = data
@@ -168,6 +172,8 @@ def step_4_train(ctx):
     losses = [record["train_loss"] for record in history]
     ctx.check(len(losses) < 2 or losses[-1] < losses[0], "the training loss went down")
     return {"epochs": len(history), "train loss per epoch": numpy.round(losses, 3),
+            "dev loss per epoch": numpy.round([record["dev_loss"] for record in history], 3),
+            "curves (train and dev loss, dev BLEU-4)": str(ctx.run_dir / "curves.png"),
             "dev BLEU-4 x100 per epoch": numpy.round([100 * r["dev_bleu"][3] for r in history], 2),
             "best epoch (best.npz, used from here on)": best["epoch"],
             "dev BLEU-4 x100 of best.npz, decoded again": round(100 * again, 2),

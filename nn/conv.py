@@ -35,8 +35,10 @@ blocks of rows):
   NumPy the work is done in cache-sized blocks spread over a few threads,
   since elementwise NumPy is otherwise single-threaded and memory-bound.
 
-`conv_forward_naive` is the obvious loop version, slow, kept for teaching and
-as the reference the fast paths are tested against.
+`conv_forward_naive` and `conv_backward_naive` are the obvious loop versions,
+slow, kept for teaching and as the reference the fast paths are tested
+against. They come first in this file (section "reference"); the fast
+machinery follows (section "fast paths").
 
 One op, one file, although a long one: the three paths share the geometry
 and padding code, the chunk and thread helpers and the work-size constants
@@ -56,7 +58,7 @@ from .backend import get_array_module
 from .dense import _check_float, _check_ndim, _is_int
 
 __all__ = [
-    "conv_forward", "conv_backward", "conv_forward_naive", "same_padding",
+    "conv_forward", "conv_backward", "conv_forward_naive", "conv_backward_naive", "same_padding",
 ]
 
 
@@ -150,6 +152,9 @@ def _tap(a, i, j, h_out, w_out, stride):
 def conv_forward_naive(x, w, b, conv_param):
     """Convolution with explicit loops: slow, obviously correct (for teaching and tests).
 
+    The fast version computing the same thing is `conv_forward` (below, in
+    "fast paths"); its gradients in loops are `conv_backward_naive`.
+
     Inputs:
     - x: (N, C, H, W) input
     - w: (F, C // groups, HH, WW) filters; filter f sees the input channels of its group
@@ -177,10 +182,52 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
+def conv_backward_naive(dout, cache):
+    """Backward pass of `conv_forward_naive`, with the same explicit loops (slow, for teaching and tests).
+
+    Each output pixel out[n, f, i, j] was sum(field * w[f]) + b[f] over one
+    receptive field of the padded input, so its gradient dout[n, f, i, j]
+    flows back to w[f] (times the field), to the field's pixels (times w[f])
+    and to b[f]. The fast version is `conv_backward` (below).
+
+    Inputs:
+    - dout: (N, F, H_out, W_out) upstream gradient
+    - cache: (x, w, b, conv_param) from `conv_forward_naive`
+    Returns:
+    - dx: (N, C, H, W)
+    - dw: (F, C // groups, HH, WW)
+    - db: (F,), or None when the forward pass had no bias
+    """
+    x, w, b, conv_param = cache
+    xp, stride, pads, groups, h_out, w_out = _conv_geometry("conv_backward_naive", x, w, b, conv_param)
+    n_images, f_count = x.shape[0], w.shape[0]
+    if tuple(dout.shape) != (n_images, f_count, h_out, w_out):
+        raise ValueError(f"conv_backward_naive: dout must have shape {(n_images, f_count, h_out, w_out)}, "
+                         f"got {tuple(dout.shape)}")
+    c_per_group, hh, ww = w.shape[1:]
+    f_per_group = f_count // groups
+    x_padded = _pad(xp, x, pads)
+    dx_padded = xp.zeros_like(x_padded)
+    dw = xp.zeros_like(w)
+    for n in range(n_images):
+        for f in range(f_count):
+            channels = slice((f // f_per_group) * c_per_group, (f // f_per_group + 1) * c_per_group)
+            for i in range(h_out):
+                for j in range(w_out):
+                    rows, cols = slice(i * stride, i * stride + hh), slice(j * stride, j * stride + ww)
+                    dw[f] += x_padded[n, channels, rows, cols] * dout[n, f, i, j]
+                    dx_padded[n, channels, rows, cols] += w[f] * dout[n, f, i, j]
+    top, left = pads[0], pads[2]
+    dx = dx_padded[:, :, top:top + x.shape[2], left:left + x.shape[3]]   # the padding's gradient is dropped
+    return dx, dw, None if b is None else dout.sum(axis=(0, 2, 3))
+
+
 # ---------------------------------------------------------------- fast paths
 
 def conv_forward(x, w, b, conv_param):
     """Convolution, vectorised (im2col from shifted slices for stride 1, strided im2col, or depthwise taps).
+
+    It computes exactly the loops of `conv_forward_naive` (above, "reference").
 
     Inputs:
     - x: (N, C, H, W) input
@@ -218,6 +265,8 @@ def conv_forward(x, w, b, conv_param):
 
 def conv_backward(dout, cache):
     """Backward pass of `conv_forward` (also accepts the cache of `conv_forward_naive`).
+
+    The same gradients in plain loops: `conv_backward_naive` (above, "reference").
 
     Inputs:
     - dout: (N, F, H_out, W_out) upstream gradient

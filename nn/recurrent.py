@@ -61,6 +61,9 @@ def _check_recurrent_params(op, Wx, Wh, b, D, gates):
 def rnn_step_forward(x, prev_h, Wx, Wh, b):
     """One time step of a vanilla RNN: next_h = tanh(x Wx + prev_h Wh + b).
 
+    The readable reference; `rnn_forward` (below) is the fast path over a
+    whole sequence and equals a loop of this function over t.
+
     Inputs:
     - x: input at this step, shape (N, D)
     - prev_h: hidden state of the previous step, shape (N, H)
@@ -85,6 +88,10 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
 def rnn_step_backward(dnext_h, cache):
     """Backward pass of `rnn_step_forward`.
 
+    Backpropagation through time is a loop of this function from t = T-1
+    down to 0, adding the dprev_h of step t + 1 to the loss's gradient of h_t;
+    `rnn_backward` (below) is that loop, done faster.
+
     Inputs:
     - dnext_h: gradient of the loss with respect to next_h, shape (N, H)
     - cache: from the forward pass
@@ -103,6 +110,8 @@ def rnn_step_backward(dnext_h, cache):
 
 def rnn_forward(x, h0, Wx, Wh, b):
     """A vanilla RNN over a whole sequence (fast path: one input matrix product).
+
+    Equal to a loop of `rnn_step_forward` (above, the readable reference) over t.
 
     Inputs:
     - x: input sequence, shape (N, T, D)
@@ -133,6 +142,8 @@ def rnn_forward(x, h0, Wx, Wh, b):
 
 def rnn_backward(dh, cache):
     """Backward pass of `rnn_forward` (backpropagation through time).
+
+    Equal to a loop of `rnn_step_backward` (above) from the last step back.
 
     Inputs:
     - dh: upstream gradients of all hidden states, shape (N, T, H)
@@ -171,6 +182,10 @@ def rnn_backward(dh, cache):
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     """One time step of an LSTM (the readable reference).
 
+    The fast paths are `lstm_forward` (a whole sequence) and
+    `lstm_step_forward_from_projection` (one step), both below and tested
+    equal to this function.
+
     a = x Wx + prev_h Wh + b, split into four blocks of H:
     i, f, o = sigmoid(input, forget, output blocks), g = tanh(last block);
     next_c = f * prev_c + i * g;  next_h = o * tanh(next_c).
@@ -208,6 +223,10 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
 
 def lstm_step_backward(dnext_h, dnext_c, cache):
     """Backward pass of `lstm_step_forward` (the readable reference).
+
+    Backpropagation through time is a loop of this function from t = T-1
+    down to 0, carrying dprev_h and dprev_c to the step before (lesson 8
+    writes it out); `lstm_backward` (below) computes the same, faster.
 
     Inputs:
     - dnext_h: gradient with respect to next_h, shape (N, H)
@@ -301,6 +320,8 @@ def lstm_step_backward_from_projection(dnext_h, dnext_c, cache):
 def lstm_forward(x, h0, Wx, Wh, b):
     """An LSTM over a whole sequence, with initial cell state c0 = 0 (fast path).
 
+    Equal to a loop of `lstm_step_forward` (above, the readable reference) over t.
+
     The input projection x_t Wx + b of all T steps is one (T*N, D) x (D, 4H)
     matrix product; the gates are then activated in place in that same array.
     Internally the arrays are time-major, (T, N, ...), so that each step works
@@ -340,6 +361,9 @@ def lstm_forward(x, h0, Wx, Wh, b):
 
 def lstm_backward(dh, cache):
     """Backward pass of `lstm_forward` (backpropagation through time).
+
+    Equal to a loop of `lstm_step_backward` (above, the readable reference)
+    from the last step back, carrying dh and dc.
 
     Each step's gradient of the gate pre-activations da_t is stored; dx, dWx,
     dWh and db then come from one matrix product each over all steps, e.g.

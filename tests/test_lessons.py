@@ -47,8 +47,25 @@ def test_there_are_at_least_twelve_lessons_with_titles_and_times(capsys):
         assert f"{number:2d}  {title}" in listing
 
 
+class NumpyWithoutItsGenerator:
+    """NumPy as the backend's array module, minus `random`: CuPy's generator gives other numbers than
+    NumPy's for the same seed, so a lesson that drew data with the backend's generator (`backend.rng`,
+    `backend.xp().random`) would print different numbers on CuPy. Here it fails instead."""
+
+    def __getattr__(self, name):
+        if name == "random":
+            raise AssertionError("a lesson drew random numbers with the backend's generator (CuPy's gives other "
+                                 "numbers): draw with ctx.rng(seed), NumPy's numbers moved to the backend")
+        return getattr(numpy, name)
+
+
 @pytest.mark.parametrize("number", lesson_params())
-def test_lesson_runs_to_the_end(number, tmp_path, capsys):
+def test_lesson_runs_to_the_end(number, tmp_path, capsys, monkeypatch):
+    """... with data drawn by NumPy, never by the backend's generator (lesson 2, about the backend switch
+    itself, compares array modules by identity and runs unguarded)."""
+    if number != 2:
+        monkeypatch.setitem(backend._state, "name", "numpy")
+        monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
     args = [str(number), "--no-pause", "--quick", "--out", str(tmp_path)]
     status = run_lesson.main(args)
     out, err = capsys.readouterr()
@@ -354,7 +371,9 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 # ------------------------------------------------------------------ exercises
 
-LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 7: "nn.recurrent", 8: "nn.recurrent"}
+LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 5: "nn.conv", 7: "nn.recurrent", 8: "nn.recurrent",
+                     11: "nn.attention"}
+EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12]
 
 
 def reference_solution(number):
@@ -379,6 +398,20 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    return o * numpy.tanh(c), c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, numpy.tanh(c))\n",
         "lstm_step_forward: FAIL"),
     12: (None, "brevity_penalty: FAIL"),
+    10: (None, "beam_search_one_image: FAIL"),
+    5: ("from nn.conv import conv_forward_naive\n"
+        "from nn.conv import conv_backward_naive as right\n"
+        "def conv_backward_naive(dout, cache):\n"
+        "    dx, dw, db = right(dout, cache)\n"
+        "    return dx, dw, dout.sum(axis=(0, 2, 3)) / len(dout)     # db averaged over the images\n",
+        "conv_backward_naive: FAIL"),
+    11: ("from nn import backend\n"
+         "def attention_forward(features, h, W_feat, W_hidden, b, w_score):\n"
+         "    xp = backend.get_array_module(features)\n"
+         "    scores = xp.tanh(features @ W_feat + b + (h @ W_hidden)[:, None, :]) @ w_score   # (N, L)\n"
+         "    alpha = xp.exp(scores) / xp.exp(scores).sum(axis=0, keepdims=True)   # softmax over the batch\n"
+         "    return (alpha[:, :, None] * features).sum(axis=1), alpha, None\n",
+         "attention_forward: FAIL"),
     3: ("from nn.dense import affine_forward, relu_backward\n"
         "def affine_backward(dout, cache):\n"
         "    x, w = cache\n"
@@ -403,10 +436,10 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the plausible mistakes overflow on purpose
-@pytest.mark.parametrize("number", [3, 4, 7, 8, 12])
+@pytest.mark.parametrize("number", EXERCISE_LESSONS)
 def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
     exercises = tmp_path / "exercises"
-    args = [str(number), "--exercise", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
+    args = [str(number), "--exercise", "--quick", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
     lesson = run_lesson.load_lesson(LESSONS[number])
     library_before = {name: getattr(lesson, name) for name in lesson.EXERCISES}
 
@@ -429,6 +462,9 @@ def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path
     if wrong is None:                    # lesson 12: ties going to the LONGER reference
         wrong = reference_solution(number).replace("(abs(length - hypothesis_length), length)",
                                                    "(abs(length - hypothesis_length), -length)")
+        if number == 10:                 # extensions ranked worst first
+            wrong = reference_solution(number).replace("reverse=True", "reverse=False")
+        assert wrong != reference_solution(number)
     mine.write_text(wrong)
     assert run_lesson.main(args) == 1
     assert failure in capsys.readouterr().out
@@ -442,7 +478,8 @@ def test_solution_shows_the_reference_and_lessons_without_exercises_say_so(capsy
     out = capsys.readouterr().out
     assert "def lstm_step_forward(" in out and "def lstm_step_backward(" in out and "next_c = f * prev_c" in out
     assert run_lesson.main(["2", "--exercise"]) == 2
-    assert "lesson 2 has no exercises (lessons with exercises: 3, 4, 7, 8, 12)" in capsys.readouterr().err
+    wanted = ", ".join(map(str, EXERCISE_LESSONS))
+    assert f"lesson 2 has no exercises (lessons with exercises: {wanted})" in capsys.readouterr().err
 
 
 def test_lessons_never_write_into_the_data_folder(tmp_path, capsys):
@@ -452,3 +489,26 @@ def test_lessons_never_write_into_the_data_folder(tmp_path, capsys):
         assert run_lesson.main(["1", "--no-pause", "--quick", "--data", str(data), "--out", str(out)]) == 2
         assert "which is only read" in capsys.readouterr().err
     assert list(data.iterdir()) == []
+
+
+def test_show_source_prints_a_library_function_with_its_file_and_line(capsys):
+    from nn.conv import conv_forward_naive
+    run_lesson.Context().show_source(conv_forward_naive)
+    out = capsys.readouterr().out
+    line = inspect.getsourcelines(conv_forward_naive)[1]
+    assert f"--- source of conv_forward_naive, {Path('nn') / 'conv.py'}:{line}" in out
+    assert "  | def conv_forward_naive(x, w, b, conv_param):" in out and "  | \n" in out   # blank lines kept
+    assert "out[n, f, i, j] = xp.sum(field * w[f])" in out
+    run_lesson.Context().show_source(len)
+    assert "(no Python source for len)" in capsys.readouterr().out
+
+
+def test_ctx_rng_draws_numpys_numbers_onto_the_backend(monkeypatch):
+    monkeypatch.setitem(backend._state, "name", "numpy")
+    monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
+    gen = run_lesson.Context().rng(5)
+    drawn = gen.standard_normal((2, 3))
+    assert numpy.array_equal(drawn, numpy.random.default_rng(5).standard_normal((2, 3)))
+    assert isinstance(gen.uniform(), float)                      # scalars stay Python numbers
+    with pytest.raises(AssertionError, match="ctx.rng"):
+        backend.rng(5)

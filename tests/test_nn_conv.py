@@ -5,7 +5,7 @@ import pytest
 from conftest import as_xp
 from nn import backend
 from nn import conv
-from nn.conv import conv_backward, conv_forward, conv_forward_naive, same_padding
+from nn.conv import conv_backward, conv_backward_naive, conv_forward, conv_forward_naive, same_padding
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 
 TOL = 1e-7
@@ -154,6 +154,29 @@ def test_conv_empty_batch(xp, config):
     dx, dw, db = conv_backward(out, cache)
     assert dx.shape == x[:0].shape and dw.shape == w.shape
     assert not bool(dw.any()) and (db is None or not bool(db.any()))
+
+
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3], CONFIGS[4], CONFIGS[9]],
+                         ids=[IDS[1], IDS[3], IDS[4], IDS[9]])
+def test_conv_backward_naive_matches_finite_differences_and_the_fast_backward(xp, config):
+    """float64: the loop backward against finite differences of the loop forward, and equal to conv_backward."""
+    x, w, b, param = make(xp, config, seed=2)
+    out, cache = conv_forward_naive(x, w, b, param)
+    dout = as_xp(xp, numpy.random.default_rng(4).standard_normal(out.shape))
+    grads = conv_backward_naive(dout, cache)
+    inputs = [x, w, b]
+    for k, grad in enumerate(grads):
+        if inputs[k] is None:
+            assert grad is None
+            continue
+
+        def forward(value, k=k):
+            return conv_forward_naive(*(inputs[:k] + [value] + inputs[k + 1:]), param)[0]
+        assert rel_error(grad, eval_numerical_gradient_array(forward, inputs[k], dout)) < TOL
+    for got, want in zip(grads, conv_backward(dout, conv_forward(x, w, b, param)[1])):
+        assert (got is None and want is None) or rel_error(got, want) < 1e-12
+    with pytest.raises(ValueError, match="conv_backward_naive: dout must have shape"):
+        conv_backward_naive(dout[:, :1], cache)
 
 
 def test_conv_backward_accepts_naive_cache(xp):

@@ -222,3 +222,24 @@ def test_resuming_a_run_that_used_its_time_or_stopped_says_what_to_do(tmp_path):
     done.fit()
     done.fit()
     assert "its learning rate decayed over exactly these epochs" in lines[-1]
+
+
+def test_each_epoch_records_the_teacher_forced_dev_loss_and_curves_png_draws_it(tmp_path):
+    """dev_loss: the model's loss (dropout off) on every caption of the validation images, averaged over
+    captions like the training loss; curves.png draws it in its own colour."""
+    from PIL import Image
+    from captioning.curves_png import DEV
+    from captioning.data.batches import encode_captions
+    trainer, lines = _tiny_run(tmp_path, "run", epochs=1)
+    history = trainer.fit()
+    dev = trainer.dev_data.head(trainer.config.val_images)
+    table = encode_captions(dev, trainer.vocabulary, trainer.config.max_words)
+    trainer.model.eval()
+    trainer.encoder.eval()
+    features = trainer.encoder.encode(dev.inputs[table.image_index], trainer.model.feature_kind, trainer.model.dtype)
+    wanted, _ = trainer.model.loss(features, backend.asarray(table.captions))
+    assert abs(history[0]["dev_loss"] - wanted) < 1e-4 * wanted
+    assert f"dev loss {wanted:.3f}" in "\n".join(lines)
+    with Image.open(tmp_path / "run" / "curves.png") as image:
+        pixels = numpy.asarray(image.convert("RGB")).reshape(-1, 3)
+    assert (pixels == DEV).all(axis=1).any()

@@ -38,7 +38,7 @@ minutes); that checkpoint, the shipped captioner, scores BLEU-1..4 63.4 /
 45.5 / 31.7 / 21.7, CIDEr-D 52.3 on the 1000 test images with beam 3.
 
 Output (--out, default outputs/<data>_<model>): best.npz (best dev BLEU-4),
-last.npz (latest state; --resume continues from it exactly), curves.png.
+last.npz (latest state; --resume continues from it exactly), curves.png (training and dev loss, dev BLEU-4 per epoch).
 Ctrl-C stops after the current step and saves last.npz.
 
 examples:
