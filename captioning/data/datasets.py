@@ -210,8 +210,8 @@ class FolderDataset:
             chosen[name] = split.with_features(grid if kind == "grid" else pooled)
         spec = {"name": cls.name, "root": os.path.abspath(root), "features": os.path.abspath(str(cache.path)),
                 "max_images": max_images, **({"fine_tune_blocks": fine_tune_blocks} if fine_tune_blocks else {})}
-        notes = ([f"{'activations entering the last ' + str(fine_tune_blocks) + ' blocks' if fine_tune_blocks else 'features'}"
-                  f" {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
+        what = f"activations entering block {16 - fine_tune_blocks}" if fine_tune_blocks else "features"
+        notes = ([f"{what} {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
                  + ([f"{len(skipped)} undecodable photos left out"] if skipped else [])
                  + dataset.report.skipped_lines())
         if fine_tune_blocks:
