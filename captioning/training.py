@@ -5,7 +5,8 @@ order drawn from the seed (captioning.data.batches). Each step:
 
     features = encoder(images of the batch)          # cached features, or a small CNN
     loss, grads = model.forward_backward(features, captions)   # teacher forcing
-    (trainable encoder: its backward pass from d loss / d features)
+    (trainable encoder: a small CNN, or the fine-tuned top of EfficientNet-Lite0
+    on cached activations: its backward pass from d loss / d features)
     clip the global gradient norm; Adam step
 
 After each epoch the model CAPTIONS the dev images (greedy or beam search) and

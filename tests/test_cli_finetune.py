@@ -30,8 +30,8 @@ def test_a_short_fine_tuning_run_trains_the_top_and_its_checkpoint_uses_it(tiny_
 
     root, cache = tiny_folder
     run = tmp_path / "run"
-    assert main(["train", "--data", str(root), "--features", str(cache), "--fine-tune-blocks", "1", "--model", model,
-                 "--epochs", "1", "--batch-size", "10", "--lr", "1e-2", *TINY_MODEL, "--out", str(run)]) == 0
+    assert main(["train", "--data", str(root), "--features", str(cache), "--fine-tune-blocks", "1",
+                 "--model", model, "--epochs", "1", "--batch-size", "10", "--lr", "1e-2", *TINY_MODEL, "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "efficientnet_lite0_ft (last 1 block and head fine-tuned, lr 0.001, batchnorm folded)" in out
     # the checkpoint holds the whole top, trained away from the pretrained weights

@@ -305,8 +305,8 @@ def _describe_encoder(args, encoder):
         return f"{encoder.spec['name']} (frozen)"
     lr = f", lr {args.encoder_lr:g}" if args.encoder_lr is not None else ""
     if args.fine_tune_blocks:
-        return (f"{encoder.spec['name']} (last {args.fine_tune_blocks} block{'s' if args.fine_tune_blocks > 1 else ''}"
-                f" and head fine-tuned{lr}, batchnorm folded)")
+        k = args.fine_tune_blocks
+        return f"{encoder.spec['name']} (last {k} block{'s' if k > 1 else ''} and head fine-tuned{lr}, batchnorm folded)"
     return f"{encoder.spec['name']} (trained end to end{lr})"
 
 

@@ -23,7 +23,7 @@ which folding does exactly (and it costs nothing at run time).
 No data augmentation: a cached activation is the activation of one fixed view
 of the photo (squashed to 224 x 224), so random crops or flips would need
 a cache per view (or running the whole network each step, which the cache is
-there to avoid). With K = 1 only ~0.9 M weights of the encoder train (block 15
+there to avoid). With K = 1 only ~1.0 M weights of the encoder train (block 15
 and the head), on 30000 captions of 6000 photos, with a learning rate a tenth
 of the decoder's: a small, regularised change to a pretrained network, for
 which the five captions per photo are variety enough.
