@@ -99,7 +99,8 @@ def run(args):
     check_outputs([("--out", str(path)) for path in cache_paths(out).values()], data_folder=root)
     rebuild = dataset.rebuild_command(root, args.split, out, limit=args.limit, max_images=args.max_images,
                                       fine_tune_blocks=k)
-    print(f"encoding {len(ids)} images of {dataset.title} from {root} ({args.split}) into {out}", file=sys.stderr)
+    what = f" up to block {16 - k} (the activations entering it)" if k else ""
+    print(f"encoding {len(ids)} images of {dataset.title}{what} from {root} ({args.split}) into {out}", file=sys.stderr)
     try:
         cache = dataset.encode(root, ids, paths, out, rebuild, split=args.split,
                                batch_size=args.batch_size, progress=not args.no_progress, dtype=args.dtype,
