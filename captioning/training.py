@@ -5,7 +5,8 @@ order drawn from the seed (captioning.data.batches). Each step:
 
     features = encoder(images of the batch)          # cached features, or a small CNN
     loss, grads = model.forward_backward(features, captions)   # teacher forcing
-    (trainable encoder: its backward pass from d loss / d features)
+    (trainable encoder: a small CNN, or the fine-tuned top of EfficientNet-Lite0
+    on cached activations: its backward pass from d loss / d features)
     clip the global gradient norm; Adam step
 
 After each epoch the model CAPTIONS the dev images (greedy or beam search) and
@@ -63,6 +64,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3                 # Adam learning rate
+    encoder_lr: Optional[float] = None   # a trainable encoder's rate (None: lr); every schedule scales
+                                         # it with lr (nn.optim lr_scales)
     clip: float = 5.0                # global gradient-norm clipping threshold
     weight_decay: float = 0.0
     beam: int = 1                    # decoding for validation: 1 = greedy
@@ -139,7 +142,8 @@ class Trainer:
                                       f"{model.config['vocab_size']}")
         self.table = encode_captions(train, vocabulary, config.max_words)   # every (image, caption) pair
         self.params = _Trainable(model, encoder)
-        self.optimizer = Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        scales = {"encoder": config.encoder_lr / config.lr} if config.encoder_lr is not None else None
+        self.optimizer = Adam(self.params, lr=config.lr, weight_decay=config.weight_decay, lr_scales=scales)
         self.scheduler = ReduceOnPlateau(self.optimizer, factor=config.lr_factor,
                                          patience=config.lr_patience, mode="max")
         self.progress = _Progress()
@@ -220,7 +224,7 @@ class Trainer:
     # Settings that decide the batches, the random numbers or the updates: a resumed run
     # must use the checkpoint's, or it would silently become another run. (Epochs,
     # patience, time limit and validation may change, e.g. to train longer.)
-    RESUME_FIXED = ("batch_size", "seed", "length_buckets", "max_words", "lr", "lr_decay_to", "clip",
+    RESUME_FIXED = ("batch_size", "seed", "length_buckets", "max_words", "lr", "encoder_lr", "lr_decay_to", "clip",
                     "weight_decay", "lr_factor", "lr_patience")
     RESUME_FIXED_DATA = ("name", "max_images", "n_train", "n_dev", "n_test", "seed", "image_size")
 
@@ -407,7 +411,14 @@ class Trainer:
             rate, eta = meter.report(p.step, seconds_left=left)
             self.log(f"epoch {p.epoch + 1}/{cfg.epochs}  step {p.batch}/{self.steps_per_epoch}"
                      f"  loss {p.epoch_loss_sum / p.batch:.3f}  {rate:,.0f} tokens/s"
-                     f"  lr {self.optimizer.lr:.2e}  ETA {format_duration(eta)}")
+                     f"  lr {self._lr_text()}  ETA {format_duration(eta)}")
+
+    def _lr_text(self):
+        """'1.00e-03', or '1.00e-03 (encoder 1.00e-04)' when the encoder has its own rate."""
+        text = f"{self.optimizer.lr:.2e}"
+        if self.config.encoder_lr is not None and self.encoder.trainable:
+            text += f" (encoder {self.optimizer.lr_of('encoder'):.2e})"
+        return text
 
     def _stop_inside_epoch(self, step_limit_reached):
         """The stop rules checked after every step; True when training stops here.
@@ -455,7 +466,7 @@ class Trainer:
         self.log(f"epoch {p.epoch + 1} done: train loss {record['train_loss']:.3f}, dev loss "
                  f"{record['dev_loss']:.3f}, dev BLEU-4 "
                  f"{100 * bleu4:.2f} (B1 {100 * bleus[0]:.1f}){' *best*' if improved else ''}, "
-                 f"lr {self.optimizer.lr:.2e}, {format_duration(p.elapsed)} so far; "
+                 f"lr {self._lr_text()}, {format_duration(p.elapsed)} so far; "
                  f"e.g. \"{sample}\" ({self.dev_data.image_ids[0]})")
         stop = p.epochs_since_best >= cfg.patience
         if not partial:

@@ -17,6 +17,12 @@ again at every step, so it always sees the current arrays, even after
 `state_dict()` / `load_state_dict()` save and restore all of it, so a resumed
 run continues exactly.
 
+Per-part learning rates (`lr_scales={"encoder": 0.1}`): a parameter whose
+dotted name starts with a listed prefix (here "encoder" or "encoder.<...>")
+takes `lr * scale`, the longest matching prefix deciding; the others take
+`lr`. A schedule that changes `lr` thus moves every part's rate together
+(e.g. a pretrained encoder fine-tuned ten times slower than a new decoder).
+
 Weight decay (`weight_decay=lambda`) is classic L2 regularisation folded into
 the gradient, dw + lambda * w, as CS231n adds `reg * W`; with
 `decoupled_weight_decay=True` it is instead subtracted from the weights
@@ -164,15 +170,20 @@ class Optimizer:
     """Base class: holds the parameters, learning rate, step count and state.
 
     Subclasses list their hyperparameter names in HYPER and their per-parameter
-    buffers in BUFFERS, and implement `_update(name, param, grad)`.
+    buffers in BUFFERS, and implement `_update(name, param, grad, lr)` (lr: that
+    parameter's rate, see `lr_of`).
     """
 
     HYPER = ("lr", "weight_decay")
     BUFFERS = ()
 
-    def __init__(self, params, lr, weight_decay=0.0, decoupled_weight_decay=False):
+    def __init__(self, params, lr, weight_decay=0.0, decoupled_weight_decay=False, lr_scales=None):
         if lr <= 0:
             raise ValueError(f"{type(self).__name__}: learning rate must be > 0, got {lr}")
+        self.lr_scales = {str(prefix): float(scale) for prefix, scale in (lr_scales or {}).items()}
+        bad = {prefix: scale for prefix, scale in self.lr_scales.items() if not scale > 0 or math.isinf(scale)}
+        if bad:
+            raise ValueError(f"{type(self).__name__}: lr_scales must be finite and > 0, got {bad}")
         if weight_decay < 0:
             raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay}")
         self.params = params
@@ -187,6 +198,12 @@ class Optimizer:
 
     def named_parameters(self):
         return _named_parameters(self.params)
+
+    def lr_of(self, name):
+        """The learning rate of parameter `name`: lr times the scale of the longest prefix of
+        `lr_scales` that is `name` or a dotted beginning of it (lr when none is)."""
+        matches = [prefix for prefix in self.lr_scales if name == prefix or name.startswith(prefix + ".")]
+        return self.lr * self.lr_scales[max(matches, key=len)] if matches else self.lr
 
     def zero_grad(self):
         """Set every gradient to zero (in place)."""
@@ -213,14 +230,15 @@ class Optimizer:
                     f"{type(self).__name__}: gradient of {name!r} has shape {grad.shape}, "
                     f"parameter has {param.shape}")
             backend.get_array_module(param, grad, op=f"{type(self).__name__}.step({name})")
+            lr = self.lr_of(name)
             decays = self.weight_decay > 0 and param.ndim >= 2
             if decays and self.decoupled_weight_decay:
-                param -= (self.lr * self.weight_decay) * param
+                param -= (lr * self.weight_decay) * param
             elif decays:
                 grad = grad + self.weight_decay * param
-            self._update(name, param, grad)
+            self._update(name, param, grad, lr)
 
-    def _update(self, name, param, grad):
+    def _update(self, name, param, grad, lr):
         raise NotImplementedError
 
     # -- saving and restoring --------------------------------------------
@@ -304,19 +322,19 @@ class SGD(Optimizer):
     BUFFERS = ("velocity",)
 
     def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, lr_scales=None):
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
-        super().__init__(params, lr, weight_decay, decoupled_weight_decay)
+        super().__init__(params, lr, weight_decay, decoupled_weight_decay, lr_scales)
 
-    def _update(self, name, param, grad):
+    def _update(self, name, param, grad, lr):
         if self.momentum == 0:
-            param -= self.lr * grad
+            param -= lr * grad
             return
         velocity = self._buffer("velocity", name, param)
         velocity *= self.momentum
-        velocity -= self.lr * grad
+        velocity -= lr * grad
         param += velocity
 
 
@@ -327,19 +345,19 @@ class RMSprop(Optimizer):
     BUFFERS = ("cache",)
 
     def __init__(self, params, lr=1e-2, decay_rate=0.99, eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, lr_scales=None):
         if not 0 <= decay_rate < 1:
             raise ValueError(f"RMSprop: decay_rate must be in [0, 1), got {decay_rate}")
         self.decay_rate = float(decay_rate)
         self.eps = float(eps)
-        super().__init__(params, lr, weight_decay, decoupled_weight_decay)
+        super().__init__(params, lr, weight_decay, decoupled_weight_decay, lr_scales)
 
-    def _update(self, name, param, grad):
+    def _update(self, name, param, grad, lr):
         xp = backend.get_array_module(param)
         cache = self._buffer("cache", name, param)
         cache *= self.decay_rate
         cache += (1 - self.decay_rate) * grad * grad
-        param -= self.lr * grad / (xp.sqrt(cache) + self.eps)
+        param -= lr * grad / (xp.sqrt(cache) + self.eps)
 
 
 class Adam(Optimizer):
@@ -353,14 +371,14 @@ class Adam(Optimizer):
     BUFFERS = ("m", "v")
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, lr_scales=None):
         for label, beta in (("beta1", beta1), ("beta2", beta2)):
             if not 0 <= beta < 1:
                 raise ValueError(f"Adam: {label} must be in [0, 1), got {beta}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        super().__init__(params, lr, weight_decay, decoupled_weight_decay)
+        super().__init__(params, lr, weight_decay, decoupled_weight_decay, lr_scales)
 
-    def _update(self, name, param, grad):
+    def _update(self, name, param, grad, lr):
         xp = backend.get_array_module(param)
         m = self._buffer("m", name, param)
         v = self._buffer("v", name, param)
@@ -376,7 +394,7 @@ class Adam(Optimizer):
         denom = xp.sqrt(v)
         denom *= 1 / math.sqrt(c2)
         denom += self.eps
-        param -= (self.lr / c1) * m / denom
+        param -= (lr / c1) * m / denom
 
 
 # ---------------------------------------------------------------------------

@@ -138,6 +138,31 @@ def test_list_of_triples_and_weight_decay_rules():
         optim.SGD([w, dw], lr=0.1)
 
 
+@pytest.mark.parametrize("factory", [lambda p, **kw: optim.SGD(p, lr=0.1, momentum=0, **kw),
+                                     lambda p, **kw: optim.RMSprop(p, lr=0.1, **kw),
+                                     lambda p, **kw: optim.Adam(p, lr=0.1, **kw)])
+def test_lr_scales_give_each_part_its_own_rate(factory):
+    """A parameter under a prefix of lr_scales moves by lr * scale (the longest prefix decides),
+    as if the optimizer had been built with that rate; the others take lr."""
+    names = ["decoder.w", "encoder.a.w", "encoder.head.w", "encoderx.w"]
+    rng = numpy.random.default_rng(0)
+    start = {name: rng.standard_normal(3) for name in names}
+    grads = {name: rng.standard_normal(3) for name in names}
+    triples = [(name, start[name].copy(), grads[name]) for name in names]
+    scaled = factory(triples, lr_scales={"encoder": 0.1, "encoder.head": 0.5})
+    scaled.step()
+    expected_lr = {"decoder.w": 0.1, "encoder.a.w": 0.01, "encoder.head.w": 0.05, "encoderx.w": 0.1}
+    for name, param, _ in triples:
+        assert scaled.lr_of(name) == pytest.approx(expected_lr[name])
+        reference = factory([(name, start[name].copy(), grads[name])])
+        reference.lr = expected_lr[name]
+        reference_param = reference.params[0][1]
+        reference.step()
+        numpy.testing.assert_allclose(param, reference_param, rtol=1e-12)
+    with pytest.raises(ValueError, match="lr_scales"):
+        factory(triples, lr_scales={"encoder": 0.0})
+
+
 def test_step_rejects_grad_of_wrong_shape():
     w = numpy.zeros((2, 3))
     opt = optim.Adam([("layer.w", w, numpy.zeros((3, 2)))])

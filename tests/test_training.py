@@ -117,6 +117,11 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
     changed, _ = _tiny_run(tmp_path, "run", batch_size=4, seed=7)
     with pytest.raises(ConfigMismatchError, match=r"batch_size: checkpoint 20, now 4; seed: checkpoint 5, now 7"):
         changed.resume(changed.last_path)
+    own_rate, _ = _tiny_run(tmp_path, "run", encoder_lr=3e-4)      # the encoder's rate decides the updates too
+    assert own_rate.optimizer.lr_of("encoder.body.0.w") == pytest.approx(3e-4)
+    assert own_rate.optimizer.lr_of("decoder.W_embed") == pytest.approx(3e-3)
+    with pytest.raises(ConfigMismatchError, match=r"encoder_lr: checkpoint None, now 0.0003"):
+        own_rate.resume(own_rate.last_path)
     longer, _ = _tiny_run(tmp_path, "run", epochs=5)   # training longer is allowed (constant lr)
     longer.resume(longer.last_path)
     assert longer.progress.step == 1

@@ -24,6 +24,9 @@ recorded folder and feature cache, or for the shipped model $FLICKR8K_DIR or
 When no feature cache is given or found, the photos of the evaluated split
 are encoded first into outputs/features/ (once; a few minutes for the 1000
 test photos on a CPU; interrupt and rerun to resume).
+A checkpoint of `train --fine-tune-blocks K` reads the cache of the
+activations entering its last K blocks (made the same way when missing) and
+runs its fine-tuned top on them.
 
 examples:
   python -m captioning evaluate --data ../shared/flickr8k --split test   # the shipped captioner
@@ -68,10 +71,12 @@ def _check_options(args):
 def _load_data(args, ckpt):
     """The split to caption: the checkpoint's data (or --data), checked against what the model expects."""
     from ..data.datasets import DatasetError, MissingFeatureCache, dataset_from_spec
+    from ..encoders import fine_tune_blocks
 
     def load(features):
         return dataset_from_spec(ckpt.training.get("data"), args.data, features, kind=ckpt.model.feature_kind,
-                                 max_images=args.max_images, splits=(args.split,))
+                                 max_images=args.max_images, splits=(args.split,),
+                                 fine_tune_blocks=fine_tune_blocks(ckpt.encoder))
     try:
         try:
             data = load(args.features)
@@ -101,20 +106,24 @@ def _split_cache(args, ckpt):
     evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take a few minutes on a CPU, once; resumable) into
     the default cache of that split, as `features --split SPLIT` would. Returns the cache name."""
     from ..data.datasets import DATASETS, FOLDER_DATASET, folder_dataset
+    from ..encoders import fine_tune_blocks
     from ..features import cache_paths
 
     spec = ckpt.training.get("data") or {}
     dataset = folder_dataset(args.data) if args.data else DATASETS.get(spec.get("name"), DATASETS[FOLDER_DATASET])
     data_arg = args.data or (spec.get("root") if spec.get("name") == dataset.name else None)
     root, ids, paths, _ = dataset.image_list(data_arg, args.split, args.max_images)
-    out = dataset.default_features_path(args.split) + (f"_first{args.max_images}" if args.max_images else "")
+    k = fine_tune_blocks(ckpt.encoder)
+    out = (dataset.default_features_path(args.split, fine_tune_blocks=k)
+           + (f"_first{args.max_images}" if args.max_images else ""))
     if cache_paths(out)["index"].is_file():      # made by an earlier evaluate (or features --split)
         return out
     check_outputs([("the feature cache", out)], data_folder=root)
     print(f"no feature cache given or found: encoding the {len(ids)} photos of the {args.split} split "
           f"into {out} (once; interrupt and rerun to resume)", file=sys.stderr)
-    dataset.encode(root, ids, paths, out, dataset.rebuild_command(root, args.split, out, limit=args.max_images),
-                   split=args.split)
+    dataset.encode(root, ids, paths, out, dataset.rebuild_command(root, args.split, out, limit=args.max_images,
+                                                                  fine_tune_blocks=k),
+                   split=args.split, fine_tune_blocks=k)
     return out
 
 

@@ -37,6 +37,19 @@ on a 2-core CPU shared with other jobs): dev BLEU-4 best at epoch 6 (57
 minutes); that checkpoint, the shipped captioner, scores BLEU-1..4 63.4 /
 45.5 / 31.7 / 21.7, CIDEr-D 52.3 on the 1000 test images with beam 3.
 
+Fine-tuning (--fine-tune-blocks K, with --data): the last K blocks of
+EfficientNet-Lite0 and its 1x1 head train with the decoder, from the
+pretrained weights, at their own learning rate (--encoder-lr, default a tenth
+of --lr; every schedule scales both together). Batchnorm stays in inference
+mode, folded into the convolutions (batch statistics of a few dozen photos
+would be noisy, and the ImageNet ones are what the weights expect). The
+activations entering block 16-K are computed once into a cache, made first by
+    python -m captioning features --data DIR --fine-tune-blocks K
+so a step runs only the trainable top forward and backward. No data
+augmentation: the cache holds one view per photo. The checkpoints hold the
+fine-tuned top (encoder/*): evaluate reads the split's activation cache,
+caption runs the whole network with the fine-tuned top.
+
 Output (--out, default outputs/<data>_<model>): best.npz (best dev BLEU-4),
 last.npz (latest state; --resume continues from it exactly), curves.png (training and dev loss, dev BLEU-4 per epoch).
 Ctrl-C stops after the current step and saves last.npz.
@@ -46,6 +59,8 @@ examples:
   python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 95
   python -m captioning features --max-images 300 && python -m captioning train --data ../shared/flickr8k --max-images 300
   python -m captioning train --data ../shared/flickr8k --resume
+  python -m captioning features --fine-tune-blocks 1 && python -m captioning train --data ../shared/flickr8k \
+      --fine-tune-blocks 1 --encoder-lr 1e-4 --out outputs/flickr8k_attention_ft1
 """
 
 # What a run writes into --out (see captioning.training.Trainer).
@@ -74,6 +89,13 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
     parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3)")
+    parser.add_argument("--fine-tune-blocks", type=int, default=0, metavar="K",
+                        help="with --data: train the last K blocks (1..16) of EfficientNet-Lite0 and its head "
+                             "with the decoder, from the cache of `features --fine-tune-blocks K` (default 0: "
+                             "frozen)")
+    parser.add_argument("--encoder-lr", type=float, default=None,
+                        help="learning rate of a trainable encoder (default: --lr / 10 when fine-tuning, "
+                             "--lr for the shapes CNN)")
     parser.add_argument("--lr-decay-to", type=float, default=None,
                         help="below 1: the learning rate falls linearly, step by step, to lr times this at "
                              "the last step (then no decay on plateau); 1 = constant, halved when dev "
@@ -115,7 +137,7 @@ def _check_options(args, synthetic):
     """Refuse bad values before any work is done (not after an epoch, when saving fails)."""
     def flag(name):
         return "--" + name.replace("_", "-")
-    for name in ("lr", "lr_decay_to", "clip", "dropout", "alpha_reg", "max_minutes"):
+    for name in ("lr", "encoder_lr", "lr_decay_to", "clip", "dropout", "alpha_reg", "max_minutes"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{flag(name)} must be a finite number, got {value}")
@@ -126,7 +148,7 @@ def _check_options(args, synthetic):
             raise UsageError(f"{flag(name)} must be >= 1, got {value}")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
-    for name in ("lr", "clip"):
+    for name in ("lr", "clip") + (("encoder_lr",) if args.encoder_lr is not None else ()):
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
     if not 0 < args.lr_decay_to <= 1:
@@ -139,6 +161,18 @@ def _check_options(args, synthetic):
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if synthetic and args.features:
         raise UsageError("--features needs --data: the built-in shapes set has no feature cache")
+    _check_fine_tuning(args, synthetic)
+
+
+def _check_fine_tuning(args, synthetic):
+    if not 0 <= args.fine_tune_blocks <= 16:
+        raise UsageError(f"--fine-tune-blocks must be from 0 to 16 (EfficientNet-Lite0 has 16 blocks), "
+                         f"got {args.fine_tune_blocks}")
+    if synthetic and args.fine_tune_blocks:
+        raise UsageError("--fine-tune-blocks needs --data: the shapes set trains its own small CNN end to end")
+    if args.encoder_lr is not None and not synthetic and not args.fine_tune_blocks:
+        raise UsageError("--encoder-lr needs a trainable encoder: give --fine-tune-blocks K (the cached "
+                         "EfficientNet-Lite0 features are frozen)")
 
 
 def _defaults(args, dataset):
@@ -149,6 +183,8 @@ def _defaults(args, dataset):
     for key, value in dataset.train_defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.fine_tune_blocks and args.encoder_lr is None and args.lr is not None:
+        args.encoder_lr = args.lr / 10    # a pretrained network moves less than a new decoder
     if args.max_minutes == 0:      # "no limit"; a negative value is left for _check_options to refuse
         args.max_minutes = None
 
@@ -161,7 +197,8 @@ def _load_data(args, dataset, feature_kind):
         if args.data is None:
             data = dataset.load(n_train=args.shapes_train, seed=args.seed, max_images=args.max_images)
         else:
-            data = dataset.load(args.data, args.features, max_images=args.max_images, kind=feature_kind)
+            data = dataset.load(args.data, args.features, max_images=args.max_images, kind=feature_kind,
+                                fine_tune_blocks=args.fine_tune_blocks)
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
     empty = [name for name, split in data.splits.items() if len(split) == 0]
@@ -211,7 +248,7 @@ def _make_trainer(args, data, out):
     encoder = new_encoder(data.encoder_spec)
     model_class = MODELS[args.model]
     model = _new_model(args, model_class, vocabulary, data.feature_dim or encoder.feature_dim(model_class.feature_kind))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
                          lr_decay_to=args.lr_decay_to, clip=args.clip,
                          beam=args.beam, patience=args.patience, seed=args.seed,
                          max_minutes=args.max_minutes, val_images=args.val_images,
@@ -247,7 +284,7 @@ def run(args):
     model, encoder = trainer.model, trainer.encoder
     print(f"data: {data.describe()}")
     print(f"model: {args.model}, {model.num_params():,} parameters, vocabulary {len(trainer.vocabulary)} words; "
-          f"encoder: {encoder.spec['name']}{' (trained end to end)' if encoder.trainable else ' (frozen)'}; "
+          f"encoder: {_describe_encoder(args, encoder)}; "
           f"backend {backend.name()}")
     print(f"training: {len(trainer.table):,} captions, {trainer.steps_per_epoch} steps/epoch of "
           f"{args.batch_size}; output in {out}")
@@ -261,6 +298,17 @@ def run(args):
     if trainer.progress.best_epoch > 0:
         _report_best(args, trainer, history, data, out, synthetic)
     return 0
+
+
+def _describe_encoder(args, encoder):
+    """e.g. 'efficientnet_lite0 (frozen)', 'efficientnet_lite0_ft (last 1 blocks and head fine-tuned, ...)'."""
+    if not encoder.trainable:
+        return f"{encoder.spec['name']} (frozen)"
+    lr = f", lr {args.encoder_lr:g}" if args.encoder_lr is not None else ""
+    if args.fine_tune_blocks:
+        k = args.fine_tune_blocks
+        return f"{encoder.spec['name']} (last {k} block{'s' if k > 1 else ''} and head fine-tuned{lr}, batchnorm folded)"
+    return f"{encoder.spec['name']} (trained end to end{lr})"
 
 
 def _report_best(args, trainer, history, data, out, synthetic):

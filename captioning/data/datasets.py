@@ -15,6 +15,11 @@ without being told), and the spec of the image encoder its inputs need
 - "flickr30k", "coco": the same, from Karpathy's split file and image
   folders (captioning.data.karpathy).
 
+A folder data set loaded with fine_tune_blocks=K > 0 reads instead the cache of
+the activations entering block 16 - K of EfficientNet-Lite0 (made by `features
+--fine-tune-blocks K`, default name <name>_efficientnet_lite0_ft<K>), and its
+encoder is the fine-tuned top (captioning.encoders.finetuned).
+
 `folder_dataset(DIR)` says which folder data set `--data DIR` holds (by its
 files, see there); `FOLDER_DATASET` is the one read when no folder is given.
 Another folder data set is one more `FolderDataset` subclass here (its reader,
@@ -97,7 +102,11 @@ class ShapesDataset:
         return TrainingData(cls.name, _first_images(splits, max_images), spec, encoder)
 
     @classmethod
-    def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
+    def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES,
+                  fine_tune_blocks=None):
+        if fine_tune_blocks:
+            raise DatasetError("a fine-tuned EfficientNet-Lite0 captions photos, not the synthetic shapes set: "
+                               "give --data DIR")
         if features_arg is not None:
             raise DatasetError("--features is for checkpoints of a photo folder (Flickr8k, Flickr30k, COCO); "
                                "this one was trained on the synthetic shapes set, whose images are encoded by "
@@ -118,11 +127,18 @@ class FolderDataset:
                           attention_dim=256, dropout=0.5, alpha_reg=1.0, min_count=5, beam=1, max_minutes=0)
 
     @classmethod
-    def default_features_path(cls, split="all", max_images=None, limit=None):
+    def cache_encoder(cls, fine_tune_blocks=0):
+        """The name of the network whose outputs the cache holds: the frozen CNN, or (K > 0) its
+        part below the last K blocks (captioning.encoders.TopInputs)."""
+        return cls.ENCODER if not fine_tune_blocks else f"{cls.ENCODER}_ft{fine_tune_blocks}"
+
+    @classmethod
+    def default_features_path(cls, split="all", max_images=None, limit=None, fine_tune_blocks=0):
         """Where the `features` command puts the cache of a split ("all": train + dev + test), of the
-        first `max_images` photos of each split (_maxN), or of the first `limit` photos (_firstN)."""
+        first `max_images` photos of each split (_maxN), or of the first `limit` photos (_firstN);
+        with fine_tune_blocks=K, of the activations entering the last K blocks (<name>_..._ft<K>)."""
         from ..features import default_cache_path
-        path = str(default_cache_path(cls.name, cls.ENCODER, split))
+        path = str(default_cache_path(cls.name, cls.cache_encoder(fine_tune_blocks), split))
         return path + (f"_max{max_images}" if max_images else "") + (f"_first{limit}" if limit else "")
 
     @classmethod
@@ -144,38 +160,46 @@ class FolderDataset:
         return root, ids, paths, data.report.skipped_lines()
 
     @classmethod
-    def rebuild_command(cls, root, split, out, limit=None, max_images=None):
+    def rebuild_command(cls, root, split, out, limit=None, max_images=None, fine_tune_blocks=0):
         """The `features` command that makes (or resumes) the cache `out`."""
         return (f"python -m captioning features --data {root} --split {split} --out {out}"
-                + (f" --max-images {max_images}" if max_images else "") + (f" --limit {limit}" if limit else ""))
+                + (f" --max-images {max_images}" if max_images else "") + (f" --limit {limit}" if limit else "")
+                + (f" --fine-tune-blocks {fine_tune_blocks}" if fine_tune_blocks else ""))
 
     @classmethod
     def encode(cls, root, ids, paths, out, rebuild, split="all", batch_size=8, progress=True,
-               dtype="float16", overwrite=False, skip_bad=False, announce=None):
+               dtype="float16", overwrite=False, skip_bad=False, announce=None, fine_tune_blocks=0):
         """Run the frozen encoder over the photos (ids, paths) of `root` into the feature cache `out`
         (resumable: an interrupted run continues where it stopped; `rebuild` is the command that
-        does so, for messages; `announce` is told the cache's size first). Returns the FeatureCache."""
-        from ..encoders import PRETRAINED
+        does so, for messages; `announce` is told the cache's size first). Returns the FeatureCache.
+        fine_tune_blocks=K > 0: cache the activations entering the last K blocks instead."""
+        from ..encoders import PRETRAINED, TopInputs
         from ..features import extract_features
 
-        return extract_features(PRETRAINED[cls.ENCODER](), paths, ids, out, batch_size=batch_size,
+        network = TopInputs(fine_tune_blocks) if fine_tune_blocks else PRETRAINED[cls.ENCODER]()
+        return extract_features(network, paths, ids, out, batch_size=batch_size,
                                 progress=progress, dtype=dtype, overwrite=overwrite, skip_bad=skip_bad,
                                 rebuild=rebuild, workers=min(8, os.cpu_count() or 1),
                                 extra_index={"data": str(root), "split": split}, announce=announce)
 
     @classmethod
     def load(cls, data_arg, features_arg=None, max_images=None, kind="grid", splits=SPLIT_NAMES,
-             again="run train again"):
+             again="run train again", fine_tune_blocks=0):
         """Splits whose inputs are rows of the feature cache (`kind`: "grid" or "pooled").
 
         splits: the splits to load (the cache needs the features of these only);
-        again: what the user should do once the missing cache is made.
+        again: what the user should do once the missing cache is made;
+        fine_tune_blocks: K > 0 reads the cache of the activations entering the last
+        K blocks (the inputs are those, whatever `kind`), for a fine-tuned encoder.
         """
         root = cls.find_root(data_arg)
         dataset = cls.read(root)
-        features_path = features_arg or cls._default_cache_for(max_images)
+        features_path = features_arg or cls._default_cache_for(max_images, fine_tune_blocks)
         chosen = _first_images({name: dataset[name] for name in splits}, max_images)
-        cache = cls._open_cache(features_path, chosen, root, features_arg, again, max_images)
+        cache = cls._open_cache(features_path, chosen, root, features_arg, again, max_images, fine_tune_blocks)
+        if fine_tune_blocks:
+            kind = "grid"       # the activation maps, stored as grids
+
         # Photos the cache could not decode (features --skip-bad) hold zeros: leave them out.
         skipped = set(cache.index.get("skipped", []))
         if skipped:
@@ -185,50 +209,63 @@ class FolderDataset:
             grid, pooled = cache.for_images(split.image_ids, check=(kind,))
             chosen[name] = split.with_features(grid if kind == "grid" else pooled)
         spec = {"name": cls.name, "root": os.path.abspath(root), "features": os.path.abspath(str(cache.path)),
-                "max_images": max_images}
-        notes = ([f"features {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
+                "max_images": max_images, **({"fine_tune_blocks": fine_tune_blocks} if fine_tune_blocks else {})}
+        what = f"activations entering block {16 - fine_tune_blocks}" if fine_tune_blocks else "features"
+        notes = ([f"{what} {cache.path} ({cache.grid.dtype}, grid {tuple(cache.grid.shape[1:])})"]
                  + ([f"{len(skipped)} undecodable photos left out"] if skipped else [])
                  + dataset.report.skipped_lines())
-        return TrainingData(cls.name, chosen, spec, {"name": cls.ENCODER, **cache.index["encoder"]},
-                            feature_dim=int(cache.index["grid_shape"][-1]), notes=notes)
+        if fine_tune_blocks:
+            from ..encoders import FineTunedEncoder
+            encoder, dim = FineTunedEncoder.new_spec(fine_tune_blocks, cache.index["encoder"]), None
+        else:
+            encoder, dim = {"name": cls.ENCODER, **cache.index["encoder"]}, int(cache.index["grid_shape"][-1])
+        return TrainingData(cls.name, chosen, spec, encoder, feature_dim=dim, notes=notes)
 
     @classmethod
-    def _default_cache_for(cls, max_images):
+    def _default_cache_for(cls, max_images, fine_tune_blocks=0):
         """The default cache of every photo, or, when that does not exist but `features --max-images N`
         made one for the same N, that one."""
         from ..features import cache_paths
-        full = cls.default_features_path()
-        small = cls.default_features_path(max_images=max_images)
+        full = cls.default_features_path(fine_tune_blocks=fine_tune_blocks)
+        small = cls.default_features_path(max_images=max_images, fine_tune_blocks=fine_tune_blocks)
         if max_images and not cache_paths(full)["index"].is_file() and cache_paths(small)["index"].is_file():
             return small
         return full
 
     @classmethod
-    def _open_cache(cls, features_path, splits, root, features_arg, again, max_images=None):
+    def _open_cache(cls, features_path, splits, root, features_arg, again, max_images=None, fine_tune_blocks=0):
         from ..features import FeatureCacheError, open_cache
 
         wanted = [i for split in splits.values() for i in split.image_ids]
+        k = f" --fine-tune-blocks {fine_tune_blocks}" if fine_tune_blocks else ""
         try:
             cache = open_cache(features_path, image_ids=wanted)
         except FileNotFoundError:
+            what = (f"the activations entering its last {fine_tune_blocks} blocks" if fine_tune_blocks
+                    else "the EfficientNet-Lite0 features")
             raise MissingFeatureCache(
-                f"no feature cache at {features_path}: extract the EfficientNet-Lite0 features first with\n"
-                f"  python -m captioning features --data {root}" +
+                f"no feature cache at {features_path}: extract {what} first with\n"
+                f"  python -m captioning features --data {root}{k}" +
                 (f" --out {features_path}" if features_arg else "") +
                 f"\n({cls.ENCODE_TIME}, resumable), then {again}" +
                 ("" if features_arg or not max_images else
                  f"; for the first {max_images} photos of each split only: "
-                 f"python -m captioning features --data {root} --max-images {max_images}")) from None
+                 f"python -m captioning features --data {root} --max-images {max_images}{k}")) from None
         except FeatureCacheError as exc:
             raise DatasetError(str(exc)) from None
-        if cache.index["encoder"]["name"] != cls.ENCODER:
+        expected = cls.cache_encoder(fine_tune_blocks)
+        if cache.index["encoder"]["name"] != expected:
             raise DatasetError(f"feature cache {features_path} was made by {cache.index['encoder']['name']}, "
-                               f"not {cls.ENCODER}")
+                               f"not {expected}" + (f" (the activations entering the last {fine_tune_blocks} "
+                                                    f"blocks: features --fine-tune-blocks {fine_tune_blocks})"
+                                                    if fine_tune_blocks else ""))
         return cache
 
     @classmethod
-    def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
-        """The recorded folder and cache, or another folder (`data_arg`) with its own cache."""
+    def from_spec(cls, spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES,
+                  fine_tune_blocks=None):
+        """The recorded folder and cache, or another folder (`data_arg`) with its own cache.
+        fine_tune_blocks: K of a fine-tuned encoder (None: as recorded in `spec`)."""
         recorded = spec.get("name") == cls.name
         same_data = data_arg is None or (recorded and os.path.abspath(data_arg) == spec.get("root"))
         if data_arg is None and spec.get("root") is None:
@@ -244,8 +281,11 @@ class FolderDataset:
             features_arg = spec.get("features")    # other data: its own cache, at the default place
         if max_images is None and recorded:
             max_images = spec.get("max_images")
+        if fine_tune_blocks is None:
+            fine_tune_blocks = spec.get("fine_tune_blocks", 0) if recorded else 0
         return cls.load(data_arg, features_arg, max_images=max_images, kind=kind, splits=splits,
-                        again="run this command again (or give an existing cache with --features)")
+                        again="run this command again (or give an existing cache with --features)",
+                        fine_tune_blocks=fine_tune_blocks)
 
 
 class Flickr8kDataset(FolderDataset):
@@ -331,8 +371,10 @@ def folder_dataset(data_arg=None):
                             "for COCO: dataset_coco.json + train2014/ and val2014/ (Karpathy's split files).")
 
 
-def dataset_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES):
-    """The data a checkpoint was trained on (its recorded `spec`), or the folder `data_arg` instead."""
+def dataset_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_images=None, splits=SPLIT_NAMES,
+                      fine_tune_blocks=None):
+    """The data a checkpoint was trained on (its recorded `spec`), or the folder `data_arg` instead;
+    fine_tune_blocks: K of the checkpoint's fine-tuned encoder (0: none; None: as `spec` records)."""
     spec = spec or {}
     if data_arg is not None:
         entry = folder_dataset(data_arg)
@@ -340,4 +382,5 @@ def dataset_from_spec(spec, data_arg=None, features_arg=None, kind="grid", max_i
         entry = DATASETS[spec["name"]]
     else:
         raise DatasetError("give --data DIR: the checkpoint does not say which data it was trained on")
-    return entry.from_spec(spec, data_arg, features_arg, kind=kind, max_images=max_images, splits=splits)
+    return entry.from_spec(spec, data_arg, features_arg, kind=kind, max_images=max_images, splits=splits,
+                           fine_tune_blocks=fine_tune_blocks)

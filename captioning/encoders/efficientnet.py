@@ -280,6 +280,35 @@ class EfficientNetLite0:
         if images.dtype.kind != "f":
             raise TypeError(f"{self.name}: images must be floating point (normalised), got {images.dtype}")
 
+    def _block(self, blk, x):
+        """One MBConv block: expand (1x1, ReLU6), depthwise (ReLU6), project (1x1, linear), + x."""
+        h = x
+        if blk["expand"] is not None:
+            h = self._conv_bn(h, blk["expand"], relu6=True)
+        h = self._conv_bn(h, blk["depthwise"], relu6=True)
+        h = self._conv_bn(h, blk["project"], relu6=False)
+        if blk["residual"]:
+            h += x
+        return h
+
+    def block_inputs(self, images, stop):
+        """The activations entering block `stop` (0..16; 16: the head's input).
+
+        Inputs:
+        - images: (N, 3, H, W) preprocessed images
+        - stop: the first block NOT run (stem and blocks 0..stop-1 are)
+        Returns:
+        - x: (N, C, h, w), C = in_channels of block `stop` (320 for 16);
+          (N, 192, 7, 7) for stop = 15 and 224x224 images
+        """
+        self._check_images(images)
+        if not 0 <= stop <= len(self.blocks):
+            raise ValueError(f"{self.name}: stop must be a block number from 0 to {len(self.blocks)}, got {stop}")
+        x = self._conv_bn(images, self.stem, relu6=True)
+        for blk in self.blocks[:stop]:
+            x = self._block(blk, x)
+        return x
+
     def feature_map(self, images):
         """The last feature map before pooling.
 
@@ -288,18 +317,23 @@ class EfficientNetLite0:
         Returns:
         - fmap: (N, 1280, ceil(H/32), ceil(W/32)); (N, 1280, 7, 7) for 224x224
         """
-        self._check_images(images)
-        x = self._conv_bn(images, self.stem, relu6=True)
-        for blk in self.blocks:
-            h = x
-            if blk["expand"] is not None:
-                h = self._conv_bn(h, blk["expand"], relu6=True)
-            h = self._conv_bn(h, blk["depthwise"], relu6=True)
-            h = self._conv_bn(h, blk["project"], relu6=False)
-            if blk["residual"]:
-                h += x
-            x = h
+        x = self.block_inputs(images, len(self.blocks))
         return self._conv_bn(x, self.head, relu6=True)
+
+    def folded_units(self, first_block):
+        """The folded (w, b) of every conv from block `first_block` on, and of the head, as NumPy arrays:
+        {"block<i>.expand.w": ..., "block<i>.expand.b", ..., "head.w", "head.b"} (what a trainable
+        copy of the network's top starts from; captioning.encoders.finetuned)."""
+        if not self.fold_batchnorm:
+            raise ValueError(f"{self.name}.folded_units: needs the network loaded with fold_batchnorm=True")
+        out = {}
+        for blk in self.blocks[first_block:]:
+            for part in ("expand", "depthwise", "project"):
+                if blk[part] is not None:
+                    out[f"block{blk['spec'].index}.{part}.w"] = backend.to_numpy(blk[part]["w"])
+                    out[f"block{blk['spec'].index}.{part}.b"] = backend.to_numpy(blk[part]["b"])
+        out["head.w"], out["head.b"] = backend.to_numpy(self.head["w"]), backend.to_numpy(self.head["b"])
+        return out
 
     def features(self, images):
         """Features for captioning.
