@@ -128,6 +128,7 @@ class Trainer:
     features). out_dir gets best.npz, last.npz and curves.png. `log` is a
     print-like function for progress lines.
     """
+    score_name = "BLEU-4"   # the dev score that picks best.npz (captioning.scst: CIDEr-D)
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print,
                  data_spec=None):
@@ -218,7 +219,7 @@ class Trainer:
             self.encoder.load_state_dict(ckpt.encoder_state)
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = _Progress(**state["progress"])
+        self.progress = type(self.progress)(**state["progress"])
         return self
 
     # Settings that decide the batches, the random numbers or the updates: a resumed run
@@ -346,7 +347,8 @@ class Trainer:
         cfg, p = self.config, self.progress
         if p.stopped_early or p.epoch >= cfg.epochs:
             if p.stopped_early:
-                advice = "dev BLEU-4 had stopped improving; to train longer, start a new run (another --out)"
+                advice = (f"dev {self.score_name} had stopped improving; to train longer, start a new run "
+                          "(another --out)")
             elif cfg.lr_decay_to < 1:
                 advice = ("its learning rate decayed over exactly these epochs; to train longer, start a "
                           "new run (another --out) with more --epochs")
