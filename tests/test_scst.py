@@ -186,6 +186,21 @@ def test_scst_on_shapes_raises_the_reward_and_resumes(ce_checkpoint, tmp_path, c
     assert (out / "curves.png").is_file()
 
 
+@pytest.mark.parametrize("kind", ["attention", "lrcn"])
+def test_scst_trains_every_model_and_evaluate_reads_its_checkpoint(kind, tmp_path, capsys):
+    ce, out = tmp_path / "ce", tmp_path / "scst"
+    assert main(["train", "--model", kind, "--shapes-train", "40", "--epochs", "1", "--batch-size", "20",
+                 "--val-images", "10", *TINY, "--out", str(ce), "--quiet"]) == 0
+    assert main(["train", "--scst", "--init", str(ce / "best.npz"), "--shapes-train", "40", "--epochs", "1",
+                 "--batch-size", "20", "--scst-baseline", "samples", "--scst-samples", "3", "--val-images", "10",
+                 "--out", str(out)]) == 0
+    assert "20 images x 3 samples, baseline the mean CIDEr-D of the other 2 samples" in capsys.readouterr().out
+    history = load_checkpoint(out / "last.npz").training["progress"]["history"]
+    assert [r["epoch"] for r in history] == [0, 1] and history[1]["train_reward"] > 0
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--split", "test", "--max-images", "5"]) == 0
+    assert "CIDEr-D" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("options, message", [
     (["--scst"], "--scst needs --init CKPT"),
     (["--init", "x.npz"], "give --scst too"),

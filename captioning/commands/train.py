@@ -97,7 +97,7 @@ def add_arguments(parser):
                         + " (default attention)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
     parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3; with --scst 2e-4 / 5e-5)")
     parser.add_argument("--fine-tune-blocks", type=int, default=0, metavar="K",
                         help="with --data: train the last K blocks (1..16) of EfficientNet-Lite0 and its head "
                              "with the decoder, from the cache of `features --fine-tune-blocks K` (default 0: "
@@ -141,12 +141,13 @@ def add_arguments(parser):
                              "default 0 = off")
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
     scst = parser.add_argument_group(
-        "self-critical training (Rennie et al. 2017; after cross-entropy training)",
-        "REINFORCE on the CIDEr-D of sampled captions, the greedy caption's CIDEr-D as the baseline. "
-        "The model, vocabulary and encoder come from --init (the encoder stays frozen); a step takes "
-        "--batch-size IMAGES (default 16 shapes / 50 Flickr8k); the Adam --lr defaults to 5e-5 as in "
-        "the paper (2e-4 on shapes), constant, halved when dev CIDEr-D stalls; best.npz is chosen, and "
-        "--patience counts, by dev CIDEr-D of greedy captions; --epochs defaults to 2 shapes / 10 Flickr8k.")
+        "self-critical training (Rennie et al. 2017), after cross-entropy training",
+        "REINFORCE on the CIDEr-D of sampled captions, the greedy caption's CIDEr-D as the\n"
+        "baseline. The model, vocabulary and encoder come from --init (the encoder stays\n"
+        "frozen). A step takes --batch-size IMAGES (default 16 shapes / 50 Flickr8k); Adam\n"
+        "at --lr 5e-5 by default as in the paper (2e-4 on shapes), constant, halved when\n"
+        "dev CIDEr-D stalls; --epochs 2 shapes / 10 Flickr8k. best.npz is chosen, and\n"
+        "--patience counts, by the dev CIDEr-D of greedy captions.")
     scst.add_argument("--scst", action="store_true",
                       help="self-critical training from the cross-entropy checkpoint --init")
     scst.add_argument("--init", default=None, metavar="CKPT",
@@ -155,7 +156,7 @@ def add_arguments(parser):
                       help="captions sampled per image and step (default 1; 5 with --scst-baseline samples)")
     scst.add_argument("--scst-baseline", choices=("greedy", "samples"), default="greedy",
                       help="greedy: the reward of the greedy caption (Rennie et al., default); samples: the "
-                           "mean reward of the image's other K samples ('new SCST')")
+                           "mean reward of the image's other K - 1 samples ('new SCST')")
 
 
 def _check_options(args, synthetic):
