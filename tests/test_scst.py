@@ -224,3 +224,21 @@ def test_scst_refuses_a_checkpoint_of_another_data_set(ce_checkpoint, tmp_path, 
                     training=json.loads(json.dumps({**ckpt.training, "data": {"name": "flickr8k"}})))
     assert main(["train", "--scst", "--init", str(other), "--out", str(tmp_path / "o")]) == 2
     assert "was trained on flickr8k, but this run's data is shapes" in capsys.readouterr().err
+
+
+def test_scst_from_a_fine_tuned_checkpoint_keeps_its_encoder_and_reads_its_activation_cache(tmp_path, capsys):
+    from data_fixtures import make_original, tiny_corpus
+
+    root = make_original(tmp_path / "flickr", *tiny_corpus())
+    cache, ce, out = tmp_path / "ft1", tmp_path / "ce", tmp_path / "scst"
+    assert main(["features", "--data", str(root), "--fine-tune-blocks", "1", "--out", str(cache),
+                 "--no-progress"]) == 0
+    assert main(["train", "--data", str(root), "--features", str(cache), "--fine-tune-blocks", "1", "--model",
+                 "show-tell", "--epochs", "1", "--batch-size", "10", *TINY, "--min-count", "1", "--quiet",
+                 "--out", str(ce)]) == 0
+    assert main(["train", "--scst", "--init", str(ce / "best.npz"), "--data", str(root), "--features", str(cache),
+                 "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
+    assert "efficientnet_lite0_ft (frozen here)" in capsys.readouterr().out
+    start, after = load_checkpoint(ce / "best.npz"), load_checkpoint(out / "last.npz")
+    assert all(numpy.array_equal(start.encoder_state[k], after.encoder_state[k]) for k in start.encoder_state)
+    assert not numpy.array_equal(start.model.params["W_vocab"], after.model.params["W_vocab"])
