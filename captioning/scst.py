@@ -211,6 +211,7 @@ class SelfCriticalTrainer(Trainer):
     encoder stays frozen (eval mode): only the decoder is trained.
     """
     score_name = "CIDEr-D"
+    run_kind = "self-critical"
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print, data_spec=None):
         super().__init__(model, vocabulary, encoder, train, dev, config, out_dir, log=log, data_spec=data_spec)
@@ -227,6 +228,12 @@ class SelfCriticalTrainer(Trainer):
         self.last_step_seconds = None
 
     RESUME_FIXED = Trainer.RESUME_FIXED + ("samples", "baseline", "max_length")
+
+    def _training_state(self):
+        state = super()._training_state()
+        state["rng"]["scheme"] = ("images of epoch e: default_rng([seed, 2, e]); samples of step s: "
+                                  "default_rng([seed, 3, s]) (see captioning.scst)")
+        return state
 
     @property
     def steps_per_epoch(self):

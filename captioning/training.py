@@ -128,7 +128,8 @@ class Trainer:
     features). out_dir gets best.npz, last.npz and curves.png. `log` is a
     print-like function for progress lines.
     """
-    score_name = "BLEU-4"   # the dev score that picks best.npz (captioning.scst: CIDEr-D)
+    score_name = "BLEU-4"          # the dev score that picks best.npz (captioning.scst: CIDEr-D)
+    run_kind = "cross-entropy"     # saved in checkpoints: --resume continues only a run of the same kind
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print,
                  data_spec=None):
@@ -176,7 +177,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self):
-        return {"config": asdict(self.config), "progress": asdict(self.progress),
+        return {"kind": self.run_kind, "config": asdict(self.config), "progress": asdict(self.progress),
                 "scheduler": self.scheduler.state_dict(), "data": self.data_spec,
                 "rng": {"seed": self.config.seed,
                         "scheme": "batches of epoch e: default_rng([seed, e]), see Trainer.epoch_batches; "
@@ -198,6 +199,11 @@ class Trainer:
     def resume(self, path):
         """Continue from a checkpoint written by this trainer (normally last.npz)."""
         ckpt = load_checkpoint(path, dtype=self.model.dtype)
+        saved_kind = ckpt.training.get("kind", "cross-entropy")   # checkpoints from before self-critical training
+        if "progress" in ckpt.training and saved_kind != self.run_kind:
+            hint = " (train --scst --init CKPT --resume)" if saved_kind == "self-critical" else " (without --scst)"
+            raise ConfigMismatchError(f"{path} holds a {saved_kind} run, this is a {self.run_kind} run: resume it "
+                                      f"as it was started{hint}")
         if ckpt.model.config != self.model.config:
             raise ConfigMismatchError(f"{path}: model configuration {ckpt.model.config} differs from "
                                       f"this run's {self.model.config}")

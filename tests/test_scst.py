@@ -184,6 +184,11 @@ def test_scst_on_shapes_raises_the_reward_and_resumes(ce_checkpoint, tmp_path, c
     best = load_checkpoint(out / "best.npz").training["progress"]
     assert best["best_cider"] == max(r["dev_cider"] for r in history) >= history[0]["dev_cider"]
     assert (out / "curves.png").is_file()
+    # a self-critical run is not resumed as a cross-entropy one, nor the other way round
+    assert main(["train", "--shapes-train", "300", "--batch-size", "25", "--out", str(out), "--resume"]) == 2
+    assert "holds a self-critical run, this is a cross-entropy run" in capsys.readouterr().err
+    assert main(args + ["--resume", "--out", str(ce_checkpoint.parent)]) == 2
+    assert "holds a cross-entropy run, this is a self-critical run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["attention", "lrcn"])
