@@ -58,7 +58,7 @@ from .curves_png import save_scst_curves
 from .decoding import greedy_decode
 from .generation import evaluate_captions, generate_captions
 from .metrics import CiderD, cider_d
-from .progress import StepMeter, format_duration
+from .progress import format_duration
 from .training import TrainConfig, Trainer, TrainingDiverged, _Progress
 
 __all__ = ["BASELINES", "SCSTConfig", "SelfCriticalTrainer", "advantages", "sample_captions",
@@ -225,7 +225,6 @@ class SelfCriticalTrainer(Trainer):
                                          patience=config.lr_patience, mode="max")
         self.progress = SCSTProgress()
         self.reward = CiderD(train.references)   # document frequencies of the training references, once
-        self.last_step_seconds = None
 
     RESUME_FIXED = Trainer.RESUME_FIXED + ("samples", "baseline", "max_length")
 
@@ -318,9 +317,7 @@ class SelfCriticalTrainer(Trainer):
     def _one_step(self, meter, elapsed_before):
         """A self-critical step, its bookkeeping, and a progress line when one is due."""
         cfg, p = self.config, self.progress
-        started = time.perf_counter()
         loss, tokens = self.train_step(p.epoch, p.batch)
-        self.last_step_seconds = time.perf_counter() - started
         reward, greedy = self.last_rewards
         p.batch += 1
         p.step += 1
@@ -337,7 +334,8 @@ class SelfCriticalTrainer(Trainer):
             rate, eta = meter.report(p.step, seconds_left=left)
             dev = self._last_dev_cider()
             self.log(f"epoch {p.epoch + 1}/{cfg.epochs}  step {p.batch}/{self.steps_per_epoch}"
-                     f"  reward {100 * p.epoch_reward_sum / p.batch:.2f} (greedy {100 * p.epoch_greedy_sum / p.batch:.2f})"
+                     f"  reward {100 * p.epoch_reward_sum / p.batch:.2f}"
+                     f" (greedy {100 * p.epoch_greedy_sum / p.batch:.2f})"
                      f"  dev CIDEr-D {dev}  {rate:,.1f} images/s  lr {self.optimizer.lr:.2e}"
                      f"  ETA {format_duration(eta)}")
 

@@ -211,7 +211,8 @@ def test_scst_trains_every_model_and_evaluate_reads_its_checkpoint(kind, tmp_pat
     (["--init", "x.npz"], "give --scst too"),
     (["--scst", "--init", "missing.npz"], "--init: checkpoint not found: missing.npz"),
     (["--scst", "--init", "{ckpt}", "--hidden", "8"], "--hidden does not go with --scst"),
-    (["--scst", "--init", "{ckpt}", "--scst-baseline", "samples", "--scst-samples", "1"], "--scst-samples must be >= 2"),
+    (["--scst", "--init", "{ckpt}", "--scst-baseline", "samples", "--scst-samples", "1"],
+     "--scst-samples must be >= 2"),
     (["--scst-samples", "3"], "--scst-samples is an option of self-critical training"),
 ])
 def test_scst_refuses_bad_options_with_one_line(options, message, ce_checkpoint, tmp_path, capsys):
@@ -247,3 +248,29 @@ def test_scst_from_a_fine_tuned_checkpoint_keeps_its_encoder_and_reads_its_activ
     start, after = load_checkpoint(ce / "best.npz"), load_checkpoint(out / "last.npz")
     assert all(numpy.array_equal(start.encoder_state[k], after.encoder_state[k]) for k in start.encoder_state)
     assert not numpy.array_equal(start.model.params["W_vocab"], after.model.params["W_vocab"])
+
+
+def test_an_interrupted_scst_run_resumes_exactly(ce_checkpoint, tmp_path):
+    from captioning.data.datasets import DATASETS
+    from captioning.encoders import make_encoder
+    from captioning.scst import SCSTConfig, SelfCriticalTrainer
+
+    data = DATASETS["shapes"].load(n_train=60, seed=0, max_images=20)
+
+    def trainer(out):
+        ckpt = load_checkpoint(ce_checkpoint)
+        encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=ckpt.model.dtype)
+        config = SCSTConfig(epochs=2, batch_size=8, lr=1e-3, samples=2, val_images=10, seed=3)
+        return SelfCriticalTrainer(ckpt.model, ckpt.vocabulary, encoder, data.splits["train"], data.splits["dev"],
+                                   config, tmp_path / out, log=lambda line: None, data_spec=data.spec)
+
+    whole = trainer("whole")
+    whole.fit()
+    first = trainer("parts")
+    first.fit(stop_after_steps=4)                       # 3 steps an epoch: stops inside the second
+    rest = trainer("parts").resume(tmp_path / "parts" / "last.npz")
+    assert rest.progress.step == 4 and rest.progress.epoch == 1
+    rest.fit()
+    for name, value in whole.model.params.items():
+        assert numpy.array_equal(value, rest.model.params[name]), name
+    assert [r["dev_cider"] for r in whole.progress.history] == [r["dev_cider"] for r in rest.progress.history]
