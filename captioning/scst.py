@@ -108,23 +108,29 @@ def sample_captions(model, features, max_length, rng, samples=1):
     if samples > 1:
         state = {key: xp.repeat(value, samples, axis=0) for key, value in state.items()}
     rows = len(next(iter(state.values())))
-    words = xp.full(rows, model.start_id, dtype=xp.int64)
     tokens = numpy.full((rows, max_length), model.null_id, dtype=numpy.int64)
     lengths = numpy.zeros(rows, dtype=numpy.int64)
-    finished = numpy.zeros(rows, dtype=bool)
+    words = xp.full(rows, model.start_id, dtype=xp.int64)
+    active = numpy.arange(rows)            # the rows still in the decoding batch
+    live = numpy.ones(rows, dtype=bool)    # ... and which of them have not drawn <END> yet
     for step in range(max_length):
         log_probs, state, _ = model.decode_step(words, state)
-        uniform = backend.asarray(rng.random(rows), dtype=log_probs.dtype)   # one per row, every step
-        cdf = xp.cumsum(xp.exp(log_probs), axis=1)                          # (rows, V)
+        # every row draws a number every step, so dropping finished rows changes no caption
+        uniform = backend.asarray(rng.random(rows)[active], dtype=log_probs.dtype)
+        cdf = xp.cumsum(xp.exp(log_probs), axis=1)                          # (rows in the batch, V)
         # word j when cdf[j - 1] <= u * total < cdf[j]: probability p_j
         words = xp.minimum((cdf < uniform[:, None] * cdf[:, -1:]).sum(axis=1), log_probs.shape[1] - 1)
         chosen = backend.to_numpy(words)
-        live = ~finished
-        tokens[live, step] = chosen[live]
-        lengths[live] += 1
-        finished |= live & (chosen == model.end_id)
-        if finished.all():
+        tokens[active[live], step] = chosen[live]
+        lengths[active[live]] += 1
+        live &= chosen != model.end_id
+        if not live.any():
             return tokens[:, :step + 1], lengths
+        if (~live).sum() * 8 >= len(live):   # an eighth finished: drop them, later steps get cheaper
+            keep = numpy.nonzero(live)[0]
+            keep_rows = backend.asarray(keep)
+            state = {key: xp.take(value, keep_rows, axis=0) for key, value in state.items()}
+            words, active, live = xp.take(words, keep_rows), active[keep], live[keep]
     return tokens, lengths
 
 
