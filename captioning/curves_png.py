@@ -3,9 +3,10 @@ import math
 
 from nn.persist import atomic_write
 
-__all__ = ["save_training_curves"]
+__all__ = ["save_training_curves", "save_scst_curves"]
 
 TRAIN, DEV, BLEU = (40, 160, 40), (220, 90, 30), (40, 80, 220)
+GREEDY = (150, 150, 150)
 
 
 def save_training_curves(path, loss_trace, history, steps_per_epoch, size=(720, 300)):
@@ -31,7 +32,38 @@ def save_training_curves(path, loss_trace, history, steps_per_epoch, size=(720, 
             "dev": ([(x, r["dev_loss"]) for x, r in at_epoch_end if "dev_loss" in r], DEV)}),
         ("dev BLEU-4 x100", {"": ([(x, 100 * r["dev_bleu"][3]) for x, r in at_epoch_end], BLEU)}),
     ]
-    panel_width = width // 2
+    return _save_panels(path, image, draw, panels)
+
+
+def save_scst_curves(path, reward_trace, history, steps_per_epoch, size=(720, 300)):
+    """The curves of a self-critical run (captioning.scst): CIDEr-D x100, and dev BLEU-4 x100.
+
+    Left: the mean reward of the sampled training captions and of the greedy
+    ones (running means of the epoch so far; CIDEr-D with the training set's
+    document frequencies), and the dev CIDEr-D of greedy captions per epoch
+    (epoch 0: the starting checkpoint). Right: dev BLEU-4.
+    reward_trace: [[step, mean sample reward, mean greedy reward], ...];
+    history: the SelfCriticalTrainer's per-epoch records.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    at = [(r["epoch"] - 1 + r["steps"] / steps_per_epoch if r["epoch"] else 0.0, r) for r in history]
+    panels = [
+        ("CIDEr-D x100", {
+            "samples": ([(s / steps_per_epoch, 100 * v) for s, v, _ in reward_trace], TRAIN),
+            "greedy": ([(s / steps_per_epoch, 100 * g) for s, _, g in reward_trace], GREEDY),
+            "dev": ([(x, 100 * r["dev_cider"]) for x, r in at], DEV)}),
+        ("dev BLEU-4 x100", {"": ([(x, 100 * r["dev_bleu"][3]) for x, r in at], BLEU)}),
+    ]
+    return _save_panels(path, image, draw, panels)
+
+
+def _save_panels(path, image, draw, panels):
+    """Draw the panels side by side on `image` and write it atomically (temp file + rename)."""
+    width, height = image.size
+    panel_width = width // len(panels)
     for k, (title, curves) in enumerate(panels):
         box = (k * panel_width + 50, 25, (k + 1) * panel_width - 15, height - 35)
         _draw_panel(draw, box, title, curves)

@@ -65,7 +65,7 @@ import numpy
 
 __all__ = [
     "SPECIAL_TOKENS", "normalize_tokens", "ngram_counts", "closest_reference_length",
-    "bleu", "cider_d", "cider_d_per_image", "longest_common_subsequence", "rouge_l", "rouge_l_per_image",
+    "bleu", "cider_d", "cider_d_per_image", "CiderD", "longest_common_subsequence", "rouge_l", "rouge_l_per_image",
 ]
 
 SPECIAL_TOKENS = frozenset({"<start>", "<end>", "<null>"})
@@ -218,6 +218,74 @@ def _clipped_similarity(hyp, ref, sigma, max_n):
     return similarity * math.exp(-delta * delta / (2.0 * sigma * sigma))
 
 
+class CiderD:
+    """CIDEr-D with document frequencies fixed once, from a reference corpus.
+
+    `cider_d_per_image` takes the document frequencies from the references it
+    scores; self-critical training instead scores every sampled caption
+    against its image's references with the frequencies of the whole
+    TRAINING corpus, computed once here (and each image's reference vectors
+    once, when first needed).
+
+    Inputs:
+    - references: list (one per image) of lists of reference captions
+      (strings or token lists): the corpus of the document frequencies and
+      the references `scores` compares with (by image index).
+    - sigma, max_n: as in `cider_d_per_image`.
+    """
+
+    def __init__(self, references, sigma=6.0, max_n=4):
+        if not isinstance(max_n, int) or max_n < 1:
+            raise ValueError(f"cider_d: max_n must be a positive int, got {max_n!r}")
+        if not sigma > 0:
+            raise ValueError(f"cider_d: sigma must be positive, got {sigma!r}")
+        self.sigma, self.max_n = sigma, max_n
+        reference_tokens, _ = _check_corpus(references, [[]] * len(references), "cider_d")
+        self._reference_counts = [[ngram_counts(ref, max_n) for ref in refs] for refs in reference_tokens]
+        # Document frequency: in how many images' reference sets each n-gram occurs.
+        self.document_frequency = Counter()
+        for counts_of_image in self._reference_counts:
+            self.document_frequency.update(set().union(*counts_of_image))
+        self.log_num_images = math.log(float(len(self._reference_counts)))
+        self._reference_vectors = {}
+
+    def __len__(self):
+        return len(self._reference_counts)
+
+    def _vectors_of_image(self, index):
+        if index not in self._reference_vectors:
+            self._reference_vectors[index] = [
+                _tfidf_vectors(ref, self.document_frequency, self.log_num_images, self.max_n)
+                for ref in self._reference_counts[index]]
+        return self._reference_vectors[index]
+
+    def scores(self, image_indices, hypotheses):
+        """CIDEr-D of each hypothesis against the references of its image.
+
+        Inputs:
+        - image_indices: sequence (M,) of ints, indices into the reference corpus
+          (an image may occur many times, e.g. once per sampled caption)
+        - hypotheses: list (M,) of captions (strings or token lists)
+        Returns: numpy array (M,) of float64 scores (x10 scale).
+        """
+        image_indices = [int(i) for i in image_indices]
+        if len(image_indices) != len(hypotheses):
+            raise ValueError(f"cider_d: {len(image_indices)} image indices but {len(hypotheses)} hypotheses")
+        if any(not 0 <= i < len(self) for i in image_indices):
+            raise ValueError(f"cider_d: image indices must lie in [0, {len(self)}), got "
+                             f"{min(image_indices)}..{max(image_indices)}")
+        scores = numpy.zeros(len(hypotheses))
+        for k, (index, hyp) in enumerate(zip(image_indices, hypotheses)):
+            hyp_vector = _tfidf_vectors(ngram_counts(normalize_tokens(hyp), self.max_n), self.document_frequency,
+                                        self.log_num_images, self.max_n)
+            refs = self._vectors_of_image(index)
+            total = numpy.zeros(self.max_n)
+            for ref_vector in refs:
+                total += _clipped_similarity(hyp_vector, ref_vector, self.sigma, self.max_n)
+            scores[k] = 10.0 * total.mean() / len(refs)
+        return scores
+
+
 def cider_d_per_image(references, hypotheses, sigma=6.0, max_n=4):
     """CIDEr-D score of each image (coco-caption's definition, corpus IDF).
 
@@ -231,27 +299,8 @@ def cider_d_per_image(references, hypotheses, sigma=6.0, max_n=4):
     Returns: numpy array (num_images,) of float64 scores (x10 scale; a caption
     equal to every reference scores about 10 on a large corpus).
     """
-    if not isinstance(max_n, int) or max_n < 1:
-        raise ValueError(f"cider_d: max_n must be a positive int, got {max_n!r}")
-    if not sigma > 0:
-        raise ValueError(f"cider_d: sigma must be positive, got {sigma!r}")
-    reference_tokens, hypothesis_tokens = _check_corpus(references, hypotheses, "cider_d")
-    reference_counts = [[ngram_counts(ref, max_n) for ref in refs] for refs in reference_tokens]
-    # Document frequency: in how many images' reference sets each n-gram occurs.
-    document_frequency = Counter()
-    for counts_of_image in reference_counts:
-        document_frequency.update(set().union(*counts_of_image))
-    log_num_images = math.log(float(len(reference_counts)))
-
-    scores = numpy.zeros(len(hypothesis_tokens))
-    for index, (hyp, refs) in enumerate(zip(hypothesis_tokens, reference_counts)):
-        hyp_vector = _tfidf_vectors(ngram_counts(hyp, max_n), document_frequency, log_num_images, max_n)
-        total = numpy.zeros(max_n)
-        for ref in refs:
-            ref_vector = _tfidf_vectors(ref, document_frequency, log_num_images, max_n)
-            total += _clipped_similarity(hyp_vector, ref_vector, sigma, max_n)
-        scores[index] = 10.0 * total.mean() / len(refs)
-    return scores
+    _check_corpus(references, hypotheses, "cider_d")
+    return CiderD(references, sigma=sigma, max_n=max_n).scores(range(len(hypotheses)), hypotheses)
 
 
 def cider_d(references, hypotheses, sigma=6.0, max_n=4):

@@ -128,6 +128,8 @@ class Trainer:
     features). out_dir gets best.npz, last.npz and curves.png. `log` is a
     print-like function for progress lines.
     """
+    score_name = "BLEU-4"          # the dev score that picks best.npz (captioning.scst: CIDEr-D)
+    run_kind = "cross-entropy"     # saved in checkpoints: --resume continues only a run of the same kind
 
     def __init__(self, model, vocabulary, encoder, train, dev, config, out_dir, log=print,
                  data_spec=None):
@@ -175,7 +177,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self):
-        return {"config": asdict(self.config), "progress": asdict(self.progress),
+        return {"kind": self.run_kind, "config": asdict(self.config), "progress": asdict(self.progress),
                 "scheduler": self.scheduler.state_dict(), "data": self.data_spec,
                 "rng": {"seed": self.config.seed,
                         "scheme": "batches of epoch e: default_rng([seed, e]), see Trainer.epoch_batches; "
@@ -197,6 +199,11 @@ class Trainer:
     def resume(self, path):
         """Continue from a checkpoint written by this trainer (normally last.npz)."""
         ckpt = load_checkpoint(path, dtype=self.model.dtype)
+        saved_kind = ckpt.training.get("kind", "cross-entropy")   # checkpoints from before self-critical training
+        if "progress" in ckpt.training and saved_kind != self.run_kind:
+            hint = " (train --scst --init CKPT --resume)" if saved_kind == "self-critical" else " (without --scst)"
+            raise ConfigMismatchError(f"{path} holds a {saved_kind} run, this is a {self.run_kind} run: resume it "
+                                      f"as it was started{hint}")
         if ckpt.model.config != self.model.config:
             raise ConfigMismatchError(f"{path}: model configuration {ckpt.model.config} differs from "
                                       f"this run's {self.model.config}")
@@ -218,7 +225,7 @@ class Trainer:
             self.encoder.load_state_dict(ckpt.encoder_state)
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = _Progress(**state["progress"])
+        self.progress = type(self.progress)(**state["progress"])
         return self
 
     # Settings that decide the batches, the random numbers or the updates: a resumed run
@@ -346,7 +353,8 @@ class Trainer:
         cfg, p = self.config, self.progress
         if p.stopped_early or p.epoch >= cfg.epochs:
             if p.stopped_early:
-                advice = "dev BLEU-4 had stopped improving; to train longer, start a new run (another --out)"
+                advice = (f"dev {self.score_name} had stopped improving; to train longer, start a new run "
+                          "(another --out)")
             elif cfg.lr_decay_to < 1:
                 advice = ("its learning rate decayed over exactly these epochs; to train longer, start a "
                           "new run (another --out) with more --epochs")

@@ -2,7 +2,7 @@
 
 A captioner is trained to maximise the log-likelihood of the human caption,
 i.e. to minimise the cross-entropy -sum_t log p(word_t | image, words_<t).
-Both losses here return `(loss, dx)`: the scalar loss as a Python float and
+Every loss here returns `(loss, dx)`: the scalar loss as a Python float and
 its gradient with respect to the scores, as in CS231n.
 
 Numerical stability: exp of a large score overflows, so every softmax first
@@ -10,7 +10,8 @@ subtracts the row maximum (softmax is unchanged by a constant shift).
 """
 from . import backend
 
-__all__ = ["softmax", "log_softmax", "softmax_loss", "temporal_softmax_loss"]
+__all__ = ["softmax", "log_softmax", "softmax_loss", "temporal_softmax_loss", "weighted_temporal_softmax_loss",
+           "policy_gradient_loss"]
 
 
 def softmax(x, axis=-1):
@@ -109,18 +110,89 @@ def temporal_softmax_loss(x, y, mask):
     op = "temporal_softmax_loss"
     if x.ndim != 3:
         raise ValueError(f"{op}: scores x must have shape (N, T, V), got {x.shape}")
-    xp = _check_labels(op, x, y, "(N, T, V)")
+    _check_labels(op, x, y, "(N, T, V)")
     backend.get_array_module(x, mask, op=op)
     if mask.shape != x.shape[:2]:
         raise ValueError(f"{op}: mask must have shape {x.shape[:2]} (N, T), got {mask.shape}")
     if mask.dtype.kind not in "biu":
         raise TypeError(f"{op}: mask must be boolean (or 0/1 integers), got dtype {mask.dtype}")
 
+    return _weighted_loss(x, y, mask.astype(x.dtype))
+
+
+def weighted_temporal_softmax_loss(x, y, weights):
+    """Cross-entropy over sequences with a real-valued weight on every token's loss.
+
+    The masked loss above is the case of weights 0/1; here a weight may be any
+    number, negative too (policy_gradient_loss below).
+
+    Inputs:
+    - x: scores, shape (N, T, V)
+    - y: integer targets, shape (N, T), with 0 <= y[i, t] < V
+    - weights: float array (N, T); token (i, t) adds weights[i, t] * -log p(y[i, t])
+    Returns a tuple of:
+    - loss: Python float, -sum_{i,t} weights[i,t] * log softmax(x[i,t])[y[i,t]] / N
+    - dx: gradient of the loss with respect to x, shape (N, T, V):
+      weights[i, t] / N * (softmax(x[i, t]) - onehot(y[i, t]))
+    """
+    op = "weighted_temporal_softmax_loss"
+    if x.ndim != 3:
+        raise ValueError(f"{op}: scores x must have shape (N, T, V), got {x.shape}")
+    _check_labels(op, x, y, "(N, T, V)")
+    backend.get_array_module(x, weights, op=op)
+    if weights.shape != x.shape[:2]:
+        raise ValueError(f"{op}: weights must have shape {x.shape[:2]} (N, T), got {weights.shape}")
+    if weights.dtype.kind != "f":
+        raise TypeError(f"{op}: weights must be a floating array, got dtype {weights.dtype}")
+    return _weighted_loss(x, y, weights.astype(x.dtype, copy=False))
+
+
+def policy_gradient_loss(x, sampled, sampled_mask, advantages):
+    """REINFORCE surrogate loss of sampled sequences (self-critical training, Rennie et al. 2017).
+
+    A sequence w_1..w_L sampled from the model's own distribution earns a
+    reward r; with a baseline b that does not depend on the sample,
+    (r - b) * grad log p(w_1..w_L) is an unbiased estimate of the gradient of
+    the expected reward. Its loss is minus the log-probability of the sampled
+    tokens weighted by the advantage r - b,
+
+        loss = -sum_i (r_i - b_i) sum_t mask[i, t] log p(w_it | w_i,<t) / N,
+
+    and d loss / d scores[i, t] = (r_i - b_i) / N * (softmax - onehot(w_it)):
+    the teacher-forced cross-entropy gradient on the sampled sequence, scaled
+    per sequence by its advantage (a sample better than the baseline is made
+    more likely, a worse one less likely).
+
+    Inputs:
+    - x: scores, shape (N, T, V), computed with the sampled words as inputs
+    - sampled: the sampled words, integer (N, T); the end token counts (its
+      probability decides where the caption stops)
+    - sampled_mask: boolean (N, T), True for the L_i sampled tokens of row i
+      (a token that happens to equal a padding id counts too, so not `!= null`)
+    - advantages: float (N,), r_i - b_i
+    Returns a tuple of:
+    - loss: Python float (the surrogate: its value is not the expected reward)
+    - dx: gradient of the loss with respect to x, shape (N, T, V)
+    """
+    op = "policy_gradient_loss"
+    if getattr(advantages, "shape", None) != x.shape[:1] or advantages.dtype.kind != "f":
+        raise ValueError(f"{op}: advantages must be floats of shape ({x.shape[0]},), got "
+                         f"{getattr(advantages, 'shape', None)} {getattr(advantages, 'dtype', '')}")
+    if getattr(sampled_mask, "shape", None) != x.shape[:2] or sampled_mask.dtype.kind != "b":
+        raise ValueError(f"{op}: sampled_mask must be boolean of shape {x.shape[:2]}, got "
+                         f"{getattr(sampled_mask, 'shape', None)} {getattr(sampled_mask, 'dtype', '')}")
+    weights = sampled_mask.astype(x.dtype) * advantages.astype(x.dtype)[:, None]
+    return weighted_temporal_softmax_loss(x, sampled, weights)
+
+
+def _weighted_loss(x, y, token_weights):
+    """The shared body: loss and dx of -sum w log softmax(x)[y] / N, with checked inputs."""
+    xp = backend.get_array_module(x)
     num_sequences, num_steps, vocab_size = x.shape
     tokens = num_sequences * num_steps
     x_flat = x.reshape(tokens, vocab_size)
     y_flat = y.reshape(tokens)
-    weights = mask.reshape(tokens).astype(x.dtype) / num_sequences   # 1/N for kept tokens, else 0
+    weights = token_weights.reshape(tokens) / max(num_sequences, 1)   # 1/N for kept tokens, else 0
     rows = xp.arange(tokens)
 
     shifted = x_flat - x_flat.max(axis=1, keepdims=True)

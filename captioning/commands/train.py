@@ -54,8 +54,17 @@ Output (--out, default outputs/<data>_<model>): best.npz (best dev BLEU-4),
 last.npz (latest state; --resume continues from it exactly), curves.png (training and dev loss, dev BLEU-4 per epoch).
 Ctrl-C stops after the current step and saves last.npz.
 
+Self-critical training (--scst --init CKPT, captioning.scst): starting from
+a cross-entropy checkpoint, the model samples captions of the training
+images and is pushed towards those whose CIDEr-D beats its own greedy
+caption's (REINFORCE with the greedy reward as baseline). It optimises the
+test-time metric directly: expect dev CIDEr-D up, BLEU-4 about the same.
+
 examples:
   python -m captioning train
+  python -m captioning train --scst --init outputs/shapes_attention/best.npz --out outputs/shapes_scst
+  python -m captioning train --data ../shared/flickr8k --scst --init captioning/pretrained/captioner_flickr8k.npz \
+      --out outputs/flickr8k_scst --max-minutes 120
   python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 95
   python -m captioning features --max-images 300 && python -m captioning train --data ../shared/flickr8k --max-images 300
   python -m captioning train --data ../shared/flickr8k --resume
@@ -83,12 +92,12 @@ def add_arguments(parser):
     parser.add_argument("--features", default=None,
                         help="feature cache of --data (default outputs/features/<name>_efficientnet_lite0, "
                              "<name> flickr8k, flickr30k or coco)")
-    parser.add_argument("--model", choices=sorted(MODELS), default="attention",
+    parser.add_argument("--model", choices=sorted(MODELS), default=None,
                         help="; ".join(f"{name}: {cls.title}" for name, cls in sorted(MODELS.items()))
                         + " (default attention)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
     parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3; with --scst 2e-4 / 5e-5)")
     parser.add_argument("--fine-tune-blocks", type=int, default=0, metavar="K",
                         help="with --data: train the last K blocks (1..16) of EfficientNet-Lite0 and its head "
                              "with the decoder, from the cache of `features --fine-tune-blocks K` (default 0: "
@@ -131,6 +140,23 @@ def add_arguments(parser):
                              "synthetic set it slowed learning a lot (dev BLEU-4 52 vs 83 after one epoch); "
                              "default 0 = off")
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
+    scst = parser.add_argument_group(
+        "self-critical training (Rennie et al. 2017), after cross-entropy training",
+        "REINFORCE on the CIDEr-D of sampled captions, the greedy caption's CIDEr-D as the\n"
+        "baseline. The model, vocabulary and encoder come from --init (the encoder stays\n"
+        "frozen). A step takes --batch-size IMAGES (default 16 shapes / 50 Flickr8k); Adam\n"
+        "at --lr 5e-5 by default as in the paper (2e-4 on shapes), constant, halved when\n"
+        "dev CIDEr-D stalls; --epochs 2 shapes / 10 Flickr8k. best.npz is chosen, and\n"
+        "--patience counts, by the dev CIDEr-D of greedy captions.")
+    scst.add_argument("--scst", action="store_true",
+                      help="self-critical training from the cross-entropy checkpoint --init")
+    scst.add_argument("--init", default=None, metavar="CKPT",
+                      help="with --scst: the checkpoint to start from (e.g. best.npz of a `train` run)")
+    scst.add_argument("--scst-samples", type=int, default=None, metavar="K",
+                      help="captions sampled per image and step (default 1; 5 with --scst-baseline samples)")
+    scst.add_argument("--scst-baseline", choices=("greedy", "samples"), default="greedy",
+                      help="greedy: the reward of the greedy caption (Rennie et al., default); samples: the "
+                           "mean reward of the image's other K - 1 samples ('new SCST')")
 
 
 def _check_options(args, synthetic):
@@ -274,6 +300,12 @@ def run(args):
     from ..models import MODELS
     from ..training import TrainingDiverged
 
+    if args.scst or args.init is not None:
+        return _run_scst(args)
+    for name in ("scst_samples",) + (("scst_baseline",) if args.scst_baseline != "greedy" else ()):
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} is an option of self-critical training: give --scst")
+    args.model = args.model or "attention"
     synthetic = args.data is None
     dataset = DATASETS[DEFAULT_DATASET] if synthetic else folder_dataset(args.data)
     _defaults(args, dataset)
@@ -350,3 +382,101 @@ def _show_samples(best_path, data, out, synthetic, count=4):
                 Image.fromarray(test.inputs[k].transpose(1, 2, 0)).save(f, format="PNG")
         print(f"  {name}: {' '.join(words)}")
         print(f"  {' ' * len(name)}  (a reference: {' '.join(refs[0])})")
+
+
+# Options of a cross-entropy run that self-critical training takes from its --init checkpoint
+# (or does not use); given with --scst they are refused rather than silently ignored.
+SCST_FROM_CHECKPOINT = ("model", "hidden", "embed", "attention_dim", "dropout", "alpha_reg", "min_count",
+                        "encoder_lr", "beam")
+
+
+def _run_scst(args):
+    """`train --scst --init CKPT`: self-critical training (captioning.scst) from a cross-entropy checkpoint."""
+    from ..checkpoint import load_checkpoint
+    from ..data.datasets import DATASETS, DEFAULT_DATASET, folder_dataset
+    from ..encoders import make_encoder
+    from ..encoders.finetuned import fine_tune_blocks
+    from ..scst import SCSTConfig, SelfCriticalTrainer, scst_defaults
+    from ..training import TrainingDiverged
+
+    if not args.scst:
+        raise UsageError("--init is the starting checkpoint of self-critical training: give --scst too")
+    if args.init is None:
+        raise UsageError("--scst needs --init CKPT: the cross-entropy checkpoint to start from "
+                         "(e.g. best.npz of a `python -m captioning train` run)")
+    given = [name for name in SCST_FROM_CHECKPOINT if getattr(args, name) is not None]
+    given += ["fine_tune_blocks"] if args.fine_tune_blocks else []
+    given += ["length_buckets"] if args.length_buckets else []
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} does not go with --scst: the model, its vocabulary and "
+                         "encoder come from the --init checkpoint, and dev captions are greedy")
+    if args.scst_samples is None:
+        args.scst_samples = 5 if args.scst_baseline == "samples" else 1
+    if args.scst_samples < 1 or (args.scst_baseline == "samples" and args.scst_samples < 2):
+        raise UsageError(f"--scst-samples must be >= {2 if args.scst_baseline == 'samples' else 1}"
+                         f"{' with --scst-baseline samples' if args.scst_baseline == 'samples' else ''}, "
+                         f"got {args.scst_samples}")
+
+    synthetic = args.data is None
+    dataset = DATASETS[DEFAULT_DATASET] if synthetic else folder_dataset(args.data)
+    try:
+        ckpt = load_checkpoint(args.init)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--init: {exc}") from None
+    trained_on = (ckpt.training.get("data") or {}).get("name")
+    if trained_on != dataset.name:
+        raise UsageError(f"--init {args.init} was trained on {trained_on or 'unknown data'}, but this run's data "
+                         f"is {dataset.name}{'' if synthetic else ' (' + args.data + ')'}: give a checkpoint of "
+                         f"the same data set")
+    args.model = ckpt.model.name
+    args.fine_tune_blocks = fine_tune_blocks(ckpt.encoder)    # its activation cache is the data's input
+    for key, value in scst_defaults(dataset.name).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    _defaults(args, dataset)          # the options left (min_count, beam, ...) as a cross-entropy run has them
+    _check_options(args, synthetic)
+    data = _load_data(args, dataset, ckpt.model.feature_kind)
+    if data.encoder_spec.get("name") != ckpt.encoder.get("name"):
+        raise UsageError(f"--init {args.init} reads features of {ckpt.encoder.get('name')}, but the data gives "
+                         f"{data.encoder_spec.get('name')}")
+    out = _output_folder(args, data)
+    model = ckpt.model
+    encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=model.dtype)
+    config = SCSTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_to=args.lr_decay_to,
+                        clip=args.clip, beam=1, patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
+                        val_images=args.val_images, samples=args.scst_samples, baseline=args.scst_baseline,
+                        init=os.path.abspath(args.init))
+    log = print
+    if args.quiet:
+        def log(line):
+            if not line.startswith("epoch ") or " done:" in line:
+                print(line)
+    trainer = SelfCriticalTrainer(model, ckpt.vocabulary, encoder, data.splits["train"], data.splits["dev"],
+                                  config, out, log=lambda line: (log(line), sys.stdout.flush()), data_spec=data.spec)
+    if args.resume:
+        trainer.resume(trainer.last_path)
+        p = trainer.progress
+        print(f"resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.batch} of {trainer.steps_per_epoch}")
+    elif os.path.isfile(trainer.last_path):
+        print(f"note: {out} already holds a run; it will be overwritten (use --resume to continue it)")
+    print(f"data: {data.describe()}")
+    print(f"self-critical training of {args.init}: {args.model}, {model.num_params():,} parameters, vocabulary "
+          f"{len(ckpt.vocabulary)} words; encoder {encoder.spec['name']} (frozen here); backend {backend.name()}")
+    baseline = ("the greedy caption's CIDEr-D" if config.baseline == "greedy"
+                else f"the mean CIDEr-D of the other {config.samples - 1} samples")
+    print(f"training: {len(data.splits['train']):,} images, {trainer.steps_per_epoch} steps/epoch of "
+          f"{config.batch_size} images x {config.samples} sample{'s' if config.samples > 1 else ''}, baseline "
+          f"{baseline}, lr {config.lr:g}; output in {out}")
+    try:
+        history = trainer.fit()
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if trainer.interrupted:
+        return 130
+    start, best = history[0], max(history, key=lambda r: r["dev_cider"])
+    print(f"dev CIDEr-D {100 * start['dev_cider']:.2f} at the start -> best {100 * best['dev_cider']:.2f} "
+          f"(epoch {best['epoch']}) -> {trainer.best_path}; curves: {os.path.join(out, 'curves.png')}")
+    print(f"next: python -m captioning evaluate --checkpoint {trainer.best_path}"
+          f"{'' if synthetic else ' --data ' + args.data} --split test")
+    return 0

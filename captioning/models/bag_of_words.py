@@ -12,7 +12,6 @@ poorly; it is here to show what a model must provide: `name`, `title`,
 gradient, by hand) and `init_decode_state` / `decode_step` (captioning.decoding).
 """
 from nn import functional as F
-from nn.losses import temporal_softmax_loss
 from nn.recurrent import (temporal_affine_backward, temporal_affine_forward, word_embedding_backward,
                           word_embedding_forward)
 
@@ -40,11 +39,13 @@ class BagOfWords(CaptionModel):
                            "W_embed": ((V, E), "embedding"),
                            "W_vocab": ((E, V), "weight"), "b_vocab": ((V,), "zeros")}, seed, dtype)
 
-    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None):
+    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None,
+                         token_weights=None):
         """Teacher-forced loss and all gradients.
 
         Inputs: features (N, D); captions (N, T+1) word ids, <START> first,
-        <NULL>-padded; feature_grad: also return d loss / d features; dropout_seed: unused.
+        <NULL>-padded; feature_grad: also return d loss / d features; dropout_seed: unused;
+        token_weights: None, or (N, T) weights of the target words' losses (CaptionModel._word_loss).
         Returns (loss, grads (same names and shapes as self.params), dfeatures (N, D) or None).
         """
         self._check_inputs(features, captions)
@@ -54,7 +55,7 @@ class BagOfWords(CaptionModel):
         words, embed_cache = word_embedding_forward(captions_in, p["W_embed"])
         h, tanh_cache = F.tanh_forward(img[:, None, :] + words.cumsum(axis=1))
         scores, vocab_cache = temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        loss, dscores = self._word_loss(scores, captions_out, mask, token_weights)
 
         grads = {}
         dh, grads["W_vocab"], grads["b_vocab"] = temporal_affine_backward(dscores, vocab_cache)

@@ -23,6 +23,7 @@ import numbers
 
 from nn import backend, init
 from nn.losses import log_softmax  # also captioning.models.log_softmax
+from nn.losses import temporal_softmax_loss, weighted_temporal_softmax_loss
 from nn.persist import check_parameter_values, compare_named_shapes
 
 __all__ = ["CaptionModel", "ConfigMismatchError", "log_softmax"]
@@ -233,6 +234,21 @@ class CaptionModel:
         mask = captions_out != self.null_id
         return captions_in, captions_out, mask
 
+    def _word_loss(self, scores, captions_out, mask, token_weights):
+        """The word loss and d loss / d scores (N, T, V) of a teacher-forced pass.
+
+        token_weights None: cross-entropy of the real (unmasked) target words.
+        token_weights (N, T) floats: each target word's loss weighted by them
+        instead (self-critical training: the caption's advantage on its
+        sampled words, 0 after its end; see nn.losses.policy_gradient_loss).
+        """
+        if token_weights is None:
+            return temporal_softmax_loss(scores, captions_out, mask)
+        if getattr(token_weights, "shape", None) != captions_out.shape:
+            raise ValueError(f"{self.name}: token_weights must have shape {captions_out.shape} (N, T), "
+                             f"got {getattr(token_weights, 'shape', None)}")
+        return weighted_temporal_softmax_loss(scores, captions_out, token_weights)
+
     def _dropout_param(self, seed):
         p = float(self.config.get("dropout", 0.0))
         mode = "train" if (self.training and p > 0) else "test"
@@ -244,7 +260,8 @@ class CaptionModel:
         loss, grads, _ = self.forward_backward(features, captions, dropout_seed=dropout_seed)
         return loss, grads
 
-    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None):
+    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None, token_weights=None):
+        """(loss, grads, dfeatures); token_weights (N, T): see `_word_loss` (regularisers are then left out)."""
         raise NotImplementedError
 
     def init_decode_state(self, features):

@@ -42,7 +42,7 @@ from nn.attention import (attention_project_backward, attention_project_forward,
                           attention_step_backward, attention_step_forward)
 from nn.dense import temporal_affine_backward, temporal_affine_forward
 from nn.embedding import word_embedding_backward, word_embedding_forward
-from nn.losses import log_softmax, temporal_softmax_loss
+from nn.losses import log_softmax
 from nn.recurrent import lstm_step_backward_from_projection, lstm_step_forward_from_projection
 
 from .base import CaptionModel
@@ -102,7 +102,8 @@ class ShowAttendTell(CaptionModel):
         return F.sigmoid(h @ self.params["W_beta"] + self.params["b_beta"])
 
     # ---------------------------------------------------------- training
-    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None):
+    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None,
+                         token_weights=None):
         """Teacher-forced loss (with the attention regulariser) and all gradients.
 
         Inputs:
@@ -110,6 +111,9 @@ class ShowAttendTell(CaptionModel):
         - captions: (N, T+1) int word ids, <START> first, <NULL>-padded
         - feature_grad: also return d loss / d features (trainable encoder)
         - dropout_seed: seed of the dropout mask (training mode only)
+        - token_weights: None, or (N, T) weights of the target words' losses
+          instead of the padding mask (self-critical training; CaptionModel._word_loss);
+          the attention regulariser is then left out (the loss is a policy-gradient surrogate)
         Returns:
         - loss: float
         - grads: dict name -> array, same shapes as self.params
@@ -118,8 +122,11 @@ class ShowAttendTell(CaptionModel):
         self._check_inputs(features, captions)
         captions_in, captions_out, mask = self._split_captions(captions)
         scores, alphas, cache = self._forward(features, captions_in, dropout_seed)
-        word_loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
-        reg_loss, dalphas = self._attention_regulariser(alphas, mask)
+        word_loss, dscores = self._word_loss(scores, captions_out, mask, token_weights)
+        if token_weights is None:
+            reg_loss, dalphas = self._attention_regulariser(alphas, mask)
+        else:   # a policy gradient: the regulariser is no part of the expected reward
+            reg_loss, dalphas = 0.0, backend.get_array_module(alphas).zeros_like(alphas)
         grads, dfeatures = self._backward(dscores, dalphas, cache, feature_grad)
         self.grads = grads
         return float(word_loss) + reg_loss, grads, dfeatures

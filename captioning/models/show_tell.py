@@ -15,7 +15,7 @@ from nn import backend
 from nn import functional as F
 from nn.dense import temporal_affine_backward, temporal_affine_forward
 from nn.embedding import word_embedding_backward, word_embedding_forward
-from nn.losses import log_softmax, temporal_softmax_loss
+from nn.losses import log_softmax
 from nn.recurrent import lstm_backward, lstm_forward, lstm_step_forward_from_projection
 
 from .base import CaptionModel
@@ -49,7 +49,8 @@ class ShowAndTell(CaptionModel):
         }, seed, dtype)
         self.params["b"][H:2 * H] = 1.0  # forget-gate bias 1: remember by default early in training
 
-    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None):
+    def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None,
+                         token_weights=None):
         """Teacher-forced loss and all gradients.
 
         Inputs:
@@ -57,6 +58,8 @@ class ShowAndTell(CaptionModel):
         - captions: (N, T+1) int word ids, <START> first, <NULL>-padded
         - feature_grad: also return d loss / d features (for a trainable encoder)
         - dropout_seed: seed of the dropout mask (training mode only)
+        - token_weights: None, or (N, T) weights of the target words' losses
+          instead of the padding mask (self-critical training; CaptionModel._word_loss)
         Returns:
         - loss: float
         - grads: dict name -> array, same shapes as self.params
@@ -65,7 +68,7 @@ class ShowAndTell(CaptionModel):
         self._check_inputs(features, captions)
         captions_in, captions_out, mask = self._split_captions(captions)
         scores, cache = self._forward(features, captions_in, dropout_seed)
-        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        loss, dscores = self._word_loss(scores, captions_out, mask, token_weights)
         grads, dfeatures = self._backward(dscores, cache)
         self.grads = grads
         return float(loss), grads, (dfeatures if feature_grad else None)
