@@ -10,7 +10,8 @@ Three ways past the captioner of lessons 9-13 (issue 15 of the project):
   (`train --fine-tune-blocks K`) instead of freezing all of it;
 - self-critical sequence training (Rennie et al. 2017, `train --scst`):
   after cross-entropy, train on the metric itself (CIDEr-D) with the
-  REINFORCE policy gradient and the greedy caption's score as baseline.
+  REINFORCE policy gradient (Williams 1992) and the greedy caption's
+  score as baseline.
 
 Everything runs on the project's own code (captioning.models.LRCN,
 captioning.encoders.finetuned, captioning.scst) on small sizes: no data
@@ -38,8 +39,8 @@ from nn.losses import log_softmax, policy_gradient_loss
 from nn.normalization import spatial_batchnorm_forward
 
 TITLE = "Better captions: LRCN, fine-tuning the CNN's last blocks, and self-critical training on CIDEr-D"
-SECONDS = 25
-QUICK_SECONDS = 14
+SECONDS = 42
+QUICK_SECONDS = 18
 
 # `python run_lesson.py 17 --exercise`: write it yourself (graded by grade_policy_gradient and steps 6-8)
 EXERCISES = ["policy_gradient"]
@@ -170,7 +171,8 @@ def step_1_where_the_image_enters(ctx):
     those that multiply its features (`image_parameter_count`). LRCN projects the 1280-d image to E = 256 values before the gates:
     a rank-256 factorisation of the image's (1280, 4H) share of layer 2's
     gates. "Factored" is checked: feeding the same words for two different
-    images, layer 1's state is identical, layer 2's is not.
+    images, layer 1's states are the same (0 apart, or rounding on a GPU),
+    layer 2's are not.
     """
     sizes = {"vocab_size": 3000, "feature_dim": 1280, "wordvec_dim": 256, "hidden_dim": 512, "attention_dim": 256,
              "null_id": 0, "start_id": 1, "end_id": 2}
@@ -190,7 +192,7 @@ def step_1_where_the_image_enters(ctx):
         _, state, _ = lrcn.decode_step(backend.asarray(numpy.full(2, word)), state)
     h1_gap = float(abs(state["h1"][0] - state["h1"][1]).max())
     h2_gap = float(abs(state["h2"][0] - state["h2"][1]).max())
-    ctx.check(h1_gap == 0.0 and h2_gap > 1e-3, "layer 1 is free of the image, layer 2 is not")
+    ctx.check(h1_gap < 1e-6 and h2_gap > 1e-3, "layer 1 is free of the image, layer 2 is not")
     ctx.lrcn_sizes = sizes
     return rows | {"LRCN image -> gates, factored: D*E + E + E*4H": f"{factored:,}",
                    "the same without the projection: D*4H": f"{direct:,}",
