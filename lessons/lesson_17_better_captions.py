@@ -22,11 +22,13 @@ import re
 from pathlib import Path
 
 import numpy
+from PIL import Image, ImageDraw
 
 from captioning.data import Vocabulary, shapes_splits
 from captioning.decoding import greedy_decode
 from captioning.encoders import TrainableEncoder
 from captioning.encoders.efficientnet import EfficientNetLite0, WeightsNotInstalledError, blocks
+from captioning.generation import generate_captions
 from captioning.encoders.finetuned import NUM_BLOCKS, EfficientNetTop, TopInputs, input_side
 from captioning.metrics import CiderD
 from captioning.models import LRCN, build
@@ -577,8 +579,26 @@ def step_9_cross_entropy_first(ctx):
                       ctx.out_dir / "lesson17_cross_entropy")
     history = ctx.fit(trainer)
     ctx.cross_entropy_dev_loss = history[-1]["dev_loss"]
+    ctx.before, _ = generate_captions(ctx.model, ctx.encoder, ctx.splits["dev"].head(SHOWN), ctx.vocab)
     return {"training pictures, epochs": sizes, "dev loss per epoch": [round(r["dev_loss"], 3) for r in history],
             "dev BLEU-4 x100 per epoch": [round(100 * r["dev_bleu"][3], 1) for r in history]}
+
+
+SHOWN = 6    # dev pictures drawn with their captions before and after self-critical training
+
+
+def caption_sheet(images, captions, path, tile=96):
+    """A PNG: each picture (3, h, w) uint8 enlarged to tile x tile, its lines of text beside it."""
+    width = tile + 8 + 7 * max(len(line) for lines in captions for line in lines)
+    sheet = Image.new("RGB", (width, len(images) * (tile + 6)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (image, lines) in enumerate(zip(images, captions)):
+        y = i * (tile + 6)
+        sheet.paste(Image.fromarray(image.transpose(1, 2, 0)).resize((tile, tile), Image.NEAREST), (0, y))
+        for k, line in enumerate(lines):
+            draw.text((tile + 8, y + 8 + 16 * k), line, fill=(0, 0, 0) if k < 2 else (90, 90, 90))
+    sheet.save(path)
+    return path
 
 
 def step_10_self_critical_run(ctx):
@@ -591,7 +611,9 @@ def step_10_self_critical_run(ctx):
     through the decoder (the CNN stays frozen) and an Adam step. Before the
     first step it scores the starting model on dev (epoch 0). The dev
     cross-entropy loss is measured too: it is NOT what this training
-    optimises. curves.png in the run folder draws reward and dev CIDEr-D.
+    optimises. curves.png in the run folder draws reward and dev CIDEr-D;
+    lesson17_captions.png shows dev pictures with their captions before
+    and after, each with its CIDEr-D x100 against the picture's references.
     """
     config = SCSTConfig(epochs=2, batch_size=25, lr=5e-4, samples=5, val_images=50, log_every=30.0)
     out = ctx.out_dir / "lesson17_self_critical"
@@ -605,13 +627,20 @@ def step_10_self_critical_run(ctx):
     ctx.check(rewards[-1] > rewards[0], f"the mean reward of the sampled captions rises: {rewards}")
     ctx.check((out / "curves.png").is_file(), "curves.png was drawn")
     moved = "rose" if dev_loss > ctx.cross_entropy_dev_loss else "fell"
+    after, _ = generate_captions(ctx.model, ctx.encoder, ctx.splits["dev"].head(SHOWN), ctx.vocab)
+    cider = CiderD(ctx.splits["dev"].references)          # per picture, document frequencies of all dev pictures
+    lines = [[f"{name} ({100 * cider.scores([i], [words])[0]:.0f}): {' '.join(words)}"
+              for name, words in (("cross-entropy", ctx.before[i]), ("self-critical", after[i]))]
+             + [f"human: {ctx.splits['dev'].captions[i][0]}"] for i in range(SHOWN)]
+    sheet = caption_sheet(ctx.splits["dev"].images[:SHOWN], lines, ctx.output_path("lesson17_captions.png"))
+    print("\n".join(f"dev picture {i}: " + "\n               ".join(rows) for i, rows in enumerate(lines[:3])))
     return {"dev CIDEr-D x100 (greedy), start and after each epoch": [round(100 * r["dev_cider"], 1) for r in history],
             "mean reward x100 of the sampled captions, per epoch": [round(100 * r, 1) for r in rewards],
             "mean reward x100 of the greedy captions, per epoch": [round(100 * r["train_greedy"], 1)
                                                                   for r in history[1:]],
             f"dev cross-entropy loss: before, after (it {moved})": (round(ctx.cross_entropy_dev_loss, 3),
                                                                    round(dev_loss, 3)),
-            "picture": str(out / "curves.png")}
+            "pictures": f"{out / 'curves.png'} (reward and dev CIDEr-D), {sheet} (captions before and after)"}
 
 
 def readme_table(text, heading_words):
