@@ -446,9 +446,11 @@ def step_7_exact_gradient_of_the_expected_reward(ctx):
     central differences. The policy gradient's expectation is the same sum
     of (r - b) grad log p(w) weighted by p(w): here `policy_gradient`
     through LRCN's own backward pass (`_forward`, `_backward`) with every
-    caption as a row, advantage p(w)(r(w) - b) x rows / 2. Any baseline b
-    must give the same: checked with the greedy caption's reward and with 0.
+    caption as a row, advantage p(w)(r(w) - b) x rows / 2 (the helper
+    `policy_gradient_of` is printed below). Any baseline b must give the
+    same: checked with the greedy caption's reward and with 0.
     """
+    ctx.show_source(policy_gradient_of)
     model, features = tiny_lrcn(), ctx.tiny_features
     tokens, lengths = ctx.every_caption
     reward = CiderD(TINY_REFERENCES)
@@ -523,8 +525,10 @@ def step_8_the_noise_and_the_baseline(ctx):
     baseline helps as far as it follows the image's mean reward: compare
     the greedy rewards (step 7) with E[r], both printed below.
     Then sampled means for growing M, their error against the exact
-    gradient next to the error Var / M predicts (RMS over 5 draws).
+    gradient next to the error Var / M predicts (RMS over 5 draws;
+    `sampled_gradient`, printed below, makes one estimate).
     """
+    ctx.show_source(sampled_gradient)
     model, rewards, greedy_rewards, exact = ctx.tiny
     features, (tokens, lengths) = ctx.tiny_features, ctx.every_caption
     exact = flat(exact, model.params)
@@ -608,13 +612,17 @@ def step_10_self_critical_run(ctx):
     of a batch of 25 training pictures (the baseline), 5 sampled captions per
     picture, their CIDEr-D against the picture's references (document
     frequencies of the training references), then the policy gradient
-    through the decoder (the CNN stays frozen) and an Adam step. Before the
-    first step it scores the starting model on dev (epoch 0). The dev
+    through the decoder (the CNN stays frozen) and an Adam step. Its
+    `train_step` is printed below: the gradient comes from the model's
+    `forward_backward` with per-token weights (r - b) * mask, the same
+    gradient as step 6's `policy_gradient`. Before the first step the
+    trainer scores the starting model on dev (epoch 0). The dev
     cross-entropy loss is measured too: it is NOT what this training
     optimises. curves.png in the run folder draws reward and dev CIDEr-D;
     lesson17_captions.png shows dev pictures with their captions before
     and after, each with its CIDEr-D x100 against the picture's references.
     """
+    ctx.show_source(SelfCriticalTrainer.train_step)
     config = SCSTConfig(epochs=2, batch_size=25, lr=5e-4, samples=5, val_images=50, log_every=30.0)
     out = ctx.out_dir / "lesson17_self_critical"
     trainer = SelfCriticalTrainer(ctx.model, ctx.vocab, ctx.encoder, ctx.splits["train"], ctx.splits["dev"],
