@@ -28,8 +28,8 @@ from captioning.data import Vocabulary, shapes_splits
 from captioning.decoding import greedy_decode
 from captioning.encoders import TrainableEncoder
 from captioning.encoders.efficientnet import EfficientNetLite0, WeightsNotInstalledError, blocks
-from captioning.generation import generate_captions
 from captioning.encoders.finetuned import NUM_BLOCKS, EfficientNetTop, TopInputs, input_side
+from captioning.generation import generate_captions
 from captioning.metrics import CiderD
 from captioning.models import LRCN, build
 from captioning.scst import SCSTConfig, SelfCriticalTrainer, sample_captions, sampled_caption_batch
@@ -180,10 +180,8 @@ def step_1_where_the_image_enters(ctx):
     sizes = {"vocab_size": 3000, "feature_dim": 1280, "wordvec_dim": 256, "hidden_dim": 512, "attention_dim": 256,
              "null_id": 0, "start_id": 1, "end_id": 2}
     models = {kind: build({**sizes, "model": kind}, seed=0) for kind in ("show-tell", "lrcn", "attention")}
-    rows = {}
-    for kind, model in models.items():
-        rows[f"{model.title}"] = (f"{model.num_params():,} parameters, {image_parameter_count(model):,} of them "
-                                  f"read the image")
+    rows = {model.title: f"{model.num_params():,} parameters, {image_parameter_count(model):,} of them read the image"
+            for model in models.values()}
     D, E, H = sizes["feature_dim"], sizes["wordvec_dim"], sizes["hidden_dim"]
     factored, direct = D * E + E + E * 4 * H, D * 4 * H
     ctx.check(image_parameter_count(models["lrcn"]) == factored, "LRCN's image parameters: W_img, b_img, E rows")
@@ -196,7 +194,6 @@ def step_1_where_the_image_enters(ctx):
     h1_gap = float(abs(state["h1"][0] - state["h1"][1]).max())
     h2_gap = float(abs(state["h2"][0] - state["h2"][1]).max())
     ctx.check(h1_gap < 1e-6 and h2_gap > 1e-3, "layer 1 is free of the image, layer 2 is not")
-    ctx.lrcn_sizes = sizes
     return rows | {"LRCN image -> gates, factored: D*E + E + E*4H": f"{factored:,}",
                    "the same without the projection: D*4H": f"{direct:,}",
                    "after 3 words, two images: max |h1 difference|": h1_gap,
