@@ -2,9 +2,9 @@
 
 Lessons 9, 11 and 13 train captioners one way: teacher forcing, Adam,
 clipping. This lesson looks at choices behind that recipe and measures
-what each does, on the synthetic shapes (48 x 48 pictures, caption 0 only:
-it is a deterministic function of the picture, so "the right next word"
-is always defined):
+what each does, on the synthetic shapes (48 x 48 pictures with one or two
+objects, caption 0 only: it is a deterministic function of the picture, so
+"the right next word" is always defined):
 
   - teacher forcing trains every word on the TRUE words before it, but a
     caption is written from the model's OWN words: exposure bias (Bengio et
@@ -43,8 +43,8 @@ from nn.optim import Adam, clip_grad_norm
 from nn.pool import avg_pool_forward
 
 TITLE = "Training choices: exposure bias and scheduled sampling, overfitting and dropout, batchnorm"
-SECONDS = 50
-QUICK_SECONDS = 20
+SECONDS = 45
+QUICK_SECONDS = 30
 
 # `python run_lesson.py 14 --exercise`: write it yourself (graded by grade_mix_inputs below and by step 4)
 EXERCISES = ["mix_inputs"]
@@ -72,6 +72,12 @@ def mix_inputs(true_words, own_words, p, gen):
     replace = gen.random(true_words.shape) < p
     replace[:, 0] = False                            # <START> stays
     return backend.xp().where(replace, own_words, true_words)
+
+
+def one_or_two_objects(n, seed, name):
+    """The pictures among n shapes pictures (48 x 48, caption 0 only) that hold one or two objects."""
+    split = make_shapes_dataset(n, seed=seed, image_size=IMAGE_SIZE, captions_per_image=1, name=name)
+    return split.subset([i for i, objects in enumerate(split.objects) if len(objects) <= 2])
 
 
 def cell_colours(split, block=16):
@@ -150,23 +156,30 @@ def prefix_losses(model, features, captions):
     return result
 
 
-def greedy_bleu4(ctx, model, features, split):
+def greedy_captions(ctx, model, features):
+    """Greedy decoding (lesson 10) of every picture, with dropout off: lists of words."""
     decoded = greedy_decode(model.eval(), features, ctx.vocab.start_id, ctx.vocab.end_id, max_length=MAX_WORDS + 1)
     model.train()
-    return bleu(split.references, [ctx.vocab.decode(s) for s in decoded.sequences])[3]
+    return [ctx.vocab.decode(sequence) for sequence in decoded.sequences]
+
+
+def greedy_bleu4(ctx, model, features, split):
+    return bleu(split.references, greedy_captions(ctx, model, features))[3]
 
 
 def step_1_data(ctx):
-    """The data: shapes pictures, caption 0 of each, and the 27-number stand-in encoder.
+    """The data: shapes pictures with one or two objects, caption 0 of each, the 27-number stand-in encoder.
 
     Caption 0 names every object with its size, colour and shape, in reading
-    order, so for each picture there is exactly one right caption. The
-    vocabulary is built from a large training split so that the smaller
-    training sets below use the same word ids.
+    order, and where it is ("at the top left", "to the left of", "above"),
+    so for each picture there is exactly one right caption. The vocabulary
+    is built from this training split; the smaller one of step 6 uses the
+    same word ids.
     """
-    ctx.n_train, ctx.epochs = (1200, 12) if ctx.quick else (2000, 15)
-    train = make_shapes_dataset(ctx.n_train, seed=3, image_size=IMAGE_SIZE, captions_per_image=1, name="train")
-    ctx.dev = make_shapes_dataset(200, seed=4, image_size=IMAGE_SIZE, captions_per_image=1, name="dev")
+    drawn, ctx.epochs = (3000, 10) if ctx.quick else (4500, 12)
+    train = one_or_two_objects(drawn, seed=3, name="train")
+    ctx.dev = one_or_two_objects(300, seed=4, name="dev")
+    ctx.n_train = len(train)
     ctx.vocab = Vocabulary.build(train.all_tokens(), min_count=1)
     ctx.train_features, ctx.train_captions = cell_colours(train), first_captions(train, ctx.vocab)
     ctx.dev_features, ctx.dev_captions = cell_colours(ctx.dev), first_captions(ctx.dev, ctx.vocab)
@@ -197,11 +210,17 @@ def step_2_teacher_forcing(ctx):
 
     The bare loop of lesson 9 (minibatches, clipping, Adam), here as
     `train_step` (printed below): with p = 0 it is plain teacher forcing.
-    Its scheduled-sampling branch is for step 5.
+    Its scheduled-sampling branch is for step 5. Its captions of dev
+    pictures (greedy decoding) are far from perfect: the 27 numbers show
+    colours and places but shapes only roughly, and a model trained for
+    seconds often gets the second object wrong.
     """
     ctx.show_source(train_step)
     ctx.forced = train_bare(ctx, new_model(ctx))
-    ctx.forced_bleu = greedy_bleu4(ctx, ctx.forced, ctx.dev_features, ctx.dev)
+    captions = greedy_captions(ctx, ctx.forced, ctx.dev_features)
+    ctx.forced_bleu = bleu(ctx.dev.references, captions)[3]
+    for i in range(3):
+        print(f"dev picture {i}: true:  {ctx.dev.captions[i][0]}\n               model: {' '.join(captions[i])}")
     return {"epochs": ctx.epochs, "dev loss per caption (teacher-forced)":
             ctx.forced.loss(ctx.dev_features, ctx.dev_captions)[0],
             "dev BLEU-4 x100 (greedy)": round(100 * ctx.forced_bleu, 1)}
@@ -220,13 +239,13 @@ def summarise(losses):
 def step_3_exposure_bias(ctx):
     """Exposure bias: the model has only ever seen true prefixes; decoding gives it its own.
 
-    Measured on the 200 dev pictures by `prefix_losses` (printed below):
+    Measured on the dev pictures by `prefix_losses` (printed below):
     the loss of each true next word, once after the true words and once
     after the model's own greedy words. Before its first mistake the two
     are the same words and the same loss. After it, the model is in a state
     training never showed it (its own wrong word as input), and the loss
     of the true continuation is compared with that after the true prefix at
-    the same positions, and with log V, the loss of guessing uniformly.
+    the same positions (and with log V, the loss of guessing uniformly).
     """
     ctx.show_source(prefix_losses)
     ctx.forced_losses = prefix_losses(ctx.forced, ctx.dev_features, ctx.dev_captions)
@@ -237,13 +256,14 @@ def step_3_exposure_bias(ctx):
                     for prefix in ("true", "own")}
     s = ctx.forced_summary
     ctx.check(s["own prefix"] > 2 * s["true prefix"], "the own prefix costs far more than the true one")
-    ctx.check(s["own prefix, after its first mistake"] > math.log(len(ctx.vocab)) > s["true prefix, same words"],
-              "after its own mistake the model does worse than guessing")
+    ctx.check(s["own prefix, after its first mistake"] > 3 * s["true prefix, same words"],
+              "after its own mistake the true continuation costs several times more")
     return {"loss per word, position by position, after the true prefix": per_position["true"].round(2),
             "the same after the model's own words": per_position["own"].round(2),
             **{f"mean loss per word, {k}": round(v, 3) for k, v in s.items()},
             "log V (guessing uniformly)": round(math.log(len(ctx.vocab)), 3),
-            "dev captions with an own mistake": f"{int(ctx.forced_losses['own_wrong'].any(axis=1).sum())} of 200"}
+            "dev captions with a mistake of its own": f"{int((ctx.forced_losses['own_wrong'] & mask).any(axis=1).sum())} "
+                                                      f"of {len(ctx.dev)}"}
 
 
 def step_4_mix_inputs(ctx):
@@ -278,11 +298,13 @@ def step_5_scheduled_sampling(ctx):
     """Train the same model again, with scheduled sampling: p from 0 up to 0.5.
 
     Same data, seed and number of steps; only the inputs differ. Then the
-    measurement of step 3 again. Scheduled sampling trades a little of the
-    teacher-forced loss (the model no longer trusts its input word as much)
-    for a model that recovers better after its own mistakes. Whether that
-    gives better captions depends on the task (Huszar 2015 shows its
-    objective is not consistent; BLEU is printed, not promised).
+    measurement of step 3 again: the model has now seen prefixes with its
+    own mistakes in them, and the true continuation after them costs less.
+    Its loss after the TRUE prefix can rise a little (it trusts its input
+    word less) or fall (the mixed inputs also vary the training data); the
+    numbers say which happened here. Whether captions get better depends
+    on the task (Huszar 2015 shows that its objective is not consistent;
+    BLEU is printed, not promised).
     """
     ctx.sampled = train_bare(ctx, new_model(ctx), p_max=0.5)
     sampled = summarise(prefix_losses(ctx.sampled, ctx.dev_features, ctx.dev_captions))
@@ -290,7 +312,6 @@ def step_5_scheduled_sampling(ctx):
     ctx.check(sampled["own prefix"] < forced["own prefix"], "scheduled sampling lowers the own-prefix loss")
     ctx.check(sampled["own prefix, after its first mistake"] < forced["own prefix, after its first mistake"],
               "it recovers better after its own mistakes")
-    ctx.check(sampled["true prefix"] > forced["true prefix"], "and pays for it on the true prefix")
     rows = {}
     for key in forced:
         rows[f"{key}: teacher forcing, scheduled sampling"] = f"{forced[key]:.3f}  {sampled[key]:.3f}"
@@ -324,17 +345,18 @@ def overfit_run(ctx, train, dev, dropout, epochs):
 
 
 def step_6_overfitting_and_dropout(ctx):
-    """Overfitting: 100 training pictures, many epochs; train and dev loss drift apart. Dropout slows it.
+    """Overfitting: about 100 training pictures, many epochs; train and dev loss drift apart. Dropout slows it.
 
     The features here are finer, 4 x 4-pixel squares (432 numbers, more
     than there are training pictures: enough to tell each one apart), and
     the minibatches hold 20 captions. With few examples the model can learn
     them by heart: the training loss keeps falling, while the loss on dev
-    pictures it never trains on stops falling and rises. The epoch of the lowest dev loss is the model to keep
-    (the Trainer's best.npz, lesson 13). Dropout (p = 0.5 on the LSTM's
-    output before the word scores, ShowAndTell's `dropout`) zeroes random
-    units at every training step, so the model cannot rely on any one of
-    them; at evaluation it is off (`model.eval()`). The dev loss is that
+    pictures it never trains on stops falling and rises. The epoch of the
+    lowest dev loss is the model to keep (the Trainer's best.npz, lesson
+    13). Dropout (p = 0.5 on the LSTM's output before the word scores,
+    ShowAndTell's `dropout`) zeroes random units at every training step, so
+    the model cannot rely on any one of them; at evaluation it is off
+    (`model.eval()`). The dev loss is that
     of the first 100 dev pictures. The PNG shows both runs, drawn by
     `captioning.curves_png.save_training_curves` (the picture `python -m
     captioning train` writes): the training loss there is the running mean
@@ -344,7 +366,7 @@ def step_6_overfitting_and_dropout(ctx):
     right, of so weak a model on 100 pictures jumps from epoch to epoch.)
     """
     epochs = 30 if ctx.quick else 40
-    train = make_shapes_dataset(100, seed=5, image_size=IMAGE_SIZE, captions_per_image=1, name="train")
+    train = one_or_two_objects(150, seed=5, name="train")
     runs = {p: overfit_run(ctx, train, ctx.dev.head(100), p, epochs) for p in (0.0, 0.5)}
     panels, shown = [], 4                                 # epochs 1-4 left out: their large losses squash the rest
     for p, (trace, history, steps_per_epoch, _) in runs.items():
@@ -370,7 +392,7 @@ def step_6_overfitting_and_dropout(ctx):
     ctx.check(dropped["last dev loss"] < plain["last dev loss"], "with dropout the dev loss ends lower")
     gap = {p: r["last dev loss"] - r["last training loss (eval mode)"] for p, r in results.items()}
     ctx.check(gap[0.5] < gap[0.0], "with dropout train and dev stay closer")
-    return {"picture": str(path), "epochs": epochs,
+    return {"picture": str(path), "training pictures": len(train), "epochs": epochs,
             **{f"dropout {p:g}: {k}": (round(v, 3) if isinstance(v, float) else v)
                for p, r in results.items() for k, v in r.items()},
             **{f"dropout {p:g}: dev minus training loss at the end": round(g, 3) for p, g in gap.items()}}
