@@ -93,8 +93,9 @@ def step_1_pixels_and_a_random_cnn(ctx):
     The CNN is the small one of lessons 1 and 11 (two stages of 3x3 conv,
     batchnorm, ReLU, 2x2 max pool), its features the mean over the 8 x 8
     grid (`pooled`), its weights random. Random convolutions, ReLU and
-    pooling already compute colour and "how much stuff" (size) and some
-    texture of edges, and the mean over the grid throws away where things are.
+    pooling already keep colour, "how much stuff" (size) and something of
+    the outline (shape well above chance); the mean over the grid keeps
+    little of where things are.
     """
     ctx.train, ctx.test = one_object_pictures(3000, seed=1), one_object_pictures(600, seed=2)
     ctx.truth = attributes(ctx.test)
@@ -150,8 +151,8 @@ def step_3_neighbours_as_a_picture(ctx):
 
     Rows: a test picture (left), then its 3 nearest neighbours by
     raw pixels, by the random CNN and by the trained CNN. Pixel neighbours
-    sit in the same place; random-CNN neighbours have the colour; the
-    trained CNN's have the shape.
+    sit in the same place, whatever their shape; the CNNs' neighbours share
+    the colour wherever they are, and the trained CNN's more often the shape.
     """
     tile, gap, panel = 64, 16, 3 * 64 + 4                # 3 tiles and 2-pixel white lines per panel
     queries = [int(i) for i in numpy.flatnonzero(ctx.truth["size"] == 1)[:4]]   # large shapes: easy to see
@@ -235,8 +236,8 @@ def step_4_word_vectors_from_counting(ctx):
     word2vec's skip-gram with negative sampling factorises a shifted PMI
     matrix like this one; GloVe (Pennington et al. 2014) fits log counts.
     Such vectors can initialise a captioner's word embedding instead of
-    random numbers (Vinyals et al. 2015 tried vectors from a news corpus
-    and report no significant gain; the captions themselves hold enough text).
+    random numbers (Vinyals et al. 2015 tried vectors learned from a news
+    corpus and report no significant gain).
     """
     ctx.show_source(ppmi)
     tokens, ctx.word_source = caption_tokens(ctx)
@@ -249,7 +250,6 @@ def step_4_word_vectors_from_counting(ctx):
     probes = ["dog", "man", "red", "running", "two", "water", "ball"] if flickr else ["red", "circle", "small", "left"]
     groups = ({"red": COLOUR_WORDS, "two": NUMBER_WORDS} if flickr
               else {"red": set(COLORS), "circle": set(SHAPES), "small": {"large"}})
-    ctx.probes = probes
     neighbours = {w: nearest_words(ctx.word_vectors, ctx.words, w) for w in probes}
     for word, group in groups.items():                # the nearest words are of the same kind (up to 3)
         need = min(3, len(group - {word}))
@@ -267,14 +267,15 @@ def step_5_what_the_captioner_learned(ctx):
     word) started random and was trained only to make captions likely.
     Its nearest words, and (with Flickr8k's captions found) how many of
     each word's 10 nearest words it shares with the counted vectors of
-    step 4, against the share two random orders would give.
+    step 4, against the share random neighbours would have (10 of the
+    other words).
     """
     path = shipped_path(CAPTIONER)
     if path is None:
         ctx.stop("this install has no shipped captioner (captioning/pretrained/captioner_flickr8k.npz)")
     checkpoint = load_checkpoint(path)
     vocabulary, embedding = checkpoint.vocabulary, backend.to_numpy(checkpoint.model.params["W_embed"])
-    words = [w for w in vocabulary.id_to_word[4:]]
+    words = vocabulary.id_to_word[4:]                  # the specials (<NULL>, <START>, ...) left out
     learned = embedding[4:].astype(numpy.float64)
     probes = [w for w in ["dog", "man", "red", "running", "two", "water", "ball"] if w in vocabulary]
     results = {"captioner's words": len(words), "word vector size": learned.shape[1],
@@ -286,13 +287,13 @@ def step_5_what_the_captioner_learned(ctx):
         return results
     common = [w for w in ctx.words if w in vocabulary]
     counted = ctx.word_vectors[[ctx.words.index(w) for w in common]]
-    mine = learned[[words.index(w) for w in common]]
+    learned_common = learned[[words.index(w) for w in common]]
     def top10(vectors):
         unit = vectors / (numpy.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
         similarity = unit @ unit.T
         numpy.fill_diagonal(similarity, -numpy.inf)
         return numpy.argsort(-similarity, axis=1)[:, :10]
-    shared = float(numpy.mean([len(set(a) & set(b)) / 10 for a, b in zip(top10(counted), top10(mine))]))
+    shared = float(numpy.mean([len(set(a) & set(b)) / 10 for a, b in zip(top10(counted), top10(learned_common))]))
     chance = 10 / (len(common) - 1)
     ctx.check(shared > 5 * chance, "learned and counted neighbourhoods overlap far beyond chance")
     return {**results, "words in both": len(common), "share of 10 nearest words in common": round(shared, 3),
@@ -352,9 +353,9 @@ def step_7_length(ctx):
     (what papers report, lesson 12) computes it over the whole test set:
     the total length of all captions against the total reference length.
     A model whose short captions on some photos are balanced by long ones
-    on others pays no penalty at all. CIDEr-D has a penalty per caption
-    (a Gaussian in the length difference), and its n-gram weights punish
-    the long caption's repeated words.
+    on others pays no penalty at all. CIDEr-D scores each caption on its
+    own (its n-grams, and a Gaussian penalty on the difference in length),
+    so the short caption scores far below the right one.
     """
     short, long_ = "a black dog", "a man rides a bike down the street in a helmet on a sunny day in the city"
     alone = bleu([PHOTO[0]], [short])
