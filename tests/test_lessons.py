@@ -373,7 +373,7 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 5: "nn.conv", 7: "nn.recurrent", 8: "nn.recurrent",
                      11: "nn.attention"}
-EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12]
+EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12, 14]
 
 
 def reference_solution(number):
@@ -424,6 +424,11 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    e = numpy.exp(x)                       # not shifted: overflows for large scores\n"
         "    return e / e.sum(axis=axis, keepdims=True)\n",
         "softmax: FAIL"),
+    14: ("from nn import backend\n"
+         "def mix_inputs(true_words, own_words, p, gen):\n"
+         "    replace = gen.random(true_words.shape) < p              # <START> may be replaced too\n"
+         "    return backend.xp().where(replace, own_words, true_words)\n",
+         "mix_inputs: FAIL"),
     7: ("import numpy\n"
         "from nn.recurrent import word_embedding_forward\n"
         "def word_embedding_backward(dout, cache):\n"
