@@ -12,7 +12,8 @@ from ..data.text import Vocabulary, tokenize
 from .checkpoint import load_aligner
 from .data import encode_sentences
 from .model import AlignmentModel
-from .retrieval import PAPER_FLICKR8K, encode_regions, encode_words, recall_metrics, score_matrix
+from .retrieval import (PAPER_FLICKR8K, encode_regions, encode_words, recall_metrics, score_matrix,
+                        sentence_scores)
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "pretrained", "aligner_flickr8k.npz")
@@ -79,8 +80,7 @@ def evaluate_split(ckpt, split_data, max_words=20):
     """Recall metrics of a checkpoint on a split (the paper's protocol)."""
     sentences = encode_sentences(split_data.references, ckpt.vocabulary, max_words)
     regions = encode_regions(ckpt.model, ckpt.encoder, split_data.inputs)
-    words, offsets = encode_words(ckpt.model, sentences)
-    return recall_metrics(score_matrix(regions, words, offsets, **ckpt.model.score_options()), sentences.image)
+    return recall_metrics(sentence_scores(ckpt.model, regions, sentences), sentences.image)
 
 
 def format_table(metrics, paper=PAPER_FLICKR8K):
