@@ -114,7 +114,7 @@ def step_2_sentence_fragments(ctx):
     mask = backend.asarray(numpy.array([[1, 1, 1, 1], [1, 1, 0, 0]]), dtype=numpy.float64)
     s, _ = ctx.model.words_forward(words, mask)                                 # (M, T, h)
     p, xp = ctx.model.params, backend.xp()
-    e = relu(p["W_w"][words[1, :2]] @ p["W_e"] + p["b_e"])                      # sentence 1: its 2 real words
+    e = relu(p["W_w"][words[1, :2]] @ p["W_e"] + p["b_e"])                      # the second sentence: its 2 real words
     hf, hb, h = {}, {}, xp.zeros(H)
     for t in (0, 1):                                                            # left to right
         hf[t] = h = relu(e[t] + h @ p["W_f"] + p["b_f"])
