@@ -127,8 +127,9 @@ def step_2_train_the_cnn(ctx):
     epochs = 2 if ctx.quick else 3
     for epoch in range(epochs):
         ctx.cnn.train()
+        order = order_gen.permutation(len(ctx.train))
         for start in range(0, len(ctx.train), 50):
-            batch = backend.asarray(numpy.sort(order_gen.permutation(len(ctx.train))[:50]))
+            batch = backend.asarray(order[start:start + 50])
             _, pooled = ctx.cnn.forward(ctx.train_x[batch])
             loss, dscores = softmax_loss(head.forward(pooled), labels[batch])
             ctx.cnn.backward(None, head.backward(dscores))
