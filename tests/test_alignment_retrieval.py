@@ -5,7 +5,9 @@ import pytest
 
 from captioning.alignment.data import Sentences, epoch_batches
 from captioning.alignment.regions import _cell_on_box
-from captioning.alignment.retrieval import ranks, recall_metrics, score_matrix
+from captioning.alignment.model import AlignmentModel
+from captioning.alignment.retrieval import (distinct_sentences, encode_words, ranks, recall_metrics, score_matrix,
+                                          sentence_scores)
 from nn import ranking
 from nn.gradcheck import rel_error
 from tests.conftest import as_xp
@@ -36,6 +38,53 @@ def test_ties_do_not_count_against_the_query():
     # Two images with identical captions (the shapes set has such): both rank 1.
     annotation, search = ranks(numpy.array([[1.0, 1.0], [1.0, 1.0]]), numpy.array([0, 1]))
     assert annotation.tolist() == [1, 1] and search.tolist() == [1, 1]
+
+
+def test_ties_count_against_neither_direction_by_hand():
+    # 3 images, 5 sentences; sentences 0 (image 0) and 2 (image 1) are the same words, so
+    # their columns are equal. Every tie with a wrong item is resolved for the query.
+    S = numpy.array([[2.0, 1.0, 2.0, 3.0, 0.0],
+                     [1.5, 0.5, 1.5, 1.0, 1.5],
+                     [0.0, 2.0, 0.0, 1.0, 2.0]])
+    owner = numpy.array([0, 0, 1, 2, 2])
+    annotation, search = ranks(S, owner)
+    # image 0: own 2.0 (sentence 0) ties the wrong 2.0 (sentence 2), only the wrong 3.0 is
+    # higher -> 2; image 1: own 1.5 ties the wrong 1.5 twice -> 1; image 2: own 2.0 ties
+    # the wrong 2.0 of sentence 1 -> 1.
+    assert annotation.tolist() == [2, 1, 1]
+    # sentence 2: column (2.0, 1.5, 0.0), own image 1 below image 0 -> 2; sentence 3:
+    # (3.0, 1.0, 1.0), own image 2 ties image 1 and is below image 0 -> 2.
+    assert search.tolist() == [1, 2, 2, 2, 1]
+    m = recall_metrics(S, owner, ks=(1,))
+    assert m["annotation"]["R@1"] == pytest.approx(200 / 3) and m["search"]["R@1"] == 40.0
+
+
+def test_distinct_sentences_by_hand():
+    words = numpy.array([[1, 2, 0], [3, 0, 0], [1, 2, 0], [1, 2, 4], [3, 0, 0]])
+    sentences = Sentences(words, numpy.array([2, 1, 2, 3, 1]), numpy.array([0, 0, 1, 1, 2]))
+    distinct, index = distinct_sentences(sentences)
+    assert distinct.words.tolist() == [[1, 2, 0], [3, 0, 0], [1, 2, 4]]    # in order of first use
+    assert distinct.lengths.tolist() == [2, 1, 3] and distinct.image.tolist() == [0, 0, 1]
+    assert index.tolist() == [0, 1, 0, 2, 1]
+
+
+def test_identical_sentences_of_different_images_tie_exactly():
+    # float32, the default precision: scored apart, identical sentences differ in the last
+    # bits (here by up to 1e-6) and would rank arbitrarily against each other.
+    model = AlignmentModel({"feature_dim": 5, "vocab_size": 9, "embed_dim": 4, "hidden_dim": 32,
+                            "cosine": 10.0, "average": True}, seed=0, dtype=numpy.float32)
+    gen = numpy.random.default_rng(0)
+    rows = gen.integers(1, 9, size=(6, 7))
+    lengths = numpy.array([7, 3, 5, 2, 6, 4])
+    pick = gen.integers(0, 6, size=40)                  # 40 sentences, many of them repeated
+    words = rows[pick] * (numpy.arange(7)[None] < lengths[pick, None])
+    sentences = Sentences(words, lengths[pick], numpy.arange(40) % 8)
+    regions = model.regions_forward(numpy.asarray(gen.standard_normal((8, 4, 5)), dtype=numpy.float32))[0]
+    S = sentence_scores(model, regions, sentences, chunk=3)
+    for p in range(40):
+        assert (S[:, pick == pick[p]] == S[:, [p]]).all()
+    flat, offsets = encode_words(model, sentences, batch_size=7)
+    assert rel_error(S, score_matrix(regions, flat, offsets, **model.score_options())) < 1e-5
 
 
 @pytest.mark.parametrize("clip, average", [(False, False), (True, False), (False, True), (True, True)])

@@ -160,3 +160,17 @@ def test_the_shipped_aligner_is_the_default_checkpoint(capsys, tmp_path, monkeyp
     monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "nowhere"))
     assert main(["align", "search", "a dog"]) == 2
     _an_error_about_the_data(capsys)
+
+
+def test_shapes_defaults_are_the_measured_ones():
+    # README, "On the synthetic shapes set": the sum of the cosines and the learning rate cut after
+    # each epoch ranked best in 2 minutes; Flickr8k keeps the mean at a constant rate.
+    from captioning.cli import build_parser
+    from captioning.commands.align import _train_options
+    name, shapes = _train_options(build_parser().parse_args(["align", "train"]))
+    assert name == "shapes" and shapes["average"] is False and shapes["cosine"] == 10.0
+    assert shapes["lr_decay"] == 0.3 and shapes["epochs"] == 3 and shapes["max_minutes"] == 2.0
+    name, flickr = _train_options(build_parser().parse_args(["align", "train", "--data", "somewhere"]))
+    assert name == "flickr8k" and flickr["average"] is True and flickr["lr_decay"] == 1.0
+    _, changed = _train_options(build_parser().parse_args(["align", "train", "--average", "--lr-decay", "1"]))
+    assert changed["average"] is True and changed["lr_decay"] == 1.0

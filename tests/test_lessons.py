@@ -373,7 +373,7 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 5: "nn.conv", 7: "nn.recurrent", 8: "nn.recurrent",
                      11: "nn.attention"}
-EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12, 17]
+EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12, 14, 16, 17]
 
 
 def reference_solution(number):
@@ -398,6 +398,7 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    return o * numpy.tanh(c), c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, numpy.tanh(c))\n",
         "lstm_step_forward: FAIL"),
     12: (None, "brevity_penalty: FAIL"),
+    16: (None, "ranking_loss: FAIL"),
     17: (None, "policy_gradient: FAIL"),
     10: (None, "beam_search_one_image: FAIL"),
     5: ("from nn.conv import conv_forward_naive\n"
@@ -425,6 +426,11 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
         "    e = numpy.exp(x)                       # not shifted: overflows for large scores\n"
         "    return e / e.sum(axis=axis, keepdims=True)\n",
         "softmax: FAIL"),
+    14: ("from nn import backend\n"
+         "def mix_inputs(true_words, own_words, p, gen):\n"
+         "    replace = gen.random(true_words.shape) < p              # <START> may be replaced too\n"
+         "    return backend.xp().where(replace, own_words, true_words)\n",
+         "mix_inputs: FAIL"),
     7: ("import numpy\n"
         "from nn.recurrent import word_embedding_forward\n"
         "def word_embedding_backward(dout, cache):\n"
@@ -465,6 +471,8 @@ def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path
                                                    "(abs(length - hypothesis_length), -length)")
         if number == 10:                 # extensions ranked worst first
             wrong = reference_solution(number).replace("reverse=True", "reverse=False")
+        if number == 16:                 # images for a sentence forgotten: one direction only
+            wrong = reference_solution(number).replace("(rows.sum() + cols.sum())", "rows.sum()")
         if number == 17:                 # the mask forgotten: steps past a caption's end pushed too
             wrong = reference_solution(number).replace("mask * advantages[:, None] / N", "advantages[:, None] / N")
         assert wrong != reference_solution(number)

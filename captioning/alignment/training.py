@@ -19,7 +19,7 @@ from ..progress import format_duration
 from ..training import TrainingDiverged
 from .checkpoint import load_aligner, save_aligner
 from .data import encode_sentences, epoch_batches
-from .retrieval import encode_regions, encode_words, recall_metrics, recall_sum, score_matrix
+from .retrieval import encode_regions, recall_metrics, recall_sum, sentence_scores
 
 
 @dataclass
@@ -185,6 +185,4 @@ class AlignTrainer:
 def evaluate_retrieval(model, encoder, data, sentences, chunk=20):
     """Recall metrics of `model` on the images of `data` and their `sentences`."""
     regions = encode_regions(model, encoder, data.inputs)
-    words, offsets = encode_words(model, sentences)
-    S = score_matrix(regions, words, offsets, chunk=chunk, **model.score_options())
-    return recall_metrics(S, sentences.image)
+    return recall_metrics(sentence_scores(model, regions, sentences, chunk=chunk), sentences.image)

@@ -14,9 +14,9 @@ DESCRIPTION = """\
 Deep Visual-Semantic Alignments: image regions (the cells of the CNN's feature
 grid and the whole image) and the words of a sentence (a bidirectional RNN)
 are mapped into one space; an image and a sentence score
-S = 10 x the mean over the words of the best region's cosine (--cosine 0
---no-average: the paper's sum of dot products), trained with the
-bidirectional max-margin ranking loss (margin 1).
+S = 10 x the mean over the words of the best region's cosine (on the shapes
+set: the sum; --cosine 0 --no-average: the paper's sum of dot products),
+trained with the bidirectional max-margin ranking loss (margin 1).
 
   train      train on the synthetic shapes set (default) or on cached Flickr8k features (--data)
   evaluate   image annotation and image search Recall@1/5/10 and median rank on a split
@@ -24,7 +24,7 @@ bidirectional max-margin ranking loss (margin 1).
   annotate   a picture: each region's best words, and each word's best region
 
 examples:
-  python -m captioning align train                               # shapes, under a minute
+  python -m captioning align train                               # shapes, about 2 minutes
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
   python -m captioning align search "a dog jumps into the water" --data ../shared/flickr8k --top 5
@@ -48,7 +48,7 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", required=True)
     t = sub.add_parser("train", help="train an aligner")
     _common(t, checkpoint=False)
-    for name, kind, text in (("epochs", int, "epochs (default 2 shapes / 15 Flickr8k)"),
+    for name, kind, text in (("epochs", int, "epochs (default 3 shapes / 15 Flickr8k)"),
                              ("batch-size", int, "image-sentence pairs per step (default 32 shapes / 100 Flickr8k)"),
                              ("lr", float, "Adam learning rate (default 5e-3 shapes / 1e-3 Flickr8k)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
@@ -56,12 +56,12 @@ def add_arguments(parser):
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
                              ("val-images", int, "dev recall on the first N dev images (default all / 500)"),
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
-                             ("max-minutes", float, "stop after this many minutes of training (default 0.7 "
+                             ("max-minutes", float, "stop after this many minutes of training (default 2 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
                              ("dropout", float, "drop probability of region features while training"),
                              ("word-dropout", float, "drop probability of word-vector entries while training"),
                              ("weight-decay", float, "L2 weight decay of the weight matrices"),
-                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch"),
+                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch (default 0.3 shapes / 1)"),
                              ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
@@ -69,7 +69,7 @@ def add_arguments(parser):
     t.add_argument("--clip", action=BooleanOptionalAction, default=None,
                    help="a word's best match counts as max(0, v . s) (the paper's full objective)")
     t.add_argument("--average", action=BooleanOptionalAction, default=None,
-                   help="sentence score: mean over its words (default; --no-average: the sum)")
+                   help="sentence score: mean over its words (default Flickr8k; --no-average: the sum, default shapes)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
