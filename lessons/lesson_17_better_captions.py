@@ -362,7 +362,7 @@ def step_5_gradient_check_of_the_top(ctx):
         network = EfficientNetLite0.from_pretrained()                                   # batchnorm folded
         with_batchnorm = EfficientNetLite0.from_pretrained(fold_batchnorm=False)         # conv, then batchnorm
     except WeightsNotInstalledError:
-        return results | {"pretrained top = frozen network": "skipped: EfficientNet-Lite0 weights not installed"}
+        return results | {"folded top vs whole network with batchnorm": "skipped: EfficientNet-Lite0 weights not installed"}
     photos = ctx.rng(4).uniform(-1.0, 1.0, (2, 3, 64, 64)).astype(numpy.float32)
     pretrained_top = EfficientNetTop(1)
     pretrained_top.load_state_dict(network.folded_units(NUM_BLOCKS - 1))
