@@ -42,8 +42,8 @@ from nn.losses import log_softmax, policy_gradient_loss
 from nn.normalization import spatial_batchnorm_forward
 
 TITLE = "Better captions: LRCN, fine-tuning the CNN's last blocks, and self-critical training on CIDEr-D"
-SECONDS = 35
-QUICK_SECONDS = 17
+SECONDS = 30
+QUICK_SECONDS = 13
 
 # `python run_lesson.py 17 --exercise`: write it yourself (graded by grade_policy_gradient and steps 6-8)
 EXERCISES = ["policy_gradient"]
