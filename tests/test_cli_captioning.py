@@ -348,3 +348,18 @@ def test_evaluate_html_writes_a_results_page_with_rouge(shapes_run, capsys, tmp_
     html = (page / "index.html").read_text(encoding="utf-8")
     assert html.count("data-cider=") == 5 and html.count('class="attention"') == 5
     assert json.loads((tmp_path / "c.json").read_text())["scores"]["ROUGE-L"] > 0
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "caption", "features", "align"])
+def test_help_examples_keep_their_shell_line_continuations(command, capsys):
+    """An example broken over two lines with a shell `\\` must print as two lines: in a plain
+    (not raw) string a lone backslash at the end of a line joins the lines, and --help then shows
+    one long line with a run of spaces in the middle of the command."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    joined = [line for line in lines if line.lstrip().startswith("python -m captioning") and "       --" in line]
+    assert not joined, joined
+    continued = [k for k, line in enumerate(lines) if line.startswith("  python -m captioning")
+                 and line.endswith("\\")]
+    assert all(lines[k + 1].startswith("      --") for k in continued)

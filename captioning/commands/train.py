@@ -63,12 +63,12 @@ test-time metric directly: expect dev CIDEr-D up, BLEU-4 about the same.
 examples:
   python -m captioning train
   python -m captioning train --scst --init outputs/shapes_attention/best.npz --out outputs/shapes_scst
-  python -m captioning train --data ../shared/flickr8k --scst --init captioning/pretrained/captioner_flickr8k.npz \
+  python -m captioning train --data ../shared/flickr8k --scst --init captioning/pretrained/captioner_flickr8k.npz \\
       --out outputs/flickr8k_scst --max-minutes 120
   python -m captioning train --data ../shared/flickr8k --epochs 10 --beam 3 --max-minutes 95
   python -m captioning features --max-images 300 && python -m captioning train --data ../shared/flickr8k --max-images 300
   python -m captioning train --data ../shared/flickr8k --resume
-  python -m captioning features --fine-tune-blocks 1 && python -m captioning train --data ../shared/flickr8k \
+  python -m captioning features --fine-tune-blocks 1 && python -m captioning train --data ../shared/flickr8k \\
       --fine-tune-blocks 1 --encoder-lr 1e-4 --out outputs/flickr8k_attention_ft1
 """
 
