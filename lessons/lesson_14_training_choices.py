@@ -291,7 +291,8 @@ def step_4_mix_inputs(ctx):
     ctx.check(bool((mix_inputs(inputs, own, 1.0, ctx.rng(2)) == own).all()), "p = 1 takes every own word")
     ctx.check(abs(fraction - 0.3) < 0.01, f"with p = 0.3 about 30% of the words are replaced ({fraction:.3f})")
     return {"true inputs": words(inputs[0]), "own words (after the true prefix)": words(own[0]),
-            "mixed, p = 0.5": words(mixed[0]), "share replaced with p = 0.3 (12000 words)": round(fraction, 4)}
+            "mixed, p = 0.5": words(mixed[0]),
+            f"share replaced with p = 0.3 ({big_mixed[:, 1:].size} words)": round(fraction, 4)}
 
 
 def step_5_scheduled_sampling(ctx):

@@ -523,3 +523,19 @@ def test_ctx_rng_draws_numpys_numbers_onto_the_backend(monkeypatch):
     assert isinstance(gen.uniform(), float)                      # scalars stay Python numbers
     with pytest.raises(AssertionError, match="ctx.rng"):
         backend.rng(5)
+
+
+def test_lesson14_says_over_how_many_words_it_measured_the_replaced_share(tmp_path):
+    """Step 4 measures the share of replaced words on 1000 captions of 12 inputs, position 0
+    (<START>) never replaced: 11000 words, which its printed label must say (not 12000)."""
+    from captioning.data import Vocabulary
+
+    lesson = run_lesson.load_lesson(LESSONS[14])
+    ctx = run_lesson.Context(quick=True, out_dir=tmp_path)
+    dev = lesson.one_or_two_objects(4, seed=4, name="dev")
+    ctx.vocab = Vocabulary.build(dev.all_tokens(), min_count=1)
+    ctx.dev_features, ctx.dev_captions = lesson.cell_colours(dev), lesson.first_captions(dev, ctx.vocab)
+    ctx.forced = lesson.new_model(ctx)
+    results = lesson.step_4_mix_inputs(ctx)
+    label = next(key for key in results if key.startswith("share replaced"))
+    assert "(11000 words)" in label, label
