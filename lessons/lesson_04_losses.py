@@ -11,7 +11,7 @@ and Tell (Vinyals et al. 2015) trains to minimise:
 import numpy
 
 from nn import backend, losses
-from nn.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from nn.gradcheck import eval_numerical_gradient, rel_error
 from nn.losses import softmax, softmax_loss, temporal_softmax_loss
 
 TITLE = "Losses: softmax, cross-entropy, and why captioning maximises log-likelihood"

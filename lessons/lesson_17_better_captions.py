@@ -36,10 +36,8 @@ from captioning.models import LRCN, build
 from captioning.scst import SCSTConfig, SelfCriticalTrainer, sample_captions, sampled_caption_batch
 from captioning.training import Trainer, TrainConfig
 from nn import backend
-from nn.conv import conv_forward
 from nn.gradcheck import directional_gradient_check, eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 from nn.losses import log_softmax, policy_gradient_loss
-from nn.normalization import spatial_batchnorm_forward
 
 TITLE = "Better captions: LRCN, fine-tuning the CNN's last blocks, and self-critical training on CIDEr-D"
 SECONDS = 30

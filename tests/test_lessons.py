@@ -539,3 +539,19 @@ def test_lesson14_says_over_how_many_words_it_measured_the_replaced_share(tmp_pa
     results = lesson.step_4_mix_inputs(ctx)
     label = next(key for key in results if key.startswith("share replaced"))
     assert "(11000 words)" in label, label
+
+
+@pytest.mark.parametrize("number", sorted(LESSONS))
+def test_lessons_import_only_what_they_use(number):
+    """A lesson is read as well as run: an import it no longer uses (left behind when a step
+    was rewritten) sends the reader looking for a use that is not there."""
+    import ast
+
+    source = LESSONS[number].read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    imported = {(alias.asname or alias.name).split(".")[0]: node.lineno
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    unused = {name: line for name, line in imported.items() if name not in used}
+    assert not unused, f"{LESSONS[number].name}: imported but not used (name: line) {unused}"
