@@ -205,7 +205,10 @@ def test_scst_on_shapes_raises_the_reward_and_resumes(ce_checkpoint, tmp_path, c
     # a self-critical run is not resumed as a cross-entropy one, nor the other way round
     assert main(["train", "--shapes-train", "300", "--batch-size", "25", "--out", str(out), "--resume"]) == 2
     assert "holds a self-critical run, this is a cross-entropy run" in capsys.readouterr().err
-    assert main(args + ["--resume", "--out", str(ce_checkpoint.parent)]) == 2
+    ce_copy = tmp_path / "ce_copy"             # a cross-entropy run's last.npz, away from --init itself
+    ce_copy.mkdir()
+    (ce_copy / "last.npz").write_bytes((ce_checkpoint.parent / "last.npz").read_bytes())
+    assert main(args + ["--resume", "--out", str(ce_copy)]) == 2
     assert "holds a cross-entropy run, this is a self-critical run" in capsys.readouterr().err
 
 
@@ -238,6 +241,25 @@ def test_scst_refuses_bad_options_with_one_line(options, message, ce_checkpoint,
     assert main(["train", *options, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_scst_never_writes_over_its_init_checkpoint(ce_checkpoint, tmp_path, monkeypatch, capsys):
+    """The cross-entropy run's folder is outputs/<data>_<model>, its best.npz the usual --init: a
+    self-critical run without --out goes to outputs/<data>_<model>_scst, and an --out that would
+    replace --init is refused."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    ce = tmp_path / "outputs" / "shapes_show-tell"
+    ce.mkdir(parents=True)
+    shutil.copy(ce_checkpoint, ce / "best.npz")
+    before = (ce / "best.npz").read_bytes()
+    quick = ["--shapes-train", "40", "--epochs", "1", "--batch-size", "20", "--val-images", "10"]
+    assert main(["train", "--scst", "--init", "outputs/shapes_show-tell/best.npz", *quick, "--quiet"]) == 0
+    assert (tmp_path / "outputs" / "shapes_show-tell_scst" / "best.npz").is_file()
+    assert main(["train", "--scst", "--init", str(ce / "best.npz"), *quick, "--out", str(ce)]) == 2
+    assert "would overwrite the --init checkpoint" in capsys.readouterr().err
+    assert (ce / "best.npz").read_bytes() == before and not (ce / "last.npz").exists()
 
 
 def test_scst_refuses_a_checkpoint_of_another_data_set(ce_checkpoint, tmp_path, capsys):

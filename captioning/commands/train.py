@@ -59,6 +59,7 @@ a cross-entropy checkpoint, the model samples captions of the training
 images and is pushed towards those whose CIDEr-D beats its own greedy
 caption's (REINFORCE with the greedy reward as baseline). It optimises the
 test-time metric directly: expect dev CIDEr-D up, BLEU-4 about the same.
+Its output goes to --out, default outputs/<data>_<model>_scst.
 
 examples:
   python -m captioning train
@@ -235,10 +236,12 @@ def _load_data(args, dataset, feature_kind):
     return data
 
 
-def _output_folder(args, data):
-    out = args.out or os.path.join("outputs", f"{data.name}_{args.model}")
+def _output_folder(args, data, default=None, reads=()):
+    """The run's folder: --out, else outputs/<default> (default <data>_<model>); refused when the run
+    would write over a file it reads (the data's, or `reads`: (what, path) pairs)."""
+    out = args.out or os.path.join("outputs", default or f"{data.name}_{args.model}")
     check_outputs([("--out", out)] + [("--out", os.path.join(out, name)) for name in RUN_FILES],
-                  data.files_read(), data.spec.get("root"))
+                  list(data.files_read()) + list(reads), data.spec.get("root"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; give a folder for the run")
     if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):   # before the Trainer makes `out`
@@ -439,7 +442,9 @@ def _run_scst(args):
     if data.encoder_spec.get("name") != ckpt.encoder.get("name"):
         raise UsageError(f"--init {args.init} reads features of {ckpt.encoder.get('name')}, but the data gives "
                          f"{data.encoder_spec.get('name')}")
-    out = _output_folder(args, data)
+    # Not the cross-entropy run's folder (outputs/<data>_<model>), whose best.npz is usually --init.
+    out = _output_folder(args, data, default=f"{data.name}_{args.model}_scst",
+                         reads=[("the --init checkpoint", args.init)])
     model = ckpt.model
     encoder = make_encoder(ckpt.encoder, ckpt.encoder_state, dtype=model.dtype)
     config = SCSTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_to=args.lr_decay_to,
