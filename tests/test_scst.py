@@ -235,6 +235,7 @@ def test_scst_trains_every_model_and_evaluate_reads_its_checkpoint(kind, tmp_pat
     (["--scst", "--init", "{ckpt}", "--scst-baseline", "samples", "--scst-samples", "1"],
      "--scst-samples must be >= 2"),
     (["--scst-samples", "3"], "--scst-samples is an option of self-critical training"),
+    (["--scst-baseline", "greedy"], "--scst-baseline is an option of self-critical training"),
 ])
 def test_scst_refuses_bad_options_with_one_line(options, message, ce_checkpoint, tmp_path, capsys):
     options = [o.replace("{ckpt}", str(ce_checkpoint)) for o in options]

@@ -155,7 +155,7 @@ def add_arguments(parser):
                       help="with --scst: the checkpoint to start from (e.g. best.npz of a `train` run)")
     scst.add_argument("--scst-samples", type=int, default=None, metavar="K",
                       help="captions sampled per image and step (default 1; 5 with --scst-baseline samples)")
-    scst.add_argument("--scst-baseline", choices=("greedy", "samples"), default="greedy",
+    scst.add_argument("--scst-baseline", choices=("greedy", "samples"), default=None,
                       help="greedy: the reward of the greedy caption (Rennie et al., default); samples: the "
                            "mean reward of the image's other K - 1 samples ('new SCST')")
 
@@ -305,7 +305,7 @@ def run(args):
 
     if args.scst or args.init is not None:
         return _run_scst(args)
-    for name in ("scst_samples",) + (("scst_baseline",) if args.scst_baseline != "greedy" else ()):
+    for name in ("scst_samples", "scst_baseline"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} is an option of self-critical training: give --scst")
     args.model = args.model or "attention"
@@ -413,6 +413,7 @@ def _run_scst(args):
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} does not go with --scst: the model, its vocabulary and "
                          "encoder come from the --init checkpoint, and dev captions are greedy")
+    args.scst_baseline = args.scst_baseline or "greedy"
     if args.scst_samples is None:
         args.scst_samples = 5 if args.scst_baseline == "samples" else 1
     if args.scst_samples < 1 or (args.scst_baseline == "samples" and args.scst_samples < 2):
