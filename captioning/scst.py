@@ -118,7 +118,7 @@ def sample_captions(model, features, max_length, rng, samples=1):
         # every row draws a number every step, so dropping finished rows changes no caption
         uniform = backend.asarray(rng.random(rows)[active], dtype=log_probs.dtype)
         cdf = xp.cumsum(xp.exp(log_probs), axis=1)                          # (rows in the batch, V)
-        # word j when cdf[j - 1] <= u * total < cdf[j]: probability p_j
+        # word j when cdf[j - 1] < u * total <= cdf[j] (the count of cdf entries below u * total): probability p_j
         words = xp.minimum((cdf < uniform[:, None] * cdf[:, -1:]).sum(axis=1), log_probs.shape[1] - 1)
         chosen = backend.to_numpy(words)
         tokens[active[live], step] = chosen[live]

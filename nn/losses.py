@@ -192,7 +192,7 @@ def _weighted_loss(x, y, token_weights):
     tokens = num_sequences * num_steps
     x_flat = x.reshape(tokens, vocab_size)
     y_flat = y.reshape(tokens)
-    weights = token_weights.reshape(tokens) / max(num_sequences, 1)   # 1/N for kept tokens, else 0
+    weights = token_weights.reshape(tokens) / max(num_sequences, 1)   # w / N: a mask's 1/N for kept tokens, else 0
     rows = xp.arange(tokens)
 
     shifted = x_flat - x_flat.max(axis=1, keepdims=True)
