@@ -143,12 +143,13 @@ def add_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
     scst = parser.add_argument_group(
         "self-critical training (Rennie et al. 2017), after cross-entropy training",
-        "REINFORCE on the CIDEr-D of sampled captions, the greedy caption's CIDEr-D as the\n"
-        "baseline. The model, vocabulary and encoder come from --init (the encoder stays\n"
-        "frozen). A step takes --batch-size IMAGES (default 16 shapes / 50 Flickr8k); Adam\n"
-        "at --lr 5e-5 by default as in the paper (2e-4 on shapes), constant, halved when\n"
-        "dev CIDEr-D stalls; --epochs 2 shapes / 10 Flickr8k. best.npz is chosen, and\n"
-        "--patience counts, by the dev CIDEr-D of greedy captions.")
+        "REINFORCE on the CIDEr-D of sampled captions (baseline: by default the\n"
+        "greedy caption's CIDEr-D). The model, vocabulary and encoder come from\n"
+        "--init (the encoder stays frozen). A step takes --batch-size IMAGES (default\n"
+        "16 shapes / 50 Flickr8k); Adam at --lr 5e-5 by default as in the paper (2e-4\n"
+        "on shapes), constant, halved when dev CIDEr-D stalls; --epochs 2 shapes / 10\n"
+        "Flickr8k. best.npz is chosen, and --patience counts, by the dev CIDEr-D of\n"
+        "greedy captions. --out defaults to outputs/<data>_<model>_scst.")
     scst.add_argument("--scst", action="store_true",
                       help="self-critical training from the cross-entropy checkpoint --init")
     scst.add_argument("--init", default=None, metavar="CKPT",
