@@ -23,7 +23,7 @@ from captioning.data import load_flickr8k, make_shapes_dataset
 from captioning.data.images import normalize_images
 from captioning.data.shapes import COLORS, SHAPES
 from captioning.encoders.small_cnn import SmallCNN
-from captioning.metrics import bleu, cider_d_per_image
+from captioning.metrics import bleu, cider_d_per_image, closest_reference_length
 from captioning.pretrained import CAPTIONER, shipped_path
 from nn import backend
 from nn.layers import Affine
@@ -362,7 +362,7 @@ def step_7_length(ctx):
     alone = bleu([PHOTO[0]], [short])
     fair = bleu(PHOTO[:2], ["a black dog chases a white cat on the grass", "a man rides a bike down the street"])
     hidden = bleu(PHOTO[:2], [short, long_])
-    closest = [min((len(r.split()) for r in refs), key=lambda n: (abs(n - len(h.split())), n))
+    closest = [closest_reference_length([len(r.split()) for r in refs], len(h.split()))
                for refs, h in zip(PHOTO[:2], [short, long_])]
     bp = min(1.0, math.exp(1 - sum(closest) / (len(short.split()) + len(long_.split()))))
     cider_short = float(cider_d_per_image(PHOTO, [short] + [r[0] for r in PHOTO[1:]])[0])
