@@ -22,7 +22,8 @@ import numpy
 
 from nn import backend
 
-__all__ = ["encode_regions", "encode_words", "distinct_sentences", "sentence_scores", "score_matrix", "ranks", "recall_metrics", "PAPER_FLICKR8K"]
+__all__ = ["encode_regions", "encode_words", "distinct_sentences", "sentence_scores", "score_matrix", "ranks",
+           "recall_metrics", "PAPER_FLICKR8K"]
 
 # Karpathy & Fei-Fei (2015), Table 1, Flickr8k, "Our model: BRNN".
 PAPER_FLICKR8K = {"annotation": {"R@1": 16.5, "R@5": 40.6, "R@10": 54.2, "median_rank": 7.6},

@@ -98,7 +98,8 @@ def add_arguments(parser):
                         + " (default attention)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 3 shapes, 10 Flickr8k)")
     parser.add_argument("--batch-size", type=int, default=None, help="captions per step (default 16/64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 / 1e-3; with --scst 2e-4 / 5e-5)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Adam learning rate (default 3e-3 / 1e-3; with --scst 2e-4 / 5e-5)")
     parser.add_argument("--fine-tune-blocks", type=int, default=0, metavar="K",
                         help="with --data: train the last K blocks (1..16) of EfficientNet-Lite0 and its head "
                              "with the decoder, from the cache of `features --fine-tune-blocks K` (default 0: "
