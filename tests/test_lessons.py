@@ -30,10 +30,14 @@ import run_lesson  # noqa: E402
 LESSONS = run_lesson.lesson_files(ROOT / "lessons")
 FLICKR8K_RUN = 13             # minutes even with --quick: its own tests below
 NEEDS_DATA = {6, 13}          # these stop cleanly (and are skipped here) without Flickr8k / weights
+EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12, 14, 16, 17]   # lessons with --exercise: each graded in test_exercise_fails_on_the_stub_...
 
 
 def lesson_params():
-    return [pytest.param(n, id=f"lesson{n:02d}") for n in LESSONS if n != FLICKR8K_RUN]
+    """Lessons run to the end here; those with exercises run to the end in their exercise test instead
+    (its reference pass is the whole lesson with the reference functions, under the same guards)."""
+    return [pytest.param(n, id=f"lesson{n:02d}") for n in LESSONS
+            if n != FLICKR8K_RUN and n not in EXERCISE_LESSONS]
 
 
 def test_there_are_at_least_twelve_lessons_with_titles_and_times(capsys):
@@ -64,8 +68,7 @@ def test_lesson_runs_to_the_end(number, tmp_path, capsys, monkeypatch):
     """... with data drawn by NumPy, never by the backend's generator (lesson 2, about the backend switch
     itself, compares array modules by identity and runs unguarded)."""
     if number != 2:
-        monkeypatch.setitem(backend._state, "name", "numpy")
-        monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
+        guard_the_backend_generator(monkeypatch)
     args = [str(number), "--no-pause", "--quick", "--out", str(tmp_path)]
     status = run_lesson.main(args)
     out, err = capsys.readouterr()
@@ -73,9 +76,18 @@ def test_lesson_runs_to_the_end(number, tmp_path, capsys, monkeypatch):
     if "Lesson stopped" in out and number in NEEDS_DATA:
         pytest.skip(out.strip().splitlines()[-2])
     assert "Lesson done" in out, out[-2000:]
-    for path in tmp_path.iterdir():              # pictures it wrote are real PNGs
+    assert_pictures_are_pngs(tmp_path)
+
+
+def guard_the_backend_generator(monkeypatch):
+    monkeypatch.setitem(backend._state, "name", "numpy")
+    monkeypatch.setitem(backend._state, "xp", NumpyWithoutItsGenerator())
+
+
+def assert_pictures_are_pngs(folder):
+    for path in folder.glob("*"):              # pictures a lesson wrote are real PNGs
         if path.suffix == ".png":
-            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
 def test_flickr8k_lesson_without_data_says_how_to_get_it(tmp_path, capsys):
@@ -373,7 +385,6 @@ def test_flickr8k_lesson_reads_the_features_cache_it_is_given_or_stops(small_fli
 
 LIBRARY_EXERCISES = {3: "nn.dense", 4: "nn.losses", 5: "nn.conv", 7: "nn.recurrent", 8: "nn.recurrent",
                      11: "nn.attention"}
-EXERCISE_LESSONS = [3, 4, 5, 7, 8, 10, 11, 12, 14, 16, 17]
 
 
 def reference_solution(number):
@@ -444,7 +455,10 @@ WRONG = {   # one plausible mistake per exercise lesson: each must fail its grad
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the plausible mistakes overflow on purpose
 @pytest.mark.parametrize("number", EXERCISE_LESSONS)
-def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys):
+def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path, capsys, monkeypatch):
+    """... and the reference pass runs the whole lesson (test_lesson_runs_to_the_end leaves these lessons
+    to this test), with data drawn by NumPy, never by the backend's generator."""
+    guard_the_backend_generator(monkeypatch)
     exercises = tmp_path / "exercises"
     args = [str(number), "--exercise", "--quick", "--exercise-dir", str(exercises), "--out", str(tmp_path / "out")]
     lesson = run_lesson.load_lesson(LESSONS[number])
@@ -460,7 +474,8 @@ def test_exercise_fails_on_the_stub_and_passes_on_the_reference(number, tmp_path
     mine.write_text(reference_solution(number))
     assert run_lesson.main(args) == 0, capsys.readouterr().err[-2000:]
     out = capsys.readouterr().out
-    assert "the lesson's own checks with your functions: passed" in out
+    assert "the lesson's own checks with your functions: passed" in out and "Lesson done" in out
+    assert_pictures_are_pngs(tmp_path / "out")
     for name in lesson.EXERCISES:
         assert f"{name}: PASS" in out
     assert mine.read_text() == reference_solution(number)               # the learner's file is never overwritten
