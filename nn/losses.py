@@ -108,16 +108,21 @@ def temporal_softmax_loss(x, y, mask):
     - dx: gradient of the loss with respect to x, shape (N, T, V)
     """
     op = "temporal_softmax_loss"
-    if x.ndim != 3:
-        raise ValueError(f"{op}: scores x must have shape (N, T, V), got {x.shape}")
-    _check_labels(op, x, y, "(N, T, V)")
-    backend.get_array_module(x, mask, op=op)
-    if mask.shape != x.shape[:2]:
-        raise ValueError(f"{op}: mask must have shape {x.shape[:2]} (N, T), got {mask.shape}")
+    _check_sequence_scores(op, x, y, mask, "mask")
     if mask.dtype.kind not in "biu":
         raise TypeError(f"{op}: mask must be boolean (or 0/1 integers), got dtype {mask.dtype}")
 
     return _weighted_loss(x, y, mask.astype(x.dtype))
+
+
+def _check_sequence_scores(op, x, y, per_token, name):
+    """Scores x (N, T, V), labels y (N, T) in range, and one `name` value per token (N, T) on x's backend."""
+    if x.ndim != 3:
+        raise ValueError(f"{op}: scores x must have shape (N, T, V), got {x.shape}")
+    _check_labels(op, x, y, "(N, T, V)")
+    backend.get_array_module(x, per_token, op=op)
+    if per_token.shape != x.shape[:2]:
+        raise ValueError(f"{op}: {name} must have shape {x.shape[:2]} (N, T), got {per_token.shape}")
 
 
 def weighted_temporal_softmax_loss(x, y, weights):
@@ -136,12 +141,7 @@ def weighted_temporal_softmax_loss(x, y, weights):
       weights[i, t] / N * (softmax(x[i, t]) - onehot(y[i, t]))
     """
     op = "weighted_temporal_softmax_loss"
-    if x.ndim != 3:
-        raise ValueError(f"{op}: scores x must have shape (N, T, V), got {x.shape}")
-    _check_labels(op, x, y, "(N, T, V)")
-    backend.get_array_module(x, weights, op=op)
-    if weights.shape != x.shape[:2]:
-        raise ValueError(f"{op}: weights must have shape {x.shape[:2]} (N, T), got {weights.shape}")
+    _check_sequence_scores(op, x, y, weights, "weights")
     if weights.dtype.kind != "f":
         raise TypeError(f"{op}: weights must be a floating array, got dtype {weights.dtype}")
     return _weighted_loss(x, y, weights.astype(x.dtype, copy=False))

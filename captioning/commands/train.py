@@ -284,20 +284,29 @@ def _make_trainer(args, data, out):
                          beam=args.beam, patience=args.patience, seed=args.seed,
                          max_minutes=args.max_minutes, val_images=args.val_images,
                          length_buckets=args.length_buckets)
-    log = print
-    if args.quiet:
-        def log(line):
-            if not line.startswith("epoch ") or " done:" in line:
-                print(line)
     trainer = Trainer(model, vocabulary, encoder, data.splits["train"], data.splits["dev"], config, out,
-                      log=lambda line: (log(line), sys.stdout.flush()), data_spec=data.spec)
+                      log=_progress_log(args), data_spec=data.spec)
+    _resume_or_note(trainer, args, out)
+    return trainer
+
+
+def _progress_log(args):
+    """The trainers' log: every line, or with --quiet only the lines that are not per-step progress."""
+    def log(line):
+        if not args.quiet or not line.startswith("epoch ") or " done:" in line:
+            print(line)
+        sys.stdout.flush()
+    return log
+
+
+def _resume_or_note(trainer, args, out):
+    """--resume: load last.npz and say where the run goes on; else warn when `out` already holds a run."""
     if args.resume:
         trainer.resume(trainer.last_path)
         p = trainer.progress
         print(f"resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.batch} of {trainer.steps_per_epoch}")
     elif os.path.isfile(trainer.last_path):
         print(f"note: {out} already holds a run; it will be overwritten (use --resume to continue it)")
-    return trainer
 
 
 def run(args):
@@ -454,19 +463,9 @@ def _run_scst(args):
                         clip=args.clip, beam=1, patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
                         val_images=args.val_images, samples=args.scst_samples, baseline=args.scst_baseline,
                         init=os.path.abspath(args.init))
-    log = print
-    if args.quiet:
-        def log(line):
-            if not line.startswith("epoch ") or " done:" in line:
-                print(line)
     trainer = SelfCriticalTrainer(model, ckpt.vocabulary, encoder, data.splits["train"], data.splits["dev"],
-                                  config, out, log=lambda line: (log(line), sys.stdout.flush()), data_spec=data.spec)
-    if args.resume:
-        trainer.resume(trainer.last_path)
-        p = trainer.progress
-        print(f"resuming {trainer.last_path}: epoch {p.epoch + 1}, step {p.batch} of {trainer.steps_per_epoch}")
-    elif os.path.isfile(trainer.last_path):
-        print(f"note: {out} already holds a run; it will be overwritten (use --resume to continue it)")
+                                  config, out, log=_progress_log(args), data_spec=data.spec)
+    _resume_or_note(trainer, args, out)
     print(f"data: {data.describe()}")
     print(f"self-critical training of {args.init}: {args.model}, {model.num_params():,} parameters, vocabulary "
           f"{len(ckpt.vocabulary)} words; encoder {encoder.spec['name']} (frozen here); backend {backend.name()}")
