@@ -44,6 +44,7 @@ Random numbers: the images of epoch e come from default_rng([seed, 2, e]),
 the samples of step s from default_rng([seed, 3, s]) (NumPy on either
 backend), so --resume continues a run exactly.
 """
+import itertools
 import math
 import os
 import time
@@ -61,8 +62,8 @@ from .metrics import CiderD, cider_d
 from .progress import format_duration
 from .training import TrainConfig, Trainer, TrainingDiverged, _Progress
 
-__all__ = ["BASELINES", "SCSTConfig", "SelfCriticalTrainer", "advantages", "sample_captions",
-           "sampled_caption_batch", "scst_defaults"]
+__all__ = ["BASELINES", "SCSTConfig", "SelfCriticalTrainer", "advantages", "every_caption",
+           "sample_captions", "sampled_caption_batch", "scst_defaults"]
 
 BASELINES = ("greedy", "samples")
 
@@ -172,7 +173,25 @@ def advantages(sample_rewards, greedy_rewards, samples, baseline):
     return (rewards - base).reshape(-1), base.reshape(-1)
 
 
-# ------------------------------------------------------------------ training
+def every_caption(vocab_size, end_id, max_length):
+    """Every token sequence sample_captions can draw, for checking the policy gradient exactly.
+
+    Any words but <END> (<NULL> and <START> too: the sampler does not forbid them) then
+    <END>, or max_length words without it. Only for tiny vocabularies: there are
+    about (vocab_size - 1) ** max_length of them.
+
+    Returns:
+    - tokens: (S, max_length) int64, zero-padded after each sequence's last token.
+    - lengths: (S,) number of tokens of each sequence, its <END> included.
+    """
+    words = [w for w in range(vocab_size) if w != end_id]
+    sequences = [prefix + (end_id,) for n in range(max_length) for prefix in itertools.product(words, repeat=n)]
+    sequences += list(itertools.product(words, repeat=max_length))
+    tokens = numpy.zeros((len(sequences), max_length), dtype=numpy.int64)
+    for row, sequence in enumerate(sequences):
+        tokens[row, :len(sequence)] = sequence
+    return tokens, numpy.array([len(sequence) for sequence in sequences])
+
 
 @dataclass
 class SCSTConfig(TrainConfig):
@@ -180,6 +199,9 @@ class SCSTConfig(TrainConfig):
     samples: int = 1             # K captions sampled per image each step
     baseline: str = "greedy"     # "greedy" or "samples" (see `advantages`)
     init: str = ""               # the cross-entropy checkpoint the run started from
+
+
+# ------------------------------------------------------------------ training
 
 
 @dataclass

@@ -17,7 +17,6 @@ Everything runs on the project's own code (captioning.models.LRCN,
 captioning.encoders.finetuned, captioning.scst) on small sizes: no data
 download; the pretrained EfficientNet weights are used where installed.
 """
-import itertools
 import re
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from captioning.generation import generate_captions
 from captioning.metrics import CiderD
 from captioning.models import LRCN, build
 from captioning.scst import SCSTConfig, SelfCriticalTrainer, sample_captions, sampled_caption_batch
+from captioning.scst import every_caption as scst_every_caption
 from captioning.training import Trainer, TrainConfig
 from nn import backend
 from nn.gradcheck import directional_gradient_check, eval_numerical_gradient, eval_numerical_gradient_array, rel_error
@@ -108,13 +108,7 @@ def tiny_lrcn(seed=0):
 def every_caption():
     """Every token sequence the sampler can draw with at most MAX_LENGTH tokens: any words but <END>
     (<NULL> and <START> too) then <END>, or MAX_LENGTH words without it. (tokens (S, 3), lengths (S,))"""
-    words = [w for w in range(len(TINY_WORDS)) if w != END]
-    sequences = [prefix + (END,) for n in range(MAX_LENGTH) for prefix in itertools.product(words, repeat=n)]
-    sequences += list(itertools.product(words, repeat=MAX_LENGTH))
-    tokens = numpy.zeros((len(sequences), MAX_LENGTH), dtype=numpy.int64)
-    for row, sequence in enumerate(sequences):
-        tokens[row, :len(sequence)] = sequence
-    return tokens, numpy.array([len(s) for s in sequences])
+    return scst_every_caption(len(TINY_WORDS), END, MAX_LENGTH)
 
 
 def caption_text(row, length):

@@ -6,7 +6,6 @@ its gradient (by central differences) are exact; the expectation of the
 policy-gradient estimate, sum_w p(w) (r(w) - b) grad log p(w) computed with
 the models' own teacher-forced backward pass, must equal it, for any baseline b.
 """
-import itertools
 import json
 
 import numpy
@@ -17,6 +16,7 @@ from captioning.checkpoint import load_checkpoint
 from captioning.metrics import CiderD, cider_d_per_image
 from captioning.models import MODELS, build
 from captioning.scst import advantages, sample_captions, sampled_caption_batch
+from captioning.scst import every_caption as scst_every_caption
 from nn import losses
 from nn.gradcheck import eval_numerical_gradient, rel_error
 
@@ -40,15 +40,8 @@ def tiny_features(model, num_images=2, seed=1):
 
 
 def every_caption():
-    """Every token sequence the sampler can produce with max length 3: any non-<END> words
-    (<NULL> and <START> included) then <END>, or 3 words without one. (tokens (S, 3), lengths (S,))"""
-    words = [w for w in range(V) if w != END]
-    sequences = [prefix + (END,) for n in range(MAX_LENGTH) for prefix in itertools.product(words, repeat=n)]
-    sequences += list(itertools.product(words, repeat=MAX_LENGTH))
-    tokens = numpy.zeros((len(sequences), MAX_LENGTH), dtype=numpy.int64)
-    for row, seq in enumerate(sequences):
-        tokens[row, :len(seq)] = seq
-    return tokens, numpy.array([len(seq) for seq in sequences])
+    """Every token sequence the sampler can produce with max length 3. (tokens (S, 3), lengths (S,))"""
+    return scst_every_caption(V, END, MAX_LENGTH)
 
 
 def caption_log_probs(model, features, tokens, lengths):
