@@ -88,13 +88,27 @@ def check_outputs(outputs, reads=(), data_folder=None):
 MAX_LENGTH_ALPHA = 10.0
 
 
-def check_decoding_options(beam, max_length, length_alpha=0.0, vocab_size=None):
+NO_REPEAT_NGRAM_HELP = (
+    "never complete an N-gram the caption already contains (its words get probability 0 at each "
+    "step of greedy decoding and beam search); 3 is the `block_trigrams` of self-critical.pytorch "
+    "(Paulus et al. 2017, Hugging Face's no_repeat_ngram_size). Stops SCST models' \"on a dock on a "
+    "dock\". Default 0: off")
+
+
+def add_no_repeat_ngram_argument(parser):
+    """--no-repeat-ngram N (captioning.decoding's no_repeat_ngram), shared by evaluate and caption."""
+    parser.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N", help=NO_REPEAT_NGRAM_HELP)
+
+
+def check_decoding_options(beam, max_length, length_alpha=0.0, vocab_size=None, no_repeat_ngram=0):
     """Refuse decoding settings before any work: --beam and --max-length >= 1, --length-alpha in
-    [0, MAX_LENGTH_ALPHA], and (once the vocabulary is known) no more beams than words, since a
-    beam keeps distinct words after its first step and only allocates the rest."""
+    [0, MAX_LENGTH_ALPHA], --no-repeat-ngram >= 0, and (once the vocabulary is known) no more beams
+    than words, since a beam keeps distinct words after its first step and only allocates the rest."""
     for option, value in (("--beam", beam), ("--max-length", max_length)):
         if value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
+    if no_repeat_ngram < 0:
+        raise UsageError(f"--no-repeat-ngram must be >= 0 (0 = off), got {no_repeat_ngram}")
     if not (math.isfinite(length_alpha) and 0 <= length_alpha <= MAX_LENGTH_ALPHA):
         raise UsageError(f"--length-alpha must be a number in [0, {MAX_LENGTH_ALPHA:g}], got {length_alpha}")
     if vocab_size is not None and beam > vocab_size:

@@ -59,6 +59,21 @@ Beam search (as in Show and Tell / Show, Attend and Tell):
       running all max_length steps with the same beam;
     - an image with no finished caption at all still gets one: its best live
       beam after max_length steps (several public implementations crash here).
+
+Blocking repeated n-grams (`no_repeat_ngram`, both decoders; 0 = off):
+    self-critical (SCST) models learn to repeat phrases ("a man is sitting on
+    a dock on a dock"). With no_repeat_ngram = n > 0, at every step each live
+    hypothesis may not emit a word that would complete an n-gram already in
+    its own words (<START> not counted): if its last n - 1 words occurred
+    earlier followed by w, w gets log-probability -inf before the choice (the
+    top-k of beam search, the argmax of greedy decoding). This is the
+    `block_trigrams` of self-critical.pytorch (n = 3), Paulus et al. 2017 ("A
+    Deep Reinforced Model for Abstractive Summarization") and Hugging Face's
+    `no_repeat_ngram_size`. <END> is never blocked, so a hypothesis can always
+    stop. Each row's words so far are kept as an (rows, step) array, reordered
+    with the beams' parents and shrunk with the batch; the blocked words are
+    found with array code (`_block_repeated_ngrams`). Scores stay the model's
+    log-probabilities of the words chosen.
 """
 from dataclasses import dataclass
 
@@ -139,7 +154,42 @@ def _in_chunks(decode, features, batch_size):
                                for start in range(0, len(features), batch_size))
 
 
-def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None):
+def _check_no_repeat_ngram(value, op):
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 0:
+        raise ValueError(f"{op}: no_repeat_ngram must be an int >= 0 (0 = off), got {value!r}")
+
+
+def _block_repeated_ngrams(log_probs, prefix, n, xp):
+    """Set to -inf the log-probability of every word that would repeat an n-gram of its row's prefix.
+
+    Inputs:
+    - log_probs: (R, V) next-word log-probabilities of R hypotheses.
+    - prefix: (R, t) integer words generated so far by each row (no <START>).
+    - n: n-gram size >= 1.
+    Returns (R, V) log-probabilities (a new array; log_probs is not changed).
+
+    The last n - 1 words of a row are compared with each of its earlier
+    (n - 1)-word windows prefix[:, j:j + n - 1], j = 0 .. t - n; where they are
+    equal, the word that followed that window, prefix[:, j + n - 1], is
+    blocked. All rows and windows at once: (R, t - n + 1) comparisons.
+    """
+    num_rows, steps = prefix.shape
+    num_windows = steps - n + 1
+    if num_windows <= 0:
+        return log_probs
+    vocab_size = log_probs.shape[1]
+    matches = xp.ones((num_rows, num_windows), dtype=bool)
+    for k in range(n - 1):          # word k of the window vs word k of the last n - 1 words
+        matches &= prefix[:, k:k + num_windows] == prefix[:, steps - n + 1 + k][:, None]
+    followers = prefix[:, n - 1:]                                       # (R, num_windows)
+    # Scatter into one spare column V where nothing matched, so that no row
+    # needs a different number of entries (no boolean indexing, no host sync).
+    blocked = xp.zeros((num_rows, vocab_size + 1), dtype=bool)
+    blocked[xp.arange(num_rows)[:, None], xp.where(matches, followers, vocab_size)] = True
+    return xp.where(blocked[:, :vocab_size], -numpy.inf, log_probs)
+
+
+def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None, no_repeat_ngram=0):
     """Greedy decoding: at each step every image takes its most probable word.
 
     Inputs:
@@ -148,12 +198,16 @@ def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=N
     - start_id, end_id: ids of <START> and <END>.
     - max_length: number of decoding steps (tokens including <END>).
     - batch_size: decode at most this many images at once (None: all).
+    - no_repeat_ngram: n > 0 never completes an n-gram the caption already
+      has (module docstring); 0 (default) blocks nothing.
     Returns: DecodeResult (scores = log-probabilities).
     """
     _check_positive_int(max_length, "max_length", "greedy_decode")
     if batch_size is not None:
         _check_positive_int(batch_size, "batch_size", "greedy_decode")
-    return _in_chunks(lambda f: _greedy(model, f, start_id, end_id, max_length), features, batch_size)
+    _check_no_repeat_ngram(no_repeat_ngram, "greedy_decode")
+    return _in_chunks(lambda f: _greedy(model, f, start_id, end_id, max_length, no_repeat_ngram),
+                      features, batch_size)
 
 
 def _drop_finished(done, state, words, active, group, xp):
@@ -177,7 +231,7 @@ def _worth_dropping(num_done, num_active):
     return num_done > 0 and num_done * 8 >= num_active
 
 
-def _greedy(model, features, start_id, end_id, max_length):
+def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0):
     op = "greedy_decode"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
@@ -186,12 +240,17 @@ def _greedy(model, features, start_id, end_id, max_length):
     finished = xp.zeros(num_images, dtype=bool)
     scores = None
     history = []                                                  # per step: (active, words, attention)
+    prefix = xp.zeros((num_images, 0), dtype=xp.int64)            # words so far (only for no_repeat_ngram)
     for step in range(max_length):
         log_probs, state, attention = model.decode_step(words, state)
         if step == 0:
             _check_step_output(log_probs, num_images, start_id, end_id, op)
             scores = xp.zeros(num_images, dtype=log_probs.dtype)
+        if no_repeat_ngram:
+            log_probs = _block_repeated_ngrams(log_probs, prefix, no_repeat_ngram, xp)
         words = log_probs.argmax(axis=1)
+        if no_repeat_ngram:
+            prefix = xp.concatenate([prefix, words[:, None]], axis=1)
         history.append((active, words, attention))
         # Images that ended but are still in the batch add nothing more.
         was_finished = finished[active]
@@ -203,7 +262,8 @@ def _greedy(model, features, start_id, end_id, max_length):
         if num_done == len(done):
             break
         if _worth_dropping(num_done, len(done)):
-            _, state, words, active = _drop_finished(done, state, words, active, 1, xp)
+            keep, state, words, active = _drop_finished(done, state, words, active, 1, xp)
+            prefix = prefix[keep]
 
     # Host side: lay the history out as (N, steps); a caption is the words
     # before its first <END> (all `steps` words if it never ended).
@@ -228,7 +288,7 @@ def _greedy(model, features, start_id, end_id, max_length):
 
 
 def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
-                length_alpha=0.0, batch_size=None):
+                length_alpha=0.0, batch_size=None, no_repeat_ngram=0):
     """Batched beam search (see the module docstring for the exact rules).
 
     Inputs:
@@ -239,6 +299,8 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
     - max_length: number of decoding steps (tokens including <END>).
     - length_alpha: >= 0; captions are ranked by log-prob / length ** alpha.
     - batch_size: decode at most this many images at once (None: all).
+    - no_repeat_ngram: n > 0: no hypothesis ever completes an n-gram it
+      already has (module docstring); 0 (default) blocks nothing.
     Returns: DecodeResult (scores = length-normalised log-probabilities).
     """
     op = "beam_search"
@@ -248,8 +310,9 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
         _check_positive_int(batch_size, "batch_size", op)
     if not float(length_alpha) >= 0:
         raise ValueError(f"{op}: length_alpha must be >= 0, got {length_alpha!r}")
+    _check_no_repeat_ngram(no_repeat_ngram, op)
     return _in_chunks(lambda f: _beam(model, f, start_id, end_id, beam_size, max_length,
-                                      float(length_alpha)), features, batch_size)
+                                      float(length_alpha), no_repeat_ngram), features, batch_size)
 
 
 def _top_k(scores, k, xp):
@@ -261,7 +324,7 @@ def _top_k(scores, k, xp):
     return xp.take_along_axis(candidates, order, axis=1), xp.take_along_axis(values, order, axis=1)
 
 
-def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
+def _beam(model, features, start_id, end_id, beam_size, max_length, alpha, no_repeat_ngram=0):
     op = "beam_search"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
@@ -277,6 +340,8 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
     best_beam = xp.zeros(num_images, dtype=xp.int64)
     history = []                                    # per step: (active, words, parents, attention)
     future_divisor = max_length ** alpha if alpha > 0 else 1.0
+    # Each row's words so far, (rows, step): kept only to block repeated n-grams.
+    prefix = xp.zeros((num_images * beam_size, 0), dtype=xp.int64)
 
     for step in range(max_length):
         n = len(active)
@@ -286,6 +351,8 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
             # Only beam 0 is alive at first: the other beams would duplicate it.
             beam_scores = xp.full((n, beam_size), -numpy.inf, dtype=log_probs.dtype)
             beam_scores[:, 0] = 0
+        if no_repeat_ngram:
+            log_probs = _block_repeated_ngrams(log_probs, prefix, no_repeat_ngram, xp)
         candidates = beam_scores[:, :, None] + log_probs.reshape(n, beam_size, vocab_size)
         end_raw = candidates[:, :, end_id].copy()
 
@@ -299,6 +366,8 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
         # of an image: no copy needed.
         state = {key: value if value is state[key] else xp.take(value, source_rows, axis=0)
                  for key, value in new_state.items()}
+        if no_repeat_ngram:
+            prefix = xp.concatenate([prefix[source_rows], words[:, None]], axis=1)
         history.append((active, words.reshape(n, beam_size), parents, attention))
 
         _keep_best_finished(end_raw, beam_scores, step, alpha, active, (best_score, best_step, best_beam), xp)
@@ -312,6 +381,8 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha):
         if _worth_dropping(num_done, n):
             keep, state, words, active = _drop_finished(done, state, words, active, beam_size, xp)
             beam_scores = beam_scores[keep]
+            if no_repeat_ngram:
+                prefix = prefix.reshape(n, beam_size, -1)[keep].reshape(len(keep) * beam_size, -1)
 
     # Images never finished are still in the batch: their best live beam is beam 0.
     final_live_score = xp.full(num_images, -numpy.inf, dtype=beam_scores.dtype)

@@ -6,10 +6,11 @@ __all__ = ["generate_captions", "evaluate_captions"]
 
 
 def generate_captions(model, encoder, split, vocabulary, beam=1, max_length=20, length_alpha=0.0,
-                      batch_size=100):
+                      batch_size=100, no_repeat_ngram=0):
     """Caption every image of `split` (a CaptionSplit: uses .inputs), batch_size images at a time.
 
-    beam 1 decodes greedily, larger beams by beam search (captioning.decoding).
+    beam 1 decodes greedily, larger beams by beam search (captioning.decoding);
+    no_repeat_ngram n > 0 forbids repeating any n-gram within a caption (0: off).
     Returns (captions, result): captions = per image, a list of words; result
     = the captioning.decoding.DecodeResult (sequences, scores, attention).
     """
@@ -20,10 +21,11 @@ def generate_captions(model, encoder, split, vocabulary, beam=1, max_length=20, 
         features = encoder.encode(split.inputs[start:start + batch_size], model.feature_kind, model.dtype)
         if beam > 1:
             results.append(beam_search(model, features, model.start_id, model.end_id, beam_size=beam,
-                                       max_length=max_length, length_alpha=length_alpha))
+                                       max_length=max_length, length_alpha=length_alpha,
+                                       no_repeat_ngram=no_repeat_ngram))
         else:
             results.append(greedy_decode(model, features, model.start_id, model.end_id,
-                                         max_length=max_length))
+                                         max_length=max_length, no_repeat_ngram=no_repeat_ngram))
     merged = DecodeResult.concat(results)
     return [vocabulary.decode(seq) for seq in merged.sequences], merged
 

@@ -248,3 +248,168 @@ def test_decoders_run_the_real_models(kind):
             numpy.testing.assert_allclose(wide.attention[image].sum(axis=1), 1.0)
         else:
             assert wide.attention is None
+
+
+# --- no_repeat_ngram: blocking repeated n-grams -------------------------------------------------
+
+def repeated_ngram(words, n):
+    """True when some n-gram occurs twice in words."""
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+class CycleModel:
+    """A bigram model (log-probs depend on the previous word only) that loves the cycle 2 3 4 2 3 4 ...
+
+    After START it says 2, after 2 -> 3, 3 -> 4, 4 -> 2; the runner-up after
+    each of them is 5, then 5 -> 6 -> <END>. <END> is unlikely elsewhere, so
+    undisturbed decoding repeats "2 3 4" until max_length. can_end=False:
+    <END> has probability 0 (beam search then cannot settle for "2 5 6").
+    """
+
+    def __init__(self, xp, can_end=True):
+        logits = numpy.full((7, 7), -1.0)
+        logits[:, END] = -4.0
+        for previous, following in ((START, 2), (2, 3), (3, 4), (4, 2)):
+            logits[previous, following], logits[previous, 5] = 3.0, 2.0
+        logits[5, 6] = logits[6, END] = 3.0
+        if not can_end:
+            logits[:, END] = -numpy.inf
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        self.table = xp.asarray(shifted - numpy.log(numpy.exp(shifted).sum(axis=1, keepdims=True)))
+        self.xp = xp
+
+    def init_decode_state(self, features):
+        return {"features": features}
+
+    def decode_step(self, words, state):
+        return self.table[words], state, None
+
+
+def test_greedy_is_forced_off_a_repeated_ngram(xp):
+    model = CycleModel(xp)
+    features = features_for(xp, 2)
+    plain = greedy_decode(model, features, START, END, max_length=9)
+    assert plain.sequences[0] == [2, 3, 4, 2, 3, 4, 2, 3, 4] and not plain.finished[0]
+    # n = 3: "2 3" again may not be followed by 4 (the trigram "2 3 4" exists): runner-up 5, then 6, <END>.
+    assert greedy_decode(model, features, START, END, max_length=9,
+                         no_repeat_ngram=3).sequences == [[2, 3, 4, 2, 3, 5, 6]] * 2
+    # n = 2: the second 2 may not be followed by 3.
+    assert greedy_decode(model, features, START, END, max_length=9,
+                         no_repeat_ngram=2).sequences == [[2, 3, 4, 2, 5, 6]] * 2
+    # n = 1: no word twice.
+    assert greedy_decode(model, features, START, END, max_length=9,
+                         no_repeat_ngram=1).sequences == [[2, 3, 4, 5, 6]] * 2
+
+
+def test_beam_search_is_forced_off_a_repeated_ngram(xp):
+    model = CycleModel(xp, can_end=False)
+    features = features_for(xp, 2)
+    plain = beam_search(model, features, START, END, beam_size=2, max_length=9)
+    assert plain.sequences[0] == [2, 3, 4, 2, 3, 4, 2, 3, 4]
+    blocked = beam_search(model, features, START, END, beam_size=2, max_length=9, no_repeat_ngram=3)
+    caption = blocked.sequences[0]
+    assert len(caption) == 9 and not repeated_ngram(caption, 3) and caption[:5] == [2, 3, 4, 2, 3]
+    # The score is still the model's log-probability of the caption returned.
+    log_prob = sum(float(model.table[p, w]) for p, w in zip([START] + caption, caption))
+    assert blocked.scores[0] == pytest.approx(log_prob, rel=1e-12)
+
+
+def _next_log_probs(model, features_row, words):
+    """The model's (V,) next-word log-probabilities after START + words, one image, recomputed from scratch."""
+    state = model.init_decode_state(features_row[None])
+    for previous in [START] + words:
+        log_probs, state, _ = model.decode_step(model.xp.asarray([previous]), state)
+    return backend.to_numpy(log_probs[0])
+
+
+def _blocked(words, word, n):
+    """Would `word` after `words` complete an n-gram that `words` already contain? (n = 0: never.)"""
+    if n == 0 or len(words) < n - 1:
+        return False
+    grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return tuple(words[len(words) - n + 1:] + [word]) in grams
+
+
+def reference_greedy(model, features_row, max_length, n):
+    words, total = [], 0.0
+    for _ in range(max_length):
+        log_probs = _next_log_probs(model, features_row, words)
+        word = max((w for w in range(len(log_probs)) if not _blocked(words, w, n)), key=lambda w: log_probs[w])
+        total += log_probs[word]
+        if word == END:
+            return words, total, True
+        words.append(word)
+    return words, total, False
+
+
+def reference_beam(model, features_row, beam_size, max_length, alpha, n):
+    """Beam search for one image, one hypothesis at a time, with the rules of the module docstring."""
+    live = [(0.0, [])]
+    best_score, best_words = -numpy.inf, None
+    for step in range(max_length):
+        extensions = []
+        for score, words in live:
+            log_probs = _next_log_probs(model, features_row, words)
+            extensions += [(score + log_probs[w], words, w) for w in range(len(log_probs))
+                           if not _blocked(words, w, n)]
+        extensions.sort(key=lambda e: -e[0])
+        for score, words, word in extensions[:beam_size]:     # an <END> among the best extensions
+            if word == END and score / (step + 1) ** alpha > best_score:
+                best_score, best_words = score / (step + 1) ** alpha, words
+        live = [(score, words + [word]) for score, words, word in extensions if word != END][:beam_size]
+        # (No live hypothesis left: n = 1 has blocked every word but <END>.)
+        if not live or best_score >= live[0][0] / (max_length ** alpha if alpha > 0 else 1.0):
+            return best_words, best_score, True
+    if best_words is not None:
+        return best_words, best_score, True
+    return live[0][1], live[0][0] / max_length ** alpha, False
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_blocking_equals_a_one_hypothesis_at_a_time_reference(xp, n):
+    # Random models, images of very different caption lengths (so images leave
+    # the batch mid-way), beams reordered every step: the batched decoders
+    # must give exactly the captions and scores of the slow reference.
+    lengths = set()
+    for seed, alpha in ((8, 0.0), (9, 0.6)):
+        model = TinyRecurrentModel(xp, vocab_size=10, sharpness=1.5, end_bias=-0.5, seed=seed)
+        features = features_for(xp, 7, seed=seed + 1)
+        greedy = greedy_decode(model, features, START, END, max_length=12, no_repeat_ngram=n)
+        beam = beam_search(model, features, START, END, beam_size=3, max_length=12, length_alpha=alpha,
+                           no_repeat_ngram=n)
+        for image in range(7):
+            words, score, finished = reference_greedy(model, features[image], 12, n)
+            assert greedy.sequences[image] == words and greedy.finished[image] == finished
+            assert greedy.scores[image] == pytest.approx(score, rel=1e-10)
+            words, score, finished = reference_beam(model, features[image], 3, 12, alpha, n)
+            assert beam.sequences[image] == words and beam.finished[image] == finished
+            assert beam.scores[image] == pytest.approx(score, rel=1e-10)
+        lengths |= {len(s) for s in beam.sequences + greedy.sequences}
+    assert len(lengths) >= 3 and max(lengths) >= 8
+
+
+def test_blocked_decoders_never_repeat_an_ngram_and_zero_changes_nothing(xp):
+    model = TinyRecurrentModel(xp, vocab_size=12, sharpness=2.5, end_bias=-3.0, seed=5)
+    features = features_for(xp, 40, seed=6)
+    for decode in (lambda **kw: greedy_decode(model, features, START, END, max_length=16, **kw),
+                   lambda **kw: beam_search(model, features, START, END, beam_size=4, max_length=16,
+                                            length_alpha=0.5, **kw)):
+        plain, zero = decode(), decode(no_repeat_ngram=0)
+        assert zero.sequences == plain.sequences
+        numpy.testing.assert_array_equal(zero.scores, plain.scores)
+        assert sum(repeated_ngram(s, 2) for s in plain.sequences) >= 5     # the model does repeat
+        for n in (2, 3):
+            result = decode(no_repeat_ngram=n)
+            assert not any(repeated_ngram(s, n) for s in result.sequences)
+            assert result.sequences != plain.sequences
+
+
+def test_no_repeat_ngram_must_be_a_non_negative_int():
+    model = TinyRecurrentModel(numpy)
+    features = features_for(numpy, 2)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="no_repeat_ngram"):
+            greedy_decode(model, features, START, END, no_repeat_ngram=bad)
+        with pytest.raises(ValueError, match="no_repeat_ngram"):
+            beam_search(model, features, START, END, no_repeat_ngram=bad)

@@ -7,7 +7,7 @@ from PIL import Image
 from nn import backend
 from nn.persist import remove_stale_temporaries
 
-from ..cli import UsageError, check_decoding_options, check_output_file, check_outputs
+from ..cli import UsageError, add_no_repeat_ngram_argument, check_decoding_options, check_output_file, check_outputs
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -37,6 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
     parser.add_argument("--length-alpha", type=float, default=0.0, help="length normalisation (default 0)")
+    add_no_repeat_ngram_argument(parser)
     parser.add_argument("--attention-png", default=None, metavar="NAME.png",
                         help="write the attention picture to NAME.png (one image), or to "
                              "NAME-<image file name without extension>.png each (several); a name "
@@ -150,9 +151,11 @@ def _caption_batch(args, ckpt, features, display, paths, pngs):
     model = ckpt.model
     if args.beam > 1:
         result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
-                             max_length=args.max_length, length_alpha=args.length_alpha)
+                             max_length=args.max_length, length_alpha=args.length_alpha,
+                             no_repeat_ngram=args.no_repeat_ngram)
     else:
-        result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length)
+        result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length,
+                               no_repeat_ngram=args.no_repeat_ngram)
     for i, (path, png) in enumerate(zip(paths, pngs)):
         words = ckpt.vocabulary.decode(result.sequences[i])
         print(f"{path}: {' '.join(words)}", flush=True)
@@ -166,7 +169,7 @@ def _caption_batch(args, ckpt, features, display, paths, pngs):
 
 
 def run(args):
-    check_decoding_options(args.beam, args.max_length, args.length_alpha)
+    check_decoding_options(args.beam, args.max_length, args.length_alpha, no_repeat_ngram=args.no_repeat_ngram)
     for path in args.images:
         if os.path.isdir(path):
             raise UsageError(f"{path} is a folder, not an image file (for all its images: {path}/*.jpg)")
