@@ -17,6 +17,16 @@ of S) and images ranked for a sentence (a column of S):
 
 (the paper sums over k; the mean keeps the step size independent of N).
 
+hardest=True is the "max of hinges" of VSE++ (Faghri et al. 2018, "VSE++: Improving
+Visual-Semantic Embeddings with Hard Negatives"): each true pair pays only for its
+hardest wrong pairing in each direction, instead of for all of them,
+
+    C = 1/N sum_k [ max_{l != k} max(0, S_kl - S_kk + margin)
+                  + max_{l != k} max(0, S_lk - S_kk + margin) ]
+
+so that the few confusers that matter are not drowned by the many easy negatives
+that a sum of hinges keeps paying small amounts for.
+
 Options of the score (both off by default = the simplified score above):
 - clip: each word's best match counts as max(0, max_i v_i . s_t), as in the
   paper's full fragment objective, so a word that fits no region adds nothing
@@ -121,7 +131,7 @@ def l2_normalize_backward(dy, cache):
     return (dy - y * (y * dy).sum(axis=-1, keepdims=True)) / norm
 
 
-def max_margin_ranking_forward(S, margin=1.0, ignore=None):
+def max_margin_ranking_forward(S, margin=1.0, ignore=None, hardest=False):
     """The bidirectional max-margin ranking loss of a square score matrix (see module doc).
 
     Inputs:
@@ -129,6 +139,9 @@ def max_margin_ranking_forward(S, margin=1.0, ignore=None):
     - margin: how far a true pair must beat every wrong one (the paper's 1)
     - ignore: optional (N, N) bool, True for pairs (k, l) that are not wrong pairs even
       though l != k (e.g. sentence l is word for word sentence k): they add no loss
+    - hardest: only the hardest wrong pair of each row and of each column counts (VSE++'s
+      max of hinges); ignored pairs are never the hardest, and a row or column with no
+      wrong pair adds nothing
     Returns:
     - loss: float
     - cache: for max_margin_ranking_backward
@@ -144,8 +157,16 @@ def max_margin_ranking_forward(S, margin=1.0, ignore=None):
     if ignore is not None:
         _check_shape(op, "ignore", ignore, (N, N))
         off = off * (1 - xp.asarray(ignore, dtype=S.dtype))
-    rows = xp.maximum(0, S - true[:, None] + margin) * off    # sentences l for image k
-    cols = xp.maximum(0, S - true[None, :] + margin) * off    # images l for sentence k (column k)
+    rows = xp.maximum(0, S - true[:, None] + margin) * off    # (N, N) sentences l for image k
+    cols = xp.maximum(0, S - true[None, :] + margin) * off    # (N, N) images l for sentence k (column k)
+    if hardest:
+        # The hardest wrong pair is the highest-scoring one (the same for every margin);
+        # keep one hinge per row / column. A row with no wrong pair picks a pair that
+        # `off` has already zeroed.
+        wrong = xp.where(off > 0, S, -xp.inf)                  # (N, N)
+        index = xp.arange(N)
+        rows = rows * (index[None, :] == wrong.argmax(axis=1)[:, None])
+        cols = cols * (index[:, None] == wrong.argmax(axis=0)[None, :])
     loss = float((rows.sum() + cols.sum()) / N)
     return loss, (rows > 0, cols > 0, N, S.dtype)
 

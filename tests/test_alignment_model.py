@@ -50,6 +50,16 @@ def test_whole_model_gradients_with_the_score_options(xp):
     assert float(abs((v * v).sum(axis=-1) - 4.0).max()) < 1e-6      # |v|^2 = the cosine scale
 
 
+def test_whole_model_gradients_with_hardest_negatives(xp):
+    model, grid, words, mask = tiny(xp, seed=1)
+    summed = model.loss(grid, words, mask)[0]
+    model.config["hardest"] = True
+    _check_whole_model_gradients(model, grid, words, mask)
+    assert model.loss(grid, words, mask)[0] < summed     # one hinge of two wrong pairs per direction
+    model.warming_up = True                              # the trainer's warm-up epochs: the sum
+    assert model.loss(grid, words, mask)[0] == summed
+
+
 def test_identical_captions_of_other_images_are_not_wrong_pairs(xp):
     # Three images with the same caption: no image-sentence pair is wrong, so no loss.
     model, grid, _, _ = tiny(xp, seed=7)

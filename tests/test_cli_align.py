@@ -174,3 +174,14 @@ def test_shapes_defaults_are_the_measured_ones():
     assert name == "flickr8k" and flickr["average"] is True and flickr["lr_decay"] == 1.0
     _, changed = _train_options(build_parser().parse_args(["align", "train", "--average", "--lr-decay", "1"]))
     assert changed["average"] is True and changed["lr_decay"] == 1.0
+
+
+def test_hard_negatives_flag_is_saved_in_the_checkpoint(tmp_path, capsys):
+    from captioning.alignment.checkpoint import load_aligner
+    out = tmp_path / "hard"
+    assert main(["align", "train", *TINY, "--hard-negatives", "--hard-warmup", "1", "--out", str(out)]) == 0
+    assert "hardest negatives (VSE++) after 1 epochs of the sum" in capsys.readouterr().out
+    ckpt = load_aligner(str(out / "last.npz"))
+    assert ckpt.model.config["hardest"] is True and ckpt.training["config"]["hard_warmup"] == 1
+    assert main(["align", "train", "--hard-warmup", "-1"]) == 2
+    assert "--hard-warmup must be >= 0" in capsys.readouterr().err

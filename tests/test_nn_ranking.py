@@ -118,6 +118,50 @@ def test_ignored_pairs_add_no_loss_and_no_gradient(xp):
     assert float(dS[0, 2]) == 0.0 and float(dS[2, 0]) == 0.0
 
 
+def brute_force_hardest_loss(S, margin, ignore=None):
+    """VSE++'s max of hinges by loops: each true pair pays for its worst wrong pair per direction."""
+    S = numpy.asarray(S.get() if hasattr(S, "get") else S)
+    N, total = S.shape[0], 0.0
+    wrong = [(k, l) for k in range(N) for l in range(N) if l != k and not (ignore is not None and ignore[k, l])]
+    for k in range(N):
+        total += max([max(0.0, S[k, l] - S[k, k] + margin) for (kk, l) in wrong if kk == k], default=0.0)
+        total += max([max(0.0, S[l, k] - S[k, k] + margin) for (l, kk) in wrong if kk == k], default=0.0)
+    return total / N
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.3])
+@pytest.mark.parametrize("with_ignore", [False, True])
+def test_hardest_negative_loss_equals_brute_force_and_its_gradient(xp, margin, with_ignore):
+    gen = numpy.random.default_rng(11)
+    S = as_xp(xp, gen.standard_normal((5, 5)))
+    ignore = numpy.zeros((5, 5), dtype=bool)
+    if with_ignore:
+        ignore[0, 3] = ignore[3, 0] = True
+        ignore[1, :] = ignore[:, 1] = True        # image/sentence 1 has no wrong pair at all
+        ignore[1, 1] = False
+    loss, cache = ranking.max_margin_ranking_forward(S, margin, ignore=as_xp(xp, ignore), hardest=True)
+    assert abs(loss - brute_force_hardest_loss(S, margin, ignore)) < 1e-12
+    assert loss <= ranking.max_margin_ranking_forward(S, margin, ignore=as_xp(xp, ignore))[0]
+    dS = ranking.max_margin_ranking_backward(cache)
+    numeric = eval_numerical_gradient(
+        lambda: ranking.max_margin_ranking_forward(S, margin, ignore=ignore, hardest=True)[0], S)
+    assert rel_error(dS, numeric) < 1e-7
+    if with_ignore:
+        assert float(dS[0, 3]) == 0.0 and float(abs(dS[1]).sum()) == 0.0
+
+
+def test_hardest_negative_loss_by_hand(xp):
+    # Image 0's wrong sentences score 2.5 and 2.8 against its true 3.0: the sum of hinges
+    # would pay 0.5 + 0.8 in row 0, the hardest pays only for sentence 2.
+    S = as_xp(xp, [[3.0, 2.5, 2.8], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
+    loss, cache = ranking.max_margin_ranking_forward(S, 1.0, hardest=True)
+    # row 0: max(0.5, 0.8) = 0.8; column 1: 2.5 - 3 + 1 = 0.5; column 2: 2.8 - 3 + 1 = 0.8
+    assert abs(loss - (0.8 + 0.5 + 0.8) / 3) < 1e-15
+    dS = ranking.max_margin_ranking_backward(cache)
+    assert float(dS[0, 1]) == pytest.approx(1 / 3) and float(dS[0, 2]) == pytest.approx(2 / 3)
+    assert float(dS[0, 0]) == pytest.approx(-1 / 3) and float(dS[1, 1]) == pytest.approx(-1 / 3)
+
+
 def test_ranking_loss_by_hand(xp):
     # True pairs beat every wrong one by more than the margin: no loss, no gradient.
     S = as_xp(xp, [[3.0, 1.0], [0.5, 2.5]])

@@ -25,10 +25,12 @@ PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 DEFAULTS = {
     "shapes": {"hidden": 128, "embed": 64, "lr": 5e-3, "epochs": 3, "batch_size": 32, "min_count": 1,
                "val_images": None, "max_minutes": 2.0, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
-               "weight_decay": 0.0, "lr_decay": 0.3, "cosine": 10.0, "clip": False, "average": False},
+               "weight_decay": 0.0, "lr_decay": 0.3, "cosine": 10.0, "clip": False, "average": False,
+               "hard_negatives": False, "hard_warmup": 0},
     "flickr8k": {"hidden": 256, "embed": 200, "lr": 1e-3, "epochs": 15, "batch_size": 100, "min_count": 5,
                  "val_images": 500, "max_minutes": None, "patience": 3, "dropout": 0.0, "word_dropout": 0.0,
-                 "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True},
+                 "weight_decay": 0.0, "lr_decay": 1.0, "cosine": 10.0, "clip": False, "average": True,
+                 "hard_negatives": False, "hard_warmup": 0},
 }
 SHAPES_TRAIN = 3000
 
@@ -48,14 +50,16 @@ def load_training_data(data_arg, features_arg, seed=0, max_images=None):
     return data, new_encoder(data.encoder_spec)
 
 
-MODEL_OPTIONS = ("dropout", "word_dropout", "clip", "average", "cosine")
+MODEL_OPTIONS = ("dropout", "word_dropout", "clip", "average", "cosine", "hard_negatives")
 
 
 def build_model(data, encoder, vocabulary, hidden, embed, seed=0, **options):
     """The AlignmentModel for the data; options: the MODEL_OPTIONS of its config."""
     dim = encoder.feature_dim("grid") if encoder.trainable else data.feature_dim
+    options = dict(options)
+    hardest = bool(options.pop("hard_negatives", False))
     config = {"feature_dim": int(dim), "vocab_size": len(vocabulary), "embed_dim": embed,
-              "hidden_dim": hidden, "margin": 1.0, **options}
+              "hidden_dim": hidden, "margin": 1.0, "hardest": hardest, **options}
     return AlignmentModel(config, seed=seed, dtype=backend.default_float())
 
 

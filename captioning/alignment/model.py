@@ -19,7 +19,10 @@ Score and loss: nn.ranking (S_kl = sum_t max_i v_i . s_t, max-margin ranking los
 both directions with margin 1). Config options change the score (see nn.ranking):
 "clip" (max(0, .) of each word's best match, the paper's full objective), "average"
 (mean over the words instead of the sum), "cosine" (a scale c > 0: v_i and s_t are
-made unit vectors and the dot products multiplied by c).
+made unit vectors and the dot products multiplied by c). "hardest" changes the loss:
+each true pair pays only for its hardest wrong pair in each direction (VSE++'s max of
+hinges, Faghri et al. 2018) instead of the sum over all wrong pairs; while `warming_up`
+is set (the trainer's first epochs) the sum is used.
 """
 import numpy
 
@@ -35,7 +38,7 @@ __all__ = ["AlignmentModel", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = {"feature_dim": 1280, "vocab_size": 100, "embed_dim": 256, "hidden_dim": 512,
                   "margin": 1.0, "dropout": 0.0, "word_dropout": 0.0, "clip": False, "average": False,
-                  "cosine": 0.0}
+                  "cosine": 0.0, "hardest": False}
 
 
 def _init_shapes(c):
@@ -49,13 +52,15 @@ class AlignmentModel:
 
     config: dict with feature_dim D, vocab_size V, embed_dim E, hidden_dim h, margin,
     dropout / word_dropout: the probability of dropping a region-feature / word-vector
-    entry while training, and the score options clip, average, cosine (module docstring).
+    entry while training, the score options clip, average, cosine and the loss option
+    hardest (module docstring).
     `params` and `grads` map names to arrays; `named_parameters` is what nn.optim reads.
     `training` (train() / eval()) switches dropout; `dropout_seed` fixes its masks.
     """
 
     training = False
     dropout_seed = None
+    warming_up = False          # True: the sum of hinges even when config["hardest"]
 
     def train(self):
         self.training = True
@@ -193,7 +198,8 @@ class AlignmentModel:
         # Another image's caption that is word for word this image's caption (frequent in the
         # shapes set: "a red circle") is not a wrong pair: ranking it lower would be noise.
         same = (words[:, None, :] == words[None, :, :]).all(axis=2)
-        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"], ignore=same)
+        hardest = bool(self.config["hardest"]) and not self.warming_up
+        loss, c_rank = max_margin_ranking_forward(S, self.config["margin"], ignore=same, hardest=hardest)
         dv, ds = fragment_score_backward(max_margin_ranking_backward(c_rank), c_score)
         self.words_backward(ds, c_words)
         return loss, self.regions_backward(dv, c_regions, need_dgrid)

@@ -33,6 +33,7 @@ class AlignConfig:
     lr_factor: float = 0.5            # the learning rate is multiplied by this after such an epoch
     lr_decay: float = 1.0             # ... and by this after every epoch
     weight_decay: float = 0.0         # L2 on every weight matrix (Adam's coupled weight decay)
+    hard_warmup: int = 0              # a "hardest" model trains on the sum of hinges for these epochs
     seed: int = 0
     max_minutes: Optional[float] = None
     val_images: Optional[int] = None  # dev recall on the first N dev images only
@@ -96,6 +97,7 @@ class AlignTrainer:
     def step(self, rows):
         self.model.train()
         self.model.dropout_seed = self.config.seed * 1_000_003 + self.progress.step   # resumes exactly
+        self.model.warming_up = self.progress.epoch < self.config.hard_warmup
         words, mask = self.sentences.batch(rows)
         images = self.sentences.image[rows]
         grid = self.encoder.encode(self.train.inputs[images], "grid", self.model.dtype)

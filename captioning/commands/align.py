@@ -63,6 +63,8 @@ def add_arguments(parser):
                              ("weight-decay", float, "L2 weight decay of the weight matrices"),
                              ("lr-decay", float, "the learning rate is multiplied by this after each epoch (default 0.3 shapes / 1)"),
                              ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
+                             ("hard-warmup", int, "with --hard-negatives: the sum of hinges for the first N epochs "
+                                                  "(VSE++ needed such a warm-up sometimes; default 0)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
         t.add_argument("--" + name, type=kind, default=None, help=text)
     from argparse import BooleanOptionalAction
@@ -70,6 +72,10 @@ def add_arguments(parser):
                    help="a word's best match counts as max(0, v . s) (the paper's full objective)")
     t.add_argument("--average", action=BooleanOptionalAction, default=None,
                    help="sentence score: mean over its words (default Flickr8k; --no-average: the sum, default shapes)")
+    t.add_argument("--hard-negatives", action=BooleanOptionalAction, default=None,
+                   help="ranking loss: each true pair pays only for its hardest wrong sentence and "
+                        "hardest wrong image in the batch (the max of hinges of VSE++, Faghri et al. "
+                        "2018) instead of the sum over all wrong pairs (default off)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
@@ -125,12 +131,21 @@ def _train_options(args):
             raise UsageError(f"{flag} must be >= 0, got {value}")
         if key == "lr_decay" and not 0 < value <= 1:
             raise UsageError(f"--lr-decay must be in (0, 1], got {value}")
+        if key == "hard_warmup" and value < 0:
+            raise UsageError(f"--hard-warmup must be >= 0, got {value}")
         if key in INTEGER_OPTIONS and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
         options[key] = value
     if options["max_minutes"] == 0:
         options["max_minutes"] = None
     return name, options
+
+
+def _loss_name(o):
+    if not o["hard_negatives"]:
+        return "sum of hinges"
+    warmup = f" after {o['hard_warmup']} epochs of the sum" if o["hard_warmup"] else ""
+    return "hardest negatives (VSE++)" + warmup
 
 
 def _train(args):
@@ -151,12 +166,13 @@ def _train(args):
                             **{k: o[k] for k in app.MODEL_OPTIONS})
     config = AlignConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], patience=o["patience"],
                          seed=args.seed, max_minutes=o["max_minutes"], val_images=o["val_images"],
-                         weight_decay=o["weight_decay"], lr_decay=o["lr_decay"])
+                         weight_decay=o["weight_decay"], lr_decay=o["lr_decay"], hard_warmup=o["hard_warmup"])
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
     _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g} regions / "
          f"{o['word_dropout']:g} words, score: {'mean' if o['average'] else 'sum'} over words of "
          f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}; "
-         f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch")
+         f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch; loss: "
+         f"{_loss_name(o)}")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
     if args.resume:
         trainer.resume(os.path.join(out, "last.npz"))
