@@ -265,7 +265,8 @@ def step_5_what_the_captioner_learned(ctx):
 
     `captioning/pretrained/captioner_flickr8k.npz` is a Show, Attend and
     Tell model trained on Flickr8k; its W_embed (one 256-number row per
-    word) started random and was trained only to make captions likely.
+    word) started random and was trained only to caption well: first to
+    make the human captions likely, then to raise the CIDEr-D of its own.
     Its nearest words, and (with Flickr8k's captions found) how many of
     each word's 10 nearest words it shares with the counted vectors of
     step 4, against the share random neighbours would have (10 of the

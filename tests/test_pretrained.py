@@ -41,6 +41,26 @@ def test_export_is_float16_without_optimizer_or_paths_and_loads_as_float32(tmp_p
     assert card["parameters"] == model.num_params()
 
 
+def test_export_of_a_fine_tuned_self_critical_run_keeps_the_encoder_top_and_no_start_path(tmp_path):
+    """The shipped captioner is such a run: its fine-tuned encoder top travels with it (and is
+    counted), and the checkpoint it started from is named without the training machine's folders."""
+    vocabulary = Vocabulary.build([["a", "red", "square"]], min_count=1)
+    model = build({"model": "attention", "vocab_size": len(vocabulary), "feature_dim": 8, "wordvec_dim": 5,
+                   "hidden_dim": 6, "attention_dim": 4}, seed=1)
+    top = {"head.w": numpy.ones((8, 3, 1, 1), numpy.float32), "head.b": numpy.zeros(8, numpy.float32)}
+    training = {"kind": "self-critical", "config": {"init": "/home/me/runs/ft1/best.npz", "lr": 1e-4},
+                "data": {"name": "flickr8k", "root": "/home/me/flickr8k", "features": "/home/me/cache"}}
+    source = save_checkpoint(tmp_path / "best.npz", model, vocabulary, {"name": "efficientnet_lite0_ft"},
+                             encoder_state=top, training=training)
+    target = pretrained.export_checkpoint(source, tmp_path / "shipped.npz", card={"model": "M"})
+    arrays, meta = load_npz(target)
+    assert sorted(k for k in arrays if k.startswith("encoder/")) == ["encoder/head.b", "encoder/head.w"]
+    assert meta["training"]["config"] == {"init": "best.npz", "lr": 1e-4}
+    assert "/home/me" not in json.dumps(meta)
+    card = json.loads((tmp_path / "shipped.json").read_text())
+    assert card["parameters"] == model.num_params() + 8 * 3 + 8
+
+
 def test_missing_shipped_model_is_none_and_describe_reads_the_card(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
     assert pretrained.shipped_path("nothing") is None

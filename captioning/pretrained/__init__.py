@@ -5,7 +5,8 @@ checked loader as any checkpoint, its weights cast back to float32 when
 loaded) and a JSON card beside it that says what it is: the data and split it
 was trained on, the command that trained it, its test scores, its size.
 
-    captioner_flickr8k.npz / .json   Show, Attend and Tell on Flickr8k (EfficientNet-Lite0 grid)
+    captioner_flickr8k.npz / .json   Show, Attend and Tell on Flickr8k, EfficientNet-Lite0 with its
+                                     last block and head fine-tuned, then self-critical training
     aligner_flickr8k.npz / .json     Deep Visual-Semantic Alignments on Flickr8k (`align`;
                                      written by captioning.alignment.checkpoint.export_aligner)
 
@@ -79,6 +80,10 @@ def _portable_training_record(training):
             data[key] = None
     record["data"] = data
     record.pop("config_paths", None)
+    config = dict(record.get("config") or {})
+    if config.get("init"):           # the starting checkpoint of self-critical training: its name only
+        config["init"] = os.path.basename(os.fspath(config["init"]))
+        record["config"] = config
     return record
 
 
@@ -86,7 +91,8 @@ def export_npz(source, target, card, make_portable, weights_prefix):
     """The one exporter: float16 weights, no optimizer state, the metadata made portable by
     `make_portable(meta) -> meta` (no paths of the training machine), a JSON card beside it.
 
-    weights_prefix: the arrays counted as the model's parameters in the card ("decoder/", "model/").
+    weights_prefix: the arrays counted as the model's parameters in the card ("model/", or a tuple
+    such as ("decoder/", "encoder/")).
     Returns the Path written; the card gets "size_mb" and "parameters" added.
     """
     arrays, meta = load_npz(source)
@@ -110,9 +116,10 @@ def export_checkpoint(source, target, card=None):
     - source: a best.npz / last.npz written by `python -m captioning train`
     - target: the .npz to write (float16 weights, no optimizer state)
     - card: dict for the JSON card (model, data, command, test_scores, ...), or None
-    Returns: the Path written. The card gets "size_mb" and "parameters" added.
+    Returns: the Path written. The card gets "size_mb" and "parameters" added (the decoder's and,
+    for a fine-tuned encoder, its trained top's: `encoder/*`).
     """
     def portable(meta):
         meta["training"] = _portable_training_record(meta.get("training"))
         return meta
-    return export_npz(source, target, card, portable, "decoder/")
+    return export_npz(source, target, card, portable, ("decoder/", "encoder/"))
