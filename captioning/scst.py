@@ -371,45 +371,27 @@ class SelfCriticalTrainer(Trainer):
         history = self.progress.history
         return f"{100 * history[-1]['dev_cider']:.2f}" if history else "-"
 
-    def _end_of_epoch(self, partial=False):
-        """Validate (dev CIDEr-D of greedy captions), schedule, checkpoint; True when early stopping says stop."""
-        cfg, p = self.config, self.progress
-        start = time.perf_counter()
+    best_fields = ("best_cider", "best_whole_epoch_cider")
+
+    def _validate_epoch(self, partial):
+        """Dev CIDEr-D of greedy captions, the epoch's record (rewards instead of the dev loss), captions."""
+        p = self.progress
         cider, bleus, captions = self.validate()
         steps = max(p.batch, 1)
         record = {"epoch": p.epoch + 1, "steps": p.batch, "partial": partial,
                   "train_reward": p.epoch_reward_sum / steps, "train_greedy": p.epoch_greedy_sum / steps,
                   "train_loss": p.epoch_loss_sum / steps, "dev_cider": cider, "dev_bleu": bleus,
-                  "lr": self.optimizer.lr, "elapsed": p.elapsed, "validation_seconds": time.perf_counter() - start}
-        p.history.append(record)
-        improved = cider > p.best_cider
-        if improved:
-            p.best_cider, p.best_epoch = cider, p.epoch + 1
-        if not partial:   # only whole epochs count for early stopping and the plateau rule (as Trainer)
-            if cider > p.best_whole_epoch_cider:
-                p.best_whole_epoch_cider, p.epochs_since_best = cider, 0
-            else:
-                p.epochs_since_best += 1
-            if cfg.lr_decay_to >= 1.0:
-                self.scheduler.step(cider)
-        sample = " ".join(captions[0]) if captions else ""
-        self.log(f"epoch {p.epoch + 1} done: reward {100 * record['train_reward']:.2f} (greedy "
-                 f"{100 * record['train_greedy']:.2f}), dev CIDEr-D {100 * cider:.2f}{' *best*' if improved else ''} "
-                 f"(BLEU-4 {100 * bleus[3]:.2f}), lr {self.optimizer.lr:.2e}, {format_duration(p.elapsed)} so far; "
-                 f"e.g. \"{sample}\" ({self.dev_data.image_ids[0]})")
-        stop = p.epochs_since_best >= cfg.patience
-        if not partial:
-            p.epoch += 1
-            p.batch, p.epoch_loss_sum, p.epoch_tokens = 0, 0.0, 0
-            p.epoch_reward_sum = p.epoch_greedy_sum = 0.0
-        if improved:
-            self.save(self.best_path)
-        self.save(self.last_path)
-        self._draw_curves()
-        if stop:
-            self.log(f"early stopping: no better dev CIDEr-D for {cfg.patience} epochs "
-                     f"(best {100 * p.best_cider:.2f} at epoch {p.best_epoch})")
-        return stop
+                  "lr": self.optimizer.lr, "elapsed": p.elapsed}
+        return cider, record, captions
+
+    def _epoch_summary(self, record, improved):
+        return (f"reward {100 * record['train_reward']:.2f} (greedy {100 * record['train_greedy']:.2f}), "
+                f"dev CIDEr-D {100 * record['dev_cider']:.2f}{' *best*' if improved else ''} "
+                f"(BLEU-4 {100 * record['dev_bleu'][3]:.2f}), lr {self.optimizer.lr:.2e}")
+
+    def _start_epoch_sums(self):
+        super()._start_epoch_sums()
+        self.progress.epoch_reward_sum = self.progress.epoch_greedy_sum = 0.0
 
     def _draw_curves(self):
         try:

@@ -446,47 +446,68 @@ class Trainer:
             return True
         return False
 
+    # Where the best dev scores live in the progress record (the names are part of the checkpoint
+    # format, so a self-critical run keeps its own: best_cider, best_whole_epoch_cider).
+    best_fields = ("best_bleu", "best_whole_epoch_bleu")
+
+    def _validate_epoch(self, partial):
+        """Validate after an epoch: (dev score that picks best.npz, the epoch's history record, dev captions)."""
+        p = self.progress
+        bleus, captions = self.validate()
+        record = {"epoch": p.epoch + 1, "steps": p.batch, "partial": partial,
+                  "train_loss": p.epoch_loss_sum / max(p.batch, 1), "dev_loss": self.dev_loss(), "dev_bleu": bleus,
+                  "lr": self.optimizer.lr, "elapsed": p.elapsed}
+        return bleus[3], record, captions
+
+    def _epoch_summary(self, record, improved):
+        """The scores of the 'epoch N done: ...' line."""
+        bleus = record["dev_bleu"]
+        return (f"train loss {record['train_loss']:.3f}, dev loss {record['dev_loss']:.3f}, dev BLEU-4 "
+                f"{100 * bleus[3]:.2f} (B1 {100 * bleus[0]:.1f}){' *best*' if improved else ''}, "
+                f"lr {self._lr_text()}")
+
+    def _start_epoch_sums(self):
+        """Zero the sums of the epoch that starts (the self-critical trainer adds its rewards)."""
+        p = self.progress
+        p.batch, p.epoch_loss_sum, p.epoch_tokens = 0, 0.0, 0
+
     def _end_of_epoch(self, partial=False):
         """Validate, schedule, checkpoint; returns True when early stopping says stop."""
         cfg, p = self.config, self.progress
         start = time.perf_counter()
-        bleus, captions = self.validate()
-        bleu4 = bleus[3]
-        record = {"epoch": p.epoch + 1, "steps": p.batch, "partial": partial,
-                  "train_loss": p.epoch_loss_sum / max(p.batch, 1), "dev_loss": self.dev_loss(), "dev_bleu": bleus,
-                  "lr": self.optimizer.lr, "elapsed": p.elapsed,
-                  "validation_seconds": time.perf_counter() - start}
+        score, record, captions = self._validate_epoch(partial)
+        record["validation_seconds"] = time.perf_counter() - start
         p.history.append(record)
-        improved = bleu4 > p.best_bleu
+        best_any, best_whole = self.best_fields
+        improved = score > getattr(p, best_any)
         if improved:
-            p.best_bleu, p.best_epoch = bleu4, p.epoch + 1
+            setattr(p, best_any, score)
+            p.best_epoch = p.epoch + 1
         # Only whole epochs count for early stopping and the plateau rule: a run stopped by
         # --max-minutes inside an epoch (validated here so that best.npz exists) and resumed
         # later then takes exactly the steps of an uninterrupted run.
         if not partial:
-            if bleu4 > p.best_whole_epoch_bleu:
-                p.best_whole_epoch_bleu, p.epochs_since_best = bleu4, 0
+            if score > getattr(p, best_whole):
+                setattr(p, best_whole, score)
+                p.epochs_since_best = 0
             else:
                 p.epochs_since_best += 1
             if cfg.lr_decay_to >= 1.0:   # a linear decay (lr_decay_to < 1) sets the rate itself
-                self.scheduler.step(bleu4)
+                self.scheduler.step(score)
         sample = " ".join(captions[0]) if captions else ""
-        self.log(f"epoch {p.epoch + 1} done: train loss {record['train_loss']:.3f}, dev loss "
-                 f"{record['dev_loss']:.3f}, dev BLEU-4 "
-                 f"{100 * bleu4:.2f} (B1 {100 * bleus[0]:.1f}){' *best*' if improved else ''}, "
-                 f"lr {self._lr_text()}, {format_duration(p.elapsed)} so far; "
-                 f"e.g. \"{sample}\" ({self.dev_data.image_ids[0]})")
+        self.log(f"epoch {p.epoch + 1} done: {self._epoch_summary(record, improved)}, "
+                 f"{format_duration(p.elapsed)} so far; e.g. \"{sample}\" ({self.dev_data.image_ids[0]})")
         stop = p.epochs_since_best >= cfg.patience
         if not partial:
             p.epoch += 1
-            p.batch, p.epoch_loss_sum, p.epoch_tokens = 0, 0.0, 0
+            self._start_epoch_sums()
         if improved:
             self.save(self.best_path)
         self.save(self.last_path)
         self._draw_curves()
         if stop:
-            self.log(f"early stopping: no better dev BLEU-4 for {cfg.patience} epochs "
-                     f"(best {100 * p.best_bleu:.2f} at epoch {p.best_epoch})")
+            self.log(f"early stopping: no better dev {self.score_name} for {cfg.patience} epochs "
+                     f"(best {100 * getattr(p, best_any):.2f} at epoch {p.best_epoch})")
         return stop
 
     def _draw_curves(self):
