@@ -77,12 +77,12 @@ Blocking repeated n-grams (`no_repeat_ngram`, both decoders; 0 = off):
 
 Forbidding dangling endings (`bad_ending_ids`, both decoders; empty = off):
     self-critical models also learn to stop mid-phrase ("a football player in
-    a red", "a man is playing on a yellow"): CIDEr-D barely punishes a
-    missing last noun, and cutting the caption there keeps the n-grams it
-    already earned. With bad_ending_ids = the ids of words like "a", "in",
-    "on", at every step each live hypothesis whose last word is one of them
-    gets log-probability -inf for <END> before the choice, so it cannot stop
-    there (it can still be cut by max_length, and ends unfinished). This is
+    a red", "a man is playing on a yellow"), a known side effect of
+    optimising CIDEr-D that cross-entropy models hardly show. With
+    bad_ending_ids = the ids of words like "a", "in", "on", at every step
+    each live hypothesis whose last word is one of them gets log-probability
+    -inf for <END> before the choice, so it cannot stop there (it can still
+    be cut by max_length, and ends unfinished). This is
     the `remove_bad_endings` of self-critical.pytorch; the word list is
     captioning.generation.BAD_ENDINGS. One exception keeps every hypothesis
     alive: if <END> is its only word left (no_repeat_ngram = 1 has blocked
