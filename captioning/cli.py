@@ -100,6 +100,19 @@ def add_no_repeat_ngram_argument(parser):
     parser.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N", help=NO_REPEAT_NGRAM_HELP)
 
 
+BLOCK_BAD_ENDINGS_HELP = (
+    "never end a caption right after a, an, the, in, on, of, with, to, is, are ... (<END> gets "
+    "probability 0 after them, in greedy decoding and beam search; a caption may still be cut by "
+    "--max-length). Stops SCST models' dangling endings (\"a man is playing on a yellow\"); the "
+    "`remove_bad_endings` of self-critical.pytorch. Default: off")
+
+
+def add_block_bad_endings_argument(parser):
+    """--block-bad-endings (captioning.decoding's bad_ending_ids, the words of
+    captioning.generation.BAD_ENDINGS), shared by evaluate and caption."""
+    parser.add_argument("--block-bad-endings", action="store_true", help=BLOCK_BAD_ENDINGS_HELP)
+
+
 def check_decoding_options(beam, max_length, length_alpha=0.0, vocab_size=None, no_repeat_ngram=0):
     """Refuse decoding settings before any work: --beam and --max-length >= 1, --length-alpha in
     [0, MAX_LENGTH_ALPHA], --no-repeat-ngram >= 0, and (once the vocabulary is known) no more beams

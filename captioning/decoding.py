@@ -74,6 +74,23 @@ Blocking repeated n-grams (`no_repeat_ngram`, both decoders; 0 = off):
     with the beams' parents and shrunk with the batch; the blocked words are
     found with array code (`_block_repeated_ngrams`). Scores stay the model's
     log-probabilities of the words chosen.
+
+Forbidding dangling endings (`bad_ending_ids`, both decoders; empty = off):
+    self-critical models also learn to stop mid-phrase ("a football player in
+    a red", "a man is playing on a yellow"), a known side effect of
+    optimising CIDEr-D that cross-entropy models hardly show. With
+    bad_ending_ids = the ids of words like "a", "in", "on", at every step
+    each live hypothesis whose last word is one of them gets log-probability
+    -inf for <END> before the choice, so it cannot stop there (it can still
+    be cut by max_length, and ends unfinished). This is
+    the `remove_bad_endings` of self-critical.pytorch; the word list is
+    captioning.generation.BAD_ENDINGS. One exception keeps every hypothesis
+    alive: if <END> is its only word left (no_repeat_ngram = 1 has blocked
+    all the others, in a tiny vocabulary), <END> stays allowed. The last
+    words are the decoders' `words` array, so the test is one lookup in a
+    (V,) boolean table per row (`_block_bad_endings`, applied after the
+    n-gram blocking). Scores stay the model's log-probabilities of the words
+    chosen.
 """
 from dataclasses import dataclass
 
@@ -189,7 +206,57 @@ def _block_repeated_ngrams(log_probs, prefix, n, xp):
     return xp.where(blocked[:, :vocab_size], -numpy.inf, log_probs)
 
 
-def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None, no_repeat_ngram=0):
+def _check_bad_ending_ids(ids, end_id, op):
+    """The ids as a tuple of ints: a sequence of word ids >= 0, <END> not among them (a ValueError
+    otherwise; the upper bound, the vocabulary size, is checked at the first step)."""
+    if ids is None or isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"{op}: bad_ending_ids must be a sequence of word ids (empty = off), got {ids!r}")
+    ids = list(ids)
+    if any(isinstance(i, bool) or not isinstance(i, (int, numpy.integer)) or i < 0 for i in ids):
+        raise ValueError(f"{op}: bad_ending_ids must hold word ids (ints >= 0), got {ids!r}")
+    if end_id in ids:
+        raise ValueError(f"{op}: bad_ending_ids may not contain end_id={end_id}: <END> is not a word "
+                         "a caption can end on")
+    return tuple(int(i) for i in ids)
+
+
+def _bad_ending_table(bad_ending_ids, vocab_size, xp, op):
+    """(V,) bool, True at the ids of bad_ending_ids (None when there are none)."""
+    if not bad_ending_ids:
+        return None
+    if max(bad_ending_ids) >= vocab_size:
+        raise ValueError(f"{op}: bad_ending_ids has id {max(bad_ending_ids)}, outside the vocabulary "
+                         f"of size {vocab_size}")
+    table = xp.zeros(vocab_size, dtype=bool)
+    table[xp.asarray(bad_ending_ids, dtype=xp.int64)] = True
+    return table
+
+
+def _block_bad_endings(log_probs, previous, is_bad, end_id, xp):
+    """Set log p(<END>) to -inf in each row whose previous word is a bad ending.
+
+    Inputs:
+    - log_probs: (R, V) next-word log-probabilities of R hypotheses (n-gram
+      blocking already applied).
+    - previous: (R,) integer last word of each row (<START> at the first step).
+    - is_bad: (V,) bool, True for the bad endings.
+    - end_id: id of <END>.
+    Returns (R, V) log-probabilities (a new array; log_probs is not changed).
+
+    A row whose every other word is already -inf keeps its <END>, so that
+    no hypothesis is left with nothing to say.
+    """
+    others = [part.max(axis=1) for part in (log_probs[:, :end_id], log_probs[:, end_id + 1:])
+              if part.shape[1]]
+    best_other = others[0] if len(others) == 1 else xp.maximum(*others)
+    blocked = is_bad[previous] & (best_other > -numpy.inf)
+    log_probs = log_probs.copy()
+    log_probs[:, end_id] = xp.where(blocked, -numpy.inf, log_probs[:, end_id])
+    return log_probs
+
+
+def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=None, no_repeat_ngram=0,
+                  bad_ending_ids=()):
     """Greedy decoding: at each step every image takes its most probable word.
 
     Inputs:
@@ -200,13 +267,16 @@ def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=N
     - batch_size: decode at most this many images at once (None: all).
     - no_repeat_ngram: n > 0 never completes an n-gram the caption already
       has (module docstring); 0 (default) blocks nothing.
+    - bad_ending_ids: word ids a caption may not end on (<END> is forbidden
+      right after them; module docstring); empty (default): none.
     Returns: DecodeResult (scores = log-probabilities).
     """
     _check_positive_int(max_length, "max_length", "greedy_decode")
     if batch_size is not None:
         _check_positive_int(batch_size, "batch_size", "greedy_decode")
     _check_no_repeat_ngram(no_repeat_ngram, "greedy_decode")
-    return _in_chunks(lambda f: _greedy(model, f, start_id, end_id, max_length, no_repeat_ngram),
+    bad_ending_ids = _check_bad_ending_ids(bad_ending_ids, end_id, "greedy_decode")
+    return _in_chunks(lambda f: _greedy(model, f, start_id, end_id, max_length, no_repeat_ngram, bad_ending_ids),
                       features, batch_size)
 
 
@@ -231,7 +301,7 @@ def _worth_dropping(num_done, num_active):
     return num_done > 0 and num_done * 8 >= num_active
 
 
-def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0):
+def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0, bad_ending_ids=()):
     op = "greedy_decode"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
@@ -244,10 +314,13 @@ def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0):
     for step in range(max_length):
         log_probs, state, attention = model.decode_step(words, state)
         if step == 0:
-            _check_step_output(log_probs, num_images, start_id, end_id, op)
+            vocab_size = _check_step_output(log_probs, num_images, start_id, end_id, op)
             scores = xp.zeros(num_images, dtype=log_probs.dtype)
+            is_bad_ending = _bad_ending_table(bad_ending_ids, vocab_size, xp, op)
         if no_repeat_ngram:
             log_probs = _block_repeated_ngrams(log_probs, prefix, no_repeat_ngram, xp)
+        if is_bad_ending is not None:       # `words` still holds each row's previous word
+            log_probs = _block_bad_endings(log_probs, words, is_bad_ending, end_id, xp)
         words = log_probs.argmax(axis=1)
         if no_repeat_ngram:
             prefix = xp.concatenate([prefix, words[:, None]], axis=1)
@@ -288,7 +361,7 @@ def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0):
 
 
 def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
-                length_alpha=0.0, batch_size=None, no_repeat_ngram=0):
+                length_alpha=0.0, batch_size=None, no_repeat_ngram=0, bad_ending_ids=()):
     """Batched beam search (see the module docstring for the exact rules).
 
     Inputs:
@@ -301,6 +374,8 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
     - batch_size: decode at most this many images at once (None: all).
     - no_repeat_ngram: n > 0: no hypothesis ever completes an n-gram it
       already has (module docstring); 0 (default) blocks nothing.
+    - bad_ending_ids: word ids no hypothesis may end on (<END> is forbidden
+      right after them; module docstring); empty (default): none.
     Returns: DecodeResult (scores = length-normalised log-probabilities).
     """
     op = "beam_search"
@@ -311,8 +386,10 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
     if not float(length_alpha) >= 0:
         raise ValueError(f"{op}: length_alpha must be >= 0, got {length_alpha!r}")
     _check_no_repeat_ngram(no_repeat_ngram, op)
+    bad_ending_ids = _check_bad_ending_ids(bad_ending_ids, end_id, op)
     return _in_chunks(lambda f: _beam(model, f, start_id, end_id, beam_size, max_length,
-                                      float(length_alpha), no_repeat_ngram), features, batch_size)
+                                      float(length_alpha), no_repeat_ngram, bad_ending_ids),
+                      features, batch_size)
 
 
 def _top_k(scores, k, xp):
@@ -324,7 +401,8 @@ def _top_k(scores, k, xp):
     return xp.take_along_axis(candidates, order, axis=1), xp.take_along_axis(values, order, axis=1)
 
 
-def _beam(model, features, start_id, end_id, beam_size, max_length, alpha, no_repeat_ngram=0):
+def _beam(model, features, start_id, end_id, beam_size, max_length, alpha, no_repeat_ngram=0,
+          bad_ending_ids=()):
     op = "beam_search"
     state = model.init_decode_state(features)
     num_images, xp = _check_state(state, op)
@@ -351,8 +429,11 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha, no_re
             # Only beam 0 is alive at first: the other beams would duplicate it.
             beam_scores = xp.full((n, beam_size), -numpy.inf, dtype=log_probs.dtype)
             beam_scores[:, 0] = 0
+            is_bad_ending = _bad_ending_table(bad_ending_ids, vocab_size, xp, op)
         if no_repeat_ngram:
             log_probs = _block_repeated_ngrams(log_probs, prefix, no_repeat_ngram, xp)
+        if is_bad_ending is not None:       # `words`: each live beam's last word
+            log_probs = _block_bad_endings(log_probs, words, is_bad_ending, end_id, xp)
         candidates = beam_scores[:, :, None] + log_probs.reshape(n, beam_size, vocab_size)
         end_raw = candidates[:, :, end_id].copy()
 

@@ -350,6 +350,45 @@ def test_evaluate_html_writes_a_results_page_with_rouge(shapes_run, capsys, tmp_
     assert json.loads((tmp_path / "c.json").read_text())["scores"]["ROUGE-L"] > 0
 
 
+def test_block_bad_endings_reaches_the_decoders_and_the_settings(shapes_run, capsys, tmp_path, monkeypatch):
+    """--block-bad-endings gives both decoders, through evaluate and caption, the vocabulary ids of
+    captioning.generation.BAD_ENDINGS; without it they get none. evaluate records it in "settings"."""
+    from captioning import decoding, generation
+    from captioning.checkpoint import load_checkpoint
+
+    checkpoint = str(shapes_run / "best.npz")
+    vocabulary = load_checkpoint(checkpoint).vocabulary
+    expected = generation.bad_ending_ids(vocabulary)
+    assert vocabulary.word_to_id["a"] in expected and vocabulary.word_to_id["the"] in expected
+    calls = []
+
+    def spy(name, decode):
+        def recorded(*args, **kwargs):
+            calls.append((name, tuple(kwargs.get("bad_ending_ids", ()))))
+            return decode(*args, **kwargs)
+        return recorded
+    for name in ("greedy_decode", "beam_search"):
+        recorded = spy(name, getattr(decoding, name))
+        for module in (decoding, generation):   # generation imported the decoders by name
+            monkeypatch.setattr(module, name, recorded)
+
+    for beam, decoder in (("1", "greedy_decode"), ("2", "beam_search")):
+        for flag in ([], ["--block-bad-endings"]):
+            out = tmp_path / f"captions{beam}{len(flag)}.json"
+            calls.clear()
+            assert main(["evaluate", "--checkpoint", checkpoint, "--split", "test", "--beam", beam,
+                         "--max-images", "7", "--out", str(out), *flag]) == 0
+            assert calls == [(decoder, expected if flag else ())]
+            assert ("no bad endings" in capsys.readouterr().out) == bool(flag)
+            record = json.loads(out.read_text())
+            assert record["settings"]["block_bad_endings"] is bool(flag)
+            calls.clear()
+            assert main(["caption", str(shapes_run / "sample_0.png"), "--checkpoint", checkpoint,
+                         "--beam", beam, *flag]) == 0
+            assert calls == [(decoder, expected if flag else ())]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "caption", "features", "align"])
 def test_help_examples_keep_their_shell_line_continuations(command, capsys):
     """An example broken over two lines with a shell `\\` must print as two lines: in a plain

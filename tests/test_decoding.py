@@ -4,7 +4,9 @@ import itertools
 import numpy
 import pytest
 
+from captioning.data.text import Vocabulary
 from captioning.decoding import beam_search, greedy_decode
+from captioning.generation import BAD_ENDINGS, bad_ending_ids
 from nn import backend
 
 START, END = 0, 1
@@ -331,11 +333,20 @@ def _blocked(words, word, n):
     return tuple(words[len(words) - n + 1:] + [word]) in grams
 
 
-def reference_greedy(model, features_row, max_length, n):
+def _allowed(words, vocab_size, n, bad=()):
+    """The next words a hypothesis may take: no repeated n-gram, and no <END> right after a word of
+    `bad` (<START> counts as the previous word of the empty caption) unless <END> is all that is left."""
+    allowed = [w for w in range(vocab_size) if not _blocked(words, w, n)]
+    if ([START] + words)[-1] in bad and allowed != [END]:
+        allowed = [w for w in allowed if w != END]
+    return allowed
+
+
+def reference_greedy(model, features_row, max_length, n, bad=()):
     words, total = [], 0.0
     for _ in range(max_length):
         log_probs = _next_log_probs(model, features_row, words)
-        word = max((w for w in range(len(log_probs)) if not _blocked(words, w, n)), key=lambda w: log_probs[w])
+        word = max(_allowed(words, len(log_probs), n, bad), key=lambda w: log_probs[w])
         total += log_probs[word]
         if word == END:
             return words, total, True
@@ -343,7 +354,7 @@ def reference_greedy(model, features_row, max_length, n):
     return words, total, False
 
 
-def reference_beam(model, features_row, beam_size, max_length, alpha, n):
+def reference_beam(model, features_row, beam_size, max_length, alpha, n, bad=()):
     """Beam search for one image, one hypothesis at a time, with the rules of the module docstring."""
     live = [(0.0, [])]
     best_score, best_words = -numpy.inf, None
@@ -351,8 +362,7 @@ def reference_beam(model, features_row, beam_size, max_length, alpha, n):
         extensions = []
         for score, words in live:
             log_probs = _next_log_probs(model, features_row, words)
-            extensions += [(score + log_probs[w], words, w) for w in range(len(log_probs))
-                           if not _blocked(words, w, n)]
+            extensions += [(score + log_probs[w], words, w) for w in _allowed(words, len(log_probs), n, bad)]
         extensions.sort(key=lambda e: -e[0])
         for score, words, word in extensions[:beam_size]:     # an <END> among the best extensions
             if word == END and score / (step + 1) ** alpha > best_score:
@@ -413,3 +423,154 @@ def test_no_repeat_ngram_must_be_a_non_negative_int():
             greedy_decode(model, features, START, END, no_repeat_ngram=bad)
         with pytest.raises(ValueError, match="no_repeat_ngram"):
             beam_search(model, features, START, END, no_repeat_ngram=bad)
+
+
+# --- bad_ending_ids: no caption ends on "a", "in", "on" ... -------------------------------------
+
+def test_bad_ending_ids_are_the_vocabulary_ids_of_the_listed_words():
+    vocabulary = Vocabulary(["man", "a", "dog", "on", "the"])
+    assert "a" in BAD_ENDINGS and "upon" in BAD_ENDINGS and "man" not in BAD_ENDINGS
+    # In BAD_ENDINGS order ("a", "the", "on"); words the vocabulary lacks ("an", "in", ...) left out.
+    assert bad_ending_ids(vocabulary) == tuple(vocabulary.word_to_id[w] for w in ("a", "the", "on"))
+    assert bad_ending_ids(vocabulary, ["dog", "cat"]) == (vocabulary.word_to_id["dog"],)
+    assert bad_ending_ids(Vocabulary(["man", "dog"])) == ()
+
+
+class DanglingModel:
+    """A bigram model over a real Vocabulary(["a", "man", "dog"]) whose likeliest caption is "a".
+
+    After <START>: "a". After "a": <END> (the bad ending), then "a" again,
+    then "man". After "man" or "dog": <END>. The special ids <NULL>, <START>,
+    <UNK> are never said (probability 0), so with no_repeat_ngram = 1 a
+    caption can run out of words.
+    """
+
+    def __init__(self, xp, after_a=None):
+        self.vocabulary = Vocabulary(["a", "man", "dog"])
+        ids = self.vocabulary.word_to_id
+        self.start, self.end = self.vocabulary.start_id, self.vocabulary.end_id
+        logits = numpy.full((7, 7), -2.0)
+        logits[:, [self.vocabulary.null_id, self.start, self.vocabulary.unk_id]] = -numpy.inf
+        logits[self.start, ids["a"]] = 3.0
+        for word, logit in (after_a or {"<END>": 3.0, "a": 2.5, "man": 2.0}).items():
+            logits[ids["a"], ids[word]] = logit
+        logits[ids["man"], self.end] = logits[ids["dog"], self.end] = 3.0
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        self.table = xp.asarray(shifted - numpy.log(numpy.exp(shifted).sum(axis=1, keepdims=True)))
+        self.xp = xp
+
+    def init_decode_state(self, features):
+        return {"features": features}
+
+    def decode_step(self, words, state):
+        return self.table[words], state, None
+
+    def words(self, result):
+        return [" ".join(self.vocabulary.decode(seq)) for seq in result.sequences]
+
+    def log_prob(self, words, finished):
+        ids = [self.vocabulary.word_to_id[w] for w in words.split()] + ([self.end] if finished else [])
+        return sum(float(self.table[p, w]) for p, w in zip([self.start] + ids, ids))
+
+
+def _decoders(model, features, max_length, **options):
+    """Greedy and beam-3 results of the same settings."""
+    return (greedy_decode(model, features, model.start, model.end, max_length=max_length, **options),
+            beam_search(model, features, model.start, model.end, beam_size=3, max_length=max_length,
+                        **options))
+
+
+def test_a_caption_never_ends_on_a_and_combines_with_no_repeat_ngram(xp):
+    model = DanglingModel(xp)
+    features = features_for(xp, 2)
+    bad = bad_ending_ids(model.vocabulary)
+    for result in _decoders(model, features, 6):
+        assert model.words(result) == ["a"] * 2 and result.finished.all()     # the dangling "a"
+    # no_repeat_ngram alone does not stop it (it never blocks <END>).
+    for result in _decoders(model, features, 6, no_repeat_ngram=1):
+        assert model.words(result) == ["a"] * 2
+
+    # Blocked, <END> after "a" is gone. Greedy: "a" again is likelier than "man", every time, so
+    # the caption runs to max_length without ending (max_length still cuts it) ...
+    greedy, beam = _decoders(model, features, 6, bad_ending_ids=bad)
+    assert model.words(greedy) == ["a a a a a a"] * 2 and not greedy.finished.any()
+    assert greedy.scores[0] == pytest.approx(model.log_prob("a a a a a a", False), rel=1e-12)
+    # ... beam search keeps "a man" <END> aside, which beats every longer caption.
+    assert model.words(beam) == ["a man"] * 2 and beam.finished.all()
+    assert beam.scores[0] == pytest.approx(model.log_prob("a man", True), rel=1e-12)
+    # With repeated bigrams forbidden too, greedy's third "a" is out: "a a man"; no word twice: "a man".
+    for n, caption in ((2, "a a man"), (1, "a man")):
+        greedy, beam = _decoders(model, features, 6, bad_ending_ids=bad, no_repeat_ngram=n)
+        assert model.words(greedy) == [caption] * 2 and greedy.finished.all()
+        assert greedy.scores[0] == pytest.approx(model.log_prob(caption, True), rel=1e-12)
+        assert model.words(beam) == ["a man"] * 2 and beam.finished.all()
+
+
+def test_end_stays_allowed_when_it_is_the_only_word_left(xp):
+    # After "a": <END>, then "a". With no word twice, "a a" is out, and
+    # "man" / "dog" have probability 0 here: <END> is all that is left.
+    model = DanglingModel(xp, after_a={"<END>": 3.0, "a": 2.5, "man": -numpy.inf, "dog": -numpy.inf})
+    features = features_for(xp, 2)
+    bad = bad_ending_ids(model.vocabulary)
+    for result in _decoders(model, features, 6, bad_ending_ids=bad, no_repeat_ngram=1):
+        assert model.words(result) == ["a"] * 2 and result.finished.all()
+        assert result.scores[0] == pytest.approx(model.log_prob("a", True), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_bad_endings_equal_a_one_hypothesis_at_a_time_reference(xp, n):
+    # As the no_repeat_ngram reference test, with ids 6 and 9, words these models like to end on,
+    # as the bad endings (n = 1 also runs captions out of words: <END> is then all that is left).
+    bad = (6, 9)
+    changed, lengths = 0, set()
+    for seed, alpha in ((8, 0.0), (9, 0.6)):
+        model = TinyRecurrentModel(xp, vocab_size=10, sharpness=1.5, end_bias=-0.5, seed=seed)
+        features = features_for(xp, 7, seed=seed + 1)
+        greedy = greedy_decode(model, features, START, END, max_length=12, no_repeat_ngram=n,
+                               bad_ending_ids=bad)
+        beam = beam_search(model, features, START, END, beam_size=3, max_length=12, length_alpha=alpha,
+                           no_repeat_ngram=n, bad_ending_ids=bad)
+        for image in range(7):
+            words, score, finished = reference_greedy(model, features[image], 12, n, bad)
+            assert greedy.sequences[image] == words and greedy.finished[image] == finished
+            assert greedy.scores[image] == pytest.approx(score, rel=1e-10)
+            changed += words != reference_greedy(model, features[image], 12, n)[0]
+            words, score, finished = reference_beam(model, features[image], 3, 12, alpha, n, bad)
+            assert beam.sequences[image] == words and beam.finished[image] == finished
+            assert beam.scores[image] == pytest.approx(score, rel=1e-10)
+            changed += words != reference_beam(model, features[image], 3, 12, alpha, n)[0]
+        lengths |= {len(s) for s in beam.sequences + greedy.sequences}
+    assert changed >= 3                     # the bad endings did change captions
+    assert len(lengths) >= 3
+
+
+def test_no_caption_ends_on_a_bad_word_and_empty_changes_nothing(xp):
+    model = TinyRecurrentModel(xp, vocab_size=12, sharpness=2.5, end_bias=-1.0, seed=5)
+    features = features_for(xp, 40, seed=6)
+    bad = (4, 5)
+    for decode in (lambda **kw: greedy_decode(model, features, START, END, max_length=16, **kw),
+                   lambda **kw: beam_search(model, features, START, END, beam_size=4, max_length=16,
+                                            length_alpha=0.5, **kw)):
+        plain, empty = decode(), decode(bad_ending_ids=())
+        assert empty.sequences == plain.sequences
+        numpy.testing.assert_array_equal(empty.scores, plain.scores)
+
+        def bad_ends(result):
+            return sum(bool(f) and bool(s) and s[-1] in bad for s, f in zip(result.sequences, result.finished))
+        assert bad_ends(plain) >= 5                                        # the model does end on them
+        for options in ({}, {"no_repeat_ngram": 2}):
+            result = decode(bad_ending_ids=numpy.array(bad), **options)   # any sequence of ids
+            # (Many captions still end, on other words.)
+            assert bad_ends(result) == 0 and result.finished.sum() >= 15
+
+
+def test_bad_ending_ids_must_be_word_ids():
+    model = TinyRecurrentModel(numpy, vocab_size=5)
+    features = features_for(numpy, 2)
+    for bad in (None, 3, "a", [-1], [2.0], [True], [END], [3, END]):
+        for decode in (greedy_decode, beam_search):
+            with pytest.raises(ValueError, match="bad_ending_ids"):
+                decode(model, features, START, END, bad_ending_ids=bad)
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match="bad_ending_ids has id 5, outside the vocabulary of size 5"):
+            decode(model, features, START, END, bad_ending_ids=[2, 5])

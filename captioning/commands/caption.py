@@ -7,7 +7,8 @@ from PIL import Image
 from nn import backend
 from nn.persist import remove_stale_temporaries
 
-from ..cli import UsageError, add_no_repeat_ngram_argument, check_decoding_options, check_output_file, check_outputs
+from ..cli import (UsageError, add_block_bad_endings_argument, add_no_repeat_ngram_argument, check_decoding_options,
+                   check_output_file, check_outputs)
 
 HELP = "caption image files with a trained checkpoint (optionally draw where the model looked)"
 DESCRIPTION = """\
@@ -38,6 +39,7 @@ def add_arguments(parser):
     parser.add_argument("--max-length", type=int, default=20, help="decoding steps (default 20)")
     parser.add_argument("--length-alpha", type=float, default=0.0, help="length normalisation (default 0)")
     add_no_repeat_ngram_argument(parser)
+    add_block_bad_endings_argument(parser)
     parser.add_argument("--attention-png", default=None, metavar="NAME.png",
                         help="write the attention picture to NAME.png (one image), or to "
                              "NAME-<image file name without extension>.png each (several); a name "
@@ -147,15 +149,17 @@ def _caption_batch(args, ckpt, features, display, paths, pngs):
     """Decode one batch and print (and draw) each caption."""
     from ..attention_png import save_attention_png
     from ..decoding import beam_search, greedy_decode
+    from ..generation import bad_ending_ids
 
     model = ckpt.model
+    bad_ids = bad_ending_ids(ckpt.vocabulary) if args.block_bad_endings else ()
     if args.beam > 1:
         result = beam_search(model, features, model.start_id, model.end_id, beam_size=args.beam,
                              max_length=args.max_length, length_alpha=args.length_alpha,
-                             no_repeat_ngram=args.no_repeat_ngram)
+                             no_repeat_ngram=args.no_repeat_ngram, bad_ending_ids=bad_ids)
     else:
         result = greedy_decode(model, features, model.start_id, model.end_id, max_length=args.max_length,
-                               no_repeat_ngram=args.no_repeat_ngram)
+                               no_repeat_ngram=args.no_repeat_ngram, bad_ending_ids=bad_ids)
     for i, (path, png) in enumerate(zip(paths, pngs)):
         words = ckpt.vocabulary.decode(result.sequences[i])
         print(f"{path}: {' '.join(words)}", flush=True)

@@ -6,7 +6,8 @@ import time
 
 from nn.persist import atomic_write, remove_stale_temporaries
 
-from ..cli import UsageError, add_no_repeat_ngram_argument, check_decoding_options, check_output_file, check_outputs
+from ..cli import (UsageError, add_block_bad_endings_argument, add_no_repeat_ngram_argument, check_decoding_options,
+                   check_output_file, check_outputs)
 
 HELP = "caption a data split with a checkpoint and print BLEU-1..4 and CIDEr-D"
 DESCRIPTION = """\
@@ -50,6 +51,7 @@ def add_arguments(parser):
     parser.add_argument("--length-alpha", type=float, default=0.0,
                         help="length normalisation: score / length**alpha (default 0)")
     add_no_repeat_ngram_argument(parser)
+    add_block_bad_endings_argument(parser)
     parser.add_argument("--max-images", type=int, default=None, help="only the first N images")
     parser.add_argument("--batch-size", type=int, default=100, help="images decoded at once (default 100)")
     parser.add_argument("--out", default=None,
@@ -161,7 +163,8 @@ def run(args):
     start = time.perf_counter()
     captions, result = generate_captions(ckpt.model, encoder, split, ckpt.vocabulary, beam=args.beam,
                                          max_length=args.max_length, length_alpha=args.length_alpha,
-                                         batch_size=args.batch_size, no_repeat_ngram=args.no_repeat_ngram)
+                                         batch_size=args.batch_size, no_repeat_ngram=args.no_repeat_ngram,
+                                         block_bad_endings=args.block_bad_endings)
     seconds = time.perf_counter() - start
     scores = evaluate_captions(split.references, captions)
     settings = _report(args, data, split, captions, scores, seconds, out)
@@ -193,11 +196,12 @@ def _report(args, data, split, captions, scores, seconds, out):
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "data": data.name, "split": args.split,
                 "images": len(split), "decoding": "greedy" if args.beam == 1 else "beam search",
                 "beam": args.beam, "max_length": args.max_length, "length_alpha": args.length_alpha,
-                "no_repeat_ngram": args.no_repeat_ngram}
+                "no_repeat_ngram": args.no_repeat_ngram, "block_bad_endings": args.block_bad_endings}
     print(f"{data.name} {args.split}: {len(split)} images, {settings['decoding']}"
           f"{'' if args.beam == 1 else f' (beam {args.beam})'}, max length {args.max_length}, "
           f"length alpha {args.length_alpha}"
-          f"{f', no repeated {args.no_repeat_ngram}-grams' if args.no_repeat_ngram else ''}; {seconds:.1f}s ({len(split) / max(seconds, 1e-9):.0f} images/s)")
+          f"{f', no repeated {args.no_repeat_ngram}-grams' if args.no_repeat_ngram else ''}"
+          f"{', no bad endings' if args.block_bad_endings else ''}; {seconds:.1f}s ({len(split) / max(seconds, 1e-9):.0f} images/s)")
     for n, value in enumerate(scores["bleu"], start=1):
         print(f"BLEU-{n}  {100 * value:6.2f}")
     print(f"CIDEr-D {100 * scores['cider']:6.2f}")
