@@ -5,7 +5,7 @@ from .metrics import bleu, cider_d, rouge_l
 __all__ = ["BAD_ENDINGS", "bad_ending_ids", "generate_captions", "evaluate_captions"]
 
 # Words an English caption should not end on (articles, prepositions, "is"/"are"/"am"):
-# self-critical training learns to stop right after them ("a man is playing on a yellow").
+# self-critical training learns to stop right after them ("a woman is sitting in front of a").
 # The list of self-critical.pytorch's `remove_bad_endings`.
 BAD_ENDINGS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon",
                "near", "to", "is", "are", "am")
