@@ -15,7 +15,8 @@ DESCRIPTION = """\
 Print a caption for each image file (32 images at a time, so memory stays
 bounded and each caption appears as soon as its batch is done; a whole
 folder, e.g. photos/*.jpg, is fine). The image encoder is the one the
-checkpoint was trained with: EfficientNet-Lite0 (pretrained, frozen) for a
+checkpoint was trained with: EfficientNet-Lite0 (pretrained; its top
+fine-tuned for a --fine-tune-blocks checkpoint such as the shipped one) for a
 Flickr8k model, the checkpoint's own small CNN for a synthetic-shapes model.
 With --attention-png (attention models only) one PNG per image shows, for
 every generated word, where the model looked.

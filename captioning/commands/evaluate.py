@@ -23,8 +23,8 @@ set is regenerated from its seed; Flickr8k, Flickr30k or COCO from the
 recorded folder and feature cache, or for the shipped model $FLICKR8K_DIR or
 ../shared/flickr8k).
 When no feature cache is given or found, the photos of the evaluated split
-are encoded first into outputs/features/ (once; a few minutes for the 1000
-test photos on a CPU; interrupt and rerun to resume).
+are encoded first into outputs/features/ (once; about a minute for the 1000
+test photos on a 2-core CPU; interrupt and rerun to resume).
 A checkpoint of `train --fine-tune-blocks K` reads the cache of the
 activations entering its last K blocks (made the same way when missing) and
 runs its fine-tuned top on them.
@@ -106,7 +106,7 @@ def _load_data(args, ckpt):
 
 def _split_cache(args, ckpt):
     """No feature cache was given and there is none at the default place: the default cache of the
-    evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take a few minutes on a CPU, once; resumable) into
+    evaluated split, made first if needed by encoding the photos of that split only (the 1000 test photos take about a minute on a 2-core CPU, once; resumable) into
     the default cache of that split, as `features --split SPLIT` would. Returns the cache name."""
     from ..data.datasets import DATASETS, FOLDER_DATASET, folder_dataset
     from ..encoders import fine_tune_blocks
