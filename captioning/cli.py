@@ -103,7 +103,7 @@ def add_no_repeat_ngram_argument(parser):
 BLOCK_BAD_ENDINGS_HELP = (
     "never end a caption right after a, an, the, in, on, of, with, to, is, are ... (<END> gets "
     "probability 0 after them, in greedy decoding and beam search; a caption may still be cut by "
-    "--max-length). Stops SCST models' dangling endings (\"a man is playing on a yellow\"); the "
+    "--max-length). Stops SCST models' dangling endings (\"a woman is sitting in front of a\"); the "
     "`remove_bad_endings` of self-critical.pytorch. Default: off")
 
 

@@ -76,8 +76,8 @@ Blocking repeated n-grams (`no_repeat_ngram`, both decoders; 0 = off):
     log-probabilities of the words chosen.
 
 Forbidding dangling endings (`bad_ending_ids`, both decoders; empty = off):
-    self-critical models also learn to stop mid-phrase ("a football player in
-    a red", "a man is playing on a yellow"), a known side effect of
+    self-critical models also learn to stop mid-phrase ("a woman is sitting
+    in front of a", "a dog is playing with a stick in the"), a known side effect of
     optimising CIDEr-D that cross-entropy models hardly show. With
     bad_ending_ids = the ids of words like "a", "in", "on", at every step
     each live hypothesis whose last word is one of them gets log-probability
