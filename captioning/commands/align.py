@@ -63,6 +63,8 @@ def add_arguments(parser):
                              ("weight-decay", float, "L2 weight decay of the weight matrices"),
                              ("lr-decay", float, "the learning rate is multiplied by this after each epoch (default 0.3 shapes / 1)"),
                              ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
+                             ("global-weight", float, "g > 0 adds g x (whole image . whole sentence) to the "
+                                                      "fragment score, so that the score can count (default 0: off)"),
                              ("hard-warmup", int, "with --hard-negatives: the sum of hinges for the first N epochs "
                                                   "(VSE++ needed such a warm-up sometimes; default 0)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
@@ -76,6 +78,9 @@ def add_arguments(parser):
                    help="ranking loss: each true pair pays only for its hardest wrong sentence and "
                         "hardest wrong image in the batch (the max of hinges of VSE++, Faghri et al. "
                         "2018) instead of the sum over all wrong pairs (default off)")
+    t.add_argument("--positions", action=BooleanOptionalAction, default=None,
+                   help="add a learned vector per grid cell to its region vector, so that words like "
+                        "'left' can tell where a cell is (default off)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
@@ -127,7 +132,7 @@ def _train_options(args):
             raise UsageError(f"--max-minutes must be >= 0, got {value}")
         if key in ("dropout", "word_dropout") and not 0 <= value < 1:
             raise UsageError(f"{flag} must be in [0, 1), got {value}")
-        if key in ("weight_decay", "cosine") and value < 0:
+        if key in ("weight_decay", "cosine", "global_weight") and value < 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
         if key == "lr_decay" and not 0 < value <= 1:
             raise UsageError(f"--lr-decay must be in (0, 1], got {value}")
@@ -170,7 +175,9 @@ def _train(args):
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
     _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g} regions / "
          f"{o['word_dropout']:g} words, score: {'mean' if o['average'] else 'sum'} over words of "
-         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}; "
+         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}"
+         f"{' + %g x global' % o['global_weight'] if o['global_weight'] else ''}"
+         f"{', cell positions' if o['positions'] else ''}; "
          f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch; loss: "
          f"{_loss_name(o)}")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
