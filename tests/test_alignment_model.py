@@ -134,7 +134,13 @@ def test_whole_model_gradients_with_the_global_term(xp):
         if name.startswith("b_"):
             p[...] = as_xp(xp, gen.standard_normal(p.shape) * 0.3)
     _check_whole_model_gradients(model, grid, words, mask)
-    assert model.loss(grid, words, mask)[0] != fragments_only
+    with_global = model.loss(grid, words, mask)[0]
+    for name in ("W_u", "b_u", "W_q", "b_q"):
+        assert float(abs(model.grads[name]).max()) > 1e-3, name
+    model.config["global_weight"] = 0.0                 # the same weights without the term
+    assert abs(model.loss(grid, words, mask)[0] - with_global) > 1e-3
+    assert float(abs(model.grads["W_u"]).max()) == 0.0
+    assert fragments_only > 0
 
 
 def test_the_global_term_adds_image_and_sentence_vectors_to_the_score(xp):

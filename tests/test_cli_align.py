@@ -203,5 +203,16 @@ def test_global_term_and_cell_positions_are_saved_and_used_by_evaluate_and_searc
     assert main(["align", "evaluate", "--checkpoint", str(out / "best.npz"), "--max-images", "20"]) == 0
     assert main(["align", "search", "a red circle", "--checkpoint", str(out / "best.npz"), "--top", "2"]) == 0
     assert "red" in capsys.readouterr().out
+    # search scores = the retrieval (and training) score, global term included
+    from captioning.alignment import app
+    from captioning.alignment.data import encode_sentences
+    from captioning.alignment.retrieval import encode_images, sentence_scores
+    split = app.shapes_split(ckpt.data, "test", max_images=20)
+    hits = app.search(ckpt, split, "a red circle", top=3)
+    regions, whole = encode_images(ckpt.model, ckpt.encoder, split.inputs)
+    sentence = encode_sentences([[["a", "red", "circle"]]], ckpt.vocabulary)
+    column = sentence_scores(ckpt.model, regions, sentence, image_vectors=whole)[:, 0]
+    for hit in hits:
+        assert abs(hit.score - column[split.image_ids.index(hit.image_id)]) < 1e-4
     assert main(["align", "train", "--global-weight", "-1"]) == 2
     assert "--global-weight must be >= 0" in capsys.readouterr().err

@@ -28,16 +28,20 @@ vector, compared once per pair, can see how many things there are:
     q_l = W_q (hf_last + hb_first) + b_q       (h,)   the sentence: both ends of the BRNN
     S_kl = sum_t max_i v_i . s_t + g u_k . q_l
 
-(the global image-sentence embedding of Kiros et al. 2014 and Socher et al. 2014, added
-to the fragment score as Karpathy, Joulin & Fei-Fei 2014 combined their global and
-fragment objectives). With "cosine" u and q are scaled unit vectors like v and s.
+(a global image-sentence embedding as in Kiros et al. 2014 and Socher et al. 2014, added
+to the fragment score in the spirit of Karpathy, Joulin & Fei-Fei 2014, who trained a
+global and a fragment objective together). With "cosine" u and q are scaled unit vectors
+like v and s. u sees the grid without the region dropout.
 
 Cell positions (config "position_cells" = L > 0; off by default). A detection comes with
 its box, a grid cell only with features, and a convolution's features are the same
-wherever a pattern lies: "a red square on the right" could not tell which side a cell
-is on. A learned vector per region (the L cells and the whole image) is added:
+wherever a pattern lies. The shapes set's small CNN appends each cell's (row, column)
+to its features, but through W_m they add only a LINEAR function of the position to
+v_i. A free learned vector per region (the L cells and the whole image) is added:
 
-    v_i = W_m f_i + b_m + P_i                  P: (L + 1, h) Config options change the score (see nn.ranking):
+    v_i = W_m f_i + b_m + P_i                  P: (L + 1, h)
+
+Config options change the score (see nn.ranking):
 "clip" (max(0, .) of each word's best match, the paper's full objective), "average"
 (mean over the words instead of the sum), "cosine" (a scale c > 0: v_i and s_t are
 made unit vectors and the dot products multiplied by c). "hardest" changes the loss:

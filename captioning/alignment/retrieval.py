@@ -22,7 +22,8 @@ import numpy
 
 from nn import backend
 
-__all__ = ["encode_regions", "encode_images", "encode_words", "encode_sentence_vectors", "global_scores", "distinct_sentences", "sentence_scores", "score_matrix", "ranks",
+__all__ = ["encode_regions", "encode_images", "encode_words", "encode_sentence_vectors", "global_scores",
+           "distinct_sentences", "sentence_scores", "score_matrix", "ranks",
            "recall_metrics", "PAPER_FLICKR8K"]
 
 # Karpathy & Fei-Fei (2015), Table 1, Flickr8k, "Our model: BRNN".

@@ -17,9 +17,9 @@ are mapped into one space; an image and a sentence score
 S = 10 x the mean over the words of the best region's cosine (on the shapes
 set: the sum; --cosine 0 --no-average: the paper's sum of dot products),
 trained with the bidirectional max-margin ranking loss (margin 1). On the
-shapes set the score adds 3 x the cosine of the whole image and the whole
-sentence (--global-weight: the fragment score cannot count) and a learned
-vector per grid cell (--positions: where a cell is).
+shapes set the score adds 3 x 10 x the cosine of the whole image and the
+whole sentence (--global-weight 3: the fragment score cannot count) and a
+learned vector per grid cell to its region vector (--positions).
 
   train      train on the synthetic shapes set (default) or on cached Flickr8k features (--data)
   evaluate   image annotation and image search Recall@1/5/10 and median rank on a split
@@ -82,8 +82,8 @@ def add_arguments(parser):
                         "hardest wrong image in the batch (the max of hinges of VSE++, Faghri et al. "
                         "2018) instead of the sum over all wrong pairs (default off)")
     t.add_argument("--positions", action=BooleanOptionalAction, default=None,
-                   help="add a learned vector per grid cell to its region vector, so that words like "
-                        "'left' can tell where a cell is (default on shapes / off)")
+                   help="add a free learned vector per grid cell to its region vector, for words like "
+                        "'left' (default on shapes / off)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
