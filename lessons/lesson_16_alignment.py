@@ -145,7 +145,11 @@ def step_3_the_score(ctx):
     sentences from outscoring short ones by their length alone (below: a
     sentence said twice scores twice as much with the sum). Nothing stops two
     words from picking the SAME region, though: "a red circle and a red
-    circle" fits an image of one red circle perfectly.
+    circle" fits an image of one red circle perfectly. The score cannot count.
+    That is why the project adds a GLOBAL term (`--global-weight g`, not in
+    the paper): one whole-image vector u (from the pooled features) against
+    one whole-sentence vector q (the two ends of the BRNN, which have read
+    every word), S_kl + g u_k . q_l. Step 6 trains with it.
     """
     xp = backend.xp()
     v, _ = ctx.model.regions_forward(ctx.grid)
@@ -245,20 +249,23 @@ def step_6_train_on_shapes(ctx):
     The model at the size and with the settings of `align train` on shapes:
     h 128, the small CNN's 8 x 8 grid + the whole image as fragments, the sum
     over the words of 10 x the best cosine (on shapes the sum ranks images'
-    own captions first more often than the mean), Adam. Then the paper's
+    own captions first more often than the mean), plus 3 x the cosine of the
+    whole image and the whole sentence (step 3), a learned vector per cell
+    added to its region vector (a convolution's features do not say WHERE a
+    cell is, and captions say "at the top left"), Adam. Then the paper's
     protocol on unseen test images (Recall@K both ways), and the question
     the model was never asked: does "red" or "circle" pick a cell that lies
     on the red circle? (regions.shapes_word_alignment measures it; chance is
     the share of cells that lie on a shape's box.) One epoch here; `align
-    train` runs three, cutting the learning rate after each, and ranks far
+    train` runs eight, cutting the learning rate after each, and ranks far
     better (README, "On the synthetic shapes set").
     """
     n_images = 300 if ctx.quick else None                       # None: 3000 training images, 500 test
     o = app.DEFAULTS["shapes"]                                  # the settings of `align train`
     data, encoder = app.load_training_data(None, None, seed=0, max_images=n_images)
     ctx.vocab = app.vocabulary_from(data, min_count=1)
-    model = app.build_model(data, encoder, ctx.vocab, o["hidden"], o["embed"], cosine=o["cosine"],
-                            average=o["average"])
+    model = app.build_model(data, encoder, ctx.vocab, o["hidden"], o["embed"],
+                            **{k: o[k] for k in app.MODEL_OPTIONS})
     config = AlignConfig(epochs=1, batch_size=o["batch_size"], lr=o["lr"], lr_decay=o["lr_decay"], log_every=10.0)
     ctx.run_dir = ctx.out_dir / "lesson16_run"
     trainer = AlignTrainer(model, encoder, ctx.vocab, data, config, ctx.run_dir)

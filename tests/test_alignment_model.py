@@ -1,6 +1,7 @@
 """The alignment model: float64 gradient check of the whole loss (every parameter and the
 image features), and training lowers the loss on a tiny batch."""
 import numpy
+import pytest
 
 from captioning.alignment.model import AlignmentModel
 from nn import backend
@@ -121,3 +122,53 @@ def test_gradients_with_dropout(xp):
     assert rel_error(dgrid, numeric) < 1e-6
     model.eval()                                # no dropout: another loss
     assert model.loss(grid, words, mask)[0] != loss
+
+
+def test_whole_model_gradients_with_the_global_term(xp):
+    model, grid, words, mask = tiny(xp, seed=1)
+    fragments_only = model.loss(grid, words, mask)[0]
+    model = AlignmentModel({**model.config, "global_weight": 0.7, "cosine": 3.0}, seed=1, dtype=numpy.float64)
+    assert {"W_u", "b_u", "W_q", "b_q"} <= set(model.params)
+    gen = numpy.random.default_rng(1)
+    for name, p in model.params.items():
+        if name.startswith("b_"):
+            p[...] = as_xp(xp, gen.standard_normal(p.shape) * 0.3)
+    _check_whole_model_gradients(model, grid, words, mask)
+    with_global = model.loss(grid, words, mask)[0]
+    for name in ("W_u", "b_u", "W_q", "b_q"):
+        assert float(abs(model.grads[name]).max()) > 1e-3, name
+    model.config["global_weight"] = 0.0                 # the same weights without the term
+    assert abs(model.loss(grid, words, mask)[0] - with_global) > 1e-3
+    assert float(abs(model.grads["W_u"]).max()) == 0.0
+    assert fragments_only > 0
+
+
+def test_the_global_term_adds_image_and_sentence_vectors_to_the_score(xp):
+    model, grid, words, mask = tiny(xp, seed=2)
+    model = AlignmentModel({**model.config, "global_weight": 0.5}, seed=2, dtype=numpy.float64)
+    s, q, _ = model.sentences_forward(words, mask)
+    u, _ = model.image_vector_forward(grid)
+    p = {k: backend.to_numpy(v) for k, v in model.params.items()}
+    # By hand: the sentence vector reads the left-to-right state at the last real word
+    # and the right-to-left state at the first word.
+    from nn.bidirectional import birnn_relu_forward
+    e = numpy.maximum(0, p["W_w"][backend.to_numpy(words)] @ p["W_e"] + p["b_e"])
+    hf, hb, _ = birnn_relu_forward(e, backend.to_numpy(mask), p["W_f"], p["b_f"], p["W_b"], p["b_b"])
+    last = backend.to_numpy(mask).sum(axis=1).astype(int) - 1
+    by_hand = (hf[numpy.arange(3), last] + hb[:, 0]) @ p["W_q"] + p["b_q"]
+    assert rel_error(backend.to_numpy(q), by_hand) < 1e-12
+    assert rel_error(backend.to_numpy(u), backend.to_numpy(grid).mean(axis=1) @ p["W_u"] + p["b_u"]) < 1e-12
+    assert model.words_forward(words, mask)[0].shape == s.shape
+
+
+def test_whole_model_gradients_with_cell_positions(xp):
+    model, grid, words, mask = tiny(xp, seed=2)     # a seed with no ReLU/max/hinge kink within 1e-5
+    model = AlignmentModel({**model.config, "position_cells": 4, "cosine": 3.0}, seed=2, dtype=numpy.float64)
+    gen = numpy.random.default_rng(2)
+    for name, p in model.params.items():
+        if name.startswith("b_") or name == "P":
+            p[...] = as_xp(xp, gen.standard_normal(p.shape) * 0.3)
+    assert model.params["P"].shape == (5, 6)            # 4 cells and the whole image
+    _check_whole_model_gradients(model, grid, words, mask)
+    with pytest.raises(ValueError, match="position vectors for 4 grid cells, the features have 3"):
+        model.regions_forward(grid[:, :3])

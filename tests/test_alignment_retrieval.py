@@ -6,8 +6,8 @@ import pytest
 from captioning.alignment.data import Sentences, epoch_batches
 from captioning.alignment.regions import _cell_on_box
 from captioning.alignment.model import AlignmentModel
-from captioning.alignment.retrieval import (distinct_sentences, encode_words, ranks, recall_metrics, score_matrix,
-                                          sentence_scores)
+from captioning.alignment.retrieval import (distinct_sentences, encode_images, encode_words, ranks, recall_metrics,
+                                          score_matrix, sentence_scores)
 from nn import ranking
 from nn.gradcheck import rel_error
 from tests.conftest import as_xp
@@ -98,6 +98,37 @@ def test_score_matrix_equals_the_training_score(xp, clip, average):
     flat = as_xp(xp, numpy.concatenate([s[m, :n] for m, n in enumerate(lengths)]))
     offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])
     assert rel_error(score_matrix(regions, flat, offsets, chunk=2, clip=clip, average=average), expected) < 1e-12
+
+
+def test_retrieval_scores_of_a_model_with_the_global_term_equal_the_training_score(monkeypatch):
+    from captioning.encoders import FrozenFeatures
+    model = AlignmentModel({"feature_dim": 5, "vocab_size": 9, "embed_dim": 4, "hidden_dim": 6, "cosine": 3.0,
+                            "global_weight": 2.0}, seed=0, dtype=numpy.float64)
+    gen = numpy.random.default_rng(1)
+    grid = gen.standard_normal((4, 3, 5))
+    lengths = numpy.array([3, 1, 2, 3, 2, 1])
+    words = gen.integers(1, 9, size=(6, 3)) * (numpy.arange(3)[None] < lengths[:, None])
+    sentences = Sentences(words, lengths, numpy.array([0, 0, 1, 2, 3, 3]))
+    mask = (numpy.arange(3)[None] < lengths[:, None]).astype(float)
+    # The S that the loss ranks, caught on its way to the ranking loss (sentences 0, 2, 3, 4 are
+    # the true pairs of images 0-3).
+    import captioning.alignment.model as model_module
+    seen = {}
+
+    def catch(S, *args, **kwargs):
+        seen["S"] = S
+        return ranking.max_margin_ranking_forward(S, *args, **kwargs)
+    pairs = numpy.array([0, 2, 3, 4])
+    monkeypatch.setattr(model_module, "max_margin_ranking_forward", catch)
+    model.loss(grid, words[pairs], mask[pairs])
+    fragments = ranking.fragment_score_forward(model.regions_forward(grid)[0],
+                                               model.words_forward(words, mask)[0], mask)[0]
+    regions, whole = encode_images(model, FrozenFeatures({"feature_dim": 5}), grid, batch_size=3)
+    expected = sentence_scores(model, regions, sentences, chunk=3, image_vectors=whole)
+    assert rel_error(seen["S"], expected[:, pairs]) < 1e-12
+    assert rel_error(expected, fragments) > 1e-3                    # the global term is in it
+    with pytest.raises(ValueError, match="image vectors"):
+        sentence_scores(model, regions, sentences)
 
 
 def test_epoch_batches_use_every_caption_once_with_distinct_images():

@@ -163,17 +163,22 @@ def test_the_shipped_aligner_is_the_default_checkpoint(capsys, tmp_path, monkeyp
 
 
 def test_shapes_defaults_are_the_measured_ones():
-    # README, "On the synthetic shapes set": the sum of the cosines and the learning rate cut after
-    # each epoch ranked best in 2 minutes; Flickr8k keeps the mean at a constant rate.
+    # README, "On the synthetic shapes set": the sum of the cosines, the global term and cell
+    # positions, with the learning rate cut after each epoch; Flickr8k keeps the mean at a
+    # constant rate, without them.
     from captioning.cli import build_parser
     from captioning.commands.align import _train_options
     name, shapes = _train_options(build_parser().parse_args(["align", "train"]))
     assert name == "shapes" and shapes["average"] is False and shapes["cosine"] == 10.0
-    assert shapes["lr_decay"] == 0.3 and shapes["epochs"] == 3 and shapes["max_minutes"] == 2.0
+    assert shapes["lr_decay"] == 0.6 and shapes["epochs"] == 8 and shapes["max_minutes"] == 8.0
+    assert shapes["global_weight"] == 3.0 and shapes["positions"] is True
     name, flickr = _train_options(build_parser().parse_args(["align", "train", "--data", "somewhere"]))
     assert name == "flickr8k" and flickr["average"] is True and flickr["lr_decay"] == 1.0
-    _, changed = _train_options(build_parser().parse_args(["align", "train", "--average", "--lr-decay", "1"]))
+    assert flickr["global_weight"] == 0.0 and flickr["positions"] is False
+    _, changed = _train_options(build_parser().parse_args(["align", "train", "--average", "--lr-decay", "1",
+                                                           "--global-weight", "0", "--no-positions"]))
     assert changed["average"] is True and changed["lr_decay"] == 1.0
+    assert changed["global_weight"] == 0.0 and changed["positions"] is False
 
 
 def test_hard_negatives_flag_is_saved_in_the_checkpoint(tmp_path, capsys):
@@ -185,3 +190,29 @@ def test_hard_negatives_flag_is_saved_in_the_checkpoint(tmp_path, capsys):
     assert ckpt.model.config["hardest"] is True and ckpt.training["config"]["hard_warmup"] == 1
     assert main(["align", "train", "--hard-warmup", "-1"]) == 2
     assert "--hard-warmup must be >= 0" in capsys.readouterr().err
+
+
+def test_global_term_and_cell_positions_are_saved_and_used_by_evaluate_and_search(tmp_path, capsys):
+    from captioning.alignment.checkpoint import load_aligner
+    out = tmp_path / "global"
+    assert main(["align", "train", *TINY, "--global-weight", "2", "--positions", "--out", str(out)]) == 0
+    assert "+ 2 x global, cell positions" in capsys.readouterr().out
+    ckpt = load_aligner(str(out / "best.npz"))
+    assert ckpt.model.config["global_weight"] == 2.0 and ckpt.model.config["position_cells"] == 64   # 8 x 8 grid
+    assert {"W_u", "W_q", "P"} <= set(ckpt.model.params)
+    assert main(["align", "evaluate", "--checkpoint", str(out / "best.npz"), "--max-images", "20"]) == 0
+    assert main(["align", "search", "a red circle", "--checkpoint", str(out / "best.npz"), "--top", "2"]) == 0
+    assert "red" in capsys.readouterr().out
+    # search scores = the retrieval (and training) score, global term included
+    from captioning.alignment import app
+    from captioning.alignment.data import encode_sentences
+    from captioning.alignment.retrieval import encode_images, sentence_scores
+    split = app.shapes_split(ckpt.data, "test", max_images=20)
+    hits = app.search(ckpt, split, "a red circle", top=3)
+    regions, whole = encode_images(ckpt.model, ckpt.encoder, split.inputs)
+    sentence = encode_sentences([[["a", "red", "circle"]]], ckpt.vocabulary)
+    column = sentence_scores(ckpt.model, regions, sentence, image_vectors=whole)[:, 0]
+    for hit in hits:
+        assert abs(hit.score - column[split.image_ids.index(hit.image_id)]) < 1e-4
+    assert main(["align", "train", "--global-weight", "-1"]) == 2
+    assert "--global-weight must be >= 0" in capsys.readouterr().err

@@ -22,7 +22,8 @@ import numpy
 
 from nn import backend
 
-__all__ = ["encode_regions", "encode_words", "distinct_sentences", "sentence_scores", "score_matrix", "ranks",
+__all__ = ["encode_regions", "encode_images", "encode_words", "encode_sentence_vectors", "global_scores",
+           "distinct_sentences", "sentence_scores", "score_matrix", "ranks",
            "recall_metrics", "PAPER_FLICKR8K"]
 
 # Karpathy & Fei-Fei (2015), Table 1, Flickr8k, "Our model: BRNN".
@@ -32,13 +33,22 @@ PAPER_FLICKR8K = {"annotation": {"R@1": 16.5, "R@5": 40.6, "R@10": 54.2, "median
 
 def encode_regions(model, encoder, inputs, batch_size=100):
     """Region vectors of every image: (N, R, h) on the backend (encoder in eval mode)."""
+    return encode_images(model, encoder, inputs, batch_size)[0]
+
+
+def encode_images(model, encoder, inputs, batch_size=100):
+    """(regions (N, R, h), image vectors (N, h) of the global term or None without it),
+    on the backend (encoder in eval mode)."""
     encoder.eval()
-    parts = []
+    regions, whole = [], []
     for start in range(0, len(inputs), batch_size):
         grid = encoder.encode(inputs[start:start + batch_size], "grid", model.dtype)
-        parts.append(model.regions_forward(grid)[0])
+        regions.append(model.regions_forward(grid)[0])
+        if model.config["global_weight"]:
+            whole.append(model.image_vector_forward(grid)[0])
     encoder.train()
-    return backend.xp().concatenate(parts, axis=0)
+    xp = backend.xp()
+    return xp.concatenate(regions, axis=0), (xp.concatenate(whole, axis=0) if whole else None)
 
 
 def encode_words(model, sentences, batch_size=500):
@@ -53,6 +63,28 @@ def encode_words(model, sentences, batch_size=500):
         parts.append(s[xp.asarray(mask > 0)])           # (real words of the batch, h), in order
     offsets = numpy.concatenate([[0], numpy.cumsum(sentences.lengths)])
     return xp.concatenate(parts, axis=0), offsets
+
+
+def encode_sentence_vectors(model, sentences, batch_size=500):
+    """The global term's sentence vectors q of every sentence: (P, h) on the backend."""
+    xp = backend.xp()
+    parts = []
+    for start in range(0, len(sentences), batch_size):
+        words, mask = sentences.batch(numpy.arange(start, min(start + batch_size, len(sentences))))
+        parts.append(model.sentences_forward(xp.asarray(words), backend.asarray(mask, dtype=model.dtype))[1])
+    return xp.concatenate(parts, axis=0)
+
+
+def global_scores(model, image_vectors, sentences):
+    """g u_k . q_l (N, P) NumPy float64, the global term of every image with every sentence;
+    zeros when the model has none."""
+    g = float(model.config["global_weight"])
+    if not g:
+        return numpy.zeros((0 if image_vectors is None else len(image_vectors), len(sentences)))
+    if image_vectors is None:
+        raise ValueError("this aligner has a global term: pass the image vectors of encode_images")
+    q = encode_sentence_vectors(model, sentences)
+    return g * backend.to_numpy(image_vectors @ q.T).astype(numpy.float64)
 
 
 def distinct_sentences(sentences):
@@ -72,13 +104,17 @@ def distinct_sentences(sentences):
     return distinct, rank[index.reshape(-1)].astype(numpy.int64)
 
 
-def sentence_scores(model, regions, sentences, chunk=20):
+def sentence_scores(model, regions, sentences, chunk=20, image_vectors=None):
     """S (N, P) NumPy float64 of the images' `regions` (N, R, h) against every sentence,
     each DISTINCT sentence encoded and scored once, so that identical sentences of
-    different images tie exactly (see the module docstring)."""
+    different images tie exactly (see the module docstring). A model with the global
+    term needs the `image_vectors` (N, h) of encode_images too."""
     distinct, index = distinct_sentences(sentences)
     words, offsets = encode_words(model, distinct)
-    return score_matrix(regions, words, offsets, chunk=chunk, **model.score_options())[:, index]
+    S = score_matrix(regions, words, offsets, chunk=chunk, **model.score_options())
+    if model.config["global_weight"]:
+        S += global_scores(model, image_vectors, distinct)
+    return S[:, index]
 
 
 def score_matrix(regions, word_vectors, offsets, chunk=20, clip=False, average=False):

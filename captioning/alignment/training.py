@@ -19,7 +19,7 @@ from ..progress import format_duration
 from ..training import TrainingDiverged
 from .checkpoint import load_aligner, save_aligner
 from .data import encode_sentences, epoch_batches
-from .retrieval import encode_regions, recall_metrics, recall_sum, sentence_scores
+from .retrieval import encode_images, recall_metrics, recall_sum, sentence_scores
 
 
 @dataclass
@@ -186,5 +186,6 @@ class AlignTrainer:
 
 def evaluate_retrieval(model, encoder, data, sentences, chunk=20):
     """Recall metrics of `model` on the images of `data` and their `sentences`."""
-    regions = encode_regions(model, encoder, data.inputs)
-    return recall_metrics(sentence_scores(model, regions, sentences, chunk=chunk), sentences.image)
+    regions, whole = encode_images(model, encoder, data.inputs)
+    return recall_metrics(sentence_scores(model, regions, sentences, chunk=chunk, image_vectors=whole),
+                          sentences.image)

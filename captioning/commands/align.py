@@ -16,7 +16,10 @@ grid and the whole image) and the words of a sentence (a bidirectional RNN)
 are mapped into one space; an image and a sentence score
 S = 10 x the mean over the words of the best region's cosine (on the shapes
 set: the sum; --cosine 0 --no-average: the paper's sum of dot products),
-trained with the bidirectional max-margin ranking loss (margin 1).
+trained with the bidirectional max-margin ranking loss (margin 1). On the
+shapes set the score adds 3 x 10 x the cosine of the whole image and the
+whole sentence (--global-weight 3: the fragment score cannot count) and a
+learned vector per grid cell to its region vector (--positions).
 
   train      train on the synthetic shapes set (default) or on cached Flickr8k features (--data)
   evaluate   image annotation and image search Recall@1/5/10 and median rank on a split
@@ -24,7 +27,7 @@ trained with the bidirectional max-margin ranking loss (margin 1).
   annotate   a picture: each region's best words, and each word's best region
 
 examples:
-  python -m captioning align train                               # shapes, about 2 minutes
+  python -m captioning align train                               # shapes, about 4 minutes
   python -m captioning align train --data ../shared/flickr8k --features CACHE --max-minutes 30
   python -m captioning align evaluate --checkpoint outputs/align_shapes/best.npz --split test
   python -m captioning align search "a dog jumps into the water" --data ../shared/flickr8k --top 5
@@ -48,7 +51,7 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", required=True)
     t = sub.add_parser("train", help="train an aligner")
     _common(t, checkpoint=False)
-    for name, kind, text in (("epochs", int, "epochs (default 3 shapes / 15 Flickr8k)"),
+    for name, kind, text in (("epochs", int, "epochs (default 8 shapes / 15 Flickr8k)"),
                              ("batch-size", int, "image-sentence pairs per step (default 32 shapes / 100 Flickr8k)"),
                              ("lr", float, "Adam learning rate (default 5e-3 shapes / 1e-3 Flickr8k)"),
                              ("hidden", int, "multimodal size h (default 128 / 256)"),
@@ -56,13 +59,15 @@ def add_arguments(parser):
                              ("min-count", int, "vocabulary: words seen this often in train (default 1 / 5)"),
                              ("val-images", int, "dev recall on the first N dev images (default all / 500)"),
                              ("patience", int, "early stopping: epochs without better dev recall (default 3)"),
-                             ("max-minutes", float, "stop after this many minutes of training (default 2 "
+                             ("max-minutes", float, "stop after this many minutes of training (default 8 "
                                                     "shapes, none Flickr8k; 0 = no limit)"),
                              ("dropout", float, "drop probability of region features while training"),
                              ("word-dropout", float, "drop probability of word-vector entries while training"),
                              ("weight-decay", float, "L2 weight decay of the weight matrices"),
-                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch (default 0.3 shapes / 1)"),
+                             ("lr-decay", float, "the learning rate is multiplied by this after each epoch (default 0.6 shapes / 1)"),
                              ("cosine", float, "0: dot products; c > 0: c times the cosine of region and word (default 10)"),
+                             ("global-weight", float, "g > 0 adds g x (whole image . whole sentence) to the "
+                                                      "fragment score, so that the score can count (default 3 shapes / 0: off)"),
                              ("hard-warmup", int, "with --hard-negatives: the sum of hinges for the first N epochs "
                                                   "(VSE++ needed such a warm-up sometimes; default 0)"),
                              ("max-images", int, "only the first N images of each split (quick runs)")):
@@ -76,6 +81,9 @@ def add_arguments(parser):
                    help="ranking loss: each true pair pays only for its hardest wrong sentence and "
                         "hardest wrong image in the batch (the max of hinges of VSE++, Faghri et al. "
                         "2018) instead of the sum over all wrong pairs (default off)")
+    t.add_argument("--positions", action=BooleanOptionalAction, default=None,
+                   help="add a free learned vector per grid cell to its region vector, for words like "
+                        "'left' (default on shapes / off)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", default=None, help="output folder (default outputs/align_<data>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
@@ -127,7 +135,7 @@ def _train_options(args):
             raise UsageError(f"--max-minutes must be >= 0, got {value}")
         if key in ("dropout", "word_dropout") and not 0 <= value < 1:
             raise UsageError(f"{flag} must be in [0, 1), got {value}")
-        if key in ("weight_decay", "cosine") and value < 0:
+        if key in ("weight_decay", "cosine", "global_weight") and value < 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
         if key == "lr_decay" and not 0 < value <= 1:
             raise UsageError(f"--lr-decay must be in (0, 1], got {value}")
@@ -170,7 +178,9 @@ def _train(args):
     _log(f"data: {data.describe()}; vocabulary {len(vocabulary)} words")
     _log(f"model: h {o['hidden']}, word vectors {o['embed']}, dropout {o['dropout']:g} regions / "
          f"{o['word_dropout']:g} words, score: {'mean' if o['average'] else 'sum'} over words of "
-         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}; "
+         f"{'max(0, best)' if o['clip'] else 'best'} {'cosine x %g' % o['cosine'] if o['cosine'] else 'dot product'}"
+         f"{' + %g x global' % o['global_weight'] if o['global_weight'] else ''}"
+         f"{', cell positions' if o['positions'] else ''}; "
          f"weight decay {o['weight_decay']:g}, lr {o['lr']:g} x {o['lr_decay']:g} per epoch; loss: "
          f"{_loss_name(o)}")
     trainer = AlignTrainer(model, encoder, vocabulary, data, config, out, log=_log)
