@@ -23,7 +23,7 @@ import numpy
 __all__ = [
     "BackendError", "use", "name", "xp", "get_array_module", "is_cupy_array",
     "to_numpy", "asarray", "on_device_of", "rng", "scatter_add", "default_float",
-    "set_default_float", "cupy_available", "synchronize",
+    "set_default_float", "cupy_available", "synchronize", "use_gpu_kernels", "gpu_kernels_enabled",
 ]
 
 CUPY_INSTALL_HELP = (
@@ -38,7 +38,7 @@ class BackendError(RuntimeError):
     """Raised when the requested backend cannot be used here."""
 
 
-_state = {"name": None, "xp": None, "default_float": numpy.float32}
+_state = {"name": None, "xp": None, "default_float": numpy.float32, "gpu_kernels": None}
 
 
 def _import_cupy():
@@ -189,6 +189,23 @@ def synchronize():
     """Wait for queued GPU work to finish (for honest timings); no-op on NumPy."""
     if _state["name"] == "cupy":
         _state["xp"].cuda.get_current_stream().synchronize()
+
+
+def use_gpu_kernels(flag=True):
+    """Switch the hand-written CUDA kernels (nn.depthwise_cuda) on or off for CuPy arrays.
+
+    Off by default: they have not yet run on a GPU (issue 17), and the plain CuPy
+    path they replace is the reference their tests compare them with.
+    NN_GPU_KERNELS=1 in the environment switches them on from the start.
+    """
+    _state["gpu_kernels"] = bool(flag)
+
+
+def gpu_kernels_enabled():
+    """True when `use_gpu_kernels(True)` or NN_GPU_KERNELS=1 asked for the CUDA kernels."""
+    if _state["gpu_kernels"] is None:
+        _state["gpu_kernels"] = os.environ.get("NN_GPU_KERNELS", "0").strip() == "1"
+    return _state["gpu_kernels"]
 
 
 def default_float():

@@ -54,6 +54,7 @@ import os
 
 import numpy
 
+from . import depthwise_cuda
 from .backend import get_array_module
 from .dense import _check_float, _check_ndim, _is_int
 
@@ -249,6 +250,9 @@ def conv_forward(x, w, b, conv_param):
     # while the output is still in the CPU cache (one pass less over memory).
     if x.shape[0] == 0:     # an empty batch: nothing to compute on any path, on either backend
         out, saved, path = xp.zeros((0, f, h_out, w_out), dtype=x.dtype), None, "empty"
+    elif groups == x.shape[1] == f and c_per_group == 1 and depthwise_cuda.applies(xp, x):
+        out, saved = depthwise_cuda.depthwise_forward(x, w, b, pads, stride, h_out, w_out), x
+        path = "depthwise_cuda"     # CUDA kernels, only when switched on (nn.backend.use_gpu_kernels)
     elif groups == x.shape[1] == f and c_per_group == 1:
         out, saved = _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out)
         path = "depthwise"
@@ -288,6 +292,8 @@ def conv_backward(dout, cache):
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     if path == "empty":
         dx, dw = xp.zeros(x_shape, dtype=dout.dtype), xp.zeros(w.shape, dtype=dout.dtype)
+    elif path == "depthwise_cuda":
+        dx, dw = depthwise_cuda.depthwise_backward(dout, saved, w, pads, stride, h_out, w_out)
     elif path == "depthwise":
         dx, dw = _depthwise_backward(xp, dout, saved, w, geometry)
     elif path == "shifted":
