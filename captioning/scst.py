@@ -280,7 +280,7 @@ class SelfCriticalTrainer(Trainer):
         images = self.epoch_batches(epoch)[batch]
         self.model.eval()      # dropout off: sample and differentiate the same policy
         self.encoder.eval()
-        features = self.encoder.encode(self.train_data.inputs[images], self.model.feature_kind, self.model.dtype)
+        features = self.encoder.encode(self.train_inputs(images), self.model.feature_kind, self.model.dtype)
         greedy = greedy_decode(self.model, features, self.model.start_id, self.model.end_id,
                                max_length=cfg.max_length)
         rng = numpy.random.default_rng([cfg.seed, 3, self.progress.step])

@@ -81,6 +81,7 @@ class TrainConfig:
     val_images: Optional[int] = None      # decode only the first N dev images each epoch
     log_every: float = 10.0               # seconds between progress lines
     length_buckets: int = 0               # sort windows of this many batches by caption length (0 = off)
+    features_on_device: bool = False      # CuPy + cached features: copy them to the GPU once (see Trainer)
 
     @classmethod
     def from_dict(cls, data):
@@ -151,6 +152,7 @@ class Trainer:
         self.progress = _Progress()
         self._stop_requested = False
         self._batches = (None, None)   # (epoch, its batches): drawn once per epoch
+        self._device_inputs = self._features_on_device(train.inputs) if config.features_on_device else None
         # How to go on after a Ctrl-C, printed when fit() stops for one (None: no advice).
         self.resume_hint = "resume with --resume"
         os.makedirs(self.out_dir, exist_ok=True)
@@ -267,13 +269,33 @@ class Trainer:
             self._batches = (epoch, epoch_batches(self.table, cfg.batch_size, cfg.seed, epoch, cfg.length_buckets))
         return self._batches[1]
 
+    def _features_on_device(self, inputs):
+        """The training split's cached features as ONE array on the GPU, so that a step gathers its
+        batch there instead of on the host followed by a copy (issue 17; not yet run on a GPU,
+        hence off by default: --features-on-device). None, and the host path, on NumPy, for a
+        trainable encoder (pixels), or when the features need more than half the free GPU memory."""
+        free = backend.device_memory_free()
+        if free is None or self.encoder.trainable:
+            return None
+        if inputs.nbytes > free // 2:
+            self.log(f"--features-on-device: the training features ({inputs.nbytes / 2 ** 30:.1f} GiB) need more "
+                     f"than half of the free GPU memory ({free / 2 ** 30:.1f} GiB); they stay on the host")
+            return None
+        return backend.asarray(inputs)          # keeps the cache's dtype (float16 takes half the memory)
+
+    def train_inputs(self, images):
+        """The inputs of these training images ((B,) NumPy ints): from the GPU copy when
+        --features-on-device made one, else gathered on the host."""
+        if self._device_inputs is not None:
+            return self._device_inputs[backend.asarray(images)]
+        return self.train_data.inputs[images]
+
     def train_step(self, epoch, batch):
         """One optimizer step; returns (loss, number of target tokens)."""
         images, captions = take_batch(self.table, self.epoch_batches(epoch)[batch])
         # each image of the batch is encoded once, however many of its captions were drawn
         unique, inverse = numpy.unique(images, return_inverse=True)
-        encoded = self.encoder.encode(self.train_data.inputs[unique], self.model.feature_kind,
-                                      self.model.dtype)
+        encoded = self.encoder.encode(self.train_inputs(unique), self.model.feature_kind, self.model.dtype)
         inverse = backend.asarray(inverse)
         loss, _, dfeatures = self.model.forward_backward(
             encoded[inverse], backend.asarray(captions), feature_grad=self.encoder.trainable,

@@ -24,6 +24,7 @@ __all__ = [
     "BackendError", "use", "name", "xp", "get_array_module", "is_cupy_array",
     "to_numpy", "asarray", "on_device_of", "rng", "scatter_add", "default_float",
     "set_default_float", "cupy_available", "synchronize", "use_gpu_kernels", "gpu_kernels_enabled",
+    "device_memory_free",
 ]
 
 CUPY_INSTALL_HELP = (
@@ -189,6 +190,13 @@ def synchronize():
     """Wait for queued GPU work to finish (for honest timings); no-op on NumPy."""
     if _state["name"] == "cupy":
         _state["xp"].cuda.get_current_stream().synchronize()
+
+
+def device_memory_free():
+    """Bytes of free memory on the current GPU (CuPy backend), or None on NumPy."""
+    if name() != "cupy":
+        return None
+    return int(_state["xp"].cuda.runtime.memGetInfo()[0])
 
 
 def use_gpu_kernels(flag=True):

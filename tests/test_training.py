@@ -248,3 +248,42 @@ def test_each_epoch_records_the_teacher_forced_dev_loss_and_curves_png_draws_it(
     with Image.open(tmp_path / "run" / "curves.png") as image:
         pixels = numpy.asarray(image.convert("RGB")).reshape(-1, 3)
     assert (pixels == DEV).all(axis=1).any()
+
+
+def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(tmp_path):
+    # On NumPy (and for a trainable encoder) the flag keeps the host path: nothing is copied.
+    data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
+    train = data.splits["train"]
+    train.features = features                  # cached features: the encoder reads these, not the pixels
+    losses = {}
+    for on in (False, True):
+        model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
+        trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train, data.splits["dev"],
+                          TrainConfig(batch_size=8, seed=3, features_on_device=on), tmp_path / str(on),
+                          log=lambda line: None)
+        assert trainer._device_inputs is None
+        assert (backend.to_numpy(trainer.train_inputs(numpy.array([3, 1]))) == features[[3, 1]]).all()
+        losses[on] = [trainer.train_step(0, b)[0] for b in range(3)]
+    assert losses[True] == losses[False]
+
+
+@pytest.mark.gpu
+def test_features_on_device_on_cupy_gives_the_same_steps(tmp_path):
+    if not backend.cupy_available():
+        pytest.skip("CuPy is not installed or no GPU is visible")
+    backend.use("cupy")
+    data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
+    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
+    train = data.splits["train"]
+    train.features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
+    losses = {}
+    for on in (False, True):
+        model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
+        trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train, data.splits["dev"],
+                          TrainConfig(batch_size=8, seed=3, features_on_device=on), tmp_path / str(on),
+                          log=lambda line: None)
+        assert (trainer._device_inputs is not None) == on
+        losses[on] = [trainer.train_step(0, b)[0] for b in range(3)]
+    assert numpy.allclose(losses[True], losses[False], rtol=1e-6)

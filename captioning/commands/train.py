@@ -145,6 +145,10 @@ def add_arguments(parser):
                              "on Flickr8k 20 cuts the LSTM steps per batch from 20.7 to 12.2, but on the "
                              "synthetic set it slowed learning a lot (dev BLEU-4 52 vs 83 after one epoch); "
                              "default 0 = off")
+    parser.add_argument("--features-on-device", action="store_true",
+                        help="with --backend cupy and a feature cache: copy the training features to the GPU "
+                             "once instead of each batch (needs them to fit in half the free GPU memory; "
+                             "not yet measured on a GPU, so off by default)")
     parser.add_argument("--quiet", action="store_true", help="only the per-epoch lines")
     scst = parser.add_argument_group(
         "self-critical training (Rennie et al. 2017), after cross-entropy training",
@@ -287,7 +291,7 @@ def _make_trainer(args, data, out):
                          lr_decay_to=args.lr_decay_to, clip=args.clip,
                          beam=args.beam, patience=args.patience, seed=args.seed,
                          max_minutes=args.max_minutes, val_images=args.val_images,
-                         length_buckets=args.length_buckets)
+                         length_buckets=args.length_buckets, features_on_device=args.features_on_device)
     trainer = Trainer(model, vocabulary, encoder, data.splits["train"], data.splits["dev"], config, out,
                       log=_progress_log(args), data_spec=data.spec)
     _resume_or_note(trainer, args, out)
@@ -466,7 +470,7 @@ def _run_scst(args):
     config = SCSTConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_to=args.lr_decay_to,
                         clip=args.clip, beam=1, patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
                         val_images=args.val_images, samples=args.scst_samples, baseline=args.scst_baseline,
-                        init=os.path.abspath(args.init))
+                        init=os.path.abspath(args.init), features_on_device=args.features_on_device)
     trainer = SelfCriticalTrainer(model, ckpt.vocabulary, encoder, data.splits["train"], data.splits["dev"],
                                   config, out, log=_progress_log(args), data_spec=data.spec)
     _resume_or_note(trainer, args, out)
