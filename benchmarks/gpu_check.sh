@@ -33,7 +33,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   echo "benchmark exit $?"; cat "$OUT/bench_gpu.txt" | tail -40
   # The depthwise CUDA kernels (nn/depthwise_cuda.py, off by default until this has run): their
   # tests on CuPy, then the depthwise and EfficientNet benchmarks with them switched on.
-  timeout 60 python3 -m pytest -p no:cacheprovider -q tests/test_nn_depthwise_cuda.py > "$OUT/kernels_tests.txt" 2>&1
+  timeout 120 python3 -m pytest -p no:cacheprovider -q tests/test_nn_depthwise_cuda.py > "$OUT/kernels_tests.txt" 2>&1
   echo "kernel tests exit $?"; tail -3 "$OUT/kernels_tests.txt"
   NN_GPU_KERNELS=1 timeout 90 python3 benchmarks/run.py --backend cupy --only depthwise efficientnet \
     --json "$OUT/bench_gpu_kernels.json" > "$OUT/bench_gpu_kernels.txt" 2>&1

@@ -64,12 +64,13 @@ def test_kernels_equal_the_plain_path_on_cupy(cupy, kernels_switch, config, dtyp
     x, w, b, param = make(cupy, config, seed=3, dtype=dtype)
     plain, fast = _both_paths(x, w, b, param, kernels_switch)
     assert plain[-1] == "depthwise" and fast[-1] == "depthwise_cuda"
-    tolerance = 1e-12 if dtype is numpy.float64 else 1e-5
     for name, p, f in zip(("out", "dx", "dw", "db"), plain, fast):
         if p is None:
             assert f is None
-        else:
-            assert f.dtype == p.dtype and rel_error(f, p) < tolerance, name
+        elif dtype is numpy.float64:
+            assert f.dtype == p.dtype and rel_error(f, p) < 1e-12, name
+        else:   # float32: the kernel fuses multiply-adds, so compare against the largest value
+            assert f.dtype == p.dtype and float(abs(f - p).max()) <= 1e-5 * float(abs(p).max()), name
 
 
 @pytest.mark.gpu
@@ -77,5 +78,6 @@ def test_kernels_on_an_efficientnet_sized_map(cupy, kernels_switch):
     config = (4, 96, 56, 56, 96, 5, 2, (1, 2, 1, 2), 96, False)    # a 5x5 stride-2 "same" layer
     x, w, b, param = make(cupy, config, seed=4, dtype=numpy.float32)
     plain, fast = _both_paths(x, w, b, param, kernels_switch)
+    assert fast[-1] == "depthwise_cuda"
     for name, p, f in zip(("out", "dx", "dw"), plain, fast):
-        assert rel_error(f, p) < 1e-4, name
+        assert float(abs(f - p).max()) <= 1e-5 * float(abs(p).max()), name
