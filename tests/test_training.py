@@ -250,19 +250,27 @@ def test_each_epoch_records_the_teacher_forced_dev_loss_and_curves_png_draws_it(
     assert (pixels == DEV).all(axis=1).any()
 
 
-def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(tmp_path):
-    # On NumPy (and for a trainable encoder) the flag keeps the host path: nothing is copied.
+def _feature_cache_trainers(tmp_path):
+    """(features, {False: trainer, True: trainer}): the same show-tell run on cached float16
+    features of 40 shapes images, without and with --features-on-device."""
     data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
-    features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
     train = data.splits["train"]
-    train.features = features                  # cached features: the encoder reads these, not the pixels
-    losses = {}
+    train.features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
+    trainers = {}
     for on in (False, True):
         model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
-        trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train, data.splits["dev"],
-                          TrainConfig(batch_size=8, seed=3, features_on_device=on), tmp_path / str(on),
-                          log=lambda line: None)
+        trainers[on] = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train,
+                               data.splits["dev"], TrainConfig(batch_size=8, seed=3, features_on_device=on),
+                               tmp_path / str(on), log=lambda line: None)
+    return train.features, trainers
+
+
+def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(tmp_path):
+    # On NumPy (and for a trainable encoder) the flag keeps the host path: nothing is copied.
+    features, trainers = _feature_cache_trainers(tmp_path)
+    losses = {}
+    for on, trainer in trainers.items():
         assert trainer._device_inputs is None
         assert (backend.to_numpy(trainer.train_inputs(numpy.array([3, 1]))) == features[[3, 1]]).all()
         losses[on] = [trainer.train_step(0, b)[0] for b in range(3)]
@@ -274,16 +282,9 @@ def test_features_on_device_on_cupy_gives_the_same_steps(tmp_path):
     if not backend.cupy_available():
         pytest.skip("CuPy is not installed or no GPU is visible")
     backend.use("cupy")
-    data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
-    vocab = Vocabulary.build(data.train_tokens(), min_count=1)
-    train = data.splits["train"]
-    train.features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
+    _, trainers = _feature_cache_trainers(tmp_path)
     losses = {}
-    for on in (False, True):
-        model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
-        trainer = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train, data.splits["dev"],
-                          TrainConfig(batch_size=8, seed=3, features_on_device=on), tmp_path / str(on),
-                          log=lambda line: None)
+    for on, trainer in trainers.items():
         assert (trainer._device_inputs is not None) == on
         losses[on] = [trainer.train_step(0, b)[0] for b in range(3)]
     assert numpy.allclose(losses[True], losses[False], rtol=1e-6)
