@@ -333,7 +333,7 @@ class Trainer:
             images, captions = take_batch(table, numpy.arange(start, min(start + self.config.batch_size, len(table))))
             unique, inverse = numpy.unique(images, return_inverse=True)
             encoded = self.encoder.encode(dev.inputs[unique], self.model.feature_kind, self.model.dtype)
-            loss, _ = self.model.loss(encoded[backend.asarray(inverse)], backend.asarray(captions))
+            loss = self.model.forward_loss(encoded[backend.asarray(inverse)], backend.asarray(captions))
             total += loss * len(captions)
         self.model.train()
         self.encoder.train()

@@ -66,3 +66,27 @@ def test_the_command_line_offers_every_registered_model(tmp_path, capsys):
     assert "--checkpoint" in printed and "--attention-png" not in printed   # its suggested commands work
     assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--max-images", "3"]) == 0
     assert "shapes test: 3 images" in capsys.readouterr().out
+
+
+TINY = {"wordvec_dim": 4, "hidden_dim": 6, "attention_dim": 5, "dropout": 0.5, "doubly_stochastic": 0.7}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_forward_loss_is_the_training_loss_without_a_backward_pass(kind, monkeypatch):
+    """Validation's dev loss (Trainer.dev_loss) uses forward_loss: the same number as
+    forward_backward's loss (attention regulariser included), at the price of the forward pass."""
+    backend.set_default_float(numpy.float64)
+    model_class = MODELS[kind]
+    config = {"model": kind, "vocab_size": 11, "feature_dim": 7,
+              **{key: TINY[key] for key in model_class.config_keys}}
+    model = build(config, seed=2).eval()
+    gen = numpy.random.default_rng(1)
+    shape = (3, 4, 7) if model.feature_kind == "grid" else (3, 7)
+    features = backend.asarray(gen.standard_normal(shape))
+    captions = gen.integers(3, 11, size=(3, 6))
+    captions[:, 0], captions[0, 4:], captions[1, 2:] = 1, [2, 0], [2, 0, 0, 0]
+    captions = backend.asarray(captions)
+    expected = model.forward_backward(features, captions)[0]
+    if hasattr(model, "_backward"):
+        monkeypatch.setattr(model, "_backward", lambda *a, **k: pytest.fail("forward_loss ran the backward pass"))
+    assert model.forward_loss(features, captions) == expected

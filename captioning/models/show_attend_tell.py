@@ -186,6 +186,10 @@ class ShowAttendTell(CaptionModel):
         next_h, next_c, lstm_cache = lstm_step_forward_from_projection(xw, prev_h, prev_c, p["Wh"])
         return next_h, next_c, alpha, (att_cache, context, beta, prev_h, lstm_cache)
 
+    def _regulariser_loss(self, forward_outputs, mask):
+        """The doubly stochastic term of the loss (for `forward_loss`); forward_outputs: `_forward`'s."""
+        return self._attention_regulariser(forward_outputs[1], mask)[0]
+
     def _attention_regulariser(self, alphas, mask):
         """Doubly stochastic loss over the real (unmasked) steps and its gradient dalphas (N, T, L)."""
         N = alphas.shape[0]
