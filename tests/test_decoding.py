@@ -574,3 +574,40 @@ def test_bad_ending_ids_must_be_word_ids():
     for decode in (greedy_decode, beam_search):
         with pytest.raises(ValueError, match="bad_ending_ids has id 5, outside the vocabulary of size 5"):
             decode(model, features, START, END, bad_ending_ids=[2, 5])
+
+
+# --- the GPU's top k: argmax passes instead of CuPy's full-row sort ----------------------------
+
+def test_top_k_by_argmax_equals_the_partition_top_k_with_distinct_indices():
+    from captioning.decoding import _top_k, _top_k_by_argmax
+    rng = numpy.random.default_rng(3)
+    scores = rng.standard_normal((6, 40))
+    for k in (1, 3, 8):
+        expected, got = _top_k(scores, k, numpy), _top_k_by_argmax(scores, k, numpy)
+        assert (got[0] == expected[0]).all() and (got[1] == expected[1]).all()
+    # a row with fewer finite entries than k (dead beams, blocked words) still gets k distinct indices
+    scores[0, 2:] = -numpy.inf
+    indices, values = _top_k_by_argmax(scores, 5, numpy)
+    assert len(set(indices[0].tolist())) == 5 and set(indices[0, :2].tolist()) == {0, 1}
+    assert numpy.isneginf(values[0, 2:]).all() and values.dtype == scores.dtype
+
+
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_beam_search_with_the_gpu_top_k_finds_the_same_captions(kind, monkeypatch):
+    """On the CPU, beam search run through the argmax top k (the GPU's) returns what it returns with
+    argpartition: the same captions, scores and attention rows (no ties in real log-probabilities)."""
+    from captioning import decoding, models
+    config = {"model": kind, "vocab_size": 15, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
+              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
+    model = models.build(config, seed=1, dtype=numpy.float64).eval()
+    rng = numpy.random.default_rng(1)
+    features = rng.normal(size=(7, 8) if models.MODELS[kind].feature_kind == "pooled" else (7, 4, 8))
+    expected = beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7,
+                           no_repeat_ngram=2)
+    monkeypatch.setattr(decoding, "_top_k", lambda scores, k, xp: decoding._top_k_by_argmax(scores, k, xp))
+    got = beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7, no_repeat_ngram=2)
+    assert got.sequences == expected.sequences
+    assert (got.scores == expected.scores).all() and (got.finished == expected.finished).all()
+    if kind == "attention":
+        for a, b in zip(got.attention, expected.attention):
+            assert (a == b).all()
