@@ -103,6 +103,12 @@ def test_train_without_a_feature_cache_says_how_to_make_one(tmp_path, capsys, fl
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "python -m captioning features --data" in err and "no feature cache" in err
+    # a cache named with an extension it does not have (as checkpoints are: run.npz) is pointed to
+    (tmp_path / "cache.json").write_text("{}")
+    assert main(["train", "--data", str(flickr8k), "--features", str(tmp_path / "cache.npz"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"use --features {tmp_path / 'cache'}" in err and "names a cache by its stem" in err
 
 
 def test_flickr8k_slice_features_train_evaluate_caption(tmp_path, capsys, flickr8k):

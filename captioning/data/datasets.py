@@ -241,6 +241,12 @@ class FolderDataset:
         try:
             cache = open_cache(features_path, image_ids=wanted)
         except FileNotFoundError:
+            stem = Path(features_path).with_suffix("")
+            if Path(features_path).suffix and Path(f"{stem}.json").exists():
+                raise MissingFeatureCache(
+                    f"no feature cache at {features_path}, but there is one at {stem} ({stem.name}.json, "
+                    f"{stem.name}.grid.npy, ...): --features names a cache by its stem, without an "
+                    f"extension; use --features {stem}") from None
             what = (f"the activations entering its last {fine_tune_blocks} blocks" if fine_tune_blocks
                     else "the EfficientNet-Lite0 features")
             raise MissingFeatureCache(
