@@ -34,6 +34,12 @@ blocks of rows):
   28x28) are done in a batch-last layout instead, where rows are longer. On
   NumPy the work is done in cache-sized blocks spread over a few threads,
   since elementwise NumPy is otherwise single-threaded and memory-bound.
+  On CuPy, with `nn.backend.use_gpu_kernels(True)`, it runs as CUDA kernels
+  instead (nn/depthwise_cuda.py, off by default until tested on a GPU).
+
+`conv_relu6_inference` is a conv followed by ReLU6, for inference; with the CUDA
+kernels on, its bias and ReLU6 take no pass of their own after a depthwise conv
+and one pass together after the others.
 
 `conv_forward_naive` and `conv_backward_naive` are the obvious loop versions,
 slow, kept for teaching and as the reference the fast paths are tested

@@ -161,9 +161,9 @@ def backward_applies(xp, dout, x, w, h_out, w_out):
     return _usable(xp, (dout, x, w), partial)
 
 
-def epilogue_applies(xp, out, b):
-    """Run BIAS_RELU6 on this conv output (N, F, H_out, W_out) and bias (F,)?"""
-    return _usable(xp, (out, b))
+def epilogue_applies(xp, x, b):
+    """Run BIAS_RELU6 after a conv of x (N, C, H, W) with bias b (F,)? (Its output has x's dtype.)"""
+    return _usable(xp, (x, b))
 
 
 def _geometry_args(x_shape, w_shape, pads, stride, h_out, w_out):
@@ -177,9 +177,10 @@ def _dw_blocks(h_out, w_out):
     One thread per (image, channel, tap) summing all output pixels leaves the GPU
     nearly idle on the big early maps (batch 128, 32 channels, 3x3, 112x112
     outputs: 37k threads, each 12544 products in a row); one thread per output
-    row would write partial sums as large as dout on the small late maps. About
-    DW_PIXELS_PER_THREAD pixels per thread gives 1.4M threads there, and a
-    single block (partial sums of N * C * taps) for maps up to 16x16.
+    row would write partial sums larger than dout on the small late maps (7x7
+    outputs, 5x5 kernel: 25 sums per row of 7 pixels). About
+    DW_PIXELS_PER_THREAD pixels per thread gives 2M threads there, and a single
+    block (partial sums of N * C * taps) for maps up to 16x16.
     """
     rows = max(1, min(h_out, DW_PIXELS_PER_THREAD // max(1, w_out)))
     return rows, -(-h_out // rows)

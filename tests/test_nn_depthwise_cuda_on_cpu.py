@@ -12,22 +12,13 @@ import numpy
 import pytest
 
 import captioning.encoders.efficientnet as effnet
-from conftest import as_xp
 from cuda_on_cpu import ElementwiseOnCPU, gxx_available, nvcc_available, nvcc_compile_errors
 from nn import backend, depthwise_cuda
 from nn.conv import conv_backward, conv_forward, conv_relu6_inference
-from nn.gradcheck import rel_error
 from test_encoder_efficientnet import _random_state_dict
-from test_nn_conv import CONFIGS, DEPTHWISE, DEPTHWISE_IDS, make
-from test_nn_depthwise_cuda import _both_paths
-
-# Bigger maps than test_nn_conv's: several BACKWARD_DW blocks of rows at the default
-# DW_PIXELS_PER_THREAD (40x40 outputs: 6 rows per thread, the last block 4 rows), and an
-# EfficientNet-style 5x5 stride-2 "same" layer.
-LARGER = [(2, 4, 40, 40, 4, 3, 1, 1, 4, True), (1, 3, 33, 31, 3, 5, 2, (1, 2, 1, 1), 3, True)]
-GEOMETRIES = DEPTHWISE + LARGER
-GEOMETRY_IDS = DEPTHWISE_IDS + ["k3-s1-pad1-40x40", "k5-s2-pad(1,2,1,1)-33x31"]
-NOT_DEPTHWISE = [c for c in CONFIGS if c not in DEPTHWISE and c[9]]     # with bias: the epilogue kernel
+from test_nn_conv import DEPTHWISE, make
+from test_nn_depthwise_cuda import (GEOMETRIES, GEOMETRY_IDS, LARGER, NOT_DEPTHWISE, NOT_DEPTHWISE_IDS,
+                                    _both_paths, assert_close)
 
 _cpu_builds = {}     # one g++ build per kernel and type for the whole module
 
@@ -47,14 +38,6 @@ def cpu_kernels(monkeypatch):
     backend.use_gpu_kernels(before)
 
 
-def _assert_close(fast, plain, dtype, name):
-    assert fast.dtype == plain.dtype and fast.shape == plain.shape, name
-    if dtype is numpy.float64:
-        assert rel_error(fast, plain) < 1e-12, name
-    else:   # float32: another summation order, so compare against the largest value
-        assert float(abs(fast - plain).max()) <= 1e-5 * float(abs(plain).max()), name
-
-
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("rows_per_thread", ["default", 2])
 @pytest.mark.parametrize("config", GEOMETRIES, ids=GEOMETRY_IDS)
@@ -69,7 +52,7 @@ def test_kernels_equal_the_plain_path(cpu_kernels, monkeypatch, config, rows_per
         if p is None:
             assert f is None
         else:
-            _assert_close(f, p, dtype, name)
+            assert_close(f, p, dtype, name)
 
 
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
@@ -82,11 +65,11 @@ def test_depthwise_relu6_in_the_forward_kernel(cpu_kernels, config, dtype):
     assert numpy.array_equal(plain, numpy.clip(conv_forward(x, w, b, param)[0], 0, 6))
     assert (plain == 0).any() and (plain == 6).any() and ((plain > 0) & (plain < 6)).any()
     cpu_kernels(True)
-    _assert_close(conv_relu6_inference(x, w, b, param), plain, dtype, "relu6(out)")
+    assert_close(conv_relu6_inference(x, w, b, param), plain, dtype, "relu6(out)")
 
 
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
-@pytest.mark.parametrize("config", NOT_DEPTHWISE[:4], ids=[f"k{c[5]}-s{c[6]}-g{c[8]}" for c in NOT_DEPTHWISE[:4]])
+@pytest.mark.parametrize("config", NOT_DEPTHWISE, ids=NOT_DEPTHWISE_IDS)
 def test_bias_relu6_epilogue_after_a_bias_free_conv(cpu_kernels, monkeypatch, config, dtype):
     x, w, b, param = make(numpy, config, seed=6, dtype=dtype)
     x *= 3
@@ -97,7 +80,7 @@ def test_bias_relu6_epilogue_after_a_bias_free_conv(cpu_kernels, monkeypatch, co
     plain = conv_relu6_inference(x, w, b, param)
     assert not calls and (plain == 0).any() and (plain == 6).any()
     cpu_kernels(True)
-    _assert_close(conv_relu6_inference(x, w, b, param), plain, dtype, "relu6(out + b)")
+    assert_close(conv_relu6_inference(x, w, b, param), plain, dtype, "relu6(out + b)")
     assert calls == [1]
 
 
