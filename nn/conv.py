@@ -34,6 +34,12 @@ blocks of rows):
   28x28) are done in a batch-last layout instead, where rows are longer. On
   NumPy the work is done in cache-sized blocks spread over a few threads,
   since elementwise NumPy is otherwise single-threaded and memory-bound.
+  On CuPy, with `nn.backend.use_gpu_kernels(True)`, it runs as CUDA kernels
+  instead (nn/depthwise_cuda.py, off by default until tested on a GPU).
+
+`conv_relu6_inference` is a conv followed by ReLU6, for inference; with the CUDA
+kernels on, its bias and ReLU6 take no pass of their own after a depthwise conv
+and one pass together after the others.
 
 `conv_forward_naive` and `conv_backward_naive` are the obvious loop versions,
 slow, kept for teaching and as the reference the fast paths are tested
@@ -59,7 +65,8 @@ from .backend import get_array_module
 from .dense import _check_float, _check_ndim, _is_int
 
 __all__ = [
-    "conv_forward", "conv_backward", "conv_forward_naive", "conv_backward_naive", "same_padding",
+    "conv_forward", "conv_backward", "conv_relu6_inference", "conv_forward_naive", "conv_backward_naive",
+    "same_padding",
 ]
 
 
@@ -250,10 +257,10 @@ def conv_forward(x, w, b, conv_param):
     # while the output is still in the CPU cache (one pass less over memory).
     if x.shape[0] == 0:     # an empty batch: nothing to compute on any path, on either backend
         out, saved, path = xp.zeros((0, f, h_out, w_out), dtype=x.dtype), None, "empty"
-    elif groups == x.shape[1] == f and c_per_group == 1 and depthwise_cuda.applies(xp, x):
+    elif _is_depthwise(x, w, groups) and depthwise_cuda.forward_applies(xp, x, w, b, h_out, w_out):
         out, saved = depthwise_cuda.depthwise_forward(x, w, b, pads, stride, h_out, w_out), x
         path = "depthwise_cuda"     # CUDA kernels, only when switched on (nn.backend.use_gpu_kernels)
-    elif groups == x.shape[1] == f and c_per_group == 1:
+    elif _is_depthwise(x, w, groups):
         out, saved = _depthwise_forward(xp, x, w, b, pads, stride, h_out, w_out)
         path = "depthwise"
     elif stride == 1:
@@ -292,15 +299,53 @@ def conv_backward(dout, cache):
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     if path == "empty":
         dx, dw = xp.zeros(x_shape, dtype=dout.dtype), xp.zeros(w.shape, dtype=dout.dtype)
-    elif path == "depthwise_cuda":
+    elif path == "depthwise_cuda" and depthwise_cuda.backward_applies(xp, dout, saved, w, h_out, w_out):
         dx, dw = depthwise_cuda.depthwise_backward(dout, saved, w, pads, stride, h_out, w_out)
-    elif path == "depthwise":
+    elif path in ("depthwise", "depthwise_cuda"):
+        # Also after the kernels' forward when they do not apply here (e.g. dout of another dtype
+        # than w: the plain path computes in dout's dtype); both forward paths saved x.
         dx, dw = _depthwise_backward(xp, dout, saved, w, geometry)
     elif path == "shifted":
         dx, dw = _shifted_backward(xp, dout, saved, w, geometry)
     else:
         dx, dw = _im2col_backward(xp, dout, saved, w, geometry)
     return dx, dw, db
+
+
+def conv_relu6_inference(x, w, b, conv_param):
+    """ReLU6 of a convolution, for inference: out = min(max(conv(x, w) + b, 0), 6); no cache, no backward.
+
+    What an eval-mode conv + folded batchnorm + ReLU6 unit of a MobileNet-style
+    network computes (captioning's EfficientNet encoder). By default, and always
+    on NumPy, it is exactly `conv_forward` followed by an in-place clip, one
+    pass over the output more for the clip. With the CUDA kernels switched on
+    (`nn.backend.use_gpu_kernels`) and CuPy arrays, the bias and the ReLU6 cost
+    no pass of their own: a depthwise conv applies them in its kernel before its
+    one write, and any other conv runs without its bias, then one elementwise
+    kernel adds the bias and clips (instead of a bias pass and a clip pass).
+
+    Inputs:
+    - x: (N, C, H, W) input
+    - w: (F, C // groups, HH, WW) filters
+    - b: (F,) biases, or None
+    - conv_param: as for `conv_forward` ('stride', 'pad', 'groups')
+    Returns:
+    - out: (N, F, H_out, W_out), values in [0, 6]; same dtype as x
+    """
+    xp, stride, pads, groups, h_out, w_out = _conv_geometry("conv_relu6_inference", x, w, b, conv_param)
+    if x.shape[0] and _is_depthwise(x, w, groups) and depthwise_cuda.forward_applies(xp, x, w, b, h_out, w_out):
+        return depthwise_cuda.depthwise_forward(x, w, b, pads, stride, h_out, w_out, relu6=True)
+    if b is not None and x.shape[0] and depthwise_cuda.epilogue_applies(xp, x, b):
+        out, _ = conv_forward(x, w, None, conv_param)
+        return depthwise_cuda.bias_relu6_(out, b)
+    out, _ = conv_forward(x, w, b, conv_param)
+    xp.clip(out, 0, 6, out=out)             # in place: the conv output is a fresh array nobody else holds
+    return out
+
+
+def _is_depthwise(x, w, groups):
+    """One filter per input channel, each seeing only its own channel (groups == C == F)."""
+    return groups == x.shape[1] == w.shape[0] and w.shape[1] == 1
 
 
 # ---- stride 1: im2col from shifted slices of the flat rows, one matrix product per chunk

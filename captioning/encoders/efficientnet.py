@@ -67,7 +67,7 @@ import collections
 import numpy as np
 
 from nn import backend
-from nn.conv import conv_forward, same_padding
+from nn.conv import conv_forward, conv_relu6_inference, same_padding
 from nn.dense import affine_forward
 from nn.losses import softmax
 from nn.normalization import spatial_batchnorm_forward
@@ -262,7 +262,12 @@ class EfficientNetLite0:
             pad = same_padding(x.shape[2], k, stride) + same_padding(x.shape[3], k, stride)
         else:
             pad = k // 2  # PyTorch-style symmetric padding (for comparison only)
-        out, _ = conv_forward(x, unit["w"], unit["b"], {"stride": stride, "pad": pad, "groups": unit["groups"]})
+        conv_param = {"stride": stride, "pad": pad, "groups": unit["groups"]}
+        if relu6 and self.fold_batchnorm:
+            # conv + bias + clip, with the bias and ReLU6 fused into the conv's pass on the GPU when
+            # the CUDA kernels are on; otherwise the same conv_forward and clip as below
+            return conv_relu6_inference(x, unit["w"], unit["b"], conv_param)
+        out, _ = conv_forward(x, unit["w"], unit["b"], conv_param)
         if not self.fold_batchnorm:
             bn = unit["bn"]
             out, _ = spatial_batchnorm_forward(out, bn["gamma"], bn["beta"], {
