@@ -21,8 +21,12 @@ Two ways to call it:
   features this saves 19 of 20 large (N*49, 1280) x (1280, A) matrix products
   in the forward pass and again in the backward pass.
 `attention_forward` is exactly project + step, so both paths give the same numbers.
+
+On CuPy with `nn.backend.use_gpu_kernels(True)` the step's elementwise work
+runs as four fused kernels (nn.attention_cuda: same formulas, off by default);
+the code below is the reference they are tested against.
 """
-from . import backend
+from . import attention_cuda, backend
 from .dense import _check_float, _check_ndim, _check_shape, temporal_affine_backward, temporal_affine_forward
 from .losses import softmax
 
@@ -102,10 +106,14 @@ def attention_step_forward(features, projected, h, W_hidden, w_score):
     _check_shape(op, "w_score", w_score, (A,))
 
     hidden = h @ W_hidden                                   # (N, A)
-    activations = projected + hidden[:, None, :]            # (N, L, A)
-    xp.tanh(activations, out=activations)
-    scores = activations @ w_score                          # (N, L)
-    alpha = softmax(scores, axis=1)
+    if attention_cuda.applies(xp, projected):              # the same math, 2 kernels (nn.attention_cuda)
+        activations = attention_cuda.tanh_add(xp, projected, hidden)
+        alpha = attention_cuda.softmax_rows(xp, activations @ w_score)
+    else:
+        activations = projected + hidden[:, None, :]        # (N, L, A)
+        xp.tanh(activations, out=activations)
+        scores = activations @ w_score                      # (N, L)
+        alpha = softmax(scores, axis=1)
     context = (alpha[:, None, :] @ features)[:, 0, :]       # (N, 1, L) x (N, L, D) -> (N, D)
     return context, alpha, (features, h, W_hidden, w_score, activations, alpha)
 
@@ -142,19 +150,27 @@ def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]   # (N, L)
     if dalpha is not None:
         _check_shape(op, "dalpha", dalpha, (N, L))
-        dalpha_total += dalpha
-    # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
-    dscores = dalpha_total
-    dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
-    dscores *= alpha
+    fused = attention_cuda.applies(xp, alpha)       # the same math, 1 kernel each for dscores, dprojected
+    if fused:
+        dscores = attention_cuda.softmax_backward_rows(xp, alpha, dalpha_total, dalpha)
+    else:
+        if dalpha is not None:
+            dalpha_total += dalpha
+        # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
+        dscores = dalpha_total
+        dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
+        dscores *= alpha
     # summed by einsum (not a matrix product): the caption models were trained with this rounding,
     # so a given seed reproduces their runs to the last bit
     dw_score = xp.einsum("nla,nl->a", activations, dscores)
     # scores = tanh(pre) @ w_score, so dpre = (dscores w_score^T) * (1 - tanh^2)
-    dprojected = xp.multiply(activations, activations)
-    xp.subtract(1, dprojected, out=dprojected)
-    dprojected *= dscores[:, :, None]
-    dprojected *= w_score
+    if fused:
+        dprojected = attention_cuda.dprojected(xp, activations, dscores, w_score)
+    else:
+        dprojected = xp.multiply(activations, activations)
+        xp.subtract(1, dprojected, out=dprojected)
+        dprojected *= dscores[:, :, None]
+        dprojected *= w_score
     dhidden = dprojected.sum(axis=1)                        # h W_hidden is broadcast over L
     return dfeatures, dprojected, dhidden @ W_hidden.T, h.T @ dhidden, dw_score
 
