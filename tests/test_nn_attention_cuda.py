@@ -2,9 +2,9 @@
 
 Skipped where no GPU is visible (tests/test_nn_attention_cuda_on_cpu.py checks
 the kernels' C++ on the CPU). With the kernels switched on, an attention step
-forward and backward at caption size, with and without dalpha, and a whole
-Show, Attend and Tell training step must give what the plain CuPy path gives,
-and must actually have run the kernels.
+forward and backward at caption size, with and without dalpha, the gate
+forward and backward, and a whole Show, Attend and Tell training step must
+give what the plain CuPy path gives, and must actually have run the kernels.
 """
 import numpy
 import pytest
@@ -37,7 +37,8 @@ class _Switch:
 def kernels_switch(monkeypatch):
     before = backend.gpu_kernels_enabled()
     switch = _Switch()
-    for name in ("tanh_add", "softmax_rows", "softmax_backward_rows", "dprojected"):
+    for name in ("tanh_add", "softmax_rows", "softmax_backward_rows", "dprojected", "gate_forward",
+                 "gate_backward"):
         function = getattr(attention_cuda, name)
         monkeypatch.setattr(attention_cuda, name,
                             lambda *args, _f=function, _n=name: switch.calls.append(_n) or _f(*args))
@@ -78,6 +79,27 @@ def test_attention_step_kernels_equal_the_plain_path_on_cupy(cupy, kernels_switc
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_gate_kernels_equal_the_plain_path_on_cupy(cupy, kernels_switch, dtype):
+    N, D, H = 64, 1280, 512
+    gen = numpy.random.default_rng(9)
+    context, h, dgated = (cupy.asarray(gen.standard_normal(shape).astype(dtype))
+                          for shape in ((N, D), (N, H), (N, D)))
+    W_beta = cupy.asarray((0.1 * gen.standard_normal((H, 1))).astype(dtype))
+    b_beta = cupy.asarray(numpy.array([0.5], dtype=dtype))
+    results = []
+    for on in (False, True):
+        kernels_switch(on)
+        out = cupy.zeros((3, N, D), dtype=dtype)                         # gated into one step of a buffer
+        gated, cache = attention.attention_gate_forward(context, h, W_beta, b_beta, out=out[1])
+        assert float(abs(out[0]).max()) == 0 and float(abs(out[1] - gated).max()) == 0
+        results.append((gated, cache[3]) + attention.attention_gate_backward(dgated, cache))
+    assert kernels_switch.calls == ["gate_forward", "gate_backward"]
+    for name, plain, fast in zip(("gated", "beta", "dcontext", "dh", "dW_beta", "db_beta"), *results):
+        _close(fast, plain, dtype, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 def test_show_attend_tell_train_step_with_kernels_on_cupy(cupy, kernels_switch, dtype):
     config = {"model": "attention", "vocab_size": 50, "feature_dim": 64, "wordvec_dim": 16, "hidden_dim": 32,
               "attention_dim": 24, "dropout": 0.0, "doubly_stochastic": 1.0}
@@ -91,7 +113,8 @@ def test_show_attend_tell_train_step_with_kernels_on_cupy(cupy, kernels_switch, 
     for on in (False, True):
         kernels_switch(on)
         results.append(model.forward_backward(features, captions, feature_grad=True))
-    assert kernels_switch.calls.count("dprojected") == 10                # every one of the 10 steps
+    for name in ("tanh_add", "dprojected", "gate_forward", "gate_backward"):
+        assert kernels_switch.calls.count(name) == 10, name              # every one of the 10 steps
     (plain_loss, plain_grads, plain_dfeatures), (loss, grads, dfeatures) = results
     assert abs(loss - plain_loss) <= (1e-12 if dtype is numpy.float64 else 1e-5) * abs(plain_loss)
     for name in plain_grads:

@@ -2,8 +2,9 @@
 
 tests/cuda_on_cpu.py runs each kernel's C++ body on the CPU in CuPy's loop.
 Here those CPU kernels stand in for the CuPy ones, and `nn.attention` is told
-to take its fused branch on NumPy arrays: the step forward and backward, and a
-whole Show, Attend and Tell training step, must then give what the plain path
+to take its fused branch on NumPy arrays: the step forward and backward, the
+gate forward and backward, and a whole Show, Attend and Tell training step
+(attention and gate at every step) must then give what the plain path
 gives (float64 to 1e-12, float32 to float32 rounding), with and without the
 direct gradient dalpha. nvcc must compile every body for sm_90. And on NumPy the
 switch changes nothing: switched on, the plain path runs, bit for bit.
@@ -21,7 +22,8 @@ from captioning.models import build
 needs_gxx = pytest.mark.skipif(not gxx_available(), reason="g++ is not installed")
 needs_nvcc = pytest.mark.skipif(not nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
 
-SPECS = ["TANH_ADD_KERNEL", "SOFTMAX_ROWS_KERNEL", "SOFTMAX_BACKWARD_ROWS_KERNEL", "DPROJECTED_KERNEL"]
+SPECS = ["TANH_ADD_KERNEL", "SOFTMAX_ROWS_KERNEL", "SOFTMAX_BACKWARD_ROWS_KERNEL", "DPROJECTED_KERNEL",
+         "GATE_FORWARD_KERNEL", "GATE_BACKWARD_KERNEL"]
 _cpu_kernels = {}
 
 
@@ -82,6 +84,28 @@ def test_attention_step_through_the_kernels_equals_the_plain_path(kernels_on_cpu
 
 
 @needs_gxx
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_gate_through_the_kernels_equals_the_plain_path(kernels_on_cpu, monkeypatch, dtype):
+    gen = numpy.random.default_rng(9)
+    context, h, dgated = (gen.standard_normal(shape).astype(dtype) for shape in ((4, 6), (4, 3), (4, 6)))
+    W_beta = (3 * gen.standard_normal((3, 1))).astype(dtype)            # both signs of the sigmoid's input
+    b_beta = numpy.array([0.5], dtype=dtype)
+
+    def gate():
+        out = numpy.full((2, 4, 6), numpy.nan, dtype=dtype)            # gated written into a step's buffer
+        gated, cache = attention.attention_gate_forward(context, h, W_beta, b_beta, out=out[1])
+        assert numpy.shares_memory(gated, out) and not numpy.isnan(out[1]).any()
+        return (gated, cache[3]) + attention.attention_gate_backward(dgated, cache)
+    fused = gate()
+    assert len(kernels_on_cpu) == 2
+    monkeypatch.setattr(attention_cuda, "applies", lambda xp, x: False)
+    plain = gate()
+    assert ((plain[1] < 0.5).any() and (plain[1] > 0.5).any())
+    for name, f, p in zip(("gated", "beta", "dcontext", "dh", "dW_beta", "db_beta"), fused, plain):
+        _close(f, p, dtype, name)
+
+
+@needs_gxx
 def test_softmax_rows_kernel_is_stable_and_rows_sum_to_one():
     # scores far beyond exp's range: the kernel subtracts each row's maximum first, as softmax does
     scores = numpy.array([[1000.0, 999.0, -1000.0], [-800.0, -801.0, -802.0], [0.0, 0.0, 0.0]])
@@ -104,7 +128,7 @@ def test_show_attend_tell_train_step_through_the_kernels_equals_the_plain_path(k
     captions[:, 0], captions[1, 3], captions[1, 4:] = 1, 2, 0           # <START>, <END>, <NULL>
     model = build(config, seed=2, dtype=dtype)
     fused = model.forward_backward(features, captions, feature_grad=True)
-    assert len(kernels_on_cpu) == 2 * 5                                  # 5 steps, forward and backward
+    assert len(kernels_on_cpu) == 4 * 5              # 5 steps: attention and gate, forward and backward
     monkeypatch.setattr(attention_cuda, "applies", lambda xp, x: False)
     plain = model.forward_backward(features, captions, feature_grad=True)
     assert abs(fused[0] - plain[0]) <= (1e-12 if dtype is numpy.float64 else 1e-5) * abs(plain[0])
