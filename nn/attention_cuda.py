@@ -60,7 +60,7 @@ SOFTMAX_ROWS_KERNEL = dict(
     operation="""
     const ptrdiff_t row = i * L;
     T top = scores[row];                                   // the row's largest score: exp never overflows
-    for (ptrdiff_t l = 1; l < L; ++l) top = max(top, scores[row + l]);
+    for (ptrdiff_t l = 1; l < L; ++l) top = scores[row + l] > top ? scores[row + l] : top;
     T total = 0;
     for (ptrdiff_t l = 0; l < L; ++l) {
         const T e = exp(scores[row + l] - top);
