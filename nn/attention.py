@@ -21,15 +21,25 @@ Two ways to call it:
   features this saves 19 of 20 large (N*49, 1280) x (1280, A) matrix products
   in the forward pass and again in the backward pass.
 `attention_forward` is exactly project + step, so both paths give the same numbers.
+
+`attention_gate_forward` / `attention_gate_backward`: Show, Attend and Tell's
+gate beta = sigmoid(h W_beta + b_beta), one number per example, that scales
+the context before the decoder reads it (Xu et al., sec. 4.2.1).
+
+On CuPy with `nn.backend.use_gpu_kernels(True)` the step's elementwise work
+(and the gate's) runs as fused kernels (nn.attention_cuda: same formulas, off by default);
+the code below is the reference they are tested against.
 """
-from . import backend
-from .dense import _check_float, _check_ndim, _check_shape, temporal_affine_backward, temporal_affine_forward
+from . import attention_cuda, backend
+from .dense import (_check_float, _check_ndim, _check_shape, sigmoid, temporal_affine_backward,
+                    temporal_affine_forward)
 from .losses import softmax
 
 __all__ = [
     "attention_forward", "attention_backward",
     "attention_project_forward", "attention_project_backward",
     "attention_step_forward", "attention_step_backward",
+    "attention_gate_forward", "attention_gate_backward",
 ]
 
 
@@ -102,10 +112,14 @@ def attention_step_forward(features, projected, h, W_hidden, w_score):
     _check_shape(op, "w_score", w_score, (A,))
 
     hidden = h @ W_hidden                                   # (N, A)
-    activations = projected + hidden[:, None, :]            # (N, L, A)
-    xp.tanh(activations, out=activations)
-    scores = activations @ w_score                          # (N, L)
-    alpha = softmax(scores, axis=1)
+    if attention_cuda.applies(xp, projected):              # the same math, 2 kernels (nn.attention_cuda)
+        activations = attention_cuda.tanh_add(xp, projected, hidden)
+        alpha = attention_cuda.softmax_rows(xp, activations @ w_score)
+    else:
+        activations = projected + hidden[:, None, :]        # (N, L, A)
+        xp.tanh(activations, out=activations)
+        scores = activations @ w_score                      # (N, L)
+        alpha = softmax(scores, axis=1)
     context = (alpha[:, None, :] @ features)[:, 0, :]       # (N, 1, L) x (N, L, D) -> (N, D)
     return context, alpha, (features, h, W_hidden, w_score, activations, alpha)
 
@@ -142,21 +156,89 @@ def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     dalpha_total = (features @ dcontext[:, :, None])[:, :, 0]   # (N, L)
     if dalpha is not None:
         _check_shape(op, "dalpha", dalpha, (N, L))
-        dalpha_total += dalpha
-    # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
-    dscores = dalpha_total
-    dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
-    dscores *= alpha
+    fused = attention_cuda.applies(xp, alpha)       # the same math, 1 kernel each for dscores, dprojected
+    if fused:
+        dscores = attention_cuda.softmax_backward_rows(xp, alpha, dalpha_total, dalpha)
+    else:
+        if dalpha is not None:
+            dalpha_total += dalpha
+        # softmax backward: dscores = alpha * (dalpha - sum_l alpha_l dalpha_l)
+        dscores = dalpha_total
+        dscores -= (alpha * dalpha_total).sum(axis=1, keepdims=True)
+        dscores *= alpha
     # summed by einsum (not a matrix product): the caption models were trained with this rounding,
     # so a given seed reproduces their runs to the last bit
     dw_score = xp.einsum("nla,nl->a", activations, dscores)
     # scores = tanh(pre) @ w_score, so dpre = (dscores w_score^T) * (1 - tanh^2)
-    dprojected = xp.multiply(activations, activations)
-    xp.subtract(1, dprojected, out=dprojected)
-    dprojected *= dscores[:, :, None]
-    dprojected *= w_score
+    if fused:
+        dprojected = attention_cuda.dprojected(xp, activations, dscores, w_score)
+    else:
+        dprojected = xp.multiply(activations, activations)
+        xp.subtract(1, dprojected, out=dprojected)
+        dprojected *= dscores[:, :, None]
+        dprojected *= w_score
     dhidden = dprojected.sum(axis=1)                        # h W_hidden is broadcast over L
     return dfeatures, dprojected, dhidden @ W_hidden.T, h.T @ dhidden, dw_score
+
+
+def attention_gate_forward(context, h, W_beta, b_beta, out=None):
+    """The gate on the context vector: how much of what attention found to pass on.
+
+        beta = sigmoid(h W_beta + b_beta)     (N, 1), one number per example
+        gated = beta * context                (N, D)
+
+    Inputs:
+    - context: from `attention_step_forward`, shape (N, D)
+    - h: the decoder hidden state the attention was computed from, shape (N, H)
+    - W_beta: (H, 1), b_beta: (1,)
+    - out: optional C-contiguous (N, D) array that receives gated (e.g. one step of a buffer)
+    Returns a tuple of:
+    - gated: (N, D) (out itself when given)
+    - cache: values needed by `attention_gate_backward`
+    """
+    op = "attention_gate_forward"
+    xp = backend.get_array_module(context, h, W_beta, b_beta, out, op=op)
+    _check_float(op, context=context, h=h, W_beta=W_beta, b_beta=b_beta)
+    _check_ndim(op, "context", context, 2, "(N, D)")
+    _check_ndim(op, "h", h, 2, "(N, H)")
+    N, H = h.shape
+    _check_shape(op, "context", context, (N, context.shape[1]))
+    _check_shape(op, "W_beta", W_beta, (H, 1))
+    _check_shape(op, "b_beta", b_beta, (1,))
+    if out is not None:
+        _check_shape(op, "out", out, context.shape)
+    gate_pre = h @ W_beta                                    # (N, 1)
+    if attention_cuda.applies(xp, context):                 # the same math in 1 kernel (nn.attention_cuda)
+        gated, beta = attention_cuda.gate_forward(xp, gate_pre, b_beta, context, out)
+    else:
+        beta = sigmoid(gate_pre + b_beta)
+        gated = xp.multiply(beta, context, out=out)
+    return gated, (context, h, W_beta, beta)
+
+
+def attention_gate_backward(dgated, cache):
+    """Backward pass of `attention_gate_forward`.
+
+    Inputs:
+    - dgated: gradient of the gated context, shape (N, D)
+    - cache: from the forward pass
+    Returns a tuple of:
+    - dcontext: (N, D)
+    - dh: (N, H)
+    - dW_beta: (H, 1)
+    - db_beta: (1,)
+    """
+    context, h, W_beta, beta = cache
+    op = "attention_gate_backward"
+    xp = backend.get_array_module(dgated, context, op=op)
+    _check_shape(op, "dgated", dgated, context.shape)
+    if attention_cuda.applies(xp, dgated):                  # the same math in 3 kernels (nn.attention_cuda)
+        dcontext, dgate_pre = attention_cuda.gate_backward(xp, dgated, context, beta)
+    else:
+        dcontext = dgated * beta
+        # sigmoid' = beta (1 - beta); beta multiplies every context entry, so its gradient sums over D
+        dgate_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
+    return dcontext, dgate_pre @ W_beta.T, h.T @ dgate_pre, dgate_pre.sum(axis=0)
 
 
 def attention_forward(features, h, W_feat, W_hidden, b, w_score):

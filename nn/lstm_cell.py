@@ -4,13 +4,15 @@ Written in place into preallocated arrays. On NumPy it is a handful of
 in-place ufunc calls; on CuPy, where each call is a GPU kernel launch that
 costs more than the arithmetic at these sizes, the same math is one fused
 kernel per direction. Tests check both against `nn.recurrent`'s readable
-step functions, and CuPy against NumPy.
+step functions, and CuPy against NumPy; tests/test_nn_lstm_cell_on_cpu.py runs
+the kernels' C++ (`FORWARD_KERNEL`, `BACKWARD_KERNEL`) on the CPU through
+tests/cuda_on_cpu.py against the NumPy path and compiles it with nvcc.
 
 Gates are laid out in blocks of H: input, forget, output, g (see `nn.recurrent`).
 """
 from . import backend
 
-__all__ = ["cell_forward", "cell_backward"]
+__all__ = ["cell_forward", "cell_backward", "FORWARD_KERNEL", "BACKWARD_KERNEL"]
 
 _CELL_FORWARD_CODE = """
     const ptrdiff_t n = i / H, j = i % H, col = n * 4 * H + j;   // (n, j) of block i
@@ -38,21 +40,26 @@ _CELL_BACKWARD_CODE = """
     dprev_c[i] = dc * forget;
 """
 
+# The kernels' specs: the arguments of cupy.ElementwiseKernel (and of the tests' CPU harness).
+# One thread per (n, j) of the (N, H) state, launched with size=N*H; every array is raw.
+FORWARD_KERNEL = dict(
+    in_params="raw T xw, raw T recurrent, raw T prev_c, bool has_prev_c, int64 H",
+    out_params="raw T gates, raw T next_c, raw T tanh_next_c, raw T next_h",
+    operation=_CELL_FORWARD_CODE, name="nn_lstm_cell_forward")
+BACKWARD_KERNEL = dict(
+    in_params="raw T dnext_h, raw T dnext_c, raw T gates, raw T tanh_next_c, raw T prev_c, "
+              "bool has_prev_c, int64 H",
+    out_params="raw T da, raw T dprev_c",
+    operation=_CELL_BACKWARD_CODE, name="nn_lstm_cell_backward")
+
 _cupy_kernels = {}
 
 
 def _fused_cell_kernels(xp):
     """The CuPy kernels for `cell_forward` / `cell_backward`, compiled once."""
     if not _cupy_kernels:
-        _cupy_kernels["forward"] = xp.ElementwiseKernel(
-            "raw T xw, raw T recurrent, raw T prev_c, bool has_prev_c, int64 H",
-            "raw T gates, raw T next_c, raw T tanh_next_c, raw T next_h",
-            _CELL_FORWARD_CODE, "nn_lstm_cell_forward")
-        _cupy_kernels["backward"] = xp.ElementwiseKernel(
-            "raw T dnext_h, raw T dnext_c, raw T gates, raw T tanh_next_c, raw T prev_c, "
-            "bool has_prev_c, int64 H",
-            "raw T da, raw T dprev_c",
-            _CELL_BACKWARD_CODE, "nn_lstm_cell_backward")
+        _cupy_kernels["forward"] = xp.ElementwiseKernel(**FORWARD_KERNEL)
+        _cupy_kernels["backward"] = xp.ElementwiseKernel(**BACKWARD_KERNEL)
     return _cupy_kernels
 
 

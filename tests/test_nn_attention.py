@@ -5,7 +5,7 @@ import math
 import numpy
 import pytest
 
-from nn import attention
+from nn import attention, backend
 from nn.gradcheck import eval_numerical_gradient_array, rel_error
 from tests.conftest import as_xp
 
@@ -177,3 +177,28 @@ def test_attention_bad_input(xp):
         attention.attention_backward(context, alpha[:, :2], cache)
     with pytest.raises(ValueError, match=r"dcontext must have shape \(2, 4\)"):
         attention.attention_backward(alpha, None, cache)
+
+
+def test_gate_by_hand_gradients_and_out_buffer(xp):
+    """beta = sigmoid(h W_beta + b_beta) scales each example's context; gradients by finite differences."""
+    gen = numpy.random.default_rng(11)
+    context, h = randn(xp, gen, 3, 4), randn(xp, gen, 3, 2)
+    W_beta, b_beta = randn(xp, gen, 2, 1), randn(xp, gen, 1)
+    gated, cache = attention.attention_gate_forward(context, h, W_beta, b_beta)
+    beta = 1 / (1 + numpy.exp(-backend.to_numpy(h @ W_beta + b_beta)))
+    assert rel_error(gated, beta * backend.to_numpy(context)) < 1e-14
+    out = xp.zeros((2, 3, 4))                                 # e.g. a buffer of all steps' gated contexts
+    attention.attention_gate_forward(context, h, W_beta, b_beta, out=out[1])
+    assert rel_error(out[1], gated) == 0 and float(abs(out[0]).max()) == 0
+
+    dgated = randn(xp, gen, 3, 4)
+    inputs = dict(context=context, h=h, W_beta=W_beta, b_beta=b_beta)
+    analytic = dict(zip(inputs, attention.attention_gate_backward(dgated, cache)))
+    for name, array in inputs.items():
+        numeric = eval_numerical_gradient_array(lambda _: attention.attention_gate_forward(**inputs)[0],
+                                                array, dgated)
+        assert rel_error(analytic[name], numeric) < SINGLE_OP_TOL, name
+    with pytest.raises(ValueError, match=r"attention_gate_forward: W_beta must have shape \(2, 1\)"):
+        attention.attention_gate_forward(context, h, W_beta.T, b_beta)
+    with pytest.raises(ValueError, match=r"attention_gate_backward: dgated must have shape \(3, 4\)"):
+        attention.attention_gate_backward(dgated[:, :2], cache)

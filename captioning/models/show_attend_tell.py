@@ -38,8 +38,8 @@ steps at once, alphas^T @ dcontexts.
 """
 from nn import backend
 from nn import functional as F
-from nn.attention import (attention_project_backward, attention_project_forward,
-                          attention_step_backward, attention_step_forward)
+from nn.attention import (attention_gate_backward, attention_gate_forward, attention_project_backward,
+                          attention_project_forward, attention_step_backward, attention_step_forward)
 from nn.dense import temporal_affine_backward, temporal_affine_forward
 from nn.embedding import word_embedding_backward, word_embedding_forward
 from nn.losses import log_softmax
@@ -96,10 +96,6 @@ class ShowAttendTell(CaptionModel):
         c0, c0_tanh = F.tanh_forward(c0_pre)
         feat_proj, proj_cache = attention_project_forward(features, p["W_att_feat"], p["b_att"])
         return h0, c0, feat_proj, (h0_cache, c0_cache, h0_tanh, c0_tanh, proj_cache)
-
-    def _gate(self, h):
-        """beta = sigmoid(h @ W_beta + b_beta), (N, 1)."""
-        return F.sigmoid(h @ self.params["W_beta"] + self.params["b_beta"])
 
     # ---------------------------------------------------------- training
     def forward_backward(self, features, captions, feature_grad=False, dropout_seed=None,
@@ -177,14 +173,12 @@ class ShowAttendTell(CaptionModel):
         - cache: for `_step_backward`
         """
         p = self.params
-        xp = backend.get_array_module(prev_h)
         context, alpha, att_cache = attention_step_forward(features, feat_proj, prev_h, p["W_att_h"],
                                                            p["w_att"])
-        beta = self._gate(prev_h)
-        xp.multiply(beta, context, out=gated_context)
+        _, gate_cache = attention_gate_forward(context, prev_h, p["W_beta"], p["b_beta"], out=gated_context)
         xw += gated_context @ p["Wx"][self.config["wordvec_dim"]:]
         next_h, next_c, lstm_cache = lstm_step_forward_from_projection(xw, prev_h, prev_c, p["Wh"])
-        return next_h, next_c, alpha, (att_cache, context, beta, prev_h, lstm_cache)
+        return next_h, next_c, alpha, (att_cache, gate_cache, lstm_cache)
 
     def _regulariser_loss(self, forward_outputs, mask):
         """The doubly stochastic term of the loss (for `forward_loss`); forward_outputs: `_forward`'s."""
@@ -247,16 +241,14 @@ class ShowAttendTell(CaptionModel):
         - dfeat_proj: (N, L, A) this step's share of d feat_proj
         """
         p = self.params
-        att_cache, context, beta, prev_h, lstm_cache = cache
+        att_cache, gate_cache, lstm_cache = cache
         dxw, dprev_h, dprev_c, dWh = lstm_step_backward_from_projection(dnext_h, dnext_c, lstm_cache)
         grads["Wh"] += dWh
         dgated = dxw @ p["Wx"][self.config["wordvec_dim"]:].T             # d(beta * context), (N, D)
-        dcontext = dgated * beta
-        # gate: beta = sigmoid(prev_h @ W_beta + b_beta)
-        dbeta_pre = (dgated * context).sum(axis=1, keepdims=True) * beta * (1 - beta)
-        grads["W_beta"] += prev_h.T @ dbeta_pre
-        grads["b_beta"] += dbeta_pre.sum(axis=0)
-        dprev_h += dbeta_pre @ p["W_beta"].T
+        dcontext, dh_gate, dW_beta, db_beta = attention_gate_backward(dgated, gate_cache)
+        grads["W_beta"] += dW_beta
+        grads["b_beta"] += db_beta
+        dprev_h += dh_gate
         _, dfeat_proj, dh_att, dW_att_h, dw_att = attention_step_backward(dcontext, dalpha, att_cache,
                                                                          with_dfeatures=False)
         grads["W_att_h"] += dW_att_h
@@ -306,7 +298,8 @@ class ShowAttendTell(CaptionModel):
         h, c = state["h"], state["c"]
         context, alpha, _ = attention_step_forward(state["features"], state["feat_proj"], h,
                                                    p["W_att_h"], p["w_att"])
-        x = xp.concatenate([p["W_embed"][words], self._gate(h) * context], axis=1)
+        gated, _ = attention_gate_forward(context, h, p["W_beta"], p["b_beta"])
+        x = xp.concatenate([p["W_embed"][words], gated], axis=1)
         # The fast step (in-place gate work; one fused kernel on CuPy), same math as lstm_step_forward.
         h, c, _ = lstm_step_forward_from_projection(x @ p["Wx"] + p["b"], h, c, p["Wh"])
         scores = h @ p["W_out"] + p["b_out"]
