@@ -394,6 +394,8 @@ def beam_search(model, features, start_id, end_id, beam_size=3, max_length=20,
 
 def _top_k(scores, k, xp):
     """Indices and values of the k largest entries of each row of scores (n, M), best first."""
+    if k > scores.shape[1]:   # argpartition's kth M - k < 0 would count from the end; argmax would repeat
+        raise ValueError(f"top {k} of rows of {scores.shape[1]} entries")
     if xp is not numpy and k <= ARGMAX_TOP_K:
         return _top_k_by_argmax(scores, k, xp)
     last = scores.shape[1] - k

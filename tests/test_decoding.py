@@ -611,3 +611,13 @@ def test_beam_search_with_the_gpu_top_k_finds_the_same_captions(kind, monkeypatc
     if kind == "attention":
         for a, b in zip(got.attention, expected.attention):
             assert (a == b).all()
+
+
+def test_top_k_refuses_more_than_a_row_holds():
+    """k > M: argpartition's negative kth would silently return a wrong set, so _top_k raises."""
+    from captioning.decoding import _top_k, _top_k_by_argmax
+    scores = numpy.array([[0.5, -numpy.inf]])
+    with pytest.raises(ValueError):
+        _top_k(scores, 3, numpy)
+    assert list(_top_k(scores, 2, numpy)[0][0]) == [0, 1]
+    assert list(_top_k_by_argmax(scores, 2, numpy)[0][0]) == [0, 1]

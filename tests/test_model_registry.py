@@ -90,3 +90,21 @@ def test_forward_loss_is_the_training_loss_without_a_backward_pass(kind, monkeyp
     if hasattr(model, "_backward"):
         monkeypatch.setattr(model, "_backward", lambda *a, **k: pytest.fail("forward_loss ran the backward pass"))
     assert model.forward_loss(features, captions) == expected
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_forward_loss_in_train_mode_applies_the_same_dropout_as_training(kind):
+    """With dropout on (train mode) and one dropout_seed, forward_loss equals forward_backward's loss."""
+    backend.set_default_float(numpy.float64)
+    model_class = MODELS[kind]
+    config = {"model": kind, "vocab_size": 11, "feature_dim": 7,
+              **{key: TINY[key] for key in model_class.config_keys}}
+    model = build(config, seed=2).train()
+    gen = numpy.random.default_rng(1)
+    shape = (3, 4, 7) if model.feature_kind == "grid" else (3, 7)
+    features = backend.asarray(gen.standard_normal(shape))
+    captions = gen.integers(3, 11, size=(3, 6))
+    captions[:, 0], captions[0, 4:] = 1, [2, 0]
+    captions = backend.asarray(captions)
+    expected = model.forward_backward(features, captions, dropout_seed=5)[0]
+    assert model.forward_loss(features, captions, dropout_seed=5) == expected

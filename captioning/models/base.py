@@ -264,7 +264,7 @@ class CaptionModel:
         """(loss, grads, dfeatures); token_weights (N, T): see `_word_loss` (regularisers are then left out)."""
         raise NotImplementedError
 
-    def forward_loss(self, features, captions):
+    def forward_loss(self, features, captions, dropout_seed=None):
         """The teacher-forced loss of `forward_backward` as a float, without its backward pass.
 
         What validation's dev loss needs: the forward pass alone costs about a
@@ -272,12 +272,14 @@ class CaptionModel:
         captions_in, dropout_seed)` returns (scores, ...) gets this for free
         (`_regulariser_loss` adds what else its loss holds); any other model
         falls back to `forward_backward` (same number, more work).
+        In train mode dropout applies as in training: with the same dropout_seed the
+        number equals `forward_backward`'s, with None each call draws its own masks.
         """
         if not hasattr(self, "_forward"):
-            return self.forward_backward(features, captions)[0]
+            return self.forward_backward(features, captions, dropout_seed=dropout_seed)[0]
         self._check_inputs(features, captions)
         captions_in, captions_out, mask = self._split_captions(captions)
-        outputs = self._forward(features, captions_in, None)
+        outputs = self._forward(features, captions_in, dropout_seed)
         word_loss, _ = self._word_loss(outputs[0], captions_out, mask, None)
         return float(word_loss) + self._regulariser_loss(outputs, mask)
 
