@@ -10,6 +10,7 @@ that did not run shows as "not run"):
 - epoch_gpu.json, epoch_gpu_device.json: `benchmarks/epoch_time.py --json`;
 - timings.txt: `name seconds` lines of the stages.
 """
+import glob
 import json
 import os
 import re
@@ -118,6 +119,10 @@ def summary(folder):
     tests, tests_ok = pytest_line(_read(folder, "tests.txt"))
     kernels, kernels_ok = pytest_line(_read(folder, "kernels_tests.txt"))
     lessons_run, lessons_failed = lesson_lines(_read(folder, "lessons.txt"))
+    lessons_total = len(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lessons",
+                                               "lesson_*.py")))
+    if lessons_run and lessons_run < lessons_total:       # the others timed out before they started or ended
+        lessons_failed.append(f"{lessons_total - lessons_run} of {lessons_total} did not finish")
     lines = ["# gpu_check.sh summary", "", "```", device, "```", "",
              "| target (issue 17) | measured | verdict |", "|---|---|---|",
              f"| the suite on NumPy and CuPy: 0 failures | {tests} | {_verdict(tests_ok)} |",

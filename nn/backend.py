@@ -200,7 +200,9 @@ def device_memory_free():
 
 
 def use_gpu_kernels(flag=True):
-    """Switch the hand-written CUDA kernels (nn.depthwise_cuda) on or off for CuPy arrays.
+    """Switch the hand-written CUDA kernels (nn.depthwise_cuda, nn.attention_cuda) on or off for CuPy arrays.
+
+    (The LSTM cell's fused kernels in nn.lstm_cell ran on an H100 and are always on for CuPy.)
 
     Off by default: they have not yet run on a GPU (issue 17), and the plain CuPy
     path they replace is the reference their tests compare them with.

@@ -62,3 +62,10 @@ def test_an_empty_folder_says_what_did_not_run(gpu_summary, tmp_path):
     assert "| every run.py benchmark | not run | - |" in text
     assert gpu_summary.pytest_line("collected 3 items\nKilled\n") == (
         "no pytest summary (crashed or timed out?): Killed", False)
+
+
+def test_lessons_that_never_finished_count_as_failed(gpu_summary, tmp_path):
+    (tmp_path / "lessons.txt").write_text("lesson 1 on cupy: exit 0 in 3 s\nlesson 2 on cupy: exit 0 in 3 s\n")
+    text = gpu_summary.summary(str(tmp_path))
+    line = next(line for line in text.splitlines() if line.startswith("| every lesson on CuPy"))
+    assert "did not finish" in line and line.endswith("| **not met** |")
