@@ -55,7 +55,9 @@ def pytest_line(text):
     """The '... passed, ... failed ... in ...' line of a pytest run, and whether it had no failures."""
     if text is None:
         return "not run", None
-    lines = [line for line in text.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
+    # pytest's last line ("3 passed, 1 skipped in 2.0s"; the project's skip reasons also say "N skipped")
+    lines = [line for line in text.splitlines()
+             if re.search(r"\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s", line)]
     if not lines:
         return "no pytest summary (crashed or timed out?): " + (text.strip().splitlines() or ["(empty)"])[-1], False
     last = lines[-1].strip("= ")

@@ -62,6 +62,10 @@ def test_an_empty_folder_says_what_did_not_run(gpu_summary, tmp_path):
     assert "| every run.py benchmark | not run | - |" in text
     assert gpu_summary.pytest_line("collected 3 items\nKilled\n") == (
         "no pytest summary (crashed or timed out?): Killed", False)
+    # everything skipped (no GPU) is a summary with no failures; the project's skip reasons are not one
+    assert gpu_summary.pytest_line("47 skipped: CuPy is not installed\n47 skipped in 0.52s\n") == (
+        "47 skipped in 0.52s", True)
+    assert gpu_summary.pytest_line("3 skipped: CuPy is not installed\n")[1] is False
 
 
 def test_lessons_that_never_finished_count_as_failed(gpu_summary, tmp_path):
