@@ -44,6 +44,27 @@ def _restore_backend_state():
     backend.set_default_float(dtype)
 
 
+@pytest.fixture
+def cupy():
+    """CuPy, switched on for the test's duration (skipped without a GPU): for tests that
+    compare CuPy paths with each other (the kernels on and off), not with NumPy."""
+    if not backend.cupy_available():
+        pytest.skip("CuPy is not installed or no GPU is visible")
+    previous = backend.name()
+    yield backend.use("cupy")
+    backend.use(previous)
+
+
+def load_benchmark(name):
+    """benchmarks/<name>.py as a module (the folder is no package: its scripts run from the command line)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def flickr8k_dir():
     """The real Flickr8k copy: $FLICKR8K_DIR, else ../shared/flickr8k (None if absent)."""
     env = os.environ.get("FLICKR8K_DIR")

@@ -1,18 +1,14 @@
 """benchmarks/epoch_time.py times a real Trainer epoch and splits it into parts that add up."""
-import importlib.util
 import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def epoch_time():
-    spec = importlib.util.spec_from_file_location("epoch_time", ROOT / "benchmarks" / "epoch_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("epoch_time")
 
 
 def test_a_cut_short_epoch_is_timed_part_by_part(epoch_time, tmp_path, capsys):

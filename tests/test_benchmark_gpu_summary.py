@@ -1,18 +1,14 @@
 """benchmarks/gpu_summary.py turns a gpu_check.sh folder into issue 17's targets table."""
-import importlib.util
 import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_summary():
-    spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks" / "gpu_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_summary")
 
 
 def _row(name, ms, torch_ms=None, **extra):

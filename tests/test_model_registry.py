@@ -71,21 +71,30 @@ def test_the_command_line_offers_every_registered_model(tmp_path, capsys):
 TINY = {"wordvec_dim": 4, "hidden_dim": 6, "attention_dim": 5, "dropout": 0.5, "doubly_stochastic": 0.7}
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
-def test_forward_loss_is_the_training_loss_without_a_backward_pass(kind, monkeypatch):
-    """Validation's dev loss (Trainer.dev_loss) uses forward_loss: the same number as
-    forward_backward's loss (attention regulariser included), at the price of the forward pass."""
+def _tiny_model_and_batch(kind, padded_rows=2):
+    """A float64 model of `kind` (dropout 0.5) and 3 features/captions; the first `padded_rows`
+    captions end early (<END>, then <NULL> padding)."""
     backend.set_default_float(numpy.float64)
-    model_class = MODELS[kind]
     config = {"model": kind, "vocab_size": 11, "feature_dim": 7,
-              **{key: TINY[key] for key in model_class.config_keys}}
-    model = build(config, seed=2).eval()
+              **{key: TINY[key] for key in MODELS[kind].config_keys}}
+    model = build(config, seed=2)
     gen = numpy.random.default_rng(1)
     shape = (3, 4, 7) if model.feature_kind == "grid" else (3, 7)
     features = backend.asarray(gen.standard_normal(shape))
     captions = gen.integers(3, 11, size=(3, 6))
-    captions[:, 0], captions[0, 4:], captions[1, 2:] = 1, [2, 0], [2, 0, 0, 0]
-    captions = backend.asarray(captions)
+    captions[:, 0] = 1
+    captions[0, 4:] = [2, 0]
+    if padded_rows > 1:
+        captions[1, 2:] = [2, 0, 0, 0]
+    return model, features, backend.asarray(captions)
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_forward_loss_is_the_training_loss_without_a_backward_pass(kind, monkeypatch):
+    """Validation's dev loss (Trainer.dev_loss) uses forward_loss: the same number as
+    forward_backward's loss (attention regulariser included), at the price of the forward pass."""
+    model, features, captions = _tiny_model_and_batch(kind)
+    model.eval()
     expected = model.forward_backward(features, captions)[0]
     if hasattr(model, "_backward"):
         monkeypatch.setattr(model, "_backward", lambda *a, **k: pytest.fail("forward_loss ran the backward pass"))
@@ -95,16 +104,7 @@ def test_forward_loss_is_the_training_loss_without_a_backward_pass(kind, monkeyp
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_forward_loss_in_train_mode_applies_the_same_dropout_as_training(kind):
     """With dropout on (train mode) and one dropout_seed, forward_loss equals forward_backward's loss."""
-    backend.set_default_float(numpy.float64)
-    model_class = MODELS[kind]
-    config = {"model": kind, "vocab_size": 11, "feature_dim": 7,
-              **{key: TINY[key] for key in model_class.config_keys}}
-    model = build(config, seed=2).train()
-    gen = numpy.random.default_rng(1)
-    shape = (3, 4, 7) if model.feature_kind == "grid" else (3, 7)
-    features = backend.asarray(gen.standard_normal(shape))
-    captions = gen.integers(3, 11, size=(3, 6))
-    captions[:, 0], captions[0, 4:] = 1, [2, 0]
-    captions = backend.asarray(captions)
+    model, features, captions = _tiny_model_and_batch(kind, padded_rows=1)
+    model.train()
     expected = model.forward_backward(features, captions, dropout_seed=5)[0]
     assert model.forward_loss(features, captions, dropout_seed=5) == expected

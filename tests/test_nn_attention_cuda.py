@@ -13,16 +13,6 @@ from nn import attention, attention_cuda, backend
 from captioning.models import build
 
 
-@pytest.fixture
-def cupy():
-    """CuPy, switched on for the test's duration (skipped without a GPU)."""
-    if not backend.cupy_available():
-        pytest.skip("CuPy is not installed or no GPU is visible")
-    previous = backend.name()
-    yield backend.use("cupy")
-    backend.use(previous)
-
-
 class _Switch:
     """Calling it switches the CUDA kernels on or off; .calls lists the fused functions run."""
 

@@ -29,16 +29,6 @@ NOT_DEPTHWISE_IDS = [f"k{c[5]}-s{c[6]}-g{c[8]}" for c in NOT_DEPTHWISE]
 
 
 @pytest.fixture
-def cupy():
-    """CuPy, switched on for the test's duration (skipped without a GPU)."""
-    if not backend.cupy_available():
-        pytest.skip("CuPy is not installed or no GPU is visible")
-    previous = backend.name()
-    yield backend.use("cupy")
-    backend.use(previous)
-
-
-@pytest.fixture
 def kernels_switch():
     before = backend.gpu_kernels_enabled()
     yield backend.use_gpu_kernels
@@ -70,6 +60,15 @@ def test_the_kernels_are_off_by_default_and_ignored_on_numpy(kernels_switch, mon
     assert all((p == s).all() for p, s in zip(plain[:3], switched[:3]))
 
 
+def assert_same_results(plain, fast, dtype, names=("out", "dx", "dw", "db")):
+    """The (out, dx, dw, db) of `_both_paths`, kernels off and on, agree (db None on both without a bias)."""
+    for name, p, f in zip(names, plain, fast):
+        if p is None:
+            assert f is None, name
+        else:
+            assert_close(f, p, dtype, name)
+
+
 def assert_close(fast, plain, dtype, name):
     """float64: relative error 1e-12; float32: max difference 1e-5 of the largest value (the kernels
     sum in another order, with fused multiply-adds on the GPU)."""
@@ -87,11 +86,7 @@ def test_kernels_equal_the_plain_path_on_cupy(cupy, kernels_switch, config, dtyp
     x, w, b, param = make(cupy, config, seed=3, dtype=dtype)
     plain, fast = _both_paths(x, w, b, param, kernels_switch)
     assert plain[-1] == "depthwise" and fast[-1] == "depthwise_cuda"
-    for name, p, f in zip(("out", "dx", "dw", "db"), plain, fast):
-        if p is None:
-            assert f is None
-        else:
-            assert_close(f, p, dtype, name)
+    assert_same_results(plain, fast, dtype)
 
 
 @pytest.mark.gpu
@@ -140,5 +135,4 @@ def test_kernels_on_an_efficientnet_sized_map(cupy, kernels_switch):
     x, w, b, param = make(cupy, config, seed=4, dtype=numpy.float32)
     plain, fast = _both_paths(x, w, b, param, kernels_switch)
     assert fast[-1] == "depthwise_cuda"
-    for name, p, f in zip(("out", "dx", "dw"), plain, fast):
-        assert_close(f, p, numpy.float32, name)
+    assert_same_results(plain, fast, numpy.float32, names=("out", "dx", "dw"))

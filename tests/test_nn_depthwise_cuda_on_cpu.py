@@ -18,7 +18,7 @@ from nn.conv import conv_backward, conv_forward, conv_relu6_inference
 from test_encoder_efficientnet import _random_state_dict
 from test_nn_conv import DEPTHWISE, make
 from test_nn_depthwise_cuda import (GEOMETRIES, GEOMETRY_IDS, LARGER, NOT_DEPTHWISE, NOT_DEPTHWISE_IDS,
-                                    _both_paths, assert_close)
+                                    _both_paths, assert_close, assert_same_results)
 
 _cpu_builds = {}     # one g++ build per kernel and type for the whole module
 
@@ -48,11 +48,7 @@ def test_kernels_equal_the_plain_path(cpu_kernels, monkeypatch, config, rows_per
         monkeypatch.setattr(depthwise_cuda, "DW_PIXELS_PER_THREAD", 2 * w_out)
     plain, fast = _both_paths(x, w, b, param, cpu_kernels)
     assert plain[-1] == "depthwise" and fast[-1] == "depthwise_cuda"
-    for name, p, f in zip(("out", "dx", "dw", "db"), plain, fast):
-        if p is None:
-            assert f is None
-        else:
-            assert_close(f, p, dtype, name)
+    assert_same_results(plain, fast, dtype)
 
 
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
