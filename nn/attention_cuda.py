@@ -8,15 +8,15 @@ the same formulas take four kernels, two forward and two backward (and the
 gate below one each way):
 
 forward, given projected (N, L, A) and hidden = h W_hidden (N, A):
-    activations[n, l, a] = tanh(projected[n, l, a] + hidden[n, a])       one pass (was add + tanh)
+    activations[n, l, a] = tanh(projected[n, l, a] + hidden[n, a])       one pass (plain path: add, tanh)
     scores = activations @ w_score                                       (cuBLAS, unchanged)
     alpha[n, l] = exp(scores[n, l] - m_n) / sum_k exp(scores[n, k] - m_n),  m_n = max_k scores[n, k]
-                                                 one thread per row n (was max, subtract, exp, sum, divide)
+                                                 one thread per row n (plain: max, subtract, exp, sum, divide)
 backward, given dalpha_total = features dcontext (+ dalpha) (N, L):
     dscores[n, l] = alpha[n, l] * (dalpha_total[n, l] - sum_k alpha[n, k] dalpha_total[n, k])
-                                                 one thread per row n (was add, multiply, sum, subtract, multiply)
+                                                 one thread per row n (plain: add, multiply, sum, subtract, multiply)
     dprojected[n, l, a] = (1 - activations[n, l, a]^2) * dscores[n, l] * w_score[a]
-                                                 one pass (was multiply, subtract, multiply, multiply)
+                                                 one pass (plain: multiply, subtract, multiply, multiply)
 The matrix products (h W_hidden, the scores, the context, dw_score, dh,
 dW_hidden) stay as they are. A row of L = 49 is short work for one thread,
 and N rows are few threads, but one launch instead of five is what counts here.
@@ -24,11 +24,11 @@ and N rows are few threads, but one launch instead of five is what counts here.
 Show, Attend and Tell's gate on the context (`nn.attention.attention_gate_*`),
 given gate_pre = h W_beta (N, 1), b_beta (1,), context (N, D):
     beta[n] = sigmoid(gate_pre[n] + b_beta) = 1 / (1 + e^-x), as e^x / (1 + e^x) for x < 0
-    gated[n, d] = beta[n] * context[n, d]          one pass (was add, the 9 array ops of the
+    gated[n, d] = beta[n] * context[n, d]          one pass (plain: add, the 9 array ops of the
                                                    stable sigmoid, multiply); thread (n, 0) writes beta[n]
 backward, given dgated (N, D) and s[n] = sum_d dgated[n, d] context[n, d] (CuPy, 2 kernels):
     dcontext[n, d] = dgated[n, d] * beta[n]
-    dgate_pre[n] = s[n] * beta[n] * (1 - beta[n])  one pass (was 4 array ops); thread (n, 0) writes it
+    dgate_pre[n] = s[n] * beta[n] * (1 - beta[n])  one pass (plain: 4 array ops); thread (n, 0) writes it
 
 OFF BY DEFAULT: this code has not yet run on a GPU (issue 17). `nn.attention`
 uses it only when `nn.backend.use_gpu_kernels(True)` (or NN_GPU_KERNELS=1) and
