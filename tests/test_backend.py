@@ -60,6 +60,32 @@ def test_on_device_of_follows_the_other_array(xp):
     assert backend.get_array_module(backend.on_device_of(here, host)) is numpy
 
 
+class _RecordingDevice:
+    """Stands in for CuPy in `backend.asarray`: records the dtype in which each host array crosses
+    to the device (cupy.asarray(x, dtype) casts on the host, then copies)."""
+
+    def __init__(self):
+        self.received = []
+
+    def asarray(self, x, dtype=None):
+        crossing = numpy.array(x, dtype=dtype)
+        self.received.append(crossing.dtype)
+        return crossing
+
+
+def test_asarray_sends_the_narrower_dtype_to_the_gpu(monkeypatch):
+    device = _RecordingDevice()
+    monkeypatch.setattr(backend, "xp", lambda: device)
+    half = numpy.random.default_rng(0).standard_normal((4, 3)).astype(numpy.float16)
+    widened = backend.asarray(half, dtype=numpy.float32)       # the feature cache: cast on the GPU
+    assert device.received == [numpy.float16]
+    assert widened.dtype == numpy.float32 and (widened == half.astype(numpy.float32)).all()
+    narrowed = backend.asarray(half.astype(numpy.float64), dtype=numpy.float32)   # cast on the host
+    assert device.received[-1] == numpy.float32 and (narrowed == widened).all()
+    backend.asarray(half)                                      # no dtype: as it is
+    assert device.received[-1] == numpy.float16
+
+
 def test_rng_is_seeded_per_backend(xp):
     a = backend.to_numpy(backend.rng(3).standard_normal(5))
     b = backend.to_numpy(backend.rng(3).standard_normal(5))
