@@ -32,30 +32,32 @@ backward, given dgated (N, D) and s[n] = sum_d dgated[n, d] context[n, d] (CuPy,
 
 OFF BY DEFAULT: this code has not yet run on a GPU (issue 17). `nn.attention`
 uses it only when `nn.backend.use_gpu_kernels(True)` (or NN_GPU_KERNELS=1) and
-the arrays are CuPy float32/float64. The kernels' specs below are module data:
-tests/test_nn_attention_cuda_on_cpu.py runs their C++ on the CPU
-(tests/cuda_on_cpu.py) against the plain NumPy formulas and compiles them with
+the arrays are CuPy float32/float64. The kernels are module data,
+`nn.backend.KernelSpec`s that `backend.elementwise_kernel` builds into CuPy
+kernels: tests/test_nn_attention_cuda_on_cpu.py runs the same C++ on the CPU
+(tests/cuda_on_cpu.py) against the plain NumPy formulas and compiles it with
 nvcc; tests/test_nn_attention_cuda.py compares the kernels with the plain path
 on CuPy (skipped without a GPU).
 """
 import numpy
 
 from . import backend
+from .backend import KernelSpec
 
 __all__ = ["applies", "tanh_add", "softmax_rows", "softmax_backward_rows", "dprojected",
            "gate_forward", "gate_backward",
            "TANH_ADD_KERNEL", "SOFTMAX_ROWS_KERNEL", "SOFTMAX_BACKWARD_ROWS_KERNEL", "DPROJECTED_KERNEL",
            "GATE_FORWARD_KERNEL", "GATE_BACKWARD_KERNEL"]
 
-# The kernels' specs: the arguments of cupy.ElementwiseKernel (and of the tests' CPU harness).
+# The kernels, built by backend.elementwise_kernel (and run on the CPU by the tests' harness).
 # Non-raw arrays are broadcast together and read at index i (one thread per output element);
 # the row kernels take raw (N, L) arrays, one thread per row, launched with size=N.
-TANH_ADD_KERNEL = dict(
+TANH_ADD_KERNEL = KernelSpec(
     in_params="T projected, T hidden", out_params="T activations",
     operation="activations = tanh(projected + hidden);",
     name="nn_attention_tanh_add")
 
-SOFTMAX_ROWS_KERNEL = dict(
+SOFTMAX_ROWS_KERNEL = KernelSpec(
     in_params="raw T scores, int64 L", out_params="raw T alpha",
     operation="""
     const ptrdiff_t row = i * L;
@@ -71,7 +73,7 @@ SOFTMAX_ROWS_KERNEL = dict(
 """,
     name="nn_attention_softmax_rows")
 
-SOFTMAX_BACKWARD_ROWS_KERNEL = dict(
+SOFTMAX_BACKWARD_ROWS_KERNEL = KernelSpec(
     in_params="raw T alpha, raw T dalpha_context, raw T dalpha, bool has_dalpha, int64 L",
     out_params="raw T dscores",
     operation="""
@@ -86,14 +88,14 @@ SOFTMAX_BACKWARD_ROWS_KERNEL = dict(
 """,
     name="nn_attention_softmax_backward_rows")
 
-DPROJECTED_KERNEL = dict(
+DPROJECTED_KERNEL = KernelSpec(
     in_params="T activations, T dscores, T w_score", out_params="T dprojected",
     operation="dprojected = (1 - activations * activations) * dscores * w_score;",
     name="nn_attention_dprojected")
 
 # One thread per (n, d) of the (N, D) context; the (N, 1) gate values are read broadcast and
 # written (raw) by the thread with d = 0 of each row.
-GATE_FORWARD_KERNEL = dict(
+GATE_FORWARD_KERNEL = KernelSpec(
     in_params="T gate_pre, T b_beta, T context, int64 D", out_params="T gated, raw T beta",
     operation="""
     const T x = gate_pre + b_beta;
@@ -104,26 +106,13 @@ GATE_FORWARD_KERNEL = dict(
 """,
     name="nn_attention_gate_forward")
 
-GATE_BACKWARD_KERNEL = dict(
+GATE_BACKWARD_KERNEL = KernelSpec(
     in_params="T dgated, T beta, T dbeta, int64 D", out_params="T dcontext, raw T dgate_pre",
     operation="""
     dcontext = dgated * beta;
     if (i % D == 0) dgate_pre[i / D] = dbeta * beta * (1 - beta);
 """,
     name="nn_attention_gate_backward")
-
-_SPECS = {"tanh_add": TANH_ADD_KERNEL, "softmax_rows": SOFTMAX_ROWS_KERNEL,
-          "softmax_backward_rows": SOFTMAX_BACKWARD_ROWS_KERNEL, "dprojected": DPROJECTED_KERNEL,
-          "gate_forward": GATE_FORWARD_KERNEL, "gate_backward": GATE_BACKWARD_KERNEL}
-_kernels = {}
-
-
-def _compiled(xp):
-    """The ElementwiseKernels, compiled on first use (T is float or double)."""
-    if not _kernels:
-        _kernels.update({key: xp.ElementwiseKernel(**spec) for key, spec in _SPECS.items()})
-    return _kernels
-
 
 def applies(xp, x):
     """Use the kernels for these arrays? Only when switched on and for CuPy float32/float64 arrays."""
@@ -133,7 +122,7 @@ def applies(xp, x):
 
 def tanh_add(xp, projected, hidden):
     """activations (N, L, A) = tanh(projected (N, L, A) + hidden (N, A) broadcast over L)."""
-    return _compiled(xp)["tanh_add"](projected, hidden[:, None, :])
+    return backend.elementwise_kernel(TANH_ADD_KERNEL)(projected, hidden[:, None, :])
 
 
 def softmax_rows(xp, scores):
@@ -141,7 +130,7 @@ def softmax_rows(xp, scores):
     scores = xp.ascontiguousarray(scores)
     N, L = scores.shape
     alpha = xp.empty_like(scores)
-    _compiled(xp)["softmax_rows"](scores, L, alpha, size=N)
+    backend.elementwise_kernel(SOFTMAX_ROWS_KERNEL)(scores, L, alpha, size=N)
     return alpha
 
 
@@ -153,14 +142,14 @@ def softmax_backward_rows(xp, alpha, dalpha_context, dalpha):
     """
     N, L = alpha.shape
     dscores = xp.empty_like(alpha)
-    _compiled(xp)["softmax_backward_rows"](alpha, dalpha_context, alpha if dalpha is None else dalpha,
-                                           dalpha is not None, L, dscores, size=N)
+    kernel = backend.elementwise_kernel(SOFTMAX_BACKWARD_ROWS_KERNEL)
+    kernel(alpha, dalpha_context, alpha if dalpha is None else dalpha, dalpha is not None, L, dscores, size=N)
     return dscores
 
 
 def dprojected(xp, activations, dscores, w_score):
     """d loss / d projected (N, L, A) = (1 - activations^2) * dscores (N, L) broadcast over A * w_score (A,)."""
-    return _compiled(xp)["dprojected"](activations, dscores[:, :, None], w_score)
+    return backend.elementwise_kernel(DPROJECTED_KERNEL)(activations, dscores[:, :, None], w_score)
 
 
 def gate_forward(xp, gate_pre, b_beta, context, out=None):
@@ -171,7 +160,7 @@ def gate_forward(xp, gate_pre, b_beta, context, out=None):
     N, D = context.shape
     beta = xp.empty((N, 1), dtype=context.dtype)
     gated = xp.empty((N, D), dtype=context.dtype) if out is None else out
-    _compiled(xp)["gate_forward"](gate_pre, b_beta, context, D, gated, beta)
+    backend.elementwise_kernel(GATE_FORWARD_KERNEL)(gate_pre, b_beta, context, D, gated, beta)
     return gated, beta
 
 
@@ -181,5 +170,5 @@ def gate_backward(xp, dgated, context, beta):
     dbeta = (dgated * context).sum(axis=1, keepdims=True)          # d loss / d beta, (N, 1)
     dcontext = xp.empty_like(dgated)
     dgate_pre = xp.empty((N, 1), dtype=dgated.dtype)
-    _compiled(xp)["gate_backward"](dgated, beta, dbeta, D, dcontext, dgate_pre)
+    backend.elementwise_kernel(GATE_BACKWARD_KERNEL)(dgated, beta, dbeta, D, dcontext, dgate_pre)
     return dcontext, dgate_pre

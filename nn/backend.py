@@ -12,10 +12,15 @@ they are given (`get_array_module(*arrays)`), and refuse a NumPy/CuPy mix with
 a clear error instead of copying silently. The switch decides where NEW arrays
 are made: parameters, random numbers, data batches (`xp()`, `asarray`, `rng`).
 
+The hand-written CUDA kernels (nn.depthwise_cuda, nn.attention_cuda,
+nn.lstm_cell) are module data, `KernelSpec`s, compiled here by
+`elementwise_kernel` once per spec.
+
 dtype policy: nothing here hard-codes float32. Layers keep the dtype they are
 given (float32 for training, float64 for gradient checks); `default_float()`
 is the dtype new parameters get and can be changed with `set_default_float`.
 """
+import collections
 import os
 
 import numpy
@@ -24,7 +29,7 @@ __all__ = [
     "BackendError", "use", "name", "xp", "get_array_module", "is_cupy_array",
     "to_numpy", "asarray", "on_device_of", "rng", "scatter_add", "default_float",
     "set_default_float", "cupy_available", "synchronize", "use_gpu_kernels", "gpu_kernels_enabled",
-    "device_memory_free",
+    "device_memory_free", "KernelSpec", "elementwise_kernel",
 ]
 
 CUPY_INSTALL_HELP = (
@@ -206,6 +211,26 @@ def device_memory_free():
     if name() != "cupy":
         return None
     return int(_state["xp"].cuda.runtime.memGetInfo()[0])
+
+
+# A CuPy ElementwiseKernel as data, under CuPy's own argument names: the kernel is
+# cupy.ElementwiseKernel(**spec._asdict()). The tests hand the same spec to their CPU
+# harness (tests/cuda_on_cpu.py), which runs its C++ with g++ and compiles it with nvcc.
+KernelSpec = collections.namedtuple("KernelSpec", "in_params out_params operation name")
+
+_elementwise_kernels = {}     # KernelSpec -> its cupy.ElementwiseKernel (a namedtuple is a dict key)
+
+
+def elementwise_kernel(spec):
+    """The cupy.ElementwiseKernel of a KernelSpec, built on first use and reused after.
+
+    One object per spec serves every dtype: CuPy compiles the C++ at its first
+    call for each type bound to T (float or double). Only for CuPy arrays.
+    """
+    kernel = _elementwise_kernels.get(spec)
+    if kernel is None:
+        kernel = _elementwise_kernels[spec] = _import_cupy().ElementwiseKernel(**spec._asdict())
+    return kernel
 
 
 def use_gpu_kernels(flag=True):

@@ -19,9 +19,10 @@ writes once. The same loops as `conv_forward_naive` / `conv_backward_naive`:
 - BIAS_RELU6: element of a conv's output, out = min(max(out + b, 0), 6) in place:
   the epilogue of `nn.conv.conv_relu6_inference` for the non-depthwise convs
   (one pass instead of a bias pass and a clip pass).
-The kernels are module-level `KernelSpec`s (in_params, out_params, code, name)
-from which `_compiled` builds the CuPy kernels, so tests hand the very same C++ to
-the CPU harness (tests/cuda_on_cpu.py: g++ on the CPU, and nvcc for sm_90).
+The kernels are module-level `nn.backend.KernelSpec`s (in_params, out_params,
+operation, name) that `backend.elementwise_kernel` builds into CuPy kernels, so tests
+hand the very same C++ to the CPU harness (tests/cuda_on_cpu.py: g++ on the CPU,
+and nvcc for sm_90).
 
 Index arithmetic is 32-bit: integer / and % are much slower in 64 bits on a
 GPU, so the kernels are used only when every array has fewer than 2**31
@@ -36,18 +37,14 @@ compares it with the plain path on CuPy (benchmarks/gpu_check.sh runs it), and
 tests/test_nn_depthwise_cuda_on_cpu.py runs every kernel's C++ on the CPU.
 Shapes: x (N, C, H, W), w (C, 1, HH, WW), b (C,) or None, pads (top, bottom, left, right).
 """
-import collections
-
 import numpy
 
 from . import backend
+from .backend import KernelSpec
 
-__all__ = ["KernelSpec", "KERNELS", "FORWARD", "BACKWARD_DX", "BACKWARD_DW", "BIAS_RELU6",
+__all__ = ["KERNELS", "FORWARD", "BACKWARD_DX", "BACKWARD_DW", "BIAS_RELU6",
            "forward_applies", "backward_applies", "epilogue_applies",
            "depthwise_forward", "depthwise_backward", "bias_relu6_"]
-
-# The argument order of both cupy.ElementwiseKernel and the CPU harness: build either with Kernel(*spec).
-KernelSpec = collections.namedtuple("KernelSpec", "in_params out_params code name")
 
 # Every array handed to a kernel (and every array it writes) has fewer elements than this.
 INDEX_LIMIT = 2 ** 31
@@ -122,18 +119,9 @@ BIAS_RELU6 = KernelSpec("T b", "T out", """
 
 KERNELS = (FORWARD, BACKWARD_DX, BACKWARD_DW, BIAS_RELU6)
 
-_kernels = {}
-
-
-def _compiled(xp):
-    """The ElementwiseKernels by name, built from KERNELS on first use (T is float or double)."""
-    if not _kernels:
-        _kernels.update({spec.name: xp.ElementwiseKernel(*spec) for spec in KERNELS})
-    return _kernels
-
 
 def _on_kernel_device(xp):
-    """The kernels run on CuPy arrays. (The CPU tests point this, and `_compiled`, at the g++ harness.)"""
+    """The kernels run on CuPy arrays. (The CPU tests point this, and `backend.elementwise_kernel`, at g++.)"""
     return xp is not numpy
 
 
@@ -193,8 +181,8 @@ def depthwise_forward(x, w, b, pads, stride, h_out, w_out, relu6=False):
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     out = xp.empty((x.shape[0], x.shape[1], h_out, w_out), dtype=x.dtype)
     bias = w if b is None else xp.ascontiguousarray(b)      # not read when has_bias is False
-    _compiled(xp)[FORWARD.name](x, w, bias, b is not None, bool(relu6),
-                                *_geometry_args(x.shape, w.shape, pads, stride, h_out, w_out), out)
+    backend.elementwise_kernel(FORWARD)(x, w, bias, b is not None, bool(relu6),
+                                        *_geometry_args(x.shape, w.shape, pads, stride, h_out, w_out), out)
     return out
 
 
@@ -203,13 +191,12 @@ def depthwise_backward(dout, x, w, pads, stride, h_out, w_out):
     xp = backend.get_array_module(dout, x, w, op="depthwise_backward")
     dout, x, w = xp.ascontiguousarray(dout), xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     geometry = _geometry_args(x.shape, w.shape, pads, stride, h_out, w_out)
-    kernels = _compiled(xp)
     dx = xp.empty(x.shape, dtype=dout.dtype)
-    kernels[BACKWARD_DX.name](dout, w, *geometry, dx)
+    backend.elementwise_kernel(BACKWARD_DX)(dout, w, *geometry, dx)
     rows, blocks = _dw_blocks(h_out, w_out)
     hh, ww = w.shape[2:]
     partial = xp.empty((x.shape[0], x.shape[1], blocks, hh * ww), dtype=dout.dtype)
-    kernels[BACKWARD_DW.name](dout, x, rows, blocks, *geometry, partial)
+    backend.elementwise_kernel(BACKWARD_DW)(dout, x, rows, blocks, *geometry, partial)
     dw = partial.sum(axis=(0, 2)).reshape(w.shape)          # over images and blocks of rows
     return dx, dw
 
@@ -222,6 +209,6 @@ def bias_relu6_(out, b):
     - b: (F,) the bias
     for arrays where `epilogue_applies`.
     """
-    xp = backend.get_array_module(out, b, op="bias_relu6_")
-    _compiled(xp)[BIAS_RELU6.name](b.reshape(1, -1, 1, 1), out)
+    backend.get_array_module(out, b, op="bias_relu6_")      # refuses a NumPy/CuPy mix
+    backend.elementwise_kernel(BIAS_RELU6)(b.reshape(1, -1, 1, 1), out)
     return out

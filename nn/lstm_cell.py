@@ -3,14 +3,16 @@
 Written in place into preallocated arrays. On NumPy it is a handful of
 in-place ufunc calls; on CuPy, where each call is a GPU kernel launch that
 costs more than the arithmetic at these sizes, the same math is one fused
-kernel per direction. Tests check both against `nn.recurrent`'s readable
-step functions, and CuPy against NumPy; tests/test_nn_lstm_cell_on_cpu.py runs
-the kernels' C++ (`FORWARD_KERNEL`, `BACKWARD_KERNEL`) on the CPU through
+kernel per direction (`FORWARD_KERNEL`, `BACKWARD_KERNEL`: KernelSpecs that
+`nn.backend.elementwise_kernel` builds). Tests check both paths against
+`nn.recurrent`'s readable step functions, and CuPy against NumPy;
+tests/test_nn_lstm_cell_on_cpu.py runs the kernels' C++ on the CPU through
 tests/cuda_on_cpu.py against the NumPy path and compiles it with nvcc.
 
 Gates are laid out in blocks of H: input, forget, output, g (see `nn.recurrent`).
 """
 from . import backend
+from .backend import KernelSpec
 
 __all__ = ["cell_forward", "cell_backward", "FORWARD_KERNEL", "BACKWARD_KERNEL"]
 
@@ -40,28 +42,17 @@ _CELL_BACKWARD_CODE = """
     dprev_c[i] = dc * forget;
 """
 
-# The kernels' specs: the arguments of cupy.ElementwiseKernel (and of the tests' CPU harness).
+# The kernels, built by backend.elementwise_kernel (and run on the CPU by the tests' harness).
 # One thread per (n, j) of the (N, H) state, launched with size=N*H; every array is raw.
-FORWARD_KERNEL = dict(
+FORWARD_KERNEL = KernelSpec(
     in_params="raw T xw, raw T recurrent, raw T prev_c, bool has_prev_c, int64 H",
     out_params="raw T gates, raw T next_c, raw T tanh_next_c, raw T next_h",
     operation=_CELL_FORWARD_CODE, name="nn_lstm_cell_forward")
-BACKWARD_KERNEL = dict(
+BACKWARD_KERNEL = KernelSpec(
     in_params="raw T dnext_h, raw T dnext_c, raw T gates, raw T tanh_next_c, raw T prev_c, "
               "bool has_prev_c, int64 H",
     out_params="raw T da, raw T dprev_c",
     operation=_CELL_BACKWARD_CODE, name="nn_lstm_cell_backward")
-
-_cupy_kernels = {}
-
-
-def _fused_cell_kernels(xp):
-    """The CuPy kernels for `cell_forward` / `cell_backward`, compiled once."""
-    if not _cupy_kernels:
-        _cupy_kernels["forward"] = xp.ElementwiseKernel(**FORWARD_KERNEL)
-        _cupy_kernels["backward"] = xp.ElementwiseKernel(**BACKWARD_KERNEL)
-    return _cupy_kernels
-
 
 def cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h):
     """Elementwise part of one LSTM step, into preallocated C-contiguous arrays.
@@ -72,7 +63,7 @@ def cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h):
     """
     N, H = next_c.shape
     if backend.is_cupy_array(gates):
-        _fused_cell_kernels(xp)["forward"](
+        backend.elementwise_kernel(FORWARD_KERNEL)(
             xw, recurrent, next_c if prev_c is None else prev_c, prev_c is not None, H,
             gates, next_c, tanh_next_c, next_h, size=N * H)
         return
@@ -98,7 +89,7 @@ def cell_backward(xp, dnext_h, dnext_c, gates, tanh_next_c, prev_c, da, dprev_c)
     """
     N, H = tanh_next_c.shape
     if backend.is_cupy_array(gates):
-        _fused_cell_kernels(xp)["backward"](
+        backend.elementwise_kernel(BACKWARD_KERNEL)(
             dnext_h, dnext_c, gates, tanh_next_c, tanh_next_c if prev_c is None else prev_c,
             prev_c is not None, H, da, dprev_c, size=N * H)
         return

@@ -1,23 +1,26 @@
 """Run the body of a CuPy ElementwiseKernel on the CPU, and compile it for the GPU with nvcc.
 
-Our CUDA kernels (nn.depthwise_cuda, ...) are written as CuPy
-ElementwiseKernels: a list of input and output parameters and a few lines of
-C++ run once per index `i`. Without a GPU CuPy cannot run them, but the C++
-itself can be checked here:
+Our CUDA kernels (nn.depthwise_cuda, nn.attention_cuda, nn.lstm_cell) are
+CuPy ElementwiseKernels written down as `nn.backend.KernelSpec`s (in_params,
+out_params, operation, name): a list of input and output parameters and a few
+lines of C++ run once per index `i`. Without a GPU CuPy cannot run them, but
+the C++ itself can be checked here, from the very same spec:
 
-- `ElementwiseOnCPU(in_params, out_params, operation)` wraps the operation in
-  the same loop CuPy generates (`for i: const T x = x[i]; T &out = out[i];
-  <operation>`), compiles it with g++ and calls it through ctypes on NumPy
-  arrays, so a test can compare the kernel's arithmetic with the plain NumPy
-  path on the CPU. Arguments follow CuPy's rules for what we use: `raw`
-  arrays are flat C-contiguous buffers indexed by the body; the other arrays
-  are broadcast together and read/written at index `i`; Python numbers are
-  scalars; the type placeholder `T` takes the dtype of the first array bound
-  to it; outputs are passed in (as CuPy allows) or allocated.
-- `nvcc_compile_errors(in_params, out_params, operation)` compiles the same
-  loop as a `__global__` function for the H100/H200 architecture (sm_90) with
-  no host headers (NVRTC, which CuPy uses, has none) and returns nvcc's
-  errors, or "" when it compiles.
+- `ElementwiseOnCPU(spec)` wraps the operation in the same loop CuPy
+  generates (`for i: const T x = x[i]; T &out = out[i]; <operation>`),
+  compiles it with g++ and calls it through ctypes on NumPy arrays, so a test
+  can compare the kernel's arithmetic with the plain NumPy path on the CPU.
+  Arguments follow CuPy's rules for what we use: `raw` arrays are flat
+  C-contiguous buffers indexed by the body; the other arrays are broadcast
+  together and read/written at index `i`; Python numbers are scalars; the type
+  placeholder `T` takes the dtype of the first array bound to it; outputs are
+  passed in (as CuPy allows) or allocated. `cpu_elementwise_kernel(spec)`
+  keeps one per spec: monkeypatched over `nn.backend.elementwise_kernel`, it
+  makes a module's CuPy path run on NumPy arrays.
+- `nvcc_compile_errors(spec)` compiles the same loop as a `__global__`
+  function for the H100/H200 architecture (sm_90) with no host headers (NVRTC,
+  which CuPy uses, has none) and returns nvcc's errors, or "" when it
+  compiles.
 
 What this does not check: CuPy's own generated code around the body, and
 anything about speed. The kernels stay off by default until a GPU run has
@@ -33,7 +36,8 @@ import tempfile
 
 import numpy
 
-__all__ = ["gxx_available", "nvcc_available", "ElementwiseOnCPU", "nvcc_compile_errors", "parse_params"]
+__all__ = ["gxx_available", "nvcc_available", "ElementwiseOnCPU", "cpu_elementwise_kernel", "nvcc_compile_errors",
+           "parse_params"]
 
 _CONCRETE = {
     "bool": (numpy.bool_, "bool"), "int8": (numpy.int8, "signed char"), "int16": (numpy.int16, "short"),
@@ -117,11 +121,12 @@ def _build_dir():
 class ElementwiseOnCPU:
     """A CuPy ElementwiseKernel's operation compiled with g++ and run on NumPy arrays (module docstring)."""
 
-    def __init__(self, in_params, out_params, operation, name="kernel"):
-        self.in_params = parse_params(in_params)
-        self.out_params = parse_params(out_params)
-        self.operation = operation
-        self.name = name
+    def __init__(self, spec):
+        """spec: a KernelSpec (in_params, out_params, operation, name), as nn.backend compiles it."""
+        self.in_params = parse_params(spec.in_params)
+        self.out_params = parse_params(spec.out_params)
+        self.operation = spec.operation
+        self.name = spec.name
         self._libraries = {}
 
     def _c_types(self, values):
@@ -204,15 +209,25 @@ class ElementwiseOnCPU:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def nvcc_compile_errors(in_params, out_params, operation, type_values=("float", "double"), arch="sm_90"):
-    """Compile the kernel's loop as CUDA for each type of T; nvcc's error text, or "" when all compile."""
-    in_parsed, out_parsed = parse_params(in_params), parse_params(out_params)
+_cpu_kernels = {}      # KernelSpec -> its ElementwiseOnCPU, for the whole test run
+
+
+def cpu_elementwise_kernel(spec):
+    """`nn.backend.elementwise_kernel` on the CPU: the spec's ElementwiseOnCPU, built once per spec."""
+    if spec not in _cpu_kernels:
+        _cpu_kernels[spec] = ElementwiseOnCPU(spec)
+    return _cpu_kernels[spec]
+
+
+def nvcc_compile_errors(spec, type_values=("float", "double"), arch="sm_90"):
+    """Compile a KernelSpec's loop as CUDA for each type of T; nvcc's error text, or "" when all compile."""
+    in_parsed, out_parsed = parse_params(spec.in_params), parse_params(spec.out_params)
     placeholders = sorted({t for _, t, _ in in_parsed + out_parsed if t not in _CONCRETE})
     errors = []
     for c_type in type_values:
         c_types = {t: _CONCRETE[t][1] for _, t, _ in in_parsed + out_parsed if t in _CONCRETE}
         c_types.update({t: c_type for t in placeholders})
-        source = "typedef long ptrdiff_t;\n" + _loop_source(in_parsed, out_parsed, operation, c_types, device=True)
+        source = "typedef long ptrdiff_t;\n" + _loop_source(in_parsed, out_parsed, spec.operation, c_types, device=True)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "kernel.cu")
             with open(path, "w") as f:

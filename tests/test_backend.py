@@ -107,6 +107,23 @@ def test_default_float_policy():
         backend.set_default_float(numpy.int32)
 
 
+def test_elementwise_kernel_builds_each_spec_once_with_cupys_argument_names(monkeypatch):
+    built = []
+
+    class FakeCupy:                                    # records what cupy.ElementwiseKernel would get
+        @staticmethod
+        def ElementwiseKernel(*args, **kwargs):
+            built.append((args, kwargs))
+            return object()
+    monkeypatch.setattr(backend, "_import_cupy", lambda: FakeCupy)
+    monkeypatch.setattr(backend, "_elementwise_kernels", {})
+    spec = backend.KernelSpec("T x", "T y", "y = x + 1;", "add_one")
+    kernel = backend.elementwise_kernel(spec)
+    assert built == [((), {"in_params": "T x", "out_params": "T y", "operation": "y = x + 1;", "name": "add_one"})]
+    assert backend.elementwise_kernel(backend.KernelSpec(*spec)) is kernel and len(built) == 1
+    assert backend.elementwise_kernel(spec._replace(name="add_one_again")) is not kernel and len(built) == 2
+
+
 def test_rel_error():
     assert rel_error(numpy.array([1.0]), numpy.array([1.0])) == 0.0
     assert abs(rel_error(numpy.array([1.0]), numpy.array([3.0])) - 0.5) < 1e-12

@@ -13,7 +13,7 @@ Skipped where g++ / nvcc are missing.
 import numpy
 import pytest
 
-from cuda_on_cpu import ElementwiseOnCPU, gxx_available, nvcc_available, nvcc_compile_errors
+from cuda_on_cpu import ElementwiseOnCPU, cpu_elementwise_kernel, gxx_available, nvcc_available, nvcc_compile_errors
 from nn import attention, attention_cuda, backend
 from nn.gradcheck import rel_error
 from nn.losses import softmax
@@ -24,20 +24,17 @@ needs_nvcc = pytest.mark.skipif(not nvcc_available(), reason="nvcc (the CUDA too
 
 SPECS = ["TANH_ADD_KERNEL", "SOFTMAX_ROWS_KERNEL", "SOFTMAX_BACKWARD_ROWS_KERNEL", "DPROJECTED_KERNEL",
          "GATE_FORWARD_KERNEL", "GATE_BACKWARD_KERNEL"]
-_cpu_kernels = {}
 
 
 @pytest.fixture
 def kernels_on_cpu(monkeypatch):
     """nn.attention takes the fused branch on NumPy arrays, with the kernels' C++ run by g++."""
-    if not _cpu_kernels:
-        _cpu_kernels.update({key: ElementwiseOnCPU(**spec) for key, spec in attention_cuda._SPECS.items()})
     calls = []
 
     def applies(xp, x):
         calls.append(xp)
         return True
-    monkeypatch.setattr(attention_cuda, "_compiled", lambda xp: _cpu_kernels)
+    monkeypatch.setattr(backend, "elementwise_kernel", cpu_elementwise_kernel)
     monkeypatch.setattr(attention_cuda, "applies", applies)
     return calls
 
@@ -109,7 +106,7 @@ def test_gate_through_the_kernels_equals_the_plain_path(kernels_on_cpu, monkeypa
 def test_softmax_rows_kernel_is_stable_and_rows_sum_to_one():
     # scores far beyond exp's range: the kernel subtracts each row's maximum first, as softmax does
     scores = numpy.array([[1000.0, 999.0, -1000.0], [-800.0, -801.0, -802.0], [0.0, 0.0, 0.0]])
-    alpha = ElementwiseOnCPU(**attention_cuda.SOFTMAX_ROWS_KERNEL)(scores, 3, numpy.empty_like(scores), size=3)
+    alpha = ElementwiseOnCPU(attention_cuda.SOFTMAX_ROWS_KERNEL)(scores, 3, numpy.empty_like(scores), size=3)
     assert numpy.isfinite(alpha).all()
     assert rel_error(alpha, softmax(scores, axis=1)) < 1e-14
     assert abs(alpha.sum(axis=1) - 1).max() < 1e-15
@@ -145,7 +142,7 @@ def test_numpy_arrays_never_take_the_kernels(monkeypatch):
         plain = _step(inputs, dcontext, dalpha)
         backend.use_gpu_kernels(True)
         assert not attention_cuda.applies(numpy, inputs["projected"])
-        monkeypatch.setattr(attention_cuda, "_compiled", None)            # would raise if reached
+        monkeypatch.setattr(backend, "elementwise_kernel", None)          # would raise if reached
         switched = _step(inputs, dcontext, dalpha)
     finally:
         backend.use_gpu_kernels(before)
@@ -156,5 +153,4 @@ def test_numpy_arrays_never_take_the_kernels(monkeypatch):
 @needs_nvcc
 @pytest.mark.parametrize("spec", SPECS)
 def test_nvcc_compiles_the_attention_kernels_for_sm90(spec):
-    kernel = getattr(attention_cuda, spec)
-    assert nvcc_compile_errors(kernel["in_params"], kernel["out_params"], kernel["operation"]) == ""
+    assert nvcc_compile_errors(getattr(attention_cuda, spec)) == ""

@@ -2,17 +2,18 @@
 
 No GPU is needed: tests/cuda_on_cpu.py compiles each kernel's C++ (the very
 `KernelSpec` text CuPy compiles) with g++ and runs it on NumPy arrays, and the
-fixture `cpu_kernels` points nn.depthwise_cuda at those CPU builds, so
-`conv_forward` / `conv_backward` / `conv_relu6_inference` take the kernel path
-exactly as on CuPy (dispatch, argument lists, dw reduction, fallbacks). nvcc
-compiles the same text for the H100/H200 (sm_90), float and double. Skipped
-without g++ (nvcc) respectively. The CuPy side is tests/test_nn_depthwise_cuda.py.
+fixture `cpu_kernels` points `nn.backend.elementwise_kernel` at those CPU
+builds, so `conv_forward` / `conv_backward` / `conv_relu6_inference` take the
+kernel path exactly as on CuPy (dispatch, argument lists, dw reduction,
+fallbacks). nvcc compiles the same text for the H100/H200 (sm_90), float and
+double. Skipped without g++ (nvcc) respectively. The CuPy side is
+tests/test_nn_depthwise_cuda.py.
 """
 import numpy
 import pytest
 
 import captioning.encoders.efficientnet as effnet
-from cuda_on_cpu import ElementwiseOnCPU, gxx_available, nvcc_available, nvcc_compile_errors
+from cuda_on_cpu import cpu_elementwise_kernel, gxx_available, nvcc_available, nvcc_compile_errors
 from nn import backend, depthwise_cuda
 from nn.conv import conv_backward, conv_forward, conv_relu6_inference
 from test_encoder_efficientnet import _random_state_dict
@@ -20,17 +21,12 @@ from test_nn_conv import DEPTHWISE, make
 from test_nn_depthwise_cuda import (GEOMETRIES, GEOMETRY_IDS, LARGER, NOT_DEPTHWISE, NOT_DEPTHWISE_IDS,
                                     _both_paths, assert_close, assert_same_results)
 
-_cpu_builds = {}     # one g++ build per kernel and type for the whole module
-
-
 @pytest.fixture
 def cpu_kernels(monkeypatch):
     """The kernels switched on and run by g++ on NumPy arrays (skipped without g++)."""
     if not gxx_available():
         pytest.skip("g++ is not installed")
-    if not _cpu_builds:
-        _cpu_builds.update({spec.name: ElementwiseOnCPU(*spec) for spec in depthwise_cuda.KERNELS})
-    monkeypatch.setattr(depthwise_cuda, "_compiled", lambda xp: _cpu_builds)
+    monkeypatch.setattr(backend, "elementwise_kernel", cpu_elementwise_kernel)
     monkeypatch.setattr(depthwise_cuda, "_on_kernel_device", lambda xp: True)
     before = backend.gpu_kernels_enabled()
     backend.use_gpu_kernels(True)
@@ -160,4 +156,4 @@ def test_encoder_with_the_fused_kernels(small_encoder, cpu_kernels, monkeypatch)
 @pytest.mark.skipif(not nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
 @pytest.mark.parametrize("spec", depthwise_cuda.KERNELS, ids=[s.name for s in depthwise_cuda.KERNELS])
 def test_every_kernel_compiles_for_the_gpu(spec):
-    assert nvcc_compile_errors(spec.in_params, spec.out_params, spec.code, type_values=("float", "double")) == ""
+    assert nvcc_compile_errors(spec, type_values=("float", "double")) == ""

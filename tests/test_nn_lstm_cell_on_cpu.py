@@ -57,7 +57,7 @@ def _kernel_forward(kernel, xw, recurrent, prev_c, gates=None):
 def test_forward_kernel_equals_the_numpy_cell(dtype, with_prev_c):
     xw, recurrent, prev_c = _forward_inputs(dtype, seed=1)
     prev_c = prev_c if with_prev_c else None
-    kernel = ElementwiseOnCPU(**lstm_cell.FORWARD_KERNEL)
+    kernel = ElementwiseOnCPU(lstm_cell.FORWARD_KERNEL)
     expected = _numpy_forward(xw.copy(), recurrent, prev_c)
     for name, actual, want in zip(("gates", "next_c", "tanh_next_c", "next_h"),
                                   _kernel_forward(kernel, xw, recurrent, prev_c), expected):
@@ -83,7 +83,7 @@ def test_backward_kernel_equals_the_numpy_cell(dtype, with_prev_c):
     da, dprev_c = numpy.empty_like(gates), numpy.empty((N, H), dtype=dtype)
     lstm_cell.cell_backward(numpy, dnext_h, dnext_c, gates, tanh_next_c, prev_c, da, dprev_c)
 
-    kernel = ElementwiseOnCPU(**lstm_cell.BACKWARD_KERNEL)
+    kernel = ElementwiseOnCPU(lstm_cell.BACKWARD_KERNEL)
     # lstm_backward passes dnext_c as dprev_c too (updated in place): do the same
     dc = dnext_c.copy()
     da_kernel = numpy.full_like(gates, numpy.nan)
@@ -98,5 +98,4 @@ def test_backward_kernel_equals_the_numpy_cell(dtype, with_prev_c):
 @needs_nvcc
 @pytest.mark.parametrize("spec", ["FORWARD_KERNEL", "BACKWARD_KERNEL"])
 def test_nvcc_compiles_the_cell_kernels_for_sm90(spec):
-    kernel = getattr(lstm_cell, spec)
-    assert nvcc_compile_errors(kernel["in_params"], kernel["out_params"], kernel["operation"]) == ""
+    assert nvcc_compile_errors(getattr(lstm_cell, spec)) == ""
