@@ -22,15 +22,21 @@ __all__ = [
 ]
 
 
-def rel_error(a, b):
-    """Largest elementwise relative error max(|a-b| / max(1e-8, |a|+|b|))."""
+def rel_error(a, b, floor=1e-8):
+    """Largest elementwise relative error max(|a-b| / max(floor, |a|+|b|)).
+
+    Entries with |a|+|b| below `floor` are held to |a-b| / floor, an absolute
+    tolerance: a numerical gradient's rounding error (about eps * |f| / h per
+    entry) would dominate their relative error. The default 1e-8 is CS231n's;
+    a check of a whole model with a large loss may justify a larger floor.
+    """
     a = backend.to_numpy(a).astype(numpy.float64)
     b = backend.to_numpy(b).astype(numpy.float64)
     if a.shape != b.shape:
         raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
-    return float(numpy.max(numpy.abs(a - b) / numpy.maximum(1e-8, numpy.abs(a) + numpy.abs(b))))
+    return float(numpy.max(numpy.abs(a - b) / numpy.maximum(floor, numpy.abs(a) + numpy.abs(b))))
 
 
 def eval_numerical_gradient(f, x, h=1e-5):

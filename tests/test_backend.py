@@ -129,6 +129,11 @@ def test_rel_error():
     assert abs(rel_error(numpy.array([1.0]), numpy.array([3.0])) - 0.5) < 1e-12
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(numpy.zeros(2), numpy.zeros(3))
+    # entries below the floor are held to |a - b| / floor: rounding on a tiny entry stops counting
+    gradient, rounded = numpy.array([1.0, 1e-5]), numpy.array([1.0, 1e-5 + 4e-10])
+    assert rel_error(gradient, rounded) > 1e-5
+    assert rel_error(gradient, rounded, floor=1e-4) == pytest.approx(4e-6)
+    assert rel_error(gradient, gradient * [1.0001, 1.0], floor=1e-4) > 1e-5   # a real error still shows
 
 
 def test_numerical_gradients_of_known_functions(xp):

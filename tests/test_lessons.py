@@ -556,6 +556,33 @@ def test_lesson14_says_over_how_many_words_it_measured_the_replaced_share(tmp_pa
     assert "(11000 words)" in label, label
 
 
+@pytest.mark.parametrize("number, steps", [
+    (9, ["step_1_data", "step_2_the_model", "step_3_gradient_check"]),
+    (17, ["step_1_where_the_image_enters", "step_2_lrcn_gradient_and_decoding"])])
+def test_whole_model_gradient_checks_hold_with_twice_the_rounding_noise(number, steps, monkeypatch, tmp_path):
+    """Lessons 9 and 17 failed on an H200 because another backend's rounding pushed a relative error
+    over 1e-5. Halving h doubles the finite difference's rounding noise: their checks must still pass,
+    and still fail a backward pass that is wrong by 1e-3."""
+    import functools
+    from nn.gradcheck import eval_numerical_gradient
+
+    lesson = run_lesson.load_lesson(LESSONS[number])
+    monkeypatch.setattr(lesson, "eval_numerical_gradient", functools.partial(eval_numerical_gradient, h=5e-6))
+    ctx = run_lesson.Context(quick=True, out_dir=tmp_path)
+    for step in steps:
+        getattr(lesson, step)(ctx)
+    model_class = lesson.ShowAndTell if number == 9 else lesson.LRCN
+    loss = model_class.loss
+
+    def slightly_wrong(self, *args, **kwargs):
+        value, grads = loss(self, *args, **kwargs)
+        return value, {name: grad * 1.001 if name.startswith("Wh") else grad for name, grad in grads.items()}
+
+    monkeypatch.setattr(model_class, "loss", slightly_wrong)
+    with pytest.raises(run_lesson.CheckFailed):
+        getattr(lesson, steps[-1])(run_lesson.Context(quick=True, out_dir=tmp_path) if number == 17 else ctx)
+
+
 @pytest.mark.parametrize("number", sorted(LESSONS))
 def test_lessons_import_only_what_they_use(number):
     """A lesson is read as well as run: an import it no longer uses (left behind when a step
