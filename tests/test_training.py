@@ -250,7 +250,7 @@ def test_each_epoch_records_the_teacher_forced_dev_loss_and_curves_png_draws_it(
     assert (pixels == DEV).all(axis=1).any()
 
 
-def _feature_cache_trainers(tmp_path):
+def _feature_cache_trainers(tmp_path, log=lambda line: None):
     """(features, {False: trainer, True: trainer}): the same show-tell run on cached float16
     features of 40 shapes images, without and with --features-on-device."""
     data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
@@ -262,7 +262,7 @@ def _feature_cache_trainers(tmp_path):
         model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
         trainers[on] = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train,
                                data.splits["dev"], TrainConfig(batch_size=8, seed=3, features_on_device=on),
-                               tmp_path / str(on), log=lambda line: None)
+                               tmp_path / str(on), log=log)
     return train.features, trainers
 
 
@@ -275,6 +275,22 @@ def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(t
         assert (backend.to_numpy(trainer.train_inputs(numpy.array([3, 1]))) == features[[3, 1]]).all()
         losses[on] = [trainer.train_step(0, b)[0] for b in range(3)]
     assert losses[True] == losses[False]
+
+
+def test_features_on_device_copies_the_cache_when_it_fits_and_says_so_when_not(tmp_path, monkeypatch):
+    # The GPU's free memory stood in for on NumPy, so that both branches of the flag run here.
+    monkeypatch.setattr(backend, "device_memory_free", lambda: 1 << 40)
+    features, trainers = _feature_cache_trainers(tmp_path / "fits")
+    assert trainers[False]._device_inputs is None and trainers[True]._device_inputs is not None
+    assert (trainers[True].train_inputs(numpy.array([3, 1])) == features[[3, 1]]).all()
+    assert trainers[True].train_inputs(numpy.array([3, 1])).dtype == numpy.float16   # the cache's dtype
+    assert [trainers[True].train_step(0, b)[0] for b in range(3)] == [
+        trainers[False].train_step(0, b)[0] for b in range(3)]
+    monkeypatch.setattr(backend, "device_memory_free", lambda: features.nbytes)     # needs over half of it
+    lines = []
+    _, trainers = _feature_cache_trainers(tmp_path / "too_big", log=lines.append)
+    assert trainers[True]._device_inputs is None
+    assert any("they stay on the host" in line for line in lines), lines
 
 
 @pytest.mark.gpu
