@@ -1,4 +1,4 @@
-"""No host-device synchronisation inside the attention model's time loops (issue 17).
+"""No host-device synchronisation inside the models' time loops (issue 17).
 
 On CuPy, turning an array into a Python value (float(), int(), bool(),
 .item(), .tolist(), `if array:`) waits for the GPU to finish everything queued
@@ -109,4 +109,31 @@ def test_attention_training_step_reads_nothing_back_inside_its_time_loops(monkey
         monkeypatch.setattr(model, name, _refusing_reads(lambda *a, _m=method, _n=name: steps.append(_n) or _m(*a)))
     loss, grads, _ = model.forward_backward(features, captions, feature_grad=feature_grad, dropout_seed=3)
     assert steps == ["_step_forward"] * 5 + ["_step_backward"] * 5
+    assert numpy.isfinite(loss) and all(numpy.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("kind, module_name, layers", [("show-tell", "show_tell", 1), ("lrcn", "lrcn", 2)])
+def test_lstm_models_read_nothing_back_inside_their_time_loops(monkeypatch, kind, module_name, layers):
+    """Show-Tell and LRCN run each LSTM layer as one nn.recurrent lstm_forward / lstm_backward,
+    whose time loops are the whole call: no reads anywhere inside them."""
+    import importlib
+
+    module = importlib.import_module(f"captioning.models.{module_name}")
+    model = build({"model": kind, "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
+                   "dropout": 0.3}, seed=1)
+    for name in _MAKERS:
+        make = getattr(numpy, name)
+        monkeypatch.setattr(numpy, name, lambda *a, _make=make, **k: _make(*a, **k).view(_NoHostRead))
+    model.params = {name: value.view(_NoHostRead) for name, value in model.params.items()}
+    gen = numpy.random.default_rng(2)
+    features = gen.standard_normal((3, 6)).astype(model.dtype).view(_NoHostRead)
+    captions = gen.integers(3, 11, size=(3, 6))
+    captions[:, 0], captions[1, 3], captions[1, 4:] = 1, 2, 0
+    calls = []
+    for name in ("lstm_forward", "lstm_backward"):
+        function = getattr(module, name)
+        monkeypatch.setattr(module, name, _refusing_reads(
+            lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a)))
+    loss, grads, _ = model.forward_backward(features, captions, feature_grad=True, dropout_seed=3)
+    assert calls == ["lstm_forward"] * layers + ["lstm_backward"] * layers
     assert numpy.isfinite(loss) and all(numpy.isfinite(g).all() for g in grads.values())
