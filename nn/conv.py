@@ -443,10 +443,12 @@ def _shifted_forward(xp, x, w, b, pads, groups, h_out, w_out):
 
         def finish(filters):                      # bias, and drop the columns that straddle a row end
             part = total[:, filters]
-            if b is not None:
+            if grid is None:
                 part += b[filters].reshape(1, -1, 1, 1)
-            if grid is not None:
+            elif b is None:
                 out[images, filters] = part[..., :w_out]
+            else:                                 # both in one pass over the grid
+                xp.add(part[..., :w_out], b[filters].reshape(1, -1, 1, 1), out=out[images, filters])
 
         if b is not None or grid is not None:
             _on_threads(xp, finish, f, count * f * im2col.row_bytes)
@@ -496,8 +498,10 @@ def _shifted_backward(xp, dout, x, w, geometry):
         def col2im(channels):                     # add each tap's columns back where they were read
             rows = (dx[images, channels].reshape(count, -1, h * wd) if dflat is None
                     else dflat[:count, channels].reshape(count, -1, dflat.shape[2] * width))
-            rows[...] = 0
-            for t, start in enumerate(starts):
+            # starts[0] == 0: tap 0 sets rows[:length], so only the rest starts from zero
+            rows[..., :length] = dcolumns[:, channels, 0]
+            rows[..., length:] = 0
+            for t, start in enumerate(starts[1:], 1):
                 rows[..., start:start + length] += dcolumns[:, channels, t]
             if dflat is not None:
                 dx[images, channels] = dflat[:count, channels, top:top + h, left:left + wd]
