@@ -397,6 +397,10 @@ class _Stride1Columns:
         # rows of `length`) and the output grid (F rows).
         self.row_bytes = self.length * numpy.dtype(dtype).itemsize
         self.chunks = _batch_chunks(xp, n, max(c * len(self.starts), f) * self.row_bytes)
+        if xp is not numpy and not self.needs_padding and len(self.starts) == 1:
+            # An unpadded 1x1 conv allocates no buffer to bound (its columns are x, its grid is
+            # the output): on the GPU, one product over the whole batch.
+            self.chunks = _slices(n, max(n, 1))
         self.chunk = self.chunks[0].stop if self.chunks else 0
         # + 1: an extra zero row, so the last tap's slice may run WW - 1 past the padded image.
         self.flat = (xp.zeros((self.chunk, c, h + top + bottom + 1, self.width), dtype=dtype)

@@ -250,3 +250,19 @@ def test_conv_bad_bias_dtype_and_dout(xp):
     _, cache = conv_forward(x, w, None, {})
     with pytest.raises(ValueError, match=r"conv_backward: dout must have shape \(1, 3, 2, 2\)"):
         conv_backward(as_xp(xp, numpy.zeros((1, 3, 4, 4))), cache)
+
+
+def test_an_unpadded_1x1_conv_is_one_product_on_the_gpu(monkeypatch):
+    # Chunks bound the stride-1 path's buffers; an unpadded 1x1 conv has none, so on the GPU (any
+    # array module but NumPy: a stand-in here) the whole batch is one chunk however large it is.
+    gpu_like = type("GpuLike", (), {"zeros": staticmethod(numpy.zeros), "empty": staticmethod(numpy.empty)})()
+    monkeypatch.setattr(conv, "GPU_CHUNK_BYTES", 1024)
+    one_by_one = conv._Stride1Columns(gpu_like, (6, 8, 5, 5), (16, 8, 1, 1), (0, 0, 0, 0), 5, numpy.float32)
+    assert one_by_one.chunks == [slice(0, 6)]
+    three_by_three = conv._Stride1Columns(gpu_like, (6, 8, 5, 5), (16, 8, 3, 3), (1, 1, 1, 1), 5, numpy.float32)
+    assert len(three_by_three.chunks) == 6       # its columns buffer is bounded, one image at a time
+    on_numpy = conv._Stride1Columns(numpy, (6, 8, 5, 5), (16, 8, 1, 1), (0, 0, 0, 0), 5, numpy.float32)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1024)
+    assert len(conv._Stride1Columns(numpy, (6, 8, 5, 5), (16, 8, 1, 1), (0, 0, 0, 0), 5,
+                                    numpy.float32).chunks) == 6   # NumPy keeps its cache-sized chunks
+    assert on_numpy.chunks == [slice(0, 6)]
