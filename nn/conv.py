@@ -393,14 +393,14 @@ class _Stride1Columns:
         self.starts = [i * self.width + j for i in range(hh) for j in range(ww)]
         self.needs_padding = any(pads) or ww != 1
         self.one_tap = len(self.starts) == 1
+        self.copies_nothing = self.one_tap and not self.needs_padding     # an unpadded 1x1 conv
         # Chunk size: the biggest per-image buffers are the columns (C * taps
-        # rows of `length`) and the output grid (F rows).
+        # rows of `length`) and the output grid (F rows). An unpadded 1x1 conv
+        # on the GPU has neither to bound (its columns are x, its grid is the
+        # output; NumPy still chunks it, to add the bias while in the CPU cache).
         self.row_bytes = self.length * numpy.dtype(dtype).itemsize
-        self.chunks = _batch_chunks(xp, n, max(c * len(self.starts), f) * self.row_bytes)
-        if xp is not numpy and not self.needs_padding and len(self.starts) == 1:
-            # An unpadded 1x1 conv allocates no buffer to bound (its columns are x, its grid is
-            # the output): on the GPU, one product over the whole batch.
-            self.chunks = _slices(n, max(n, 1))
+        buffer_rows = 0 if self.copies_nothing and xp is not numpy else max(c * len(self.starts), f)
+        self.chunks = _batch_chunks(xp, n, buffer_rows * self.row_bytes)
         self.chunk = self.chunks[0].stop if self.chunks else 0
         # + 1: an extra zero row, so the last tap's slice may run WW - 1 past the padded image.
         self.flat = (xp.zeros((self.chunk, c, h + top + bottom + 1, self.width), dtype=dtype)
@@ -473,8 +473,7 @@ def _shifted_backward(xp, dout, x, w, geometry):
     dx = xp.empty(x_shape, dtype=dout.dtype)
     # dout on the forward's H_out x Wp grid; its cut-off columns stay zero.
     dgrid = xp.zeros((im2col.chunk, f, h_out, width), dtype=dout.dtype) if width != w_out else None
-    copies_nothing = im2col.one_tap and not im2col.needs_padding   # unpadded 1x1: columns = x
-    if not copies_nothing:
+    if not im2col.copies_nothing:                                  # unpadded 1x1: columns = x
         dcols = xp.empty((im2col.chunk, c, len(starts), length), dtype=dout.dtype)
         # The gradient of the chunk's flat rows (col2im adds into it): padded
         # rows in a buffer, or unpadded, the rows of dx itself.
@@ -493,7 +492,7 @@ def _shifted_backward(xp, dout, x, w, geometry):
         # out = w @ columns  =>  dw^T = sum over images of columns @ dout^T, dcolumns = w^T @ dout.
         dw_transposed += (columns @ dout_grid.swapaxes(-1, -2)).sum(axis=0)
         w_transposed = w_matrix.swapaxes(-1, -2)
-        if copies_nothing:
+        if im2col.copies_nothing:
             xp.matmul(w_transposed, dout_grid, out=dx[images].reshape(count, groups, -1, length))
             continue
         dcolumns = dcols[:count]
