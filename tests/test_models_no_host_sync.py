@@ -90,19 +90,26 @@ def test_the_reads_are_refused_only_inside_the_steps():
         _refusing_reads(lambda: bool((x > 1).any()))()
 
 
-@pytest.mark.parametrize("feature_grad", [False, True])
-def test_attention_training_step_reads_nothing_back_inside_its_time_loops(monkeypatch, feature_grad):
-    config = {"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
-              "attention_dim": 4, "dropout": 0.3, "doubly_stochastic": 1.0}
+def _model_on_refusing_arrays(monkeypatch, config, feature_shape):
+    """(model, features, captions) of a tiny model whose parameters, features and buffers
+    (xp.empty, ...) are all _NoHostRead arrays; 3 captions of 6 tokens, one ending early."""
     model = build(config, seed=1)
     for name in _MAKERS:                            # the model's buffers (xp.empty, ...) are ours too
         make = getattr(numpy, name)
         monkeypatch.setattr(numpy, name, lambda *a, _make=make, **k: _make(*a, **k).view(_NoHostRead))
     model.params = {name: value.view(_NoHostRead) for name, value in model.params.items()}
     gen = numpy.random.default_rng(2)
-    features = gen.standard_normal((3, 5, 6)).astype(model.dtype).view(_NoHostRead)
+    features = gen.standard_normal(feature_shape).astype(model.dtype).view(_NoHostRead)
     captions = gen.integers(3, 11, size=(3, 6))
     captions[:, 0], captions[1, 3], captions[1, 4:] = 1, 2, 0
+    return model, features, captions
+
+
+@pytest.mark.parametrize("feature_grad", [False, True])
+def test_attention_training_step_reads_nothing_back_inside_its_time_loops(monkeypatch, feature_grad):
+    config = {"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
+              "attention_dim": 4, "dropout": 0.3, "doubly_stochastic": 1.0}
+    model, features, captions = _model_on_refusing_arrays(monkeypatch, config, (3, 5, 6))
     steps = []
     for name in ("_step_forward", "_step_backward"):
         method = getattr(model, name)
@@ -119,16 +126,8 @@ def test_lstm_models_read_nothing_back_inside_their_time_loops(monkeypatch, kind
     import importlib
 
     module = importlib.import_module(f"captioning.models.{module_name}")
-    model = build({"model": kind, "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
-                   "dropout": 0.3}, seed=1)
-    for name in _MAKERS:
-        make = getattr(numpy, name)
-        monkeypatch.setattr(numpy, name, lambda *a, _make=make, **k: _make(*a, **k).view(_NoHostRead))
-    model.params = {name: value.view(_NoHostRead) for name, value in model.params.items()}
-    gen = numpy.random.default_rng(2)
-    features = gen.standard_normal((3, 6)).astype(model.dtype).view(_NoHostRead)
-    captions = gen.integers(3, 11, size=(3, 6))
-    captions[:, 0], captions[1, 3], captions[1, 4:] = 1, 2, 0
+    config = {"model": kind, "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7, "dropout": 0.3}
+    model, features, captions = _model_on_refusing_arrays(monkeypatch, config, (3, 6))
     calls = []
     for name in ("lstm_forward", "lstm_backward"):
         function = getattr(module, name)
