@@ -280,16 +280,21 @@ def greedy_decode(model, features, start_id, end_id, max_length=20, batch_size=N
                       features, batch_size)
 
 
-def _drop_finished(done, state, words, active, group, xp):
+def _drop_finished(done, num_done, state, words, active, group, xp):
     """Remove the rows of images that are done from the decoding batch.
 
-    done: (n,) bool over the active images; state: dict of (n * group, ...)
-    arrays; words: (n * group,); active: (n,) ids of the active images;
-    group: rows per image (1 for greedy, beam_size for beam search).
-    Returns (kept image positions (m,), state, words, active) for the m
-    images left. Every state entry is copied here, constant ones included.
+    done: (n,) bool over the active images; num_done: how many are True (an
+    int the caller already read); state: dict of (n * group, ...) arrays;
+    words: (n * group,); active: (n,) ids of the active images; group: rows
+    per image (1 for greedy, beam_size for beam search).
+    Returns (kept image positions (m,), state, words, active) for the
+    m = n - num_done images left, in their order. Every state entry is
+    copied here, constant ones included.
     """
-    keep = xp.nonzero(~done)[0]
+    # A stable sort puts the unfinished (False) first, in order. Unlike
+    # xp.nonzero(~done), whose length the GPU would have to report back (a
+    # second host sync), the number kept is known here already.
+    keep = xp.argsort(done, kind="stable")[:len(done) - num_done]
     keep_rows = (keep[:, None] * group + xp.arange(group)).reshape(-1)
     state = {key: xp.take(value, keep_rows, axis=0) for key, value in state.items()}
     return keep, state, words[keep_rows], active[keep]
@@ -331,11 +336,11 @@ def _greedy(model, features, start_id, end_id, max_length, no_repeat_ngram=0, ba
         scores[active] += xp.where(was_finished, 0, step_log_probs)
         done = was_finished | (words == end_id)
         finished[active] = done
-        num_done = int(done.sum())
+        num_done = int(done.sum())          # the step's one host read (tests/test_models_no_host_sync.py)
         if num_done == len(done):
             break
         if _worth_dropping(num_done, len(done)):
-            keep, state, words, active = _drop_finished(done, state, words, active, 1, xp)
+            keep, state, words, active = _drop_finished(done, num_done, state, words, active, 1, xp)
             prefix = prefix[keep]
 
     # Host side: lay the history out as (N, steps); a caption is the words
@@ -485,11 +490,11 @@ def _beam(model, features, start_id, end_id, beam_size, max_length, alpha, no_re
         # An image is done when nothing alive can still beat its best finished
         # caption; done images leave the batch (in groups, see _worth_dropping).
         done = (best_score[active] > -numpy.inf) & (best_score[active] >= beam_scores[:, 0] / future_divisor)
-        num_done = int(done.sum())
+        num_done = int(done.sum())          # the step's one host read (tests/test_models_no_host_sync.py)
         if num_done == n:
             break
         if _worth_dropping(num_done, n):
-            keep, state, words, active = _drop_finished(done, state, words, active, beam_size, xp)
+            keep, state, words, active = _drop_finished(done, num_done, state, words, active, beam_size, xp)
             beam_scores = beam_scores[keep]
             if no_repeat_ngram:
                 prefix = prefix.reshape(n, beam_size, -1)[keep].reshape(len(keep) * beam_size, -1)

@@ -9,6 +9,11 @@ arrays of a subclass that refuses those reads while a training step's
 `_step_forward` / `_step_backward` run (reductions and scalar indexing stay
 arrays of the subclass, as they stay CuPy arrays on the GPU). Reads outside
 the loops (the loss, the input checks: a few per training step) are allowed.
+An output whose size depends on the values (xp.nonzero, boolean-mask
+indexing) is a read too: the GPU must report the size before Python can go on.
+
+Decoding must read one number per step (how many images are done, to know
+when to stop): the decoding tests log every read and count them per step.
 """
 import numpy
 import pytest
@@ -16,6 +21,8 @@ import pytest
 from captioning.models import build
 
 _reading_refused = {"on": False}
+_read_log = []          # every read, while the decoding tests log them: (what, when)
+_logging_reads = {"on": False}
 _asarray = numpy.asarray
 # What makes a base-class array out of nothing or out of ours: patched to make ours during the test.
 _MAKERS = ("empty", "zeros", "ones", "full", "array", "asarray", "ascontiguousarray")
@@ -28,12 +35,22 @@ class _NoHostRead(numpy.ndarray):
         return super().__array_wrap__(array, context, False)      # a full reduction stays an array
 
     def __array_function__(self, func, types, args, kwargs):              # numpy.where, einsum, ...
+        if func in _SIZED_BY_VALUES:
+            self._refuse(f"{func.__name__}() (its size)")
         return _refusing(super().__array_function__(func, types, args, kwargs))
 
     def __getitem__(self, key):
+        if any(getattr(k, "dtype", None) == bool and k.ndim for k in (key if isinstance(key, tuple) else (key,))):
+            self._refuse("boolean-mask indexing (its size)")
         return _refusing(super().__getitem__(key))
 
+    def nonzero(self):
+        self._refuse("nonzero() (its size)")
+        return _refusing(super().nonzero())
+
     def _refuse(self, how):
+        if _logging_reads["on"]:
+            _read_log.append(how)
         if _reading_refused["on"]:
             raise AssertionError(f"{how} of an array inside the time loop: a host sync on the GPU")
 
@@ -62,6 +79,10 @@ class _NoHostRead(numpy.ndarray):
         return super().tolist()
 
 
+_SIZED_BY_VALUES = (numpy.nonzero, numpy.flatnonzero, numpy.argwhere, numpy.unique, numpy.compress,
+                    numpy.extract)
+
+
 def _refusing(result):
     """Arrays and scalars (and tuples of them) as _NoHostRead arrays; anything else as it is."""
     if isinstance(result, tuple):
@@ -83,11 +104,12 @@ def _refusing_reads(method):
 
 def test_the_reads_are_refused_only_inside_the_steps():
     x = numpy.arange(4.0).view(_NoHostRead)
-    assert float(x.sum()) == 6.0 and bool(x[3] > 2)
-    with pytest.raises(AssertionError, match="host sync"):
-        _refusing_reads(lambda: float(x.max()))()
-    with pytest.raises(AssertionError, match="host sync"):
-        _refusing_reads(lambda: bool((x > 1).any()))()
+    assert float(x.sum()) == 6.0 and bool(x[3] > 2) and len(x[x > 1]) == 2
+    for read in (lambda: float(x.max()), lambda: bool((x > 1).any()), lambda: numpy.nonzero(x > 1),
+                 lambda: (x > 1).nonzero(), lambda: x[x > 1], lambda: x[:, None][x > 1, 0]):
+        with pytest.raises(AssertionError, match="host sync"):
+            _refusing_reads(read)()
+    assert numpy.array_equal(_refusing_reads(lambda: x[numpy.argsort(x > 1, kind="stable")[:2]])(), [0, 1])
 
 
 def _model_on_refusing_arrays(monkeypatch, config, feature_shape):
@@ -136,3 +158,49 @@ def test_lstm_models_read_nothing_back_inside_their_time_loops(monkeypatch, kind
     loss, grads, _ = model.forward_backward(features, captions, feature_grad=True, dropout_seed=3)
     assert calls == ["lstm_forward"] * layers + ["lstm_backward"] * layers
     assert numpy.isfinite(loss) and all(numpy.isfinite(g).all() for g in grads.values())
+
+
+def _reads_per_decoding_step(monkeypatch, model, decode):
+    """Run decode() with every host read logged; the reads between one decode_step call and the
+    next (the step's own included) per step, and how many times finished images were dropped."""
+    import captioning.decoding as decoding
+
+    marks, drops = [], []
+    step = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda *a: marks.append(len(_read_log)) or step(*a))
+    drop = decoding._drop_finished
+    monkeypatch.setattr(decoding, "_drop_finished", lambda *a: drops.append(1) or drop(*a))
+    # Reads after the loop (laying the captions out on the host, which starts with the first
+    # backend.to_numpy) belong to no step.
+    host_layout_at = []
+    to_numpy = decoding.backend.to_numpy
+    monkeypatch.setattr(decoding.backend, "to_numpy", lambda a: host_layout_at.append(len(_read_log)) or to_numpy(a))
+    _read_log.clear()
+    monkeypatch.setitem(_logging_reads, "on", True)
+    result = decode()
+    ends = marks[1:] + host_layout_at[:1]
+    return [_read_log[start:end] for start, end in zip(marks, ends)], len(drops), result
+
+
+@pytest.mark.parametrize("config", [
+    {"model": "show-tell", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7},
+    {"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
+     "attention_dim": 4}], ids=["show-tell", "attention"])
+@pytest.mark.parametrize("search", ["beam", "greedy"])
+def test_decoding_reads_one_number_per_step(monkeypatch, config, search):
+    """The one read is `int(done.sum())` (stop when all images are done); dropping finished images
+    from the batch costs no second one, and n-gram and bad-ending blocking none at all."""
+    from captioning.decoding import beam_search, greedy_decode
+
+    shape = (24, 5, 6) if config["model"] == "attention" else (24, 6)
+    model, features, _ = _model_on_refusing_arrays(monkeypatch, config, shape)
+    model.params = {name: value * 4 for name, value in model.params.items()}   # images end at different steps
+    options = dict(max_length=12, no_repeat_ngram=2, bad_ending_ids=(4,))
+    if search == "beam":
+        decode = lambda: beam_search(model, features, start_id=1, end_id=2, beam_size=3, **options)
+    else:
+        decode = lambda: greedy_decode(model, features, start_id=1, end_id=2, **options)
+    reads, drops, result = _reads_per_decoding_step(monkeypatch, model, decode)
+    assert drops >= 1 and len(reads) >= 2 and len(result.sequences) == 24
+    assert all(len(step_reads) <= 1 for step_reads in reads), reads
+    assert sum(map(len, reads)) == len(reads)          # and it is there at every step
