@@ -97,7 +97,8 @@ def sample_captions(model, features, max_length, rng, samples=1):
     - model: a CaptionModel (init_decode_state / decode_step), in eval mode
     - features: the images' features, leading axis N
     - max_length: the most tokens per caption, <END> included
-    - rng: numpy.random.Generator
+    - rng: numpy.random.Generator; a call draws max_length * N * K numbers
+      from it, however early the captions end
     - samples: K, captions per image
     Returns a tuple of:
     - tokens: numpy int64 (N * K, T), T <= max_length the steps taken; row
@@ -116,11 +117,14 @@ def sample_captions(model, features, max_length, rng, samples=1):
     live = numpy.ones(rows, dtype=bool)    # ... and which of them have not drawn <END> yet
     for step in range(max_length):
         log_probs, state, _ = model.decode_step(words, state)
-        # every row draws a number every step, so dropping finished rows changes no caption
-        uniform = backend.asarray(rng.random(rows)[active], dtype=log_probs.dtype)
+        if step == 0:
+            # Every row's number for every step, sent to the device once (an upload per step could
+            # wait for the step's kernels); uniforms[s, r] is the one row r would draw at step s,
+            # so dropping finished rows (their columns) changes no caption.
+            uniforms = backend.asarray(rng.random((max_length, rows)), dtype=log_probs.dtype)
         cdf = xp.cumsum(xp.exp(log_probs), axis=1)                          # (rows in the batch, V)
         # word j when cdf[j - 1] < u * total <= cdf[j] (the count of cdf entries below u * total): probability p_j
-        words = xp.minimum((cdf < uniform[:, None] * cdf[:, -1:]).sum(axis=1), log_probs.shape[1] - 1)
+        words = xp.minimum((cdf < uniforms[step][:, None] * cdf[:, -1:]).sum(axis=1), log_probs.shape[1] - 1)
         chosen = backend.to_numpy(words)
         tokens[active[live], step] = chosen[live]
         lengths[active[live]] += 1
@@ -132,6 +136,7 @@ def sample_captions(model, features, max_length, rng, samples=1):
             keep_rows = backend.asarray(keep)
             state = {key: xp.take(value, keep_rows, axis=0) for key, value in state.items()}
             words, active, live = xp.take(words, keep_rows), active[keep], live[keep]
+            uniforms = xp.take(uniforms, keep_rows, axis=1)
     return tokens, lengths
 
 

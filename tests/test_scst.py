@@ -104,6 +104,23 @@ def test_the_sampler_draws_each_caption_with_its_probability():
     assert numpy.array_equal(sampled, again)                  # one seed, one set of captions
 
 
+def test_the_sampler_sends_its_random_numbers_to_the_device_once(monkeypatch):
+    """One upload of every step's uniforms per call, not one per step (on the GPU an upload may
+    wait for the step's kernels); the captions stay those of one draw per row and step."""
+    import captioning.scst as scst
+
+    model = tiny_model("attention")
+    features = tiny_features(model, num_images=3)
+    expected, _ = sample_captions(model, features, 8, numpy.random.default_rng(5), samples=4)
+    uploads = []
+    asarray = scst.backend.asarray
+    monkeypatch.setattr(scst.backend, "asarray", lambda a, *args, **kw: uploads.append(
+        numpy.asarray(a).dtype.kind) or asarray(a, *args, **kw))
+    tokens, lengths = sample_captions(model, features, 8, numpy.random.default_rng(5), samples=4)
+    assert uploads.count("f") == 1 and lengths.max() > 2
+    assert numpy.array_equal(tokens, expected)
+
+
 def test_policy_gradient_loss_gradient_and_values_by_hand():
     rng = numpy.random.default_rng(0)
     x = rng.standard_normal((3, 4, 6))
