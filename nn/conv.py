@@ -539,7 +539,15 @@ def _im2col_backward(xp, dout, cols, w, geometry):
     dout_grouped = dout.reshape(n, groups, f // groups, h_out * w_out)
     w_grouped = w.reshape(groups, f // groups, c_per_group * hh * ww)
     # out = w @ cols  =>  dw = sum over images of dout @ cols^T, dcols = w^T @ dout.
-    dw = (dout_grouped @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    # CuPy's batched matmul copies a transposed operand, so the smaller of cols
+    # (C/G * hh * ww rows) and dout (F/G rows) is the one transposed: dout for
+    # a 3x3 conv that keeps its channels (a ninth of cols), cols for
+    # EfficientNet's stem (27 rows against 32).
+    if cols.shape[-2] > dout_grouped.shape[-2]:
+        dw = (cols @ dout_grouped.swapaxes(-1, -2)).sum(axis=0).swapaxes(-1, -2)   # (dout @ cols^T)^T^T
+    else:
+        dw = (dout_grouped @ cols.swapaxes(-1, -2)).sum(axis=0)
+    dw = dw.reshape(w.shape)
     dcols = (w_grouped.swapaxes(-1, -2) @ dout_grouped).reshape(n, c, hh, ww, h_out, w_out)
     # col2im: add every tap's slice back where it was read from.
     dx_padded = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=dout.dtype)

@@ -266,3 +266,37 @@ def test_an_unpadded_1x1_conv_is_one_product_on_the_gpu(monkeypatch):
     assert len(conv._Stride1Columns(numpy, (6, 8, 5, 5), (16, 8, 1, 1), (0, 0, 0, 0), 5,
                                     numpy.float32).chunks) == 6   # NumPy keeps its cache-sized chunks
     assert on_numpy.chunks == [slice(0, 6)]
+
+
+class _RecordsProducts(numpy.ndarray):
+    """An array whose matrix products (`@`) record their operands' (bytes, C-contiguous, ndim)."""
+    products = []
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc is numpy.matmul:
+            _RecordsProducts.products.append([(a.nbytes, a.flags.c_contiguous, a.ndim) for a in inputs])
+        inputs = [a.view(numpy.ndarray) if isinstance(a, _RecordsProducts) else a for a in inputs]
+        return getattr(ufunc, method)(*inputs, **kwargs).view(_RecordsProducts)
+
+
+@pytest.mark.parametrize("channels_in, channels_out", [(8, 8), (3, 32)])
+def test_the_strided_conv_backward_transposes_the_smaller_of_columns_and_dout(channels_in, channels_out):
+    # CuPy's batched matmul copies every operand that is not C-contiguous (cupy/_core/
+    # _routines_linalg.pyx: ascontiguousarray). dw = sum of dout @ cols^T may be computed as
+    # (cols @ dout^T)^T: the columns are hh * ww * C / F times the size of dout (9 for 8 -> 8
+    # channels, 27/32 for EfficientNet's 3 -> 32 stem), so the smaller one is transposed.
+    gen = numpy.random.default_rng(0)
+    x = gen.standard_normal((2, channels_in, 9, 9)).view(_RecordsProducts)
+    w = gen.standard_normal((channels_out, channels_in, 3, 3)).view(_RecordsProducts)
+    out, cache = conv_forward(x, w, None, {"stride": 2, "pad": 1})
+    assert cache[0] == "im2col"
+    dout = gen.standard_normal(out.shape).view(_RecordsProducts)
+    _RecordsProducts.products = []
+    dx, dw, _ = conv_backward(dout, cache)
+    dw_product = next(p for p in _RecordsProducts.products if all(ndim == 4 for _, _, ndim in p))
+    columns_bytes = dout.nbytes // channels_out * channels_in * 9
+    assert sorted(nbytes for nbytes, _, _ in dw_product) == sorted([dout.nbytes, columns_bytes])
+    assert [nbytes for nbytes, contiguous, _ in dw_product if not contiguous] == [min(dout.nbytes, columns_bytes)]
+    dx_naive, dw_naive, _ = conv_backward_naive(numpy.asarray(dout), conv_forward_naive(
+        numpy.asarray(x), numpy.asarray(w), None, {"stride": 2, "pad": 1})[1])
+    assert rel_error(dx, dx_naive) < 1e-10 and rel_error(dw, dw_naive) < 1e-10
