@@ -19,7 +19,7 @@ from captioning.decoding import greedy_decode
 from captioning.metrics import bleu
 from captioning.models import ShowAndTell
 from nn import backend
-from nn.gradcheck import eval_numerical_gradient, rel_error
+from nn.gradcheck import eval_numerical_gradient, rel_error, rel_errors
 from nn.optim import Adam, adam, clip_grad_norm
 from nn.pool import avg_pool_forward
 
@@ -117,8 +117,8 @@ def step_3_gradient_check(ctx):
         numeric = backend.to_numpy(eval_numerical_gradient(lambda: tiny.loss(features, captions)[0],
                                                            tiny.params[name]))
         analytic = backend.to_numpy(grads[name])
-        worst = numpy.unravel_index(numpy.argmax(numpy.abs(analytic - numeric) / numpy.maximum(
-            NOISE_FLOOR, numpy.abs(analytic) + numpy.abs(numeric))), analytic.shape)
+        each = rel_errors(analytic, numeric, floor=NOISE_FLOOR)
+        worst = numpy.unravel_index(each.argmax(), each.shape)
         errors[name] = rel_error(analytic, numeric, floor=NOISE_FLOOR)
         rows[f"d{name}: relative error, largest |difference|, |gradient| where worst"] = (
             f"{errors[name]:.1e}  {numpy.abs(analytic - numeric).max():.1e}  {abs(analytic[worst]):.1e}")

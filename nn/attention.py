@@ -113,7 +113,7 @@ def attention_step_forward(features, projected, h, W_hidden, w_score):
 
     hidden = h @ W_hidden                                   # (N, A)
     if attention_cuda.applies(xp, projected):              # the same math, 2 kernels (nn.attention_cuda)
-        activations = attention_cuda.tanh_add(xp, projected, hidden)
+        activations = attention_cuda.tanh_add(projected, hidden)
         alpha = attention_cuda.softmax_rows(xp, activations @ w_score)
     else:
         activations = projected + hidden[:, None, :]        # (N, L, A)
@@ -171,7 +171,7 @@ def attention_step_backward(dcontext, dalpha, cache, with_dfeatures=True):
     dw_score = xp.einsum("nla,nl->a", activations, dscores)
     # scores = tanh(pre) @ w_score, so dpre = (dscores w_score^T) * (1 - tanh^2)
     if fused:
-        dprojected = attention_cuda.dprojected(xp, activations, dscores, w_score)
+        dprojected = attention_cuda.dprojected(activations, dscores, w_score)
     else:
         dprojected = xp.multiply(activations, activations)
         xp.subtract(1, dprojected, out=dprojected)

@@ -120,7 +120,7 @@ def applies(xp, x):
             and numpy.dtype(x.dtype) in (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)))
 
 
-def tanh_add(xp, projected, hidden):
+def tanh_add(projected, hidden):
     """activations (N, L, A) = tanh(projected (N, L, A) + hidden (N, A) broadcast over L)."""
     return backend.elementwise_kernel(TANH_ADD_KERNEL)(projected, hidden[:, None, :])
 
@@ -147,7 +147,7 @@ def softmax_backward_rows(xp, alpha, dalpha_context, dalpha):
     return dscores
 
 
-def dprojected(xp, activations, dscores, w_score):
+def dprojected(activations, dscores, w_score):
     """d loss / d projected (N, L, A) = (1 - activations^2) * dscores (N, L) broadcast over A * w_score (A,)."""
     return backend.elementwise_kernel(DPROJECTED_KERNEL)(activations, dscores[:, :, None], w_score)
 

@@ -30,13 +30,18 @@ def rel_error(a, b, floor=1e-8):
     entry) would dominate their relative error. The default 1e-8 is CS231n's;
     a check of a whole model with a large loss may justify a larger floor.
     """
+    errors = rel_errors(a, b, floor, op="rel_error")
+    return float(errors.max()) if errors.size else 0.0
+
+
+def rel_errors(a, b, floor=1e-8, op="rel_errors"):
+    """Each entry's relative error |a-b| / max(floor, |a|+|b|), a float64 NumPy array of a's shape
+    (to find where the worst one is; `rel_error` is its maximum)."""
     a = backend.to_numpy(a).astype(numpy.float64)
     b = backend.to_numpy(b).astype(numpy.float64)
     if a.shape != b.shape:
-        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
-    if a.size == 0:
-        return 0.0
-    return float(numpy.max(numpy.abs(a - b) / numpy.maximum(floor, numpy.abs(a) + numpy.abs(b))))
+        raise ValueError(f"{op}: shapes differ, {a.shape} vs {b.shape}")
+    return numpy.abs(a - b) / numpy.maximum(floor, numpy.abs(a) + numpy.abs(b))
 
 
 def eval_numerical_gradient(f, x, h=1e-5):

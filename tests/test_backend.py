@@ -2,7 +2,7 @@ import numpy
 import pytest
 
 from nn import backend
-from nn.gradcheck import rel_error, eval_numerical_gradient, eval_numerical_gradient_array, directional_gradient_check
+from nn.gradcheck import rel_error, rel_errors, eval_numerical_gradient, eval_numerical_gradient_array, directional_gradient_check
 
 
 def test_use_switches_at_run_time():
@@ -134,6 +134,9 @@ def test_rel_error():
     assert rel_error(gradient, rounded) > 1e-5
     assert rel_error(gradient, rounded, floor=1e-4) == pytest.approx(4e-6)
     assert rel_error(gradient, gradient * [1.0001, 1.0], floor=1e-4) > 1e-5   # a real error still shows
+    each = rel_errors(gradient, rounded, floor=1e-4)                          # per entry, where it peaks
+    assert each.shape == (2,) and each[0] == 0.0 and each[1] == pytest.approx(4e-6)
+    assert rel_error(numpy.zeros((0, 3)), numpy.zeros((0, 3))) == 0.0
 
 
 def test_numerical_gradients_of_known_functions(xp):
