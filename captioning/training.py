@@ -277,11 +277,14 @@ class Trainer:
         free = backend.device_memory_free()
         if free is None or self.encoder.trainable:
             return None
-        if inputs.nbytes > free // 2:
-            self.log(f"--features-on-device: the training features ({inputs.nbytes / 2 ** 30:.1f} GiB) need more "
+        # With --features the inputs are a view of the cache's rows (captioning.features._Rows), not an array.
+        nbytes = int(numpy.prod(inputs.shape)) * numpy.dtype(inputs.dtype).itemsize
+        if nbytes > free // 2:
+            self.log(f"--features-on-device: the training features ({nbytes / 2 ** 30:.1f} GiB) need more "
                      f"than half of the free GPU memory ({free / 2 ** 30:.1f} GiB); they stay on the host")
             return None
-        return backend.asarray(inputs)          # keeps the cache's dtype (float16 takes half the memory)
+        rows = inputs[numpy.arange(len(inputs))]      # read once, in the split's order, into one host array
+        return backend.asarray(rows)            # keeps the cache's dtype (float16 takes half the memory)
 
     def train_inputs(self, images):
         """The inputs of these training images ((B,) NumPy ints): from the GPU copy when

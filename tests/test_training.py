@@ -12,6 +12,7 @@ from captioning.checkpoint import check_vocabulary, load_checkpoint
 from captioning.data.datasets import ShapesDataset
 from captioning.data.text import Vocabulary
 from captioning.encoders import FrozenFeatures, TrainableEncoder
+from captioning.features import _Rows
 from captioning.models import MODELS, ConfigMismatchError, build
 from captioning.training import TrainConfig, Trainer, TrainingDiverged
 
@@ -250,20 +251,24 @@ def test_each_epoch_records_the_teacher_forced_dev_loss_and_curves_png_draws_it(
     assert (pixels == DEV).all(axis=1).any()
 
 
-def _feature_cache_trainers(tmp_path, log=lambda line: None):
+def _feature_cache_trainers(tmp_path, log=lambda line: None, cache_view=True):
     """(features, {False: trainer, True: trainer}): the same show-tell run on cached float16
-    features of 40 shapes images, without and with --features-on-device."""
+    features of 40 shapes images, without and with --features-on-device. cache_view: the split
+    holds them as --features does, a view of a feature cache's rows (captioning.features._Rows,
+    no nbytes, no __array__), else as one array (benchmarks/epoch_time.py)."""
     data = ShapesDataset.load(n_train=40, n_dev=2, n_test=2, seed=0)
     vocab = Vocabulary.build(data.train_tokens(), min_count=1)
     train = data.splits["train"]
-    train.features = numpy.random.default_rng(0).standard_normal((40, 4)).astype(numpy.float16)
+    cache = numpy.random.default_rng(0).standard_normal((50, 4)).astype(numpy.float16)
+    rows = numpy.random.default_rng(1).permutation(50)[:40]
+    train.features = _Rows(cache, rows) if cache_view else cache[rows]
     trainers = {}
     for on in (False, True):
         model = build({"model": "show-tell", "vocab_size": len(vocab), "feature_dim": 4}, seed=1)
         trainers[on] = Trainer(model, vocab, FrozenFeatures({"name": "efficientnet_lite0"}), train,
                                data.splits["dev"], TrainConfig(batch_size=8, seed=3, features_on_device=on),
                                tmp_path / str(on), log=log)
-    return train.features, trainers
+    return cache[rows], trainers
 
 
 def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(tmp_path):
@@ -277,10 +282,13 @@ def test_features_on_device_is_the_host_path_on_numpy_and_gives_the_same_steps(t
     assert losses[True] == losses[False]
 
 
-def test_features_on_device_copies_the_cache_when_it_fits_and_says_so_when_not(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache_view", [True, False], ids=["cache-rows", "array"])
+def test_features_on_device_copies_the_cache_when_it_fits_and_says_so_when_not(tmp_path, monkeypatch,
+                                                                               cache_view):
     # The GPU's free memory stood in for on NumPy, so that both branches of the flag run here.
     monkeypatch.setattr(backend, "device_memory_free", lambda: 1 << 40)
-    features, trainers = _feature_cache_trainers(tmp_path / "fits")
+    features, trainers = _feature_cache_trainers(tmp_path / "fits", cache_view=cache_view)
+    assert isinstance(trainers[True]._device_inputs, numpy.ndarray)       # one array, as the GPU gets it
     assert trainers[False]._device_inputs is None and trainers[True]._device_inputs is not None
     assert (trainers[True].train_inputs(numpy.array([3, 1])) == features[[3, 1]]).all()
     assert trainers[True].train_inputs(numpy.array([3, 1])).dtype == numpy.float16   # the cache's dtype
@@ -288,7 +296,7 @@ def test_features_on_device_copies_the_cache_when_it_fits_and_says_so_when_not(t
         trainers[False].train_step(0, b)[0] for b in range(3)]
     monkeypatch.setattr(backend, "device_memory_free", lambda: features.nbytes)     # needs over half of it
     lines = []
-    _, trainers = _feature_cache_trainers(tmp_path / "too_big", log=lines.append)
+    _, trainers = _feature_cache_trainers(tmp_path / "too_big", log=lines.append, cache_view=cache_view)
     assert trainers[True]._device_inputs is None
     assert any("they stay on the host" in line for line in lines), lines
 
