@@ -401,7 +401,7 @@ def _top_k(scores, k, xp):
     """Indices and values of the k largest entries of each row of scores (n, M), best first."""
     if k > scores.shape[1]:   # argpartition's kth M - k < 0 would count from the end; argmax would repeat
         raise ValueError(f"top {k} of rows of {scores.shape[1]} entries")
-    if xp is not numpy and k <= ARGMAX_TOP_K:
+    if xp is not numpy and k <= ARGMAX_TOP_K and backend.gpu_kernels_enabled():
         return _top_k_by_argmax(scores, k, xp)
     last = scores.shape[1] - k
     candidates = xp.argpartition(scores, last, axis=1)[:, last:]   # unordered top k, O(M)
@@ -412,7 +412,8 @@ def _top_k(scores, k, xp):
 
 # Up to this many hypotheses per image, the GPU takes the top k by k argmax passes: CuPy's
 # argpartition sorts whole rows (its documentation says so), here n rows of beam_size * V
-# candidates (7.5 million numbers for 1000 images, beam 3, V 2500) at every step.
+# candidates (7.5 million numbers for 1000 images, beam 3, V 2500) at every step. Like the CUDA
+# kernels, it has not yet run on a GPU, so it waits for the same switch (nn.backend.use_gpu_kernels).
 ARGMAX_TOP_K = 8
 
 

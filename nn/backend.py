@@ -237,6 +237,7 @@ def use_gpu_kernels(flag=True):
     """Switch the hand-written CUDA kernels (nn.depthwise_cuda, nn.attention_cuda) on or off for CuPy arrays.
 
     (The LSTM cell's fused kernels in nn.lstm_cell ran on an H100 and are always on for CuPy.)
+    Beam search's top k by argmax passes on the GPU (captioning.decoding) waits for it too.
 
     Off by default: they have not yet run on a GPU (issue 17), and the plain CuPy
     path they replace is the reference their tests compare them with.

@@ -613,6 +613,29 @@ def test_beam_search_with_the_gpu_top_k_finds_the_same_captions(kind, monkeypatc
             assert (a == b).all()
 
 
+def test_the_gpu_top_k_waits_for_the_gpu_kernels_switch(monkeypatch):
+    """Not yet run on a GPU, the argmax top k is off by default like the CUDA kernels; NumPy never
+    takes it. A stand-in array module (NumPy under another name) plays the GPU's."""
+    from captioning import decoding
+    from nn import backend
+
+    gpu_like = type("GpuLike", (), {"__getattr__": lambda self, name: getattr(numpy, name)})()
+    taken = []
+    by_argmax = decoding._top_k_by_argmax
+    monkeypatch.setattr(decoding, "_top_k_by_argmax", lambda *a: taken.append(a[2]) or by_argmax(*a))
+    scores = numpy.random.default_rng(0).standard_normal((3, 20))
+    expected = decoding._top_k(scores, 3, numpy)
+    before = backend.gpu_kernels_enabled()
+    try:
+        for on, xp, wanted in [(False, gpu_like, []), (True, numpy, []), (True, gpu_like, [gpu_like])]:
+            backend.use_gpu_kernels(on)
+            taken.clear()
+            got = decoding._top_k(scores, 3, xp)
+            assert taken == wanted and (got[0] == expected[0]).all() and (got[1] == expected[1]).all()
+    finally:
+        backend.use_gpu_kernels(before)
+
+
 def test_top_k_refuses_more_than_a_row_holds():
     """k > M: argpartition's negative kth would silently return a wrong set, so _top_k raises."""
     from captioning.decoding import _top_k, _top_k_by_argmax
