@@ -118,6 +118,8 @@ def test_bad_inputs_name_the_model_and_the_shapes():
         model.loss(numpy.zeros((2, 4, 7), dtype=model.dtype), captions)
     with pytest.raises(ValueError, match="word id 9 out of range"):
         model.loss(features, captions * 9)
+    with pytest.raises(ValueError, match="word id -1 out of range"):
+        model.loss(features, captions * -1)
     with pytest.raises(TypeError, match="integer word ids"):
         model.loss(features, captions.astype(model.dtype))
     with pytest.raises(ValueError, match="unknown model 'lstm'"):

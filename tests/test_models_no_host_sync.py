@@ -204,3 +204,20 @@ def test_decoding_reads_one_number_per_step(monkeypatch, config, search):
     assert drops >= 1 and len(reads) >= 2 and len(result.sequences) == 24
     assert all(len(step_reads) <= 1 for step_reads in reads), reads
     assert sum(map(len, reads)) == len(reads)          # and it is there at every step
+
+
+@pytest.mark.parametrize("config, shape", [
+    ({"model": "show-tell", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7}, (3, 6)),
+    ({"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
+      "attention_dim": 4, "doubly_stochastic": 1.0}, (3, 5, 6))], ids=["show-tell", "attention"])
+def test_a_training_pass_reads_a_few_numbers_outside_its_time_loops(monkeypatch, config, shape):
+    """Outside the time loops a forward_backward reads only: the captions' id range (one read for
+    min and max), the word embedding's and the loss's own label checks (nn layers check their
+    inputs), the loss, and the attention model's regulariser loss."""
+    model, features, captions = _model_on_refusing_arrays(monkeypatch, config, shape)
+    captions = numpy.asarray(captions).view(_NoHostRead)
+    _read_log.clear()
+    monkeypatch.setitem(_logging_reads, "on", True)
+    model.forward_backward(features, captions, feature_grad=True, dropout_seed=3)
+    expected = [".tolist()", "bool()", "bool()", "float()"] + ["float()"] * (config["model"] == "attention")
+    assert _read_log == expected

@@ -222,9 +222,10 @@ class CaptionModel:
                              f"got shape {cshape}")
         if captions.dtype.kind not in "iu":
             raise TypeError(f"{self.name}: captions must be integer word ids, got {captions.dtype}")
-        top = int(captions.max())
-        if top >= self.config["vocab_size"] or int(captions.min()) < 0:
-            raise ValueError(f"{self.name}: word id {top} out of range for vocab_size "
+        xp = backend.get_array_module(captions)
+        low, top = xp.stack([captions.min(), captions.max()]).tolist()     # one device sync on CuPy, not two
+        if top >= self.config["vocab_size"] or low < 0:
+            raise ValueError(f"{self.name}: word id {top if low >= 0 else low} out of range for vocab_size "
                              f"{self.config['vocab_size']} (captions from another vocabulary?)")
 
     def _split_captions(self, captions):
