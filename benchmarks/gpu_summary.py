@@ -5,7 +5,10 @@
 Reads what gpu_check.sh leaves in OUT_FOLDER (each file is optional: a stage
 that did not run shows as "not run"):
 - device.txt: nvidia-smi's GPU name and the Python/CuPy versions;
-- tests.txt, kernels_tests.txt, lessons.txt: pytest's last line, `lesson N on cupy: exit E in S s` lines;
+- missing.txt: what the checks needed and did not find (no wheels, no Flickr8k subset, no GPU);
+- tests_1.txt ... (or tests.txt): the suite's pytest output, one file per process;
+- lessons.txt: `lesson N on cupy: exit E in S s` lines; lesson_N.txt: each lesson's output;
+- train.txt: the features + short training on the Flickr8k subset;
 - bench_gpu.json, bench_gpu_kernels.json: `benchmarks/run.py --json` (rows with ms, torch_ms, ratio);
 - epoch_gpu.json, epoch_gpu_device.json: `benchmarks/epoch_time.py --json`;
 - timings.txt: `name seconds` lines of the stages.
@@ -51,8 +54,14 @@ def _verdict(ok):
     return "-" if ok is None else "met" if ok else "**not met**"
 
 
+# The project's skip reason when CuPy or the GPU is missing (tests/conftest.py): a suite that
+# skipped its CuPy half has not checked the GPU, whatever its last line says.
+NO_CUPY_SKIP = "CuPy is not installed or no GPU is visible"
+
+
 def pytest_line(text):
-    """The '... passed, ... failed ... in ...' line of a pytest run, and whether it had no failures."""
+    """The '... passed, ... failed ... in ...' line of a pytest run, and whether it had no failures
+    (False too when it skipped tests for want of CuPy or a GPU)."""
     if text is None:
         return "not run", None
     # pytest's last line ("3 passed, 1 skipped in 2.0s"; the project's skip reasons also say "N skipped")
@@ -61,7 +70,62 @@ def pytest_line(text):
     if not lines:
         return "no pytest summary (crashed or timed out?): " + (text.strip().splitlines() or ["(empty)"])[-1], False
     last = lines[-1].strip("= ")
+    skipped_cupy = re.search(r"(\d+) skipped: " + re.escape(NO_CUPY_SKIP), text)
+    if skipped_cupy:
+        return f"{last} ({skipped_cupy.group(1)} skipped: {NO_CUPY_SKIP})", False
     return last, not re.search(r"\d+ (failed|errors?)\b", last)
+
+
+def suite_result(folder):
+    """(text, ok) for the whole suite over its process files tests_*.txt (or one tests.txt)."""
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "tests_*.txt")))
+    if not names:
+        return pytest_line(_read(folder, "tests.txt"))
+    parts = [(name, *pytest_line(_read(folder, name))) for name in names]
+    text = "; ".join(f"{name[:-4]}: {line}" for name, line, _ in parts)
+    return text, all(ok for _, _, ok in parts)
+
+
+def kernel_failures(folder):
+    """FAILED/ERROR lines of the suite from the GPU kernels' test files (tests/test_nn_*cuda*.py),
+    or None when the suite did not run."""
+    texts = [_read(folder, name) for name in ["tests.txt"] + sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(folder, "tests_*.txt")))]
+    texts = [t for t in texts if t is not None]
+    if not texts:
+        return None
+    return [line for t in texts for line in t.splitlines()
+            if re.match(r"(FAILED|ERROR) tests/test_nn_\w*cuda\w*\.py", line)]
+
+
+def lessons_stopped_early(folder):
+    """'N (stopped at step S)' for each lesson whose output says it stopped before its end (a
+    lesson stops, with exit 0, when its data or weights are missing)."""
+    stopped = []
+    for path in sorted(glob.glob(os.path.join(folder, "lesson_*.txt"))):
+        match = re.search(r"Lesson stopped at step (\d+)", _read(folder, os.path.basename(path)) or "")
+        number = re.match(r"lesson_(\d+)\.txt", os.path.basename(path))
+        if match and number:
+            stopped.append(f"{number.group(1)} (stopped at step {match.group(1)})")
+    return sorted(stopped, key=lambda s: int(s.split()[0]))
+
+
+def stage_exits(folder):
+    """{stage name: exit status} from timings.txt's 'name seconds exit=E' lines."""
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\S+) \d+ exit=(\d+)", _read(folder, "timings.txt") or "", re.M)}
+
+
+def train_row(folder):
+    exits = stage_exits(folder)
+    if "features" not in exits:
+        return "| features and one training epoch on the Flickr8k subset (--features-on-device) | not run | - |"
+    lines = [line.strip() for line in (_read(folder, "train.txt") or "").splitlines() if line.strip()]
+    measured = f"features exit {exits['features']}, train exit {exits.get('train', 'not run')}"
+    if lines:
+        measured += f"; last line: {lines[-1].replace('|', '/')[:160]}"
+    ok = exits["features"] == 0 and exits.get("train") == 0
+    return f"| features and one training epoch on the Flickr8k subset (--features-on-device) | {measured} | {_verdict(ok)} |"
 
 
 def lesson_lines(text):
@@ -118,19 +182,29 @@ def epoch_row(label, result):
 
 def summary(folder):
     device = (_read(folder, "device.txt") or "device: not recorded\n").strip()
-    tests, tests_ok = pytest_line(_read(folder, "tests.txt"))
-    kernels, kernels_ok = pytest_line(_read(folder, "kernels_tests.txt"))
+    missing = [line.strip() for line in (_read(folder, "missing.txt") or "").splitlines() if line.strip()]
+    tests, tests_ok = suite_result(folder)
+    failures = kernel_failures(folder)
+    cupy_skipped = f"skipped: {NO_CUPY_SKIP})" in tests
+    kernels = ("not run" if failures is None else
+               f"{len(failures)} failed: " + ", ".join(f.split()[1] for f in failures[:5]) if failures else
+               "no failures (their CuPy cases: see the suite's skips)")
     lessons_run, lessons_failed = lesson_lines(_read(folder, "lessons.txt"))
+    lessons_failed += lessons_stopped_early(folder)
     lessons_total = len(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lessons",
                                                "lesson_*.py")))
     if lessons_run and lessons_run < lessons_total:       # the others timed out before they started or ended
         lessons_failed.append(f"{lessons_total - lessons_run} of {lessons_total} did not finish")
-    lines = ["# gpu_check.sh summary", "", "```", device, "```", "",
-             "| target (issue 17) | measured | verdict |", "|---|---|---|",
-             f"| the suite on NumPy and CuPy: 0 failures | {tests} | {_verdict(tests_ok)} |",
-             f"| the GPU kernels' tests (NN_GPU_KERNELS paths) | {kernels} | {_verdict(kernels_ok)} |",
-             f"| every lesson on CuPy | {lessons_run} run, failed: {', '.join(lessons_failed) or 'none'} | "
-             f"{_verdict(not lessons_failed if lessons_run else None)} |"]
+    lines = ["# gpu_check.sh summary", "", "```", device, "```", ""]
+    if missing:
+        lines += ["**Missing, so some checks could not run:**", ""] + [f"- {m}" for m in missing] + [""]
+    lines += ["| target (issue 17) | measured | verdict |", "|---|---|---|",
+              f"| the suite on NumPy and CuPy: 0 failures | {tests} | {_verdict(tests_ok)} |",
+              f"| the GPU kernels' tests (NN_GPU_KERNELS paths, in the suite) | {kernels} | "
+              f"{_verdict(None if failures is None else not failures and not cupy_skipped)} |",
+              f"| every lesson on CuPy | {lessons_run} run, failed: {', '.join(lessons_failed) or 'none'} | "
+              f"{_verdict(not lessons_failed if lessons_run else None)} |",
+              train_row(folder)]
     lines += target_rows(_json(folder, "bench_gpu.json"), _json(folder, "bench_gpu_kernels.json"))
     lines.append(epoch_row("host features", _json(folder, "epoch_gpu.json")))
     lines.append(epoch_row("--features-on-device", _json(folder, "epoch_gpu_device.json")))
