@@ -112,11 +112,13 @@ def test_the_reads_are_refused_only_inside_the_steps():
     assert numpy.array_equal(_refusing_reads(lambda: x[numpy.argsort(x > 1, kind="stable")[:2]])(), [0, 1])
 
 
-def _model_on_refusing_arrays(monkeypatch, config, feature_shape):
+def _model_on_refusing_arrays(monkeypatch, config, feature_shape, buffers=True):
     """(model, features, captions) of a tiny model whose parameters, features and buffers
-    (xp.empty, ...) are all _NoHostRead arrays; 3 captions of 6 tokens, one ending early."""
+    (xp.empty, ...) are all _NoHostRead arrays; 3 captions of 6 tokens, one ending early.
+    buffers=False: new arrays stay NumPy's (for code that keeps host arrays on purpose; what it
+    computes from the parameters and features is still ours)."""
     model = build(config, seed=1)
-    for name in _MAKERS:                            # the model's buffers (xp.empty, ...) are ours too
+    for name in _MAKERS if buffers else ():         # the model's buffers (xp.empty, ...) are ours too
         make = getattr(numpy, name)
         monkeypatch.setattr(numpy, name, lambda *a, _make=make, **k: _make(*a, **k).view(_NoHostRead))
     model.params = {name: value.view(_NoHostRead) for name, value in model.params.items()}
@@ -184,8 +186,9 @@ def _reads_per_decoding_step(monkeypatch, model, decode):
 
 @pytest.mark.parametrize("config", [
     {"model": "show-tell", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7},
+    {"model": "lrcn", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7},
     {"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
-     "attention_dim": 4}], ids=["show-tell", "attention"])
+     "attention_dim": 4}], ids=["show-tell", "lrcn", "attention"])
 @pytest.mark.parametrize("search", ["beam", "greedy"])
 def test_decoding_reads_one_number_per_step(monkeypatch, config, search):
     """The one read is `int(done.sum())` (stop when all images are done); dropping finished images
@@ -221,3 +224,30 @@ def test_a_training_pass_reads_a_few_numbers_outside_its_time_loops(monkeypatch,
     model.forward_backward(features, captions, feature_grad=True, dropout_seed=3)
     expected = [".tolist()", "bool()", "bool()", "float()"] + ["float()"] * (config["model"] == "attention")
     assert _read_log == expected
+
+
+def test_sampling_for_self_critical_training_reads_one_array_per_step(monkeypatch):
+    """scst.sample_captions keeps its bookkeeping on the host: each step copies the drawn words
+    there (backend.to_numpy, one read) and reads nothing else from the device."""
+    from captioning import scst
+    from nn import backend
+
+    config = {"model": "attention", "vocab_size": 11, "feature_dim": 6, "wordvec_dim": 5, "hidden_dim": 7,
+              "attention_dim": 4}
+    # Its host arrays (tokens, lengths, live rows) are NumPy's; the device's are ours.
+    model, features, _ = _model_on_refusing_arrays(monkeypatch, config, (6, 5, 6), buffers=False)
+    model.eval()
+
+    def to_numpy(a, _to_numpy=backend.to_numpy):
+        if isinstance(a, _NoHostRead):
+            _read_log.append("to_numpy()")
+        return numpy.asarray(_to_numpy(a)).view(numpy.ndarray)
+    monkeypatch.setattr(backend, "to_numpy", to_numpy)
+    marks = []
+    step = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda *a: marks.append(len(_read_log)) or step(*a))
+    _read_log.clear()
+    monkeypatch.setitem(_logging_reads, "on", True)
+    tokens, lengths = scst.sample_captions(model, features, 8, numpy.random.default_rng(0), samples=3)
+    reads = [_read_log[start:end] for start, end in zip(marks, marks[1:] + [len(_read_log)])]
+    assert len(reads) == tokens.shape[1] >= 2 and reads == [["to_numpy()"]] * len(reads), reads
