@@ -95,7 +95,9 @@ def test_the_suite_in_several_processes_reads_as_one(gpu_summary, tmp_path):
     (tmp_path / "tests_3.txt").write_text("310 passed in 99.0s\n")
     assert set(_verdicts(gpu_summary, tmp_path).values()) == {"met", "-"}
     (tmp_path / "tests_3.txt").write_text("....\nKilled\n")                    # a process that never finished
-    assert _verdicts(gpu_summary, tmp_path)["the suite on NumPy and CuPy: 0 failures"] == "**not met**"
+    verdicts = _verdicts(gpu_summary, tmp_path)
+    assert verdicts["the suite on NumPy and CuPy: 0 failures"] == "**not met**"
+    assert verdicts["the GPU kernels' tests (NN_GPU_KERNELS paths, in the suite)"] == "**not met**"
 
 
 def test_lessons_that_stopped_early_and_missing_inputs_are_not_passes(gpu_summary, tmp_path):
