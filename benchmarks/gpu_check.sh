@@ -84,10 +84,11 @@ pids=()
 if wants tests; then
   # The whole suite, in 3 processes (every third test file each): every xp-parametrised test runs on
   # numpy AND cupy here (the kernel tests switch the NN_GPU_KERNELS paths on themselves). The subset
-  # is not the full data set, so the 6000/1000/1000 count test is deselected.
+  # is not the full data set, so the 6000/1000/1000 count test is deselected. No -q: setup.cfg's addopts
+  # already have one, and at -qq pytest leaves out the "N passed ... in S s" line the summary reads.
   for part in 1 2 3; do
     ( FLICKR8K_DIR=$SUBSET GRADCHECK_REPORT=$OUT/gradcheck_errors_$part.txt OPENBLAS_NUM_THREADS=2 timed tests_$part 300 \
-        python3 -m pytest -p no:cacheprovider -q -ra $(ls tests/test_*.py | awk -v part=$part 'NR % 3 == part % 3') \
+        python3 -m pytest -p no:cacheprovider $(ls tests/test_*.py | awk -v part=$part 'NR % 3 == part % 3') \
         --deselect tests/test_data_flickr8k.py::test_real_flickr8k_has_the_official_split_with_five_captions_each \
         > "$OUT/tests_$part.txt" 2>&1 ) &
     pids+=($!)
