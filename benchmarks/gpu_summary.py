@@ -187,9 +187,12 @@ def summary(folder):
     failures = kernel_failures(folder)
     # The kernels' tests passed only if every part of the suite ran to its end on CuPy.
     suite_finished = "no pytest summary" not in tests and f"skipped: {NO_CUPY_SKIP})" not in tests
-    kernels = ("not run" if failures is None else
-               f"{len(failures)} failed: " + ", ".join(f.split()[1] for f in failures[:5]) if failures else
-               "no failures among the suite's results (see the suite's row)")
+    if failures is None:
+        kernels = "not run"
+    elif failures:
+        kernels = f"{len(failures)} failed: " + ", ".join(f.split()[1] for f in failures[:5])
+    else:
+        kernels = "no failures among the suite's results (see the suite's row)"
     lessons_run, lessons_failed = lesson_lines(_read(folder, "lessons.txt"))
     lessons_failed += lessons_stopped_early(folder)
     lessons_total = len(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lessons",

@@ -115,13 +115,12 @@ def sample_captions(model, features, max_length, rng, samples=1):
     words = xp.full(rows, model.start_id, dtype=xp.int64)
     active = numpy.arange(rows)            # the rows still in the decoding batch
     live = numpy.ones(rows, dtype=bool)    # ... and which of them have not drawn <END> yet
+    # Every row's number for every step, sent to the device once (an upload per step could wait
+    # for the step's kernels); uniforms[s, r] is the one row r draws at step s, so dropping
+    # finished rows (their columns) changes no caption.
+    uniforms = backend.asarray(rng.random((max_length, rows)), dtype=model.dtype)
     for step in range(max_length):
         log_probs, state, _ = model.decode_step(words, state)
-        if step == 0:
-            # Every row's number for every step, sent to the device once (an upload per step could
-            # wait for the step's kernels); uniforms[s, r] is the one row r would draw at step s,
-            # so dropping finished rows (their columns) changes no caption.
-            uniforms = backend.asarray(rng.random((max_length, rows)), dtype=log_probs.dtype)
         cdf = xp.cumsum(xp.exp(log_probs), axis=1)                          # (rows in the batch, V)
         # word j when cdf[j - 1] < u * total <= cdf[j] (the count of cdf entries below u * total): probability p_j
         words = xp.minimum((cdf < uniforms[step][:, None] * cdf[:, -1:]).sum(axis=1), log_probs.shape[1] - 1)

@@ -283,8 +283,9 @@ class Trainer:
             self.log(f"--features-on-device: the training features ({nbytes / 2 ** 30:.1f} GiB) need more "
                      f"than half of the free GPU memory ({free / 2 ** 30:.1f} GiB); they stay on the host")
             return None
-        rows = inputs[numpy.arange(len(inputs))]      # read once, in the split's order, into one host array
-        return backend.asarray(rows)            # keeps the cache's dtype (float16 takes half the memory)
+        if not isinstance(inputs, numpy.ndarray):     # the cache's rows, read once in the split's order
+            inputs = inputs[numpy.arange(len(inputs))]
+        return backend.asarray(inputs)          # keeps the cache's dtype (float16 takes half the memory)
 
     def train_inputs(self, images):
         """The inputs of these training images ((B,) NumPy ints): from the GPU copy when

@@ -544,10 +544,11 @@ def _im2col_backward(xp, dout, cols, w, geometry):
     # a 3x3 conv that keeps its channels (a ninth of cols), cols for
     # EfficientNet's stem (27 rows against 32).
     if cols.shape[-2] > dout_grouped.shape[-2]:
-        dw = (cols @ dout_grouped.swapaxes(-1, -2)).sum(axis=0).swapaxes(-1, -2)   # (dout @ cols^T)^T^T
+        # = sum of dout @ cols^T, computed as the transpose of sum of cols @ dout^T
+        dw = (cols @ dout_grouped.swapaxes(-1, -2)).sum(axis=0).swapaxes(-1, -2)
     else:
         dw = (dout_grouped @ cols.swapaxes(-1, -2)).sum(axis=0)
-    dw = dw.reshape(w.shape)
+    dw = xp.ascontiguousarray(dw).reshape(w.shape)       # laid out like w, whichever way it was computed
     dcols = (w_grouped.swapaxes(-1, -2) @ dout_grouped).reshape(n, c, hh, ww, h_out, w_out)
     # col2im: add every tap's slice back where it was read from.
     dx_padded = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=dout.dtype)

@@ -636,6 +636,35 @@ def test_the_gpu_top_k_waits_for_the_gpu_kernels_switch(monkeypatch):
         backend.use_gpu_kernels(before)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["show-tell", "attention"])
+def test_beam_search_on_cupy_finds_the_same_captions_with_the_argmax_top_k(kind, cupy):
+    """The argmax top k waits for NN_GPU_KERNELS, so the CuPy beam tests above run argpartition:
+    this is its check on a GPU, against argpartition on the same device."""
+    from captioning import models
+    from nn import backend
+    config = {"model": kind, "vocab_size": 15, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
+              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
+    model = models.build(config, seed=1, dtype=numpy.float64).eval().to_backend()
+    rng = numpy.random.default_rng(1)
+    features = cupy.asarray(rng.normal(size=(7, 8) if models.MODELS[kind].feature_kind == "pooled" else (7, 4, 8)))
+    results = []
+    before = backend.gpu_kernels_enabled()
+    try:
+        for on in (False, True):
+            backend.use_gpu_kernels(on)
+            results.append(beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7,
+                                       no_repeat_ngram=2))
+    finally:
+        backend.use_gpu_kernels(before)
+    expected, got = results
+    assert got.sequences == expected.sequences
+    assert (got.scores == expected.scores).all() and (got.finished == expected.finished).all()
+    if kind == "attention":
+        for a, b in zip(got.attention, expected.attention):
+            assert (a == b).all()
+
+
 def test_top_k_refuses_more_than_a_row_holds():
     """k > M: argpartition's negative kth would silently return a wrong set, so _top_k raises."""
     from captioning.decoding import _top_k, _top_k_by_argmax

@@ -23,6 +23,7 @@ from captioning.models import build
 _reading_refused = {"on": False}
 _read_log = []          # every read, while the decoding tests log them: (what, when)
 _logging_reads = {"on": False}
+_in_sized_call = {"on": False}      # inside numpy.nonzero & co., already counted as one read
 _asarray = numpy.asarray
 # What makes a base-class array out of nothing or out of ours: patched to make ours during the test.
 _MAKERS = ("empty", "zeros", "ones", "full", "array", "asarray", "ascontiguousarray")
@@ -35,9 +36,14 @@ class _NoHostRead(numpy.ndarray):
         return super().__array_wrap__(array, context, False)      # a full reduction stays an array
 
     def __array_function__(self, func, types, args, kwargs):              # numpy.where, einsum, ...
-        if func in _SIZED_BY_VALUES:
-            self._refuse(f"{func.__name__}() (its size)")
-        return _refusing(super().__array_function__(func, types, args, kwargs))
+        if _in_sized_call["on"] or not (func in _SIZED_BY_VALUES or (func is numpy.where and len(args) == 1)):
+            return _refusing(super().__array_function__(func, types, args, kwargs))
+        self._refuse(f"{func.__name__}() (its size)")
+        _in_sized_call["on"] = True            # one read, whatever it calls inside (numpy.nonzero -> .nonzero())
+        try:
+            return _refusing(super().__array_function__(func, types, args, kwargs))
+        finally:
+            _in_sized_call["on"] = False
 
     def __getitem__(self, key):
         if any(getattr(k, "dtype", None) == bool and k.ndim for k in (key if isinstance(key, tuple) else (key,))):
@@ -49,6 +55,8 @@ class _NoHostRead(numpy.ndarray):
         return _refusing(super().nonzero())
 
     def _refuse(self, how):
+        if _in_sized_call["on"]:
+            return
         if _logging_reads["on"]:
             _read_log.append(how)
         if _reading_refused["on"]:
@@ -105,10 +113,21 @@ def _refusing_reads(method):
 def test_the_reads_are_refused_only_inside_the_steps():
     x = numpy.arange(4.0).view(_NoHostRead)
     assert float(x.sum()) == 6.0 and bool(x[3] > 2) and len(x[x > 1]) == 2
-    for read in (lambda: float(x.max()), lambda: bool((x > 1).any()), lambda: numpy.nonzero(x > 1),
-                 lambda: (x > 1).nonzero(), lambda: x[x > 1], lambda: x[:, None][x > 1, 0]):
+    reads = (lambda: float(x.max()), lambda: bool((x > 1).any()), lambda: numpy.nonzero(x > 1),
+             lambda: (x > 1).nonzero(), lambda: numpy.where(x > 1), lambda: numpy.flatnonzero(x > 1),
+             lambda: x[x > 1], lambda: x[:, None][x > 1, 0])
+    for read in reads:
         with pytest.raises(AssertionError, match="host sync"):
             _refusing_reads(read)()
+    _logging_reads["on"] = True
+    try:
+        for read in reads:               # each is one read, however numpy carries it out
+            _read_log.clear()
+            read()
+            assert len(_read_log) == 1, _read_log
+    finally:
+        _logging_reads["on"] = False
+    assert numpy.array_equal(numpy.where(x > 1, x, 0), [0, 0, 2, 3])     # three arguments: no size to report
     assert numpy.array_equal(_refusing_reads(lambda: x[numpy.argsort(x > 1, kind="stable")[:2]])(), [0, 1])
 
 

@@ -300,3 +300,4 @@ def test_the_strided_conv_backward_transposes_the_smaller_of_columns_and_dout(ch
     dx_naive, dw_naive, _ = conv_backward_naive(numpy.asarray(dout), conv_forward_naive(
         numpy.asarray(x), numpy.asarray(w), None, {"stride": 2, "pad": 1})[1])
     assert rel_error(dx, dx_naive) < 1e-10 and rel_error(dw, dw_naive) < 1e-10
+    assert dw.flags.c_contiguous                                  # laid out like w either way

@@ -104,21 +104,43 @@ def test_the_sampler_draws_each_caption_with_its_probability():
     assert numpy.array_equal(sampled, again)                  # one seed, one set of captions
 
 
+def _samples_one_step_at_a_time(model, features, max_length, rng, samples):
+    """sample_captions without its batch tricks, as a reference: every row decodes at every step
+    (no finished rows dropped) and draws its number from rng.random(rows) at that step."""
+    state = {key: numpy.repeat(value, samples, axis=0) for key, value in model.init_decode_state(features).items()}
+    rows = len(features) * samples
+    tokens = numpy.full((rows, max_length), model.null_id, dtype=numpy.int64)
+    lengths = numpy.zeros(rows, dtype=numpy.int64)
+    words, live = numpy.full(rows, model.start_id), numpy.ones(rows, dtype=bool)
+    for step in range(max_length):
+        log_probs, state, _ = model.decode_step(words, state)
+        cdf = numpy.cumsum(numpy.exp(log_probs), axis=1)
+        words = numpy.minimum((cdf < rng.random(rows)[:, None] * cdf[:, -1:]).sum(axis=1), cdf.shape[1] - 1)
+        tokens[live, step] = words[live]
+        lengths[live] += 1
+        live &= words != model.end_id
+        if not live.any():
+            return tokens[:, :step + 1], lengths
+    return tokens, lengths
+
+
 def test_the_sampler_sends_its_random_numbers_to_the_device_once(monkeypatch):
     """One upload of every step's uniforms per call, not one per step (on the GPU an upload may
-    wait for the step's kernels); the captions stay those of one draw per row and step."""
+    wait for the step's kernels); the captions stay those of one draw per row and step, finished
+    rows dropped or not."""
     import captioning.scst as scst
 
     model = tiny_model("attention")
     features = tiny_features(model, num_images=3)
-    expected, _ = sample_captions(model, features, 8, numpy.random.default_rng(5), samples=4)
+    expected, expected_lengths = _samples_one_step_at_a_time(model, features, 8, numpy.random.default_rng(5), 4)
+    assert (expected_lengths < expected_lengths.max()).sum() >= 2     # rows end early: the sampler drops them
     uploads = []
     asarray = scst.backend.asarray
     monkeypatch.setattr(scst.backend, "asarray", lambda a, *args, **kw: uploads.append(
         numpy.asarray(a).dtype.kind) or asarray(a, *args, **kw))
     tokens, lengths = sample_captions(model, features, 8, numpy.random.default_rng(5), samples=4)
     assert uploads.count("f") == 1 and lengths.max() > 2
-    assert numpy.array_equal(tokens, expected)
+    assert numpy.array_equal(tokens, expected) and numpy.array_equal(lengths, expected_lengths)
 
 
 def test_policy_gradient_loss_gradient_and_values_by_hand():
