@@ -76,10 +76,16 @@ def pytest_line(text):
     return last, not re.search(r"\d+ (failed|errors?)\b", last)
 
 
-def suite_result(folder):
-    """(text, ok) for the whole suite over its process files tests_*.txt (or one tests.txt)."""
+def _suite_files(folder):
+    """The suite's output files: one per process (tests_1.txt, ...), else the one tests.txt; [] if none."""
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "tests_*.txt")))
-    if not names:
+    return names or [name for name in ["tests.txt"] if os.path.exists(os.path.join(folder, name))]
+
+
+def suite_result(folder):
+    """(text, ok) for the whole suite over its output files; ("not run", None) without any."""
+    names = _suite_files(folder)
+    if names == ["tests.txt"] or not names:
         return pytest_line(_read(folder, "tests.txt"))
     parts = [(name, *pytest_line(_read(folder, name))) for name in names]
     text = "; ".join(f"{name[:-4]}: {line}" for name, line, _ in parts)
@@ -89,9 +95,7 @@ def suite_result(folder):
 def kernel_failures(folder):
     """FAILED/ERROR lines of the suite from the GPU kernels' test files (tests/test_nn_*cuda*.py),
     or None when the suite did not run."""
-    texts = [_read(folder, name) for name in ["tests.txt"] + sorted(
-        os.path.basename(p) for p in glob.glob(os.path.join(folder, "tests_*.txt")))]
-    texts = [t for t in texts if t is not None]
+    texts = [_read(folder, name) for name in _suite_files(folder)]
     if not texts:
         return None
     return [line for t in texts for line in t.splitlines()

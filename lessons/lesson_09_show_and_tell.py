@@ -101,10 +101,10 @@ def step_3_gradient_check(ctx):
     tolerance instead (rel_error's floor): their noise then counts at most
     4e-10 / 1e-4 = 4e-6 against the 1e-5 threshold, whatever rounding a
     backend does, while a backward that is wrong by 1e-4 still fails. The
-    largest ABSOLUTE difference, and the
-    size of the entry where the relative error peaks, show that this is
-    rounding, not a bug (a bug gives relative errors near 1). The backward
-    chain, printed below, is the forward's in reverse.
+    largest ABSOLUTE difference, and the size of the entry where the
+    relative error peaks, show that this is rounding, not a bug (a bug gives
+    relative errors near 1). The backward chain, printed below, is the
+    forward's in reverse.
     """
     ctx.show_source(ShowAndTell._backward)
     config = {"vocab_size": len(ctx.vocab), "feature_dim": 6, "wordvec_dim": 4, "hidden_dim": 5}

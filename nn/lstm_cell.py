@@ -54,6 +54,7 @@ BACKWARD_KERNEL = KernelSpec(
     out_params="raw T da, raw T dprev_c",
     operation=_CELL_BACKWARD_CODE, name="nn_lstm_cell_backward")
 
+
 def cell_forward(xp, xw, recurrent, prev_c, gates, next_c, tanh_next_c, next_h):
     """Elementwise part of one LSTM step, into preallocated C-contiguous arrays.
 

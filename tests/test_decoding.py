@@ -592,32 +592,42 @@ def test_top_k_by_argmax_equals_the_partition_top_k_with_distinct_indices():
     assert numpy.isneginf(values[0, 2:]).all() and values.dtype == scores.dtype
 
 
+def _beam_search_of_a_tiny_model(kind):
+    """beam_search (beam 4, length 8, alpha 0.7, no repeated bigrams) of a float64 model of `kind`
+    on 7 images, on the current backend: a function of nothing, to run once per top-k path."""
+    from captioning import models
+    config = {"model": kind, "vocab_size": 15, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
+              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
+    model = models.build(config, seed=1, dtype=numpy.float64).eval().to_backend()
+    rng = numpy.random.default_rng(1)
+    features = backend.asarray(rng.normal(size=(7, 8) if model.feature_kind == "pooled" else (7, 4, 8)))
+    return lambda: beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7,
+                               no_repeat_ngram=2)
+
+
+def _assert_same_decoding(got, expected):
+    """The same captions, scores, finished flags and attention rows, to the last bit."""
+    assert got.sequences == expected.sequences
+    assert (got.scores == expected.scores).all() and (got.finished == expected.finished).all()
+    for a, b in zip(got.attention or [], expected.attention or []):
+        assert (a == b).all()
+
+
 @pytest.mark.parametrize("kind", ["show-tell", "attention"])
 def test_beam_search_with_the_gpu_top_k_finds_the_same_captions(kind, monkeypatch):
     """On the CPU, beam search run through the argmax top k (the GPU's) returns what it returns with
     argpartition: the same captions, scores and attention rows (no ties in real log-probabilities)."""
-    from captioning import decoding, models
-    config = {"model": kind, "vocab_size": 15, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
-              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
-    model = models.build(config, seed=1, dtype=numpy.float64).eval()
-    rng = numpy.random.default_rng(1)
-    features = rng.normal(size=(7, 8) if models.MODELS[kind].feature_kind == "pooled" else (7, 4, 8))
-    expected = beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7,
-                           no_repeat_ngram=2)
+    from captioning import decoding
+    decode = _beam_search_of_a_tiny_model(kind)
+    expected = decode()
     monkeypatch.setattr(decoding, "_top_k", lambda scores, k, xp: decoding._top_k_by_argmax(scores, k, xp))
-    got = beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7, no_repeat_ngram=2)
-    assert got.sequences == expected.sequences
-    assert (got.scores == expected.scores).all() and (got.finished == expected.finished).all()
-    if kind == "attention":
-        for a, b in zip(got.attention, expected.attention):
-            assert (a == b).all()
+    _assert_same_decoding(decode(), expected)
 
 
 def test_the_gpu_top_k_waits_for_the_gpu_kernels_switch(monkeypatch):
     """Not yet run on a GPU, the argmax top k is off by default like the CUDA kernels; NumPy never
     takes it. A stand-in array module (NumPy under another name) plays the GPU's."""
     from captioning import decoding
-    from nn import backend
 
     gpu_like = type("GpuLike", (), {"__getattr__": lambda self, name: getattr(numpy, name)})()
     taken = []
@@ -641,28 +651,16 @@ def test_the_gpu_top_k_waits_for_the_gpu_kernels_switch(monkeypatch):
 def test_beam_search_on_cupy_finds_the_same_captions_with_the_argmax_top_k(kind, cupy):
     """The argmax top k waits for NN_GPU_KERNELS, so the CuPy beam tests above run argpartition:
     this is its check on a GPU, against argpartition on the same device."""
-    from captioning import models
-    from nn import backend
-    config = {"model": kind, "vocab_size": 15, "feature_dim": 8, "wordvec_dim": 6, "hidden_dim": 7,
-              "attention_dim": 5, "null_id": 0, "start_id": 1, "end_id": 2}
-    model = models.build(config, seed=1, dtype=numpy.float64).eval().to_backend()
-    rng = numpy.random.default_rng(1)
-    features = cupy.asarray(rng.normal(size=(7, 8) if models.MODELS[kind].feature_kind == "pooled" else (7, 4, 8)))
+    decode = _beam_search_of_a_tiny_model(kind)
     results = []
     before = backend.gpu_kernels_enabled()
     try:
         for on in (False, True):
             backend.use_gpu_kernels(on)
-            results.append(beam_search(model, features, 1, 2, beam_size=4, max_length=8, length_alpha=0.7,
-                                       no_repeat_ngram=2))
+            results.append(decode())
     finally:
         backend.use_gpu_kernels(before)
-    expected, got = results
-    assert got.sequences == expected.sequences
-    assert (got.scores == expected.scores).all() and (got.finished == expected.finished).all()
-    if kind == "attention":
-        for a, b in zip(got.attention, expected.attention):
-            assert (a == b).all()
+    _assert_same_decoding(results[1], results[0])
 
 
 def test_top_k_refuses_more_than_a_row_holds():

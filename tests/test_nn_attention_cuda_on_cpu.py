@@ -18,6 +18,7 @@ from nn import attention, attention_cuda, backend
 from nn.gradcheck import rel_error
 from nn.losses import softmax
 from captioning.models import build
+from test_nn_attention_cuda import _close
 
 needs_gxx = pytest.mark.skipif(not gxx_available(), reason="g++ is not installed")
 needs_nvcc = pytest.mark.skipif(not nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
@@ -37,14 +38,6 @@ def kernels_on_cpu(monkeypatch):
     monkeypatch.setattr(backend, "elementwise_kernel", cpu_elementwise_kernel)
     monkeypatch.setattr(attention_cuda, "applies", applies)
     return calls
-
-
-def _close(fast, plain, dtype, name):
-    """Equal up to rounding, measured against the largest value: the kernels sum in another order
-    (and fuse multiply-adds on the GPU), and entries near 0 come from sums that cancel."""
-    assert fast.dtype == plain.dtype == dtype, name
-    tolerance = 1e-12 if dtype is numpy.float64 else 1e-5
-    assert float(abs(fast - plain).max()) <= tolerance * float(abs(plain).max()), name
 
 
 def _step_inputs(dtype, seed, N=3, L=7, D=5, H=4, A=6):
